@@ -1,0 +1,68 @@
+"""interventions: read and edit what happens inside HuggingFace transformer language models.
+
+import interventions as iv
+
+with iv.capture(model, "layers.*.attn.heads", positions=-1) as cache:
+    model(**inputs)
+with iv.intervene(model, {"layers.12.attn.heads": iv.AddBias(v, heads=[3])}):
+    model.generate(**inputs)
+"""
+
+from interventions.adapters import (
+    Adapter,
+    BiasFlag,
+    Geometry,
+    adapter,
+    geometry,
+    register_adapter,
+)
+from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
+from interventions.ops import (
+    AddBias,
+    Capture,
+    Compose,
+    Intervention,
+    Mean,
+    MeanNorm,
+    Project,
+    Reducer,
+    Rescale,
+    SecondMoment,
+    Step,
+)
+from interventions.sites import Site, all_sites, expand, parse
+from interventions.weights import WeightDelta, bake
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "AddBias",
+    "Attachment",
+    "BiasFlag",
+    "Cache",
+    "Capture",
+    "Compose",
+    "Geometry",
+    "Intervention",
+    "Mean",
+    "MeanNorm",
+    "Project",
+    "Reducer",
+    "Rescale",
+    "SecondMoment",
+    "Site",
+    "Step",
+    "WeightDelta",
+    "adapter",
+    "all_sites",
+    "attach",
+    "bake",
+    "capture",
+    "expand",
+    "geometry",
+    "intervene",
+    "normalize_plan",
+    "parse",
+    "register_adapter",
+]

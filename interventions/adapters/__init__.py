@@ -1,0 +1,129 @@
+"""Adapters: one data table per architecture, the only place that knows module paths.
+
+``iv.adapter(model)`` picks the table registered for ``model.config.model_type``;
+``iv.register_adapter(table, "my_model_type")`` adds one. Adding an architecture whose blocks
+look like Llama's is a copy of the Llama table with other paths.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BiasFlag:
+    """A config flag that switches several biases together (Llama's ``attention_bias``)."""
+
+    config_attr: str
+    modules: tuple[str, ...]  # paths relative to a block, all created together
+
+
+@dataclass(frozen=True)
+class Geometry:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int
+    d_vocab: int
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Module paths of one architecture. Block paths are relative to one block."""
+
+    name: str
+    layers: str  # the list of blocks, from the causal LM
+    embed: str  # module whose output is the `embed` site
+    final_norm: str
+    unembed: str
+    attn: str  # attention module: output (attn_out, weights, ...)
+    attn_norm: str  # output is `attn.in`
+    o_proj: str  # input is `attn.heads`, output is `attn.out`
+    mlp_norm: str  # output is `mlp.in`
+    down_proj: str  # input is `mlp.act`, output is `mlp.out`
+    config_keys: dict[str, tuple[str, ...]]  # geometry field -> config attributes, first found
+    conv1d: bool = False  # weights stored [in, out] (GPT-2's Conv1D)
+    bias_flags: dict[str, BiasFlag] = field(default_factory=dict)  # keyed by o_proj/down_proj
+
+    def geometry(self, config) -> Geometry:
+        values = {}
+        for name, keys in self.config_keys.items():
+            values[name] = next(
+                (getattr(config, k) for k in keys if getattr(config, k, None) is not None), None
+            )
+        if values.get("n_kv_heads") is None:
+            values["n_kv_heads"] = values["n_heads"]
+        if values.get("d_head") is None:
+            values["d_head"] = values["d_model"] // values["n_heads"]
+        if values.get("d_mlp") is None:
+            values["d_mlp"] = 4 * values["d_model"]
+        missing = [k for k in Geometry.__dataclass_fields__ if values.get(k) is None]
+        if missing:
+            raise ValueError(
+                f"adapter {self.name!r} could not read {missing} from the config "
+                f"({type(config).__name__}); fix its config_keys"
+            )
+        return Geometry(**{k: int(values[k]) for k in Geometry.__dataclass_fields__})
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.layers)
+
+    def block_module(self, model: nn.Module, layer: int, path: str) -> nn.Module:
+        return self.blocks(model)[layer].get_submodule(path)
+
+    def module(self, model: nn.Module, path: str) -> nn.Module:
+        return model.get_submodule(path)
+
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        """The weight of a projection in [out, in] orientation (a view, never a copy)."""
+        return module.weight.T if self.conv1d else module.weight
+
+    def to_storage(self, weight_out_in: torch.Tensor) -> torch.Tensor:
+        """Turn an [out, in] weight back into the orientation the module stores."""
+        return weight_out_in.T.contiguous() if self.conv1d else weight_out_in.contiguous()
+
+    def from_storage(self, stored: torch.Tensor) -> torch.Tensor:
+        """A weight as the module stores it, seen in [out, in] orientation."""
+        return stored.T if self.conv1d else stored
+
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register_adapter(table: Adapter, *model_types: str) -> Adapter:
+    """Register ``table`` for each ``config.model_type`` given (default: ``table.name``)."""
+    for model_type in model_types or (table.name,):
+        _REGISTRY[model_type] = table
+    return table
+
+
+def adapter(model: nn.Module) -> Adapter:
+    """The adapter of a HuggingFace causal LM, chosen by ``model.config.model_type``."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise NotImplementedError(
+            f"no adapter for model_type {model_type!r} ({type(model).__name__}); supported: "
+            f"{known}. Register one with iv.register_adapter(iv.Adapter(...), {model_type!r}) "
+            "giving its module paths (see docs/sites.md, 'Adding an architecture')."
+        )
+    table = _REGISTRY[model_type]
+    try:
+        table.blocks(model)
+    except AttributeError as error:
+        raise NotImplementedError(
+            f"{type(model).__name__} has no module {table.layers!r}: interventions expects the "
+            f"causal LM (e.g. AutoModelForCausalLM), not the bare base model"
+        ) from error
+    return table
+
+
+def geometry(model: nn.Module) -> Geometry:
+    return adapter(model).geometry(model.config)
+
+
+from interventions.adapters import gpt2, llama  # noqa: E402,F401  (registers the tables)

@@ -1,0 +1,353 @@
+"""Attaching plans to a model: the only module that registers torch hooks.
+
+A plan is a plain ``dict[site, Intervention]``. ``attach`` turns it into hooks on the modules
+the adapter names and returns a handle; ``intervene`` and ``capture`` are context managers that
+remove every hook on exit, also after an exception.
+"""
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from interventions.adapters import Adapter, Geometry, adapter
+from interventions.ops import Capture, Intervention, Positions, Reducer, Step
+from interventions.sites import Site, SiteLike, expand
+
+Plan = Mapping[SiteLike, Intervention]
+
+
+def normalize_plan(model: nn.Module, plan: Plan) -> dict[Site, Intervention]:
+    """Expand patterns, validate every site and intervention against the model."""
+    if not isinstance(plan, Mapping):
+        raise TypeError(f"a plan is a dict {{site: Intervention}}, got {type(plan).__name__}")
+    geometry = adapter(model).geometry(model.config)
+    sites: dict[Site, Intervention] = {}
+    for key, intervention in plan.items():
+        if not isinstance(intervention, Intervention):
+            raise TypeError(
+                f"plan[{key!r}] is a {type(intervention).__name__}; expected an Intervention "
+                "(iv.AddBias, iv.Capture, ... or your own subclass)"
+            )
+        expanded = expand(key, geometry.n_layers)
+        if isinstance(intervention, Capture) and len(expanded) > 1:
+            raise ValueError(
+                f"one Capture placed at {len(expanded)} sites ({key!r}) would mix their "
+                "records; use iv.capture(model, sites) or one Capture per site"
+            )
+        for site in expanded:
+            if site in sites:
+                raise ValueError(
+                    f"site {site} appears twice in the plan; combine with iv.Compose(a, b)"
+                )
+            intervention.check(site, geometry)
+            sites[site] = intervention
+    return sites
+
+
+def _past_length(past: Any) -> int:
+    if past is None:
+        return 0
+    if hasattr(past, "get_seq_length"):
+        return int(past.get_seq_length())
+    if isinstance(past, (tuple, list)) and past and past[0] is not None:  # legacy tuple cache
+        return int(past[0][0].shape[-2])
+    return 0
+
+
+class Attachment:
+    """Hooks of one plan on one model. ``remove()`` takes every hook off (idempotent)."""
+
+    def __init__(self, model: nn.Module, plan: Plan):
+        self.model = model
+        self.adapter: Adapter = adapter(model)
+        self.geometry: Geometry = self.adapter.geometry(model.config)
+        self.plan = normalize_plan(model, plan)
+        self.step: Step | None = None
+        self._handles: list[RemovableHandle] = []
+        self._last_ids: Tensor | None = None
+        self._resid_pre: dict[int, Tensor] = {}
+        self._saved_attn: str | None = None
+        try:
+            self._handles.append(
+                model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)
+            )
+            self._handles.append(model.register_forward_hook(self._end_forward))
+            if any(site.kind == "attn.pattern" for site in self.plan):
+                self._use_eager_attention()
+            for site, intervention in self.plan.items():
+                self._register(site, intervention)
+        except BaseException:
+            self.remove()
+            raise
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._resid_pre.clear()
+        if self._saved_attn is not None:
+            self.model.config._attn_implementation = self._saved_attn
+            self._saved_attn = None
+
+    def __enter__(self) -> "Attachment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def _use_eager_attention(self) -> None:
+        # Probabilities exist only in eager attention; switch for this attachment alone.
+        current = getattr(self.model.config, "_attn_implementation", None)
+        if current not in (None, "eager"):
+            self._saved_attn = current
+            self.model.config._attn_implementation = "eager"
+
+    # --- where are we in the sequence ----------------------------------------------------------
+    def _begin_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        tokens = kwargs.get("input_ids")
+        if tokens is None:
+            tokens = args[0] if args else kwargs.get("inputs_embeds")
+        if tokens is None:
+            return
+        length = tokens.shape[1]
+        past = _past_length(kwargs.get("past_key_values"))
+        last, previous = self._last_ids, self.step
+        self._last_ids = tokens if tokens.ndim == 2 else None
+        if past > 0 and previous is not None:  # cached continuation
+            self.step = Step(
+                past, length, previous.prompt_length, [*previous.spans, (past, past + length)]
+            )
+        elif past > 0:
+            self.step = Step(past, length, past, [(past, past + length)])
+        elif previous is not None and self._recomputes(last, tokens, kwargs):
+            # generate(use_cache=False): the whole sequence again, plus new tokens
+            start = previous.offset + previous.length
+            self.step = Step(0, length, previous.prompt_length, [*previous.spans, (start, length)])
+        else:
+            self.step = Step.single(length)
+            for intervention in self.plan.values():
+                intervention.start_sequence()
+
+    @staticmethod
+    def _recomputes(last: Tensor | None, tokens: Tensor, kwargs: dict) -> bool:
+        return (
+            kwargs.get("use_cache") is False
+            and last is not None
+            and tokens.ndim == 2
+            and last.shape[0] == tokens.shape[0]
+            and last.shape[1] < tokens.shape[1]
+            and torch.equal(tokens[:, : last.shape[1]], last)
+        )
+
+    def _end_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._resid_pre.clear()
+
+    def _step_for(self, x: Tensor) -> Step:
+        return self.step if self.step is not None else Step.single(x.shape[1])
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def _register(self, site: Site, intervention: Intervention) -> None:
+        a, kind = self.adapter, site.kind
+
+        def block(path: str) -> nn.Module:
+            return a.block_module(self.model, site.layer, path)
+
+        def edit(x: Tensor) -> Tensor:
+            return intervention.apply(x, self._step_for(x))
+
+        def edit_heads(x: Tensor) -> Tensor:
+            heads = rearrange(x, "b t (h d) -> b t h d", d=self.geometry.d_head)
+            y = intervention.apply(heads, self._step_for(x))
+            return x if y is heads else rearrange(y, "b t h d -> b t (h d)")
+
+        def edit_pattern(x: Tensor) -> Tensor:
+            by_query = rearrange(x, "b h q k -> b q h k")
+            y = intervention.apply(by_query, self._step_for(x))
+            return x if y is by_query else rearrange(y, "b q h k -> b h q k")
+
+        if kind == "embed":
+            self._on_output(a.module(self.model, a.embed), edit)
+        elif kind == "final_norm":
+            self._on_output(a.module(self.model, a.final_norm), edit)
+        elif kind == "logits":
+            self._on_output(a.module(self.model, a.unembed), edit)
+        elif kind == "resid_pre":
+            self._on_input(a.blocks(self.model)[site.layer], edit)
+        elif kind == "attn.in":
+            self._on_output(block(a.attn_norm), edit)
+        elif kind == "attn.heads":
+            self._on_input(block(a.o_proj), edit_heads)
+        elif kind == "attn.out":
+            self._on_output(block(a.o_proj), edit)
+        elif kind == "attn.pattern":
+            self._on_output(block(a.attn), edit_pattern, element=_attention_weights)
+        elif kind == "resid_mid":
+            self._register_resid_mid(site.layer, edit)
+        elif kind == "mlp.in":
+            self._on_output(block(a.mlp_norm), edit)
+        elif kind == "mlp.act":
+            self._on_input(block(a.down_proj), edit)
+        elif kind == "mlp.out":
+            self._on_output(block(a.down_proj), edit)
+        elif kind == "resid_post":
+            self._on_output(a.blocks(self.model)[site.layer], edit)
+        else:  # pragma: no cover - Site validates kinds
+            raise ValueError(f"no hook for site kind {kind!r}")
+
+    def _on_output(
+        self,
+        module: nn.Module,
+        edit: Callable[[Tensor], Tensor],
+        element: Callable[[Any], int] | int = 0,
+    ) -> None:
+        def hook(mod: nn.Module, args: tuple, output: Any) -> Any:
+            if isinstance(output, Tensor):
+                y = edit(output)
+                return None if y is output else y
+            index = element(output) if callable(element) else element
+            x = output[index]
+            if x is None:
+                raise RuntimeError(
+                    "attention probabilities were not returned by this model's attention; "
+                    "load it with attn_implementation='eager'"
+                )
+            y = edit(x)
+            if y is x:
+                return None
+            return type(output)((*output[:index], y, *output[index + 1 :]))
+
+        self._handles.append(module.register_forward_hook(hook))
+
+    def _on_input(self, module: nn.Module, edit: Callable[[Tensor], Tensor]) -> None:
+        def hook(mod: nn.Module, args: tuple, kwargs: dict) -> Any:
+            if args:
+                y = edit(args[0])
+                return None if y is args[0] else ((y, *args[1:]), kwargs)
+            x = kwargs["hidden_states"]
+            y = edit(x)
+            return None if y is x else (args, {**kwargs, "hidden_states": y})
+
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _register_resid_mid(self, layer: int, edit: Callable[[Tensor], Tensor]) -> None:
+        # resid_mid = resid_pre + attn.out exists only as a local of the block: compute it from
+        # the block's input and the attention output, and fold an edit back into attn.out.
+        block = self.adapter.blocks(self.model)[layer]
+
+        def stash(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._resid_pre[layer] = args[0] if args else kwargs["hidden_states"]
+
+        def edit_attn_out(attn_out: Tensor) -> Tensor:
+            resid_pre = self._resid_pre.pop(layer)
+            resid_mid = resid_pre + attn_out
+            y = edit(resid_mid)
+            return attn_out if y is resid_mid else y - resid_pre
+
+        self._handles.append(block.register_forward_pre_hook(stash, with_kwargs=True))
+        attn = self.adapter.block_module(self.model, layer, self.adapter.attn)
+        self._on_output(attn, edit_attn_out)
+
+
+def _attention_weights(output: tuple) -> int:
+    for index in range(1, len(output)):
+        if isinstance(output[index], Tensor) and output[index].ndim == 4:
+            return index
+    return 1
+
+
+def attach(model: nn.Module, plan: Plan) -> Attachment:
+    """Attach a plan persistently; call ``handle.remove()`` to take it off."""
+    return Attachment(model, plan)
+
+
+@contextmanager
+def intervene(model: nn.Module, plan: Plan) -> Iterator[Attachment]:
+    """Run the block with the plan attached; every hook is removed on exit, also on error."""
+    handle = Attachment(model, plan)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+class Cache(Mapping[str, Tensor]):
+    """Captured activations keyed by site name (``cache["layers.3.attn.heads"]``)."""
+
+    def __init__(self, captures: dict[Site, Capture]):
+        self.captures = captures
+        self._by_name = {str(site): capture for site, capture in captures.items()}
+
+    def _capture(self, key: SiteLike) -> Capture:
+        name = str(key)
+        if name not in self._by_name:
+            raise KeyError(f"{name!r} was not captured; captured sites: {list(self._by_name)}")
+        return self._by_name[name]
+
+    def __getitem__(self, key: SiteLike) -> Tensor:  # type: ignore[override]
+        return self._capture(key).value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def records(self, key: SiteLike) -> list[Tensor]:
+        """Every sequence captured at ``key`` (one tensor per sequence / generate call)."""
+        return self._capture(key).values
+
+    def stack(self, pattern: SiteLike | Iterable[SiteLike], dim: int = 0) -> Tensor:
+        """Stack the values of several sites, in the given order (e.g. all layers)."""
+        geometry_layers = max((s.layer or 0) for s in self.captures) + 1
+        return torch.stack([self[s] for s in expand(pattern, geometry_layers)], dim=dim)
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    sites: SiteLike | Iterable[SiteLike],
+    *,
+    positions: Positions = None,
+    heads: list[int] | None = None,
+    keep_grad: bool = False,
+    device: str | torch.device | None = None,
+    reduce: Callable[[], Reducer] | None = None,
+    plan: Plan | None = None,
+) -> Iterator[Cache]:
+    """Capture activations at ``sites``; yields a ``Cache`` filled by the forwards in the block.
+
+    ``reduce`` is a reducer factory (``iv.Mean``, ``iv.MeanNorm``, ``iv.SecondMoment``): each
+    site then keeps a streaming statistic instead of every activation. ``plan`` attaches
+    interventions in the same pass (captures see their effect at later sites).
+    """
+    n_layers = adapter(model).geometry(model.config).n_layers
+    captures = {
+        site: Capture(
+            keep_grad=keep_grad,
+            device=device,
+            reduce=None if reduce is None else reduce(),
+            heads=heads,
+            positions=positions,
+        )
+        for site in expand(sites, n_layers)
+    }
+    combined: dict[SiteLike, Intervention] = dict(normalize_plan(model, plan or {}))
+    for site, cap in captures.items():
+        combined[site] = cap if site not in combined else _compose(combined[site], cap)
+    handle = Attachment(model, combined)
+    try:
+        yield Cache(captures)
+    finally:
+        handle.remove()
+
+
+def _compose(first: Intervention, then: Intervention) -> Intervention:
+    from interventions.ops import Compose
+
+    return Compose(first, then)

@@ -1,0 +1,530 @@
+"""Interventions: small values with one ``forward(x) -> x'``, placed at sites by a plan.
+
+Every built-in takes the same selectors: ``heads=[...]`` at head sites (``attn.heads``,
+``attn.pattern``) and ``positions=``. ``forward`` only ever sees the selected part of the
+activation; ``Intervention.apply`` does the selecting and writes the result back without
+editing anything in place.
+
+Positions mean the same thing with and without the KV cache. They are resolved against the
+*absolute* token positions of the sequence, which the attachment tracks across the forwards of
+one ``generate`` call (cached or not):
+
+- ``None``: every position.
+- an int ``i >= 0``: absolute position ``i`` (hit once, whichever forward computes it).
+- a negative int ``-k``: the k-th last token of each forward's new tokens, so ``-1`` is the
+  last prompt token and then every generated token.
+- a ``slice``: absolute bounds; negative bounds count from the end of each forward's new tokens.
+- ``"prompt"`` / ``"generated"``: positions before / from the prompt length (the length of the
+  first forward of the sequence).
+- a list of ints: the union of the ints.
+- a boolean tensor ``[seq]`` or ``[batch, seq]`` over absolute positions (e.g. an attention mask
+  to skip padding).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from interventions.adapters import Geometry
+from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, Site
+
+Positions = int | slice | str | Sequence[int] | Tensor | None
+POSITION_WORDS = ("prompt", "generated")
+
+
+@dataclass
+class Step:
+    """Where the current forward sits in its sequence (maintained by ``attach``)."""
+
+    offset: int  # absolute position of this forward's first column
+    length: int  # number of columns in this forward
+    prompt_length: int  # length of the first forward of the sequence
+    spans: list[tuple[int, int]] = field(default_factory=list)  # new tokens of each forward
+
+    @classmethod
+    def single(cls, length: int) -> "Step":
+        """A lone forward over ``length`` tokens from position 0."""
+        return cls(offset=0, length=length, prompt_length=length, spans=[(0, length)])
+
+
+def check_positions(positions: Positions) -> Positions:
+    if positions is None or isinstance(positions, slice):
+        return positions
+    if isinstance(positions, bool):
+        raise TypeError("positions=True/False is ambiguous; use None for all positions")
+    if isinstance(positions, int):
+        return positions
+    if isinstance(positions, str):
+        if positions == "all":
+            return None
+        if positions not in POSITION_WORDS:
+            raise ValueError(
+                f"positions={positions!r} is not understood: expected 'prompt', 'generated', "
+                "'all', an int, a slice, a list of ints or a boolean mask"
+            )
+        return positions
+    if isinstance(positions, Tensor):
+        if positions.dtype != torch.bool or positions.ndim not in (1, 2):
+            raise TypeError(
+                "a tensor of positions must be a boolean mask [seq] or [batch, seq], got "
+                f"dtype {positions.dtype} with shape {tuple(positions.shape)}"
+            )
+        return positions
+    if isinstance(positions, Sequence) and all(isinstance(p, int) for p in positions):
+        return tuple(positions)
+    raise TypeError(
+        f"positions={positions!r} is not understood: expected None, an int, a slice, "
+        "'prompt', 'generated', a list of ints or a boolean mask"
+    )
+
+
+def _columns_of_range(lo: int, hi: int, first: int, width: int) -> range:
+    return range(max(lo, first) - first, max(min(hi, first + width) - first, 0))
+
+
+def resolve(
+    positions: Positions, step: Step, width: int
+) -> None | range | list[int] | Bool[Tensor, "*batch seq"]:
+    """Columns of the current forward (``width`` of them, the last ones) that are selected.
+
+    ``None`` means all columns. A site may hold fewer columns than the forward (``logits``
+    under ``logits_to_keep``): they are the last ``width`` positions.
+    """
+    if positions is None:
+        return None
+    first = step.offset + step.length - width
+    if isinstance(positions, Tensor):
+        mask = positions[..., first : first + width]
+        if mask.shape[-1] < width:
+            pad = mask.new_zeros((*mask.shape[:-1], width - mask.shape[-1]))
+            mask = torch.cat([mask, pad], dim=-1)
+        return mask
+    if positions == "prompt":
+        return _columns_of_range(0, step.prompt_length, first, width)
+    if positions == "generated":
+        return _columns_of_range(step.prompt_length, first + width, first, width)
+    if isinstance(positions, int):
+        return _columns_of_int(positions, step, first, width)
+    if isinstance(positions, tuple):
+        columns = {c for p in positions for c in _columns_of_int(p, step, first, width)}
+        return sorted(columns)
+    return _columns_of_slice(positions, step, first, width)
+
+
+def _columns_of_int(position: int, step: Step, first: int, width: int) -> list[int]:
+    if position >= 0:
+        hits = [position]
+    else:
+        hits = [end + position for start, end in step.spans if start <= end + position]
+    return [p - first for p in hits if first <= p < first + width]
+
+
+def _columns_of_slice(positions: slice, step: Step, first: int, width: int) -> list[int]:
+    if positions.step not in (None, 1):
+        raise ValueError("positions slices take no step; pass a list of ints instead")
+    columns: set[int] = set()
+    for start, end in step.spans:
+        lo = 0 if positions.start is None else positions.start
+        hi = end if positions.stop is None else positions.stop
+        lo, hi = (end + lo if lo < 0 else lo), (end + hi if hi < 0 else hi)
+        columns.update(_columns_of_range(max(lo, start), min(hi, end), first, width))
+    return sorted(columns)
+
+
+class Intervention(nn.Module):
+    """Base class: subclass and write ``forward(x) -> x'`` (no in-place edits).
+
+    ``forward`` receives the selected part of the activation: ``[batch, seq, ...]`` (or
+    ``[n, ...]`` under a boolean mask), with ``[..., heads, d_head]`` at head sites.
+    """
+
+    def __init__(self, *, heads: Sequence[int] | None = None, positions: Positions = None):
+        super().__init__()
+        if heads is not None:
+            if isinstance(heads, int) or not all(isinstance(h, int) for h in heads):
+                raise TypeError(f"heads must be a list of ints, got {heads!r}")
+            if len(set(heads)) != len(heads) or not heads:
+                raise ValueError(f"heads must be a non-empty list without repeats, got {heads!r}")
+        self.heads = None if heads is None else tuple(heads)
+        self.positions = check_positions(positions)
+        self._head_index: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # --- called by attach -------------------------------------------------------------------
+    def check(self, site: Site, geometry: Geometry) -> None:
+        """Raise a clear error if this intervention cannot act at ``site`` of this model."""
+        if self.heads is not None:
+            if site.kind not in HEAD_KINDS:
+                raise ValueError(
+                    f"{type(self).__name__}(heads=...) at {site}: heads can only be selected at "
+                    f"head sites ({', '.join(HEAD_KINDS)})"
+                )
+            bad = [h for h in self.heads if not 0 <= h < geometry.n_heads]
+            if bad:
+                raise ValueError(
+                    f"head index {bad} out of range at {site}: the model has "
+                    f"{geometry.n_heads} heads (valid 0..{geometry.n_heads - 1})"
+                )
+        if site.kind in CAPTURE_ONLY_KINDS and not self.reads_only:
+            raise ValueError(f"{site} can only be captured; {type(self).__name__} edits it")
+        self.check_width(site, geometry)
+
+    def check_width(self, site: Site, geometry: Geometry) -> None:
+        """Subclasses check the sizes of their vectors against ``site_width``."""
+
+    reads_only = False
+
+    def start_sequence(self) -> None:
+        """Called when a new sequence starts (a forward that continues no earlier one)."""
+
+    def selected_heads(self, geometry: Geometry) -> int:
+        return geometry.n_heads if self.heads is None else len(self.heads)
+
+    def apply(self, x: Tensor, step: Step) -> Tensor:
+        """Select heads and positions, run ``forward``, write back out of place.
+
+        ``x`` is ``[batch, seq, ...]``, with heads on dim 2 at head sites.
+        """
+        columns = resolve(self.positions, step, x.shape[1])
+        if columns is not None and not isinstance(columns, Tensor) and len(columns) == 0:
+            return x
+        heads = None
+        if self.heads is not None:
+            if self._head_index is None or self._head_index.device != x.device:
+                self._head_index = torch.tensor(self.heads, device=x.device)
+            heads = self._head_index
+        x_heads = x if heads is None else x.index_select(2, heads)
+        if columns is None:
+            y = self(x_heads)
+            if y is x_heads:
+                return x
+            y_heads = y
+        elif isinstance(columns, Tensor):
+            mask = columns.to(x.device)
+            if mask.ndim == 1:
+                mask = mask.expand(x.shape[0], -1)
+            if mask.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"positions mask has batch size {mask.shape[0]}, the activation {x.shape[0]}"
+                )
+            where = mask.nonzero(as_tuple=True)
+            selected = x_heads[where]
+            y = self(selected)
+            if y is selected:
+                return x
+            y_heads = x_heads.index_put(where, y)
+        else:
+            index = torch.as_tensor(list(columns), device=x.device)
+            selected = x_heads.index_select(1, index)
+            y = self(selected)
+            if y is selected:
+                return x
+            y_heads = x_heads.index_copy(1, index, y)
+        return y_heads if heads is None else x.index_copy(2, heads, y_heads)
+
+
+def site_width(site: Site, geometry: Geometry) -> int:
+    """Size of the last dimension of the activation at ``site``."""
+    return {
+        "attn.heads": geometry.d_head,
+        "mlp.act": geometry.d_mlp,
+        "logits": geometry.d_vocab,
+        "attn.pattern": -1,  # keys: varies with the sequence
+    }.get(site.kind, geometry.d_model)
+
+
+def _check_vector(
+    owner: Intervention, name: str, vector: Tensor, site: Site, geometry: Geometry
+) -> None:
+    width = site_width(site, geometry)
+    n_heads = owner.selected_heads(geometry)
+    per_head_ok = site.kind in HEAD_KINDS and vector.ndim == 2 and vector.shape[0] == n_heads
+    expected = f"[{width}]"
+    if site.kind in HEAD_KINDS:
+        expected += f" or [{n_heads}, {width}] (one row per selected head)"
+    if vector.shape[-1] != width or not (vector.ndim == 1 or per_head_ok):
+        raise ValueError(
+            f"{type(owner).__name__} at {site}: {name} has shape {tuple(vector.shape)}, "
+            f"expected {expected}"
+        )
+
+
+class AddBias(Intervention):
+    """Add ``alpha * vector``. Trainable when asked (``trainable=True`` makes it a Parameter)."""
+
+    def __init__(
+        self,
+        vector: Float[Tensor, "*heads d"],
+        alpha: float = 1.0,
+        *,
+        trainable: bool = False,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(heads=heads, positions=positions)
+        vector = torch.as_tensor(vector)
+        if vector.ndim not in (1, 2):
+            raise ValueError(f"AddBias vector must be [d] or [heads, d], got {tuple(vector.shape)}")
+        if trainable:
+            self.vector = nn.Parameter(vector.detach().clone())
+        else:
+            self.register_buffer("vector", vector.detach().clone())
+        self.alpha = alpha
+
+    def check_width(self, site: Site, geometry: Geometry) -> None:
+        _check_vector(self, "vector", self.vector, site, geometry)
+
+    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+        return x + self.alpha * self.vector.to(device=x.device, dtype=x.dtype)
+
+
+class Rescale(Intervention):
+    """Scale the activation by ``factor``, or only its component along ``direction``."""
+
+    def __init__(
+        self,
+        factor: float,
+        direction: Float[Tensor, "*heads d"] | None = None,
+        *,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(heads=heads, positions=positions)
+        self.factor = float(factor)
+        if direction is None:
+            self.direction = None
+        else:
+            direction = torch.as_tensor(direction)
+            norm = direction.norm(dim=-1, keepdim=True)
+            if (norm == 0).any():
+                raise ValueError("Rescale direction must be non-zero")
+            self.register_buffer("direction", (direction / norm).detach().clone())
+
+    def check_width(self, site: Site, geometry: Geometry) -> None:
+        if self.direction is not None:
+            _check_vector(self, "direction", self.direction, site, geometry)
+
+    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+        if self.direction is None:
+            return x * self.factor
+        u = self.direction.to(device=x.device, dtype=x.dtype)
+        return x + (self.factor - 1.0) * (x * u).sum(-1, keepdim=True) * u
+
+
+class Project(Intervention):
+    """Remove the span of ``basis`` (rows; orthonormalised here), or keep only it."""
+
+    def __init__(
+        self,
+        basis: Float[Tensor, "k d"] | Float[Tensor, " d"],
+        keep: bool = False,
+        *,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(heads=heads, positions=positions)
+        basis = torch.as_tensor(basis)
+        basis = basis[None] if basis.ndim == 1 else basis
+        if basis.ndim != 2 or basis.shape[0] > basis.shape[1]:
+            raise ValueError(f"Project basis must be [k, d] with k <= d, got {tuple(basis.shape)}")
+        q, r = torch.linalg.qr(basis.double().T)
+        if (r.diagonal().abs() < 1e-10).any():
+            raise ValueError("Project basis rows are linearly dependent")
+        self.register_buffer("basis", q.T.to(basis.dtype if basis.is_floating_point() else None))
+        self.keep = keep
+
+    def check_width(self, site: Site, geometry: Geometry) -> None:
+        _check_vector(self, "basis", self.basis[0], site, geometry)
+
+    def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
+        b = self.basis.to(device=x.device, dtype=x.dtype)
+        inside = (x @ b.T) @ b
+        return inside if self.keep else x - inside
+
+
+class Compose(Intervention):
+    """Apply several interventions in order, each with its own selectors."""
+
+    def __init__(self, *interventions: Intervention):
+        super().__init__()
+        if not interventions or not all(isinstance(i, Intervention) for i in interventions):
+            raise TypeError("Compose takes one or more Intervention values")
+        self.parts = nn.ModuleList(interventions)
+
+    @property
+    def reads_only(self) -> bool:  # type: ignore[override]
+        return all(part.reads_only for part in self.parts)
+
+    def check(self, site: Site, geometry: Geometry) -> None:
+        for part in self.parts:
+            part.check(site, geometry)
+
+    def start_sequence(self) -> None:
+        for part in self.parts:
+            part.start_sequence()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for part in self.parts:
+            x = part(x)
+        return x
+
+    def apply(self, x: Tensor, step: Step) -> Tensor:
+        for part in self.parts:
+            x = part.apply(x, step)
+        return x
+
+
+# --- capture ------------------------------------------------------------------------------------
+
+
+class Reducer:
+    """Streaming statistic over samples ``[n, *features]``; ``value`` is the result so far."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: Tensor | None = None
+
+    def summand(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def update(self, x: Tensor) -> None:
+        part = self.summand(x.float())
+        self.total = part if self.total is None else self.total + part
+        self.count += x.shape[0]
+
+    @property
+    def value(self) -> Tensor:
+        if self.total is None:
+            raise ValueError("nothing was reduced yet: run a forward first")
+        return self.total / self.count
+
+
+class Mean(Reducer):
+    """Running mean over samples (float32 accumulation)."""
+
+    def summand(self, x: Float[Tensor, "n ..."]) -> Float[Tensor, "..."]:
+        return x.sum(0)
+
+
+class MeanNorm(Reducer):
+    """Running mean of the L2 norm over the last dimension."""
+
+    def summand(self, x: Float[Tensor, "n ... d"]) -> Float[Tensor, "..."]:
+        return x.norm(dim=-1).sum(0)
+
+
+class SecondMoment(Reducer):
+    """Running uncentred second moment ``E[x xᵀ]`` (``total`` is ``Σ x xᵀ``)."""
+
+    def summand(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "d d"]:
+        x = x.reshape(x.shape[0], -1)
+        return x.T @ x
+
+
+class Capture(Intervention):
+    """Record the activation (returns it unchanged, so a plan of captures is bit-exact).
+
+    ``keep_grad`` keeps the autograd graph; ``device`` moves records (e.g. ``"cpu"``);
+    ``reduce`` (``Mean()``, ``MeanNorm()``, ``SecondMoment()`` or your own ``Reducer``)
+    accumulates a statistic instead of keeping every activation.
+    """
+
+    reads_only = True
+
+    def __init__(
+        self,
+        *,
+        keep_grad: bool = False,
+        device: str | torch.device | None = None,
+        reduce: Reducer | None = None,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(heads=heads, positions=positions)
+        self.keep_grad = keep_grad
+        self.device = device
+        self.reduce = reduce
+        self.records: list[list[Tensor]] = []
+        self._feature_dims = 1
+        self._pattern = False
+
+    def check(self, site: Site, geometry: Geometry) -> None:
+        super().check(site, geometry)
+        self._feature_dims = 2 if site.kind in HEAD_KINDS else 1
+        self._pattern = site.kind == "attn.pattern"
+
+    def start_sequence(self) -> None:
+        if self.reduce is None:
+            self.records.append([])
+
+    def forward(self, x: Tensor) -> Tensor:
+        seen = x if self.keep_grad else x.detach()
+        if self.device is not None:
+            seen = seen.to(self.device)
+        if self.reduce is not None:
+            self.reduce.update(seen.reshape(-1, *seen.shape[seen.ndim - self._feature_dims :]))
+            return x
+        if self._pattern and seen.ndim == 4:  # stored [b, q, h, k] -> the site's [b, h, q, k]
+            seen = seen.transpose(1, 2)
+        if isinstance(self.positions, int) and seen.ndim >= 2 + self._feature_dims:
+            seen = seen.squeeze(2 if self._pattern else 1)
+        if not self.records:
+            self.records.append([])
+        self.records[-1].append(seen)
+        return x
+
+    @property
+    def values(self) -> list[Tensor]:
+        """One tensor per sequence seen: forwards of one generate call are joined on tokens."""
+        return [self._join(chunks) for chunks in self.records if chunks]
+
+    @property
+    def value(self) -> Tensor:
+        """The last sequence's record (or the reduced statistic)."""
+        if self.reduce is not None:
+            return self.reduce.value
+        values = self.values
+        if not values:
+            raise ValueError("nothing was captured: run a forward inside the capture first")
+        return values[-1]
+
+    def _join(self, chunks: list[Tensor]) -> Tensor:
+        if len(chunks) == 1:
+            return chunks[0]
+        token_dim = 2 if self._pattern else 1
+        if self._pattern and len({c.shape[-1] for c in chunks}) > 1:
+            raise ValueError(
+                "attn.pattern was captured over forwards with different key lengths (generate "
+                "with a KV cache): read capture.records for the per-forward patterns"
+            )
+        if isinstance(self.positions, int):  # one position per forward: stack them
+            return torch.stack(chunks, dim=token_dim)
+        return torch.cat(chunks, dim=token_dim)
+
+    def clear(self) -> None:
+        self.records = []
+        if self.reduce is not None:
+            self.reduce.count, self.reduce.total = 0, None
+
+
+__all__ = [
+    "AddBias",
+    "Capture",
+    "Compose",
+    "Intervention",
+    "Mean",
+    "MeanNorm",
+    "Positions",
+    "Project",
+    "Reducer",
+    "Rescale",
+    "SecondMoment",
+    "Step",
+    "resolve",
+    "site_width",
+]

@@ -1,0 +1,144 @@
+"""Site names: one grammar for every architecture (DESIGN.md §1).
+
+A site is a small frozen value ``Site(kind, layer)``; its string form is its saved form,
+``"layers.12.attn.heads"`` or ``"logits"``. Patterns such as ``"layers.*.attn.heads"`` and
+``"layers.3:8.resid_post"`` expand to many sites.
+"""
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+LAYER_KINDS = (
+    "resid_pre",
+    "attn.in",
+    "attn.pattern",
+    "attn.heads",
+    "attn.out",
+    "resid_mid",
+    "mlp.in",
+    "mlp.act",
+    "mlp.out",
+    "resid_post",
+)
+MODEL_KINDS = ("embed", "final_norm", "logits")
+HEAD_KINDS = ("attn.heads", "attn.pattern")
+CAPTURE_ONLY_KINDS = ("attn.pattern",)
+
+_LAYER_NAME = re.compile(r"^layers\.(?P<layers>[^.]+)\.(?P<kind>.+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One activation in the forward pass: ``kind`` at ``layer`` (None for model-level sites)."""
+
+    kind: str
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind in MODEL_KINDS:
+            if self.layer is not None:
+                raise ValueError(f"site kind {self.kind!r} has no layer, got layer={self.layer}")
+        elif self.kind in LAYER_KINDS:
+            if not isinstance(self.layer, int) or self.layer < 0:
+                raise ValueError(
+                    f"site kind {self.kind!r} needs a layer index >= 0, got {self.layer!r}"
+                )
+        else:
+            raise ValueError(_unknown_message(str(self.kind), _example_names()))
+
+    def __str__(self) -> str:
+        return self.kind if self.layer is None else f"layers.{self.layer}.{self.kind}"
+
+    @property
+    def is_head_site(self) -> bool:
+        return self.kind in HEAD_KINDS
+
+
+SiteLike = str | Site
+
+
+def _example_names(n_layers: int = 1) -> list[str]:
+    names = list(MODEL_KINDS)
+    for i in range(n_layers):
+        names += [f"layers.{i}.{kind}" for kind in LAYER_KINDS]
+    return names
+
+
+def _unknown_message(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    kinds = ", ".join(MODEL_KINDS) + ", layers.{i}." + ", layers.{i}.".join(LAYER_KINDS)
+    return f"unknown site {name!r}.{hint} Valid sites are: {kinds}."
+
+
+def parse(name: SiteLike, n_layers: int | None = None) -> Site:
+    """Parse one site name (no wildcards). With ``n_layers``, check the layer exists."""
+    if isinstance(name, Site):
+        site = name
+    else:
+        sites = expand(name, n_layers)
+        if len(sites) != 1 or any(c in name for c in "*:"):
+            raise ValueError(f"{name!r} names {len(sites)} sites; expected exactly one site")
+        site = sites[0]
+    if n_layers is not None and site.layer is not None and site.layer >= n_layers:
+        raise ValueError(
+            f"site {str(site)!r} is out of range: the model has {n_layers} layers "
+            f"(valid layer indices 0..{n_layers - 1})"
+        )
+    return site
+
+
+def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) -> list[Site]:
+    """Expand a name, a pattern (``layers.*.x``, ``layers.3:8.x``) or a list of them."""
+    if isinstance(pattern, Site):
+        return [parse(pattern, n_layers)]
+    if not isinstance(pattern, str):
+        return [site for item in pattern for site in expand(item, n_layers)]
+    valid = _example_names(n_layers or 1)
+    if pattern in MODEL_KINDS:
+        return [Site(pattern)]
+    match = _LAYER_NAME.match(pattern)
+    if match is None or match["kind"] not in LAYER_KINDS:
+        raise ValueError(_unknown_message(pattern, valid))
+    kind, spec = match["kind"], match["layers"]
+    layers = _layer_indices(spec, n_layers, pattern)
+    if n_layers is not None:
+        bad = [i for i in layers if i >= n_layers]
+        if bad:
+            raise ValueError(
+                f"site {pattern!r} is out of range: the model has {n_layers} layers "
+                f"(valid layer indices 0..{n_layers - 1})"
+            )
+    return [Site(kind, i) for i in layers]
+
+
+def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:
+    if spec.isdigit():
+        return [int(spec)]
+    if spec == "*" or ":" in spec:
+        if n_layers is None and (spec == "*" or spec.endswith(":")):
+            raise ValueError(f"{pattern!r} needs the model's layer count to expand")
+        if spec == "*":
+            return list(range(n_layers))
+        start, _, stop = spec.partition(":")
+        if not (start == "" or start.isdigit()) or not (stop == "" or stop.isdigit()):
+            raise ValueError(
+                f"bad layer range in {pattern!r}: expected 'start:stop' with non-negative "
+                "integers, e.g. 'layers.3:8.resid_post' (stop excluded)"
+            )
+        lo = int(start) if start else 0
+        hi = int(stop) if stop else n_layers
+        if hi <= lo:
+            raise ValueError(f"empty layer range in {pattern!r}: stop must be greater than start")
+        return list(range(lo, hi))
+    raise ValueError(
+        f"bad layer index {spec!r} in {pattern!r}: expected a number, '*' or 'start:stop'"
+    )
+
+
+def all_sites(n_layers: int) -> list[Site]:
+    """Every site of a model with ``n_layers`` layers, in forward order."""
+    layer_sites = [Site(kind, i) for i in range(n_layers) for kind in LAYER_KINDS]
+    return [Site("embed"), *layer_sites, Site("final_norm"), Site("logits")]

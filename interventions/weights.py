@@ -1,0 +1,337 @@
+"""Weight edits: fold linear interventions into weights (``bake``) and ``WeightDelta`` records.
+
+``bake(model, plan)`` folds ``AddBias``, ``Rescale`` and ``Project`` (alone or composed) at
+``attn.heads``, ``attn.out`` and ``mlp.out`` into the ``o_proj`` / ``down_proj`` weight and
+bias. An intervention at ``attn.heads`` is an affine map ``x -> A x + c`` of the projection's
+input, so ``W' = W A`` and ``b' = b + W c``; at ``attn.out`` / ``mlp.out`` it maps the output,
+so ``W' = A W`` and ``b' = A b + c``. ``A`` and ``c`` are read off the intervention itself by
+running it on the zero vector and the unit vectors (in float64).
+
+A ``WeightDelta`` keeps the new values and the originals of every parameter it touches:
+``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, and ``apply`` refuses
+a model whose parameters are not the ones it was made from.
+"""
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from interventions.adapters import Adapter, adapter
+from interventions.attach import Plan, normalize_plan
+from interventions.ops import AddBias, Compose, Intervention, Project, Rescale
+from interventions.sites import Site
+
+FOLDABLE_KINDS = ("attn.heads", "attn.out", "mlp.out")
+_FORMAT = "interventions.WeightDelta/1"
+
+
+@dataclass
+class WeightDelta:
+    """New values of some parameters, with the originals they replace.
+
+    ``originals[name] is None`` marks a parameter the delta creates (a bias the architecture
+    lacks); ``config`` holds ``attr -> (old, new)`` config changes that go with it.
+    """
+
+    changes: dict[str, Tensor]
+    originals: dict[str, Tensor | None]
+    config: dict[str, tuple[object, object]] = field(default_factory=dict)
+    applied: bool = False
+
+    # --- applying ---------------------------------------------------------------------------------
+    def apply(self, model: nn.Module, *, check: bool = True) -> "WeightDelta":
+        """Write the new values into ``model``. With ``check``, refuse a model whose current
+        parameters differ from the originals this delta was made from."""
+        if self.applied:
+            raise RuntimeError("this WeightDelta is already applied; revert it first")
+        self._validate(model, check=check)
+        with torch.no_grad():
+            for name, new in self.changes.items():
+                if self.originals[name] is None:
+                    module_name, _, attr = name.rpartition(".")
+                    module = model.get_submodule(module_name)
+                    reference = next(module.parameters())
+                    setattr(module, attr, nn.Parameter(new.to(reference.device, reference.dtype)))
+                else:
+                    model.get_parameter(name).copy_(new)
+        for attr, (_, new_value) in self.config.items():
+            setattr(model.config, attr, new_value)
+        self.applied = True
+        return self
+
+    def revert(self, model: nn.Module) -> None:
+        """Restore every touched parameter bit-exactly, remove created ones, undo config."""
+        if not self.applied:
+            raise RuntimeError("this WeightDelta is not applied to a model; nothing to revert")
+        with torch.no_grad():
+            for name, original in self.originals.items():
+                if original is None:
+                    module_name, _, attr = name.rpartition(".")
+                    model.get_submodule(module_name).register_parameter(attr, None)
+                else:
+                    model.get_parameter(name).copy_(original)
+        for attr, (old_value, _) in self.config.items():
+            setattr(model.config, attr, old_value)
+        self.applied = False
+
+    def _validate(self, model: nn.Module, *, check: bool) -> None:
+        for name, new in self.changes.items():
+            original = self.originals[name]
+            if original is None:
+                module_name, _, attr = name.rpartition(".")
+                try:
+                    module = model.get_submodule(module_name)
+                except AttributeError as error:
+                    raise ValueError(
+                        f"this WeightDelta creates {name}, but the model has no module "
+                        f"{module_name!r}: it was made for another architecture"
+                    ) from error
+                if getattr(module, attr, None) is not None:
+                    raise ValueError(
+                        f"this WeightDelta creates {name}, but the model already has it: it was "
+                        "made for a model without that parameter"
+                    )
+                continue
+            try:
+                current = model.get_parameter(name)
+            except AttributeError as error:
+                raise ValueError(
+                    f"the model has no parameter {name!r}: this WeightDelta was made for "
+                    "another architecture"
+                ) from error
+            if current.shape != new.shape:
+                raise ValueError(
+                    f"parameter {name} has shape {tuple(current.shape)} in this model, but the "
+                    f"WeightDelta expects {tuple(new.shape)}: it was made for another model"
+                )
+            if check and not torch.equal(current.detach().cpu(), original.cpu()):
+                raise ValueError(
+                    f"parameter {name} differs from the one this WeightDelta was made from: "
+                    "apply it to the model it was made for (or pass check=False)"
+                )
+
+    # --- files ------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save as one safetensors file (written to a temporary file, then moved)."""
+        path = Path(path)
+        tensors = {f"new/{name}": t.detach().cpu().contiguous() for name, t in self.changes.items()}
+        for name, original in self.originals.items():
+            if original is not None:
+                tensors[f"old/{name}"] = original.detach().cpu().contiguous()
+        metadata = {
+            "format": _FORMAT,
+            "created": json.dumps([n for n, o in self.originals.items() if o is None]),
+            "config": json.dumps({k: list(v) for k, v in self.config.items()}),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "WeightDelta":
+        """Load a delta saved by ``save`` (not applied)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if metadata.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a WeightDelta file (no {_FORMAT!r} metadata)")
+        tensors = load_file(str(path))
+        changes = {k[4:]: v for k, v in tensors.items() if k.startswith("new/")}
+        originals: dict[str, Tensor | None] = {n: tensors.get(f"old/{n}") for n in changes}
+        created = set(json.loads(metadata["created"]))
+        if any(originals[n] is None for n in set(changes) - created):
+            raise ValueError(f"{path} is missing original values of some parameters")
+        config = {k: tuple(v) for k, v in json.loads(metadata["config"]).items()}
+        return cls(changes=changes, originals=originals, config=config)
+
+    @classmethod
+    def from_change(cls, model: nn.Module, originals: Mapping[str, Tensor]) -> "WeightDelta":
+        """An applied delta from parameters changed in place (e.g. by training).
+
+        ``originals`` maps parameter names to copies taken before the change.
+        """
+        changes = {n: model.get_parameter(n).detach().clone() for n in originals}
+        return cls(changes=changes, originals={n: t.detach().clone() for n, t in originals.items()},
+                   applied=True)  # fmt: skip
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.changes)
+
+
+# --- bake ------------------------------------------------------------------------------------
+
+
+def _affine(intervention: Intervention, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """``(A, c)`` with ``f(x) = A x + c`` on the last dim, for each leading index of ``shape``.
+
+    Returns ``A: [*lead, d, d]`` and ``c: [*lead, d]`` in float64.
+    """
+    *lead, d = shape
+    probe = torch.cat([torch.zeros(1, d), torch.eye(d)], dim=0).double()  # [d + 1, d]
+    probe = probe.reshape(d + 1, *([1] * len(lead)), d).expand(d + 1, *lead, d)
+    with torch.no_grad():
+        out = intervention(probe)
+    c = out[0]
+    a = (out[1:] - c).movedim(0, -1)  # [*lead, d_out, d_in]
+    return a, c
+
+
+def _check_foldable(site: Site, intervention: Intervention) -> None:
+    if site.kind not in FOLDABLE_KINDS:
+        raise ValueError(
+            f"bake folds interventions at {', '.join(FOLDABLE_KINDS)}; {site} cannot be folded "
+            "into weights (use iv.intervene instead)"
+        )
+    parts = intervention.parts if isinstance(intervention, Compose) else [intervention]
+    for part in parts:
+        if isinstance(part, Compose):
+            _check_foldable(site, part)
+            continue
+        if type(part) not in (AddBias, Rescale, Project):
+            raise ValueError(
+                f"{type(part).__name__} at {site} is not a linear intervention; bake folds "
+                "AddBias, Rescale and Project (and Compose of them)"
+            )
+        if part.positions is not None:
+            raise ValueError(
+                f"{type(part).__name__} at {site} acts at positions={part.positions!r}; weights "
+                "act at every position, so only positions=None can be baked (use iv.intervene)"
+            )
+
+
+def _input_affine(intervention: Intervention, n_heads: int, d_head: int) -> tuple[Tensor, Tensor]:
+    """Block-diagonal ``A`` [n_heads*d_head]^2 and ``c`` of an intervention at attn.heads."""
+    parts = intervention.parts if isinstance(intervention, Compose) else [intervention]
+    a_full = torch.eye(n_heads * d_head, dtype=torch.float64)
+    c_full = torch.zeros(n_heads * d_head, dtype=torch.float64)
+    for part in parts:
+        if isinstance(part, Compose):
+            a_part, c_part = _input_affine(part, n_heads, d_head)
+        else:
+            heads = list(part.heads) if part.heads is not None else list(range(n_heads))
+            a_heads, c_heads = _affine(part, (len(heads), d_head))
+            a_part = torch.eye(n_heads * d_head, dtype=torch.float64)
+            c_part = torch.zeros(n_heads * d_head, dtype=torch.float64)
+            for i, h in enumerate(heads):
+                block = slice(h * d_head, (h + 1) * d_head)
+                a_part[block, block] = a_heads[i]
+                c_part[block] = c_heads[i]
+        a_full, c_full = a_part @ a_full, a_part @ c_full + c_part
+    return a_full, c_full
+
+
+def _output_affine(intervention: Intervention, d: int) -> tuple[Tensor, Tensor]:
+    parts = intervention.parts if isinstance(intervention, Compose) else [intervention]
+    a_full = torch.eye(d, dtype=torch.float64)
+    c_full = torch.zeros(d, dtype=torch.float64)
+    for part in parts:
+        a_part, c_part = (
+            _output_affine(part, d) if isinstance(part, Compose) else _affine(part, (d,))
+        )
+        a_full, c_full = a_part @ a_full, a_part @ c_full + c_part
+    return a_full, c_full
+
+
+def _projection_path(table: Adapter, site: Site) -> str:
+    return table.o_proj if site.kind.startswith("attn") else table.down_proj
+
+
+def bake(model: nn.Module, plan: Plan) -> WeightDelta:
+    """Fold a plan of linear interventions into weights; returns the applied ``WeightDelta``.
+
+    Nothing is changed if any entry cannot be folded.
+    """
+    table = adapter(model)
+    geometry = table.geometry(model.config)
+    sites = normalize_plan(model, plan)
+    for site, intervention in sites.items():
+        _check_foldable(site, intervention)
+    layers_prefix = table.layers
+    changes: dict[str, Tensor] = {}
+    originals: dict[str, Tensor | None] = {}
+    config: dict[str, tuple[object, object]] = {}
+    # Input-side edits (attn.heads) before output-side edits (attn.out) of the same projection.
+    order = {"attn.heads": 0, "attn.out": 1, "mlp.out": 1}
+    for site in sorted(sites, key=lambda s: (s.layer, order[s.kind])):
+        path = _projection_path(table, site)
+        module = table.block_module(model, site.layer, path)
+        prefix = f"{layers_prefix}.{site.layer}.{path}"
+        weight_name, bias_name = f"{prefix}.weight", f"{prefix}.bias"
+        w = changes.get(weight_name)
+        w = table.weight(module).double() if w is None else table.from_storage(w).double()
+        b = changes.get(bias_name)
+        if b is None:
+            b = (
+                module.bias.double()
+                if module.bias is not None
+                else torch.zeros(w.shape[0]).double()
+            )
+        else:
+            b = b.double()
+        w, b = w.detach().cpu(), b.detach().cpu()
+        if site.kind == "attn.heads":
+            a, c = _input_affine(sites[site], geometry.n_heads, geometry.d_head)
+            w, b = w @ a, b + w @ c
+        else:
+            a, c = _output_affine(sites[site], w.shape[0])
+            w, b = a @ w, a @ b + c
+        reference = module.weight
+        changes[weight_name] = table.to_storage(w).to(reference.device, reference.dtype)
+        originals.setdefault(weight_name, module.weight.detach().clone())
+        if module.bias is None and not bool((b == 0).all()):
+            _create_biases(table, model, site.layer, path, changes, originals, config)
+        if module.bias is not None or bias_name in changes:
+            changes[bias_name] = b.to(reference.device, reference.dtype)
+            if module.bias is not None:
+                originals.setdefault(bias_name, module.bias.detach().clone())
+    delta = WeightDelta(changes=changes, originals=originals, config=config)
+    return delta.apply(model)
+
+
+def _create_biases(
+    table: Adapter,
+    model: nn.Module,
+    layer: int,
+    path: str,
+    changes: dict[str, Tensor],
+    originals: dict[str, Tensor | None],
+    config: dict[str, tuple[object, object]],
+) -> None:
+    flag = table.bias_flags.get(path)
+    if flag is None:
+        warnings.warn(
+            f"{table.name} has no config flag for a bias on {path}: the baked bias works in "
+            "memory, but save_pretrained/from_pretrained will drop it; save the WeightDelta "
+            "(delta.save(path)) to keep it",
+            stacklevel=3,
+        )
+        targets = [(layer, path)]
+    else:
+        config[flag.config_attr] = (getattr(model.config, flag.config_attr, False), True)
+        # The flag gives every block these biases on reload: create them all (zero) now.
+        n_layers = table.geometry(model.config).n_layers
+        targets = [(i, module_path) for i in range(n_layers) for module_path in flag.modules]
+    for i, module_path in targets:
+        module = table.block_module(model, i, module_path)
+        name = f"{table.layers}.{i}.{module_path}.bias"
+        if module.bias is None and name not in changes:
+            out_features = table.weight(module).shape[0]
+            changes[name] = torch.zeros(out_features, dtype=module.weight.dtype)
+            originals[name] = None
