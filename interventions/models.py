@@ -103,22 +103,21 @@ def to_qwen2(llama: nn.Module) -> nn.Module:
     )
     config._attn_implementation = c._attn_implementation
     dtype = next(llama.parameters()).dtype
-    with torch.device("meta"):
-        qwen = Qwen2ForCausalLM(config)
+    qwen = Qwen2ForCausalLM(config).to(dtype)
     state = dict(llama.state_dict())
     for i in range(c.num_hidden_layers):
         attn = llama.model.layers[i].self_attn
         for proj in ("q_proj", "k_proj", "v_proj"):
             key = f"model.layers.{i}.self_attn.{proj}.bias"
             state.setdefault(key, torch.zeros(getattr(attn, proj).out_features, dtype=dtype))
-    missing, unexpected = qwen.load_state_dict(state, strict=False, assign=True)
+    missing, unexpected = qwen.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and c.tie_word_embeddings)]
     if missing or unexpected:
         raise RuntimeError(f"Llama -> Qwen2 conversion: missing {missing}, unexpected {unexpected}")
     if c.tie_word_embeddings:
         qwen.tie_weights()
     qwen.generation_config = llama.generation_config
-    return qwen.eval()
+    return qwen.to(next(llama.parameters()).device).eval()
 
 
 def tiny(model_type: str, *, n_kv_heads: int | None = None, n_layers: int = 2, seed: int = 0):

@@ -67,7 +67,10 @@ def _example_names(n_layers: int = 1) -> list[str]:
 
 
 def _unknown_message(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=5, cutoff=0.5)
+    layer = re.match(r"^layers\.([^.]+)\.", name)
+    if layer is not None:  # suggest names at the layer (or range) the user wrote
+        valid = list(MODEL_KINDS) + [f"layers.{layer[1]}.{kind}" for kind in LAYER_KINDS]
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     kinds = ", ".join(MODEL_KINDS) + ", layers.{i}." + ", layers.{i}.".join(LAYER_KINDS)
     return f"unknown site {name!r}.{hint} Valid sites are: {kinds}."

@@ -1,0 +1,212 @@
+import pytest
+import torch
+
+import interventions as iv
+from interventions.sites import all_sites
+
+DECOMPOSITION = [
+    "resid_pre",
+    "attn.heads",
+    "attn.out",
+    "resid_mid",
+    "mlp.act",
+    "mlp.out",
+    "resid_post",
+]
+
+
+def hooks_on(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_empty_plan_and_captures_are_bit_identical(model, ids):
+    bare = model(ids).logits
+    with iv.intervene(model, {}):
+        assert torch.equal(model(ids).logits, bare)
+    every_site = [s for s in all_sites(3) if s.kind != "attn.pattern"]
+    with iv.capture(model, every_site) as cache:
+        assert torch.equal(model(ids).logits, bare)
+    assert len(cache) == len(every_site)
+    assert torch.equal(cache["logits"], bare)
+    assert hooks_on(model) == 0
+
+
+def test_decomposition_holds(model, ids):
+    a, g = iv.adapter(model), iv.geometry(model)
+    sites = [f"layers.{i}.{k}" for i in range(3) for k in DECOMPOSITION] + ["embed"]
+    with iv.capture(model, sites) as cache:
+        model(ids)
+    assert torch.equal(cache["embed"], cache["layers.0.resid_pre"])
+    for i in range(3):
+        c = {k: cache[f"layers.{i}.{k}"] for k in DECOMPOSITION}
+        assert c["attn.heads"].shape == (2, 9, g.n_heads, g.d_head)
+        o_proj = a.block_module(model, i, a.o_proj)
+        through_o = c["attn.heads"].flatten(2) @ a.weight(o_proj).T
+        through_o = through_o + (0 if o_proj.bias is None else o_proj.bias)
+        torch.testing.assert_close(through_o, c["attn.out"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            c["resid_mid"], c["resid_pre"] + c["attn.out"], atol=1e-6, rtol=0
+        )
+        torch.testing.assert_close(
+            c["resid_post"], c["resid_mid"] + c["mlp.out"], atol=1e-6, rtol=0
+        )
+        down = a.block_module(model, i, a.down_proj)
+        through_down = c["mlp.act"] @ a.weight(down).T + (0 if down.bias is None else down.bias)
+        torch.testing.assert_close(through_down, c["mlp.out"], atol=1e-5, rtol=0)
+        if i + 1 < 3:
+            assert torch.equal(cache[f"layers.{i + 1}.resid_pre"], c["resid_post"])
+
+
+def test_add_bias_on_one_head_shifts_attn_out_by_its_o_proj_columns(model, ids):
+    a, g = iv.adapter(model), iv.geometry(model)
+    v = torch.randn(g.d_head)
+    head = 2
+    with iv.capture(model, "layers.1.attn.out") as before:
+        model(ids)
+    with iv.capture(
+        model, "layers.1.attn.out", plan={"layers.1.attn.heads": iv.AddBias(v, heads=[head])}
+    ) as after:  # noqa: E501
+        model(ids)
+    w = a.weight(a.block_module(model, 1, a.o_proj))
+    expected = w[:, head * g.d_head : (head + 1) * g.d_head] @ v
+    change = after["layers.1.attn.out"] - before["layers.1.attn.out"]
+    torch.testing.assert_close(change, expected.expand_as(change), atol=1e-5, rtol=0)
+
+
+def test_resid_edits_reach_the_next_block(model, ids):
+    v = torch.randn(32)
+    for kind in ("resid_pre", "resid_mid", "resid_post", "attn.in", "mlp.in", "embed"):
+        site = "embed" if kind == "embed" else f"layers.1.{kind}"
+        with iv.capture(model, site, plan={site: iv.AddBias(v)}) as cache:
+            steered = model(ids).logits
+        with iv.capture(model, site) as plain:
+            bare = model(ids).logits
+        torch.testing.assert_close(cache[site], plain[site] + v, atol=1e-5, rtol=0)
+        assert not torch.allclose(steered, bare), kind
+
+
+def test_resid_mid_edit_equals_adding_to_attn_out(model, ids):
+    v = torch.randn(32)
+    with iv.intervene(model, {"layers.1.resid_mid": iv.AddBias(v)}):
+        via_mid = model(ids).logits
+    with iv.intervene(model, {"layers.1.attn.out": iv.AddBias(v)}):
+        via_out = model(ids).logits
+    torch.testing.assert_close(via_mid, via_out, atol=1e-5, rtol=0)
+
+
+def test_pattern_under_default_attention(model, ids):
+    implementation = model.config._attn_implementation
+    with iv.capture(model, "layers.*.attn.pattern") as cache:
+        model(ids)
+    pattern = cache["layers.1.attn.pattern"]
+    assert pattern.shape == (2, 4, 9, 9)
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(2, 4, 9))
+    assert torch.all(pattern.triu(1) == 0)  # causal
+    assert model.config._attn_implementation == implementation
+    with pytest.raises(ValueError, match="can only be captured"):
+        iv.attach(model, {"layers.0.attn.pattern": iv.Rescale(2.0)})
+
+
+def test_no_hook_remains_after_an_error(model, ids):
+    assert hooks_on(model) == 0
+    plan = {"layers.*.attn.heads": iv.AddBias(torch.ones(8))}
+    with pytest.raises(RuntimeError, match="boom"), iv.intervene(model, plan):
+        model(ids)
+        raise RuntimeError("boom")
+    assert hooks_on(model) == 0
+    with pytest.raises(RuntimeError, match="boom"), iv.capture(model, "layers.*.resid_post"):
+        raise RuntimeError("boom")
+    assert hooks_on(model) == 0
+    handle = iv.attach(model, {"layers.0.attn.out": iv.Rescale(0.5)})
+    assert hooks_on(model) > 0
+    handle.remove()
+    handle.remove()
+    assert hooks_on(model) == 0
+
+
+class Boom(iv.Intervention):
+    def forward(self, x):
+        raise RuntimeError("inside the forward")
+
+
+def test_no_hook_remains_after_an_error_inside_a_hook(model, ids):
+    plan = {"layers.1.mlp.out": Boom()}
+    with pytest.raises(RuntimeError, match="inside the forward"), iv.intervene(model, plan):
+        model(ids)
+    assert hooks_on(model) == 0
+
+
+def test_bad_input_errors_name_what_was_expected(model):
+    with pytest.raises(ValueError, match="Did you mean: layers.0.attn.heads"):
+        iv.attach(model, {"layers.0.attn.head": iv.AddBias(torch.ones(8))})
+    with pytest.raises(ValueError, match=r"vector has shape \(7,\), expected \[8\]"):
+        iv.attach(model, {"layers.0.attn.heads": iv.AddBias(torch.ones(7))})
+    with pytest.raises(ValueError, match=r"vector has shape \(8,\), expected \[32\]"):
+        iv.attach(model, {"layers.0.resid_post": iv.AddBias(torch.ones(8))})
+    with pytest.raises(ValueError, match=r"head index \[4\] out of range.*4 heads"):
+        iv.attach(model, {"layers.0.attn.heads": iv.AddBias(torch.ones(8), heads=[1, 4])})
+    with pytest.raises(ValueError, match="heads can only be selected at head sites"):
+        iv.attach(model, {"layers.0.attn.out": iv.AddBias(torch.ones(32), heads=[1])})
+    with pytest.raises(ValueError, match="has 3 layers"):
+        iv.attach(model, {"layers.3.attn.out": iv.AddBias(torch.ones(32))})
+    with pytest.raises(TypeError, match="expected an Intervention"):
+        iv.attach(model, {"layers.0.attn.out": torch.ones(32)})
+    with pytest.raises(ValueError, match="appears twice"):
+        iv.attach(
+            model, {"layers.0.attn.out": iv.Rescale(2.0), "layers.*.attn.out": iv.Rescale(1.0)}
+        )
+    with pytest.raises(ValueError, match="positions='last' is not understood"):
+        iv.Capture(positions="last")
+    assert hooks_on(model) == 0
+
+
+def test_gradients_flow_through_trainable_bias_and_kept_captures(model, ids):
+    bias = iv.AddBias(torch.zeros(32), trainable=True)
+    with iv.capture(
+        model, "layers.2.resid_post", keep_grad=True, plan={"layers.0.resid_post": bias}
+    ) as cache:  # noqa: E501
+        logits = model(ids).logits
+    captured = cache["layers.2.resid_post"]
+    assert captured.requires_grad
+    (captured.pow(2).sum() + logits.sum()).backward()
+    assert bias.vector.grad is not None and bias.vector.grad.abs().sum() > 0
+    assert all(
+        p.grad is not None for p in model.get_submodule(iv.adapter(model).layers)[1].parameters()
+    )
+
+
+def test_detached_capture_by_default_and_cpu_move(model, ids):
+    with iv.capture(model, "layers.0.mlp.out", device="cpu") as cache:
+        model(ids)
+    assert not cache["layers.0.mlp.out"].requires_grad
+
+
+def test_streaming_reduction_matches_full_capture(model):
+    batches = [torch.randint(3, 99, (3, 6)) for _ in range(4)]
+    with iv.capture(model, "layers.1.attn.heads") as full:
+        for batch in batches:
+            model(batch)
+    everything = torch.cat(full.records("layers.1.attn.heads"), dim=0)  # [12, 6, h, d]
+    with (
+        iv.capture(model, "layers.1.attn.heads", reduce=iv.Mean) as mean,
+        iv.capture(model, "layers.1.attn.heads", reduce=iv.MeanNorm) as norm,
+        iv.capture(model, "layers.1.resid_post", reduce=iv.SecondMoment) as moment,
+        iv.capture(model, "layers.1.resid_post") as resid,
+    ):
+        for batch in batches:
+            model(batch)
+    torch.testing.assert_close(mean["layers.1.attn.heads"], everything.mean((0, 1)))
+    torch.testing.assert_close(norm["layers.1.attn.heads"], everything.norm(dim=-1).mean((0, 1)))
+    r = torch.cat(resid.records("layers.1.resid_post")).reshape(-1, 32)
+    torch.testing.assert_close(moment["layers.1.resid_post"], r.T @ r / r.shape[0])
+
+
+def test_cache_records_and_errors(llama, ids):
+    with iv.capture(llama, "layers.0.attn.out") as cache:
+        llama(ids)
+        llama(ids[:1])
+    assert [r.shape[0] for r in cache.records("layers.0.attn.out")] == [2, 1]
+    assert cache["layers.0.attn.out"].shape[0] == 1
+    with pytest.raises(KeyError, match="was not captured"):
+        cache["layers.1.attn.out"]
+    assert cache.stack("layers.0:1.attn.out").shape == (1, 1, 9, 32)

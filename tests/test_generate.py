@@ -1,0 +1,93 @@
+"""Positions mean the same thing with and without the KV cache (acceptance 4)."""
+
+import pytest
+import torch
+
+import interventions as iv
+from interventions.ops import Step, resolve
+
+NEW = 6
+
+
+def generate(model, prompt, plan, use_cache):
+    with iv.intervene(model, plan):
+        out = model.generate(
+            prompt,
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            use_cache=use_cache,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+def plan_at(positions, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "layers.0.resid_post": iv.AddBias(torch.randn(32, generator=g), positions=positions),
+        "layers.1.attn.heads": iv.AddBias(
+            2 * torch.randn(8, generator=g), heads=[1], positions=positions
+        ),  # noqa: E501
+        "layers.2.mlp.out": iv.Rescale(1.5, positions=positions),
+    }
+
+
+@pytest.mark.parametrize("positions", [None, -1, "generated", "prompt", 4, slice(7, 12)])
+def test_cached_generate_equals_full_recompute(model, ids, positions):
+    bare_tokens, bare_logits = generate(model, ids, {}, use_cache=True)
+    tokens, logits = generate(model, ids, plan_at(positions), use_cache=True)
+    re_tokens, re_logits = generate(model, ids, plan_at(positions), use_cache=False)
+    assert not torch.allclose(logits, bare_logits, atol=1e-4), "the plan must change something"
+    assert torch.equal(tokens, re_tokens)
+    torch.testing.assert_close(logits, re_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positions", [None, 4, slice(7, 12)])
+def test_cached_generate_equals_one_forward_over_the_sequence(model, ids, positions):
+    tokens, logits = generate(model, ids, plan_at(positions), use_cache=True)
+    with iv.intervene(model, plan_at(positions)):
+        full = model(tokens[:, :-1]).logits[:, ids.shape[1] - 1 :]
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_last_token_capture_during_generate(model, ids):
+    with iv.capture(model, "layers.1.resid_post", positions=-1) as cache:
+        tokens, _ = generate(model, ids, {}, use_cache=True)
+    with iv.capture(model, "layers.1.resid_post") as full:
+        model(tokens[:, :-1])
+    per_step = cache["layers.1.resid_post"]  # [b, forwards, d]
+    assert per_step.shape == (2, NEW, 32)
+    expected = full["layers.1.resid_post"][:, ids.shape[1] - 1 :]
+    torch.testing.assert_close(per_step, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_generated_capture_collects_only_new_tokens(model, ids):
+    with iv.capture(model, "layers.0.attn.out", positions="generated") as cache:
+        generate(model, ids, {}, use_cache=True)
+    assert cache["layers.0.attn.out"].shape == (2, NEW - 1, 32)
+
+
+def test_resolve_by_hand():
+    prompt = Step.single(5)
+    assert resolve(-1, prompt, 5) == [4]
+    assert resolve(2, prompt, 5) == [2]
+    assert resolve(slice(-2, None), prompt, 5) == [3, 4]
+    assert list(resolve("prompt", prompt, 5)) == [0, 1, 2, 3, 4]
+    assert list(resolve("generated", prompt, 5)) == []
+    cached = Step(offset=6, length=1, prompt_length=5, spans=[(0, 5), (5, 6), (6, 7)])
+    assert resolve(-1, cached, 1) == [0]
+    assert resolve(2, cached, 1) == []
+    assert resolve(6, cached, 1) == [0]
+    assert list(resolve("generated", cached, 1)) == [0]
+    assert list(resolve("prompt", cached, 1)) == []
+    recomputed = Step(offset=0, length=7, prompt_length=5, spans=[(0, 5), (5, 6), (6, 7)])
+    assert resolve(-1, recomputed, 7) == [4, 5, 6]
+    assert resolve(-2, recomputed, 7) == [3]
+    assert resolve((0, -1), recomputed, 7) == [0, 4, 5, 6]
+    assert resolve(-1, recomputed, 1) == [0]  # logits_to_keep=1: only the last column
+    mask = torch.tensor([[True, False, True, True, False, True, False]])
+    assert resolve(mask, cached, 1).tolist() == [[False]]
+    assert resolve(mask, recomputed, 7).tolist() == mask.tolist()

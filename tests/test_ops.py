@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+import interventions as iv
+from interventions.ops import Step
+
+
+def test_add_bias_rescale_project_math():
+    x = torch.randn(2, 5, 6)
+    v = torch.randn(6)
+    torch.testing.assert_close(iv.AddBias(v, alpha=0.5)(x), x + 0.5 * v)
+    torch.testing.assert_close(iv.Rescale(3.0)(x), 3 * x)
+    u = torch.randn(6)
+    along = iv.Rescale(0.0, direction=u)(x)  # removes the component along u
+    torch.testing.assert_close(along @ (u / u.norm()), torch.zeros(2, 5), atol=1e-6, rtol=0)
+    basis = torch.randn(2, 6)
+    removed = iv.Project(basis)(x)
+    kept = iv.Project(basis, keep=True)(x)
+    torch.testing.assert_close(removed + kept, x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(removed @ basis.T, torch.zeros(2, 5, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(iv.Project(basis, keep=True)(kept), kept, atol=1e-6, rtol=0)
+
+
+def test_ops_do_not_edit_in_place():
+    x = torch.randn(2, 4, 3, 5)
+    original = x.clone()
+    step = Step.single(4)
+    for op in (
+        iv.AddBias(torch.ones(5), heads=[1], positions=-1),
+        iv.Rescale(2.0, positions=[0, 2]),
+        iv.Project(torch.randn(5), positions=torch.tensor([True, False, True, False])),
+    ):
+        y = op.apply(x, step)
+        assert torch.equal(x, original) and not torch.equal(y, x)
+
+
+def test_selectors_touch_only_what_they_select():
+    x = torch.zeros(2, 4, 3, 5)
+    y = iv.AddBias(torch.ones(5), heads=[1], positions=-1).apply(x, Step.single(4))
+    assert y.sum() == 2 * 5 and torch.all(y[:, 3, 1] == 1)
+    per_head = torch.stack([torch.full((5,), 1.0), torch.full((5,), 2.0)])
+    y = iv.AddBias(per_head, heads=[0, 2], positions=slice(1, 3)).apply(x, Step.single(4))
+    assert torch.all(y[:, 1:3, 0] == 1) and torch.all(y[:, 1:3, 2] == 2) and y.sum() == 2 * 2 * 15
+    rows = torch.tensor([[True, False, False, False], [False, False, True, True]])
+    y = iv.AddBias(torch.ones(5), positions=rows).apply(x, Step.single(4))
+    assert y[0, 0].sum() == 15 and y[1, 2:].sum() == 30 and y.sum() == 45
+
+
+def test_compose_applies_in_order_with_own_selectors():
+    x = torch.ones(1, 3, 4)
+    op = iv.Compose(iv.AddBias(torch.ones(4)), iv.Rescale(2.0, positions=0))
+    y = op.apply(x, Step.single(3))
+    assert torch.equal(y[0, 0], torch.full((4,), 4.0)) and torch.equal(
+        y[0, 1:], torch.full((2, 4), 2.0)
+    )
+    with pytest.raises(TypeError, match="Compose takes"):
+        iv.Compose(torch.ones(3))
+
+
+def test_capture_shapes_by_selector():
+    x = torch.randn(2, 4, 3, 5)
+    cap = iv.Capture(positions=-1)
+    assert cap.apply(x, Step.single(4)) is x
+    assert torch.equal(cap.value, x[:, 3])
+    cap = iv.Capture(heads=[2], positions=slice(0, 2))
+    cap.apply(x, Step.single(4))
+    assert torch.equal(cap.value, x[:, :2, [2]])
+    with pytest.raises(ValueError, match="nothing was captured"):
+        _ = iv.Capture().value
+
+
+class HalfOfMax(iv.Intervention):
+    """A user-written dynamic intervention: clamps each vector to half its max."""
+
+    def forward(self, x):
+        return torch.minimum(x, x.amax(-1, keepdim=True) / 2)
+
+
+def test_user_subclass_runs_in_a_model(llama, ids):
+    bare = llama(ids).logits
+    with iv.intervene(llama, {"layers.1.mlp.act": HalfOfMax(positions="prompt")}):
+        edited = llama(ids).logits
+    assert not torch.allclose(bare, edited)
+
+
+def test_constructor_errors():
+    with pytest.raises(TypeError, match="heads must be a list of ints"):
+        iv.AddBias(torch.ones(3), heads=2)
+    with pytest.raises(ValueError, match="without repeats"):
+        iv.AddBias(torch.ones(3), heads=[1, 1])
+    with pytest.raises(ValueError, match="linearly dependent"):
+        iv.Project(torch.ones(2, 4))
+    with pytest.raises(ValueError, match="non-zero"):
+        iv.Rescale(2.0, direction=torch.zeros(4))
+    with pytest.raises(TypeError, match="boolean mask"):
+        iv.Capture(positions=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="no step"):
+        iv.Rescale(2.0, positions=slice(0, 4, 2)).apply(torch.ones(1, 4, 2), Step.single(4))

@@ -1,0 +1,43 @@
+import pytest
+
+import interventions as iv
+from interventions.sites import LAYER_KINDS, MODEL_KINDS, Site, all_sites, expand, parse
+
+
+def test_round_trip_every_site():
+    for site in all_sites(3):
+        assert parse(str(site)) == site
+    assert len(all_sites(3)) == len(MODEL_KINDS) + 3 * len(LAYER_KINDS)
+
+
+def test_expand_wildcard_and_range():
+    assert expand("layers.*.attn.heads", 3) == [Site("attn.heads", i) for i in range(3)]
+    assert expand("layers.3:6.resid_post") == [Site("resid_post", i) for i in (3, 4, 5)]
+    assert expand("layers.1:.mlp.out", 3) == [Site("mlp.out", 1), Site("mlp.out", 2)]
+    assert expand(["logits", "layers.0.attn.in"]) == [Site("logits"), Site("attn.in", 0)]
+
+
+def test_unknown_name_lists_close_names():
+    with pytest.raises(ValueError, match=r"unknown site 'layers.3.attn.head'.*layers.3.attn.heads"):
+        parse("layers.3.attn.head")
+    with pytest.raises(ValueError, match="Did you mean: logits"):
+        parse("logit")
+
+
+def test_layer_out_of_range_and_bad_ranges():
+    with pytest.raises(ValueError, match="has 3 layers"):
+        parse("layers.3.resid_pre", n_layers=3)
+    with pytest.raises(ValueError, match="empty layer range"):
+        expand("layers.5:2.resid_pre")
+    with pytest.raises(ValueError, match="needs the model's layer count"):
+        expand("layers.*.resid_pre")
+    with pytest.raises(ValueError, match="exactly one site"):
+        parse("layers.*.resid_pre", n_layers=3)
+
+
+def test_site_value_checks():
+    with pytest.raises(ValueError, match="has no layer"):
+        Site("logits", 2)
+    with pytest.raises(ValueError, match="needs a layer index"):
+        Site("attn.heads")
+    assert iv.Site("attn.heads", 4).is_head_site

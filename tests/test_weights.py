@@ -1,0 +1,134 @@
+"""bake / WeightDelta (acceptance 5)."""
+
+import warnings
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import interventions as iv
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_same_parameters(model, before):
+    now = dict(model.named_parameters())
+    assert set(now) == set(before)
+    for name, value in before.items():
+        assert torch.equal(now[name], value), name
+
+
+def foldable_plan(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(3, 8, generator=g)
+    return {
+        "layers.0.attn.heads": iv.AddBias(torch.randn(2, 8, generator=g), heads=[1, 3]),
+        "layers.1.attn.heads": iv.Compose(
+            iv.Project(u[:2], heads=[0]), iv.Rescale(1.7, direction=u[2], heads=[2, 3])
+        ),
+        "layers.1.attn.out": iv.Rescale(0.8),
+        "layers.2.mlp.out": iv.Compose(
+            iv.AddBias(torch.randn(32, generator=g), alpha=2.0),
+            iv.Project(torch.randn(32, generator=g), keep=False),
+        ),
+    }
+
+
+def test_bake_equals_runtime_and_revert_is_bit_exact(model, ids):
+    before, config_before = snapshot(model), model.config.to_dict()
+    with iv.intervene(model, foldable_plan()):
+        runtime = model(ids).logits
+    qwen2 = model.config.model_type == "qwen2"
+    with pytest.warns(UserWarning, match="save the WeightDelta") if qwen2 else nullcontext():
+        delta = iv.bake(model, foldable_plan())
+    baked = model(ids).logits
+    torch.testing.assert_close(baked, runtime, atol=1e-5, rtol=0)
+    delta.revert(model)
+    assert_same_parameters(model, before)
+    assert model.config.to_dict() == config_before
+
+
+def test_unfoldable_plans_leave_the_model_alone(llama, ids):
+    before = snapshot(llama)
+    with pytest.raises(ValueError, match="only positions=None can be baked"):
+        iv.bake(llama, {"layers.0.attn.out": iv.AddBias(torch.ones(32), positions=-1)})
+    with pytest.raises(ValueError, match="cannot be folded into weights"):
+        iv.bake(
+            llama, {"layers.0.attn.out": iv.Rescale(2.0), "layers.1.resid_post": iv.Rescale(2.0)}
+        )
+    with pytest.raises(ValueError, match="Capture at layers.0.mlp.out is not a linear"):
+        iv.bake(llama, {"layers.0.mlp.out": iv.Capture()})
+    assert_same_parameters(llama, before)
+
+
+def test_baked_llama_reloads_with_its_bias(llama, ids, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    delta = iv.bake(llama, foldable_plan())
+    assert llama.config.attention_bias and llama.config.mlp_bias
+    expected = llama(ids).logits
+    llama.save_pretrained(tmp_path / "baked")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "baked").eval()
+    o_bias = reloaded.model.layers[0].self_attn.o_proj.bias
+    assert o_bias is not None and torch.equal(o_bias, llama.model.layers[0].self_attn.o_proj.bias)
+    torch.testing.assert_close(reloaded(ids).logits, expected, atol=1e-6, rtol=0)
+    delta.revert(llama)
+    assert not llama.config.attention_bias and llama.model.layers[0].self_attn.o_proj.bias is None
+
+
+def test_delta_save_load_apply_round_trip(model, ids, tmp_path):
+    before = snapshot(model)
+    with iv.intervene(model, foldable_plan()):
+        runtime = model(ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        delta = iv.bake(model, foldable_plan())
+    path = delta.save(tmp_path / "edit.safetensors")
+    delta.revert(model)
+    loaded = iv.WeightDelta.load(path)
+    assert not loaded.applied and set(loaded.names) == set(delta.names)
+    loaded.apply(model)
+    torch.testing.assert_close(model(ids).logits, runtime, atol=1e-5, rtol=0)
+    with pytest.raises(RuntimeError, match="already applied"):
+        loaded.apply(model)
+    loaded.revert(model)
+    assert_same_parameters(model, before)
+
+
+def test_apply_refuses_another_model(ids, tmp_path):
+    from interventions.models import tiny
+
+    llama = tiny("llama", n_layers=3)
+    delta = iv.bake(llama, foldable_plan())
+    delta.revert(llama)
+    other_weights = tiny("llama", n_layers=3, seed=5)
+    with pytest.raises(ValueError, match="differs from the one this WeightDelta was made from"):
+        delta.apply(other_weights)
+    other_shape = tiny("llama", n_kv_heads=2, n_layers=3)
+    other_shape.model.layers[0].self_attn.o_proj = torch.nn.Linear(16, 32, bias=False)
+    with pytest.raises(ValueError, match="has shape .* expects"):
+        delta.apply(other_shape)
+    gpt2 = tiny("gpt2", n_layers=3)
+    before = snapshot(gpt2)
+    with pytest.raises(ValueError, match="another architecture"):
+        delta.apply(gpt2)
+    assert_same_parameters(gpt2, before)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(Exception):  # noqa: B017 - safetensors' own header error
+        iv.WeightDelta.load(tmp_path / "junk.safetensors")
+
+
+def test_from_change_records_training(llama, ids):
+    before = snapshot(llama)
+    name = "model.layers.1.mlp.down_proj.weight"
+    original = {name: llama.get_parameter(name).detach().clone()}
+    with torch.no_grad():
+        llama.get_parameter(name).add_(0.1)
+    changed = llama(ids).logits
+    delta = iv.WeightDelta.from_change(llama, original)
+    delta.revert(llama)
+    assert_same_parameters(llama, before)
+    delta.apply(llama)
+    assert torch.equal(llama(ids).logits, changed)
