@@ -210,3 +210,17 @@ def test_cache_records_and_errors(llama, ids):
     with pytest.raises(KeyError, match="was not captured"):
         cache["layers.1.attn.out"]
     assert cache.stack("layers.0:1.attn.out").shape == (1, 1, 9, 32)
+
+
+def test_float32_vectors_act_on_bfloat16_models(ids):
+    from interventions.models import tiny
+
+    model = tiny("llama", n_kv_heads=2).to(torch.bfloat16)
+    plan = {
+        "layers.0.attn.heads": iv.AddBias(torch.randn(8), heads=[0]),
+        "layers.1.mlp.out": iv.Rescale(2.0),
+    }
+    with iv.capture(model, "layers.1.mlp.out", plan=plan) as cache:
+        steered = model(ids).logits
+    assert steered.dtype == torch.bfloat16 and cache["layers.1.mlp.out"].dtype == torch.bfloat16
+    assert not torch.equal(steered, model(ids).logits)
