@@ -76,8 +76,9 @@ def main() -> None:
             with iv.intervene(model, {site: iv.AddBias(direction, alpha=-args.alpha)}):
                 sad = model.generate(**inputs, **settings, pad_token_id=tokenizer.pad_token_id)
         print(f"\n{prompt!r}")
+        prompt_length = inputs["input_ids"].shape[1]
         for name, out in (("plain ", plain), ("+happy", happy), ("-happy", sad)):
-            text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            text = tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
             print(f"  {name}: {text.strip()!r}")
 
 
