@@ -21,11 +21,13 @@ from interventions.sites import Site, SiteLike, expand
 Plan = Mapping[SiteLike, Intervention]
 
 
-def normalize_plan(model: nn.Module, plan: Plan) -> dict[Site, Intervention]:
+def normalize_plan(
+    model: nn.Module, plan: Plan, geometry: Geometry | None = None
+) -> dict[Site, Intervention]:
     """Expand patterns, validate every site and intervention against the model."""
     if not isinstance(plan, Mapping):
         raise TypeError(f"a plan is a dict {{site: Intervention}}, got {type(plan).__name__}")
-    geometry = adapter(model).geometry(model.config)
+    geometry = geometry or adapter(model).geometry(model.config)
     sites: dict[Site, Intervention] = {}
     for key, intervention in plan.items():
         if not isinstance(intervention, Intervention):
@@ -66,7 +68,7 @@ class Attachment:
         self.model = model
         self.adapter: Adapter = adapter(model)
         self.geometry: Geometry = self.adapter.geometry(model.config)
-        self.plan = normalize_plan(model, plan)
+        self.plan = normalize_plan(model, plan, self.geometry)
         self.step: Step | None = None
         self._handles: list[RemovableHandle] = []
         self._last_ids: Tensor | None = None
@@ -162,9 +164,11 @@ class Attachment:
             return intervention.apply(x, self._step_for(x))
 
         def edit_heads(x: Tensor) -> Tensor:
-            heads = rearrange(x, "b t (h d) -> b t h d", d=self.geometry.d_head)
+            # unflatten/flatten: the same reshape as "b t (h d) -> b t h d", at a third of
+            # einops' per-call cost on this hot path
+            heads = x.unflatten(-1, (self.geometry.n_heads, self.geometry.d_head))
             y = intervention.apply(heads, self._step_for(x))
-            return x if y is heads else rearrange(y, "b t h d -> b t (h d)")
+            return x if y is heads else y.flatten(-2)
 
         def edit_pattern(x: Tensor) -> Tensor:
             by_query = rearrange(x, "b h q k -> b q h k")
@@ -326,7 +330,7 @@ def capture(
     site then keeps a streaming statistic instead of every activation. ``plan`` attaches
     interventions in the same pass (captures see their effect at later sites).
     """
-    n_layers = adapter(model).geometry(model.config).n_layers
+    geometry = adapter(model).geometry(model.config)
     captures = {
         site: Capture(
             keep_grad=keep_grad,
@@ -335,9 +339,9 @@ def capture(
             heads=heads,
             positions=positions,
         )
-        for site in expand(sites, n_layers)
+        for site in expand(sites, geometry.n_layers)
     }
-    combined: dict[SiteLike, Intervention] = dict(normalize_plan(model, plan or {}))
+    combined: dict[SiteLike, Intervention] = dict(normalize_plan(model, plan or {}, geometry))
     for site, cap in captures.items():
         combined[site] = cap if site not in combined else _compose(combined[site], cap)
     handle = Attachment(model, combined)

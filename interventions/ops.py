@@ -200,7 +200,7 @@ class Intervention(nn.Module):
             heads = self._head_index
         x_heads = x if heads is None else x.index_select(2, heads)
         if columns is None:
-            y = self(x_heads)
+            y = self.forward(x_heads)
             if y is x_heads:
                 return x
             y_heads = y
@@ -214,14 +214,14 @@ class Intervention(nn.Module):
                 )
             where = mask.nonzero(as_tuple=True)
             selected = x_heads[where]
-            y = self(selected)
+            y = self.forward(selected)
             if y is selected:
                 return x
             y_heads = x_heads.index_put(where, y)
         else:
             index = torch.as_tensor(list(columns), device=x.device)
             selected = x_heads.index_select(1, index)
-            y = self(selected)
+            y = self.forward(selected)
             if y is selected:
                 return x
             y_heads = x_heads.index_copy(1, index, y)
@@ -280,7 +280,8 @@ class AddBias(Intervention):
         _check_vector(self, "vector", self.vector, site, geometry)
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
-        return x + self.alpha * self.vector.to(device=x.device, dtype=x.dtype)
+        vector = self.vector.to(device=x.device, dtype=x.dtype)
+        return x + vector if self.alpha == 1.0 else x + self.alpha * vector
 
 
 class Rescale(Intervention):

@@ -99,12 +99,11 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
         return [parse(pattern, n_layers)]
     if not isinstance(pattern, str):
         return [site for item in pattern for site in expand(item, n_layers)]
-    valid = _example_names(n_layers or 1)
     if pattern in MODEL_KINDS:
         return [Site(pattern)]
     match = _LAYER_NAME.match(pattern)
     if match is None or match["kind"] not in LAYER_KINDS:
-        raise ValueError(_unknown_message(pattern, valid))
+        raise ValueError(_unknown_message(pattern, _example_names(n_layers or 1)))
     kind, spec = match["kind"], match["layers"]
     layers = _layer_indices(spec, n_layers, pattern)
     if n_layers is not None:
