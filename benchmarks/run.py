@@ -1,0 +1,492 @@
+"""Run the overhead benchmarks and publish them.
+
+    python benchmarks/run.py                      # cpu, tiny + real model, the whole suite
+    python benchmarks/run.py --device cuda        # on a GPU machine
+    python benchmarks/run.py --models tiny -- -k capture   # arguments after -- go to pytest
+    python benchmarks/run.py --tests benchmarks/test_overhead.py   # one file of the suite
+    python benchmarks/run.py --doc-only           # rewrite the page from the results files
+
+Runs ``pytest benchmarks/ --benchmark-only`` in a subprocess, writes
+``benchmarks/results/<machine>.json`` (every case's timings, ratios, skip reasons, versions,
+machine and date), then rewrites ``docs/performance.md`` from every results file present, so
+results of several machines sit side by side. The overhead file alone takes about 4 CPU-minutes
+(5-8 minutes of wall time on a shared 2-core machine). Ratios are of medians within one run:
+each case ÷ the bare forward (``generate`` ÷ the bare ``generate``), and ours ÷ each peer.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "performance.md"
+
+OURS = ("interventions", "interventions-attached")
+AGAIN = "bare-again"  # the bare forward timed again at the end of a model's cases
+PEERS = ("torch-hooks", "nnsight", "pyvene", "transformer-lens")
+LIBRARIES = ("bare", "torch-hooks", *OURS, "nnsight", "pyvene", "transformer-lens")
+OPS = ("forward", "capture", "steer", "generate")
+MODELS = ("tiny", "real")
+PACKAGES = (
+    "interventions",
+    "torch",
+    "transformers",
+    "nnsight",
+    "pyvene",
+    "transformer-lens",
+    "pytest-benchmark",
+)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def run_suite(args: argparse.Namespace, json_path: Path, junit_path: Path) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *args.tests,
+        "--benchmark-only",
+        f"--benchmark-json={json_path}",
+        f"--junitxml={junit_path}",
+        "-p",
+        "no:cacheprovider",
+        f"--device={args.device}",
+        f"--models={args.models}",
+        *([f"--threads={args.threads}"] if args.threads else []),
+        *args.pytest_args,
+    ]
+    print("+", " ".join(command), flush=True)
+    return subprocess.call(command, cwd=ROOT)
+
+
+def skipped_cases(junit_path: Path) -> dict[str, str]:
+    """``case id -> reason`` of every skipped case, from pytest's JUnit XML."""
+    skipped = {}
+    for case in ET.parse(junit_path).iter("testcase"):
+        skip = case.find("skipped")
+        match = re.search(r"\[(.+)\]$", case.get("name", ""))
+        if skip is not None and match:
+            skipped[match[1]] = skip.get("message", "").removeprefix("Skipped: ")
+    return skipped
+
+
+# --- describing the run ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(device: str) -> dict:
+    import torch
+
+    machine = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
+    return machine
+
+
+def default_machine_name(machine: dict) -> str:
+    if machine["device"] == "cuda":
+        name = f"cuda-{machine.get('gpu', 'gpu')}"
+    else:
+        name = f"cpu-{machine['cpu']}-{machine['cores']}c"
+    name = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b(?!-)", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    edited = git("status", "--porcelain", "--untracked-files=no", "interventions")
+    return commit + ("+dirty" if commit and edited else "")
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --- ratios ---------------------------------------------------------------------------------------
+
+
+def summarise(raw: dict, skipped: dict[str, str]) -> dict:
+    """Overhead cases with their statistics, ratios to the bare model, ours ÷ peers and the
+    goals; the suite's other benchmarks (recipe throughput, ...) with their statistics."""
+    cases, others = [], []
+    for bench in raw["benchmarks"]:
+        info, stats = bench["extra_info"], bench["stats"]
+        timing = {
+            "median_s": stats["median"],
+            "min_s": stats["min"],
+            "mean_s": stats["mean"],
+            "stddev_s": stats["stddev"],
+            "iqr_s": stats["iqr"],
+            "rounds": stats["rounds"],
+        }
+        if not {"model", "op", "library"} <= info.keys():  # not an overhead case
+            others.append({"name": bench["name"], "group": bench["group"], **timing, **info})
+            continue
+        cases.append(
+            {
+                **{k: info[k] for k in ("model", "op", "library", "version")},
+                "inputs": {k: info[k] for k in ("batch", "seq", "new_tokens", "n_layers")},
+                **timing,
+            }
+        )
+    time = {(c["model"], c["op"], c["library"]): c["median_s"] for c in cases}
+    drift = {}
+    for model in MODELS:  # the bare forward timed first and last: baseline = their mean
+        first = time.get((model, "forward", "bare"))
+        again = time.pop((model, "forward", AGAIN), None)
+        if first and again:
+            time[(model, "forward", "bare")] = (first + again) / 2
+            drift[model] = {"first_s": first, "again_s": again, "baseline_s": (first + again) / 2}
+    for case in cases:
+        base_op = "generate" if case["op"] == "generate" else "forward"
+        base = time.get((case["model"], base_op, "bare"))
+        case["x_bare"] = case["median_s"] / base if base else None
+        if case["op"] == "generate" and base:
+            case["tokens_per_s_vs_bare"] = base / case["median_s"]
+    ours_vs_peers = []
+    for (model, op, library), seconds in time.items():
+        if library not in OURS:
+            continue
+        for peer in PEERS:
+            if (model, op, peer) in time:
+                ratio = seconds / time[(model, op, peer)]
+                ours_vs_peers.append(
+                    {"model": model, "op": op, "ours": library, "peer": peer, "ratio": ratio}
+                )
+    return {
+        "cases": cases,
+        "ours_vs_peers": ours_vs_peers,
+        "drift": drift,
+        "skipped": skipped,
+        "goals": goals(time) if cases else [],
+        "others": others,
+    }
+
+
+def goals(time: dict) -> list[dict]:
+    """The goals of issue 7, each judged on this run for both ways of using the library."""
+
+    def ratio(a: tuple, b: tuple) -> float | None:
+        return time[a] / time[b] if a in time and b in time else None
+
+    found = []
+
+    def goal(text: str, ours: str, value: float | None, met: bool | None) -> None:
+        found.append({"goal": text, "ours": ours, "value": value, "met": met})
+
+    for ours in OURS:
+        value = ratio(("real", "capture", ours), ("real", "forward", "bare"))
+        goal("capture, real model: ≤ 1.05× bare forward", ours, value, _le(value, 1.05))
+        value = ratio(("tiny", "capture", ours), ("tiny", "capture", "torch-hooks"))
+        goal("capture, tiny model: ≤ 1.1× hand-written hooks", ours, value, _le(value, 1.1))
+        for peer in ("nnsight", "pyvene"):
+            ratios = [
+                ratio((m, op, ours), (m, op, peer))
+                for m in MODELS
+                for op in ("capture", "steer", "generate")
+                if (m, op, peer) in time and (m, op, ours) in time
+            ]
+            worst = max(ratios) if ratios else None
+            goal(f"faster than {peer} on every case (worst ours ÷ {peer})", ours, worst, _lt(worst))
+        for model in MODELS:
+            bare_over_ours = ratio((model, "generate", "bare"), (model, "generate", ours))
+            goal(
+                f"generate, {model} model: ≥ 0.9× bare tokens/s",
+                ours,
+                bare_over_ours,
+                None if bare_over_ours is None else bare_over_ours >= 0.9,
+            )
+    return found
+
+
+def _le(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def _lt(value: float | None) -> bool | None:
+    return None if value is None else value < 1.0
+
+
+# --- the markdown page ----------------------------------------------------------------------------
+
+INTRO = """# Performance: overhead against the bare model and the peer libraries
+
+Generated by `python benchmarks/run.py` from `benchmarks/results/*.json`; do not edit by hand.
+
+What is timed (`benchmarks/test_overhead.py`), on a tiny random Llama (8 layers, d_model 32,
+4 heads: per-call overhead dominates) and on SmolLM2-135M (30 layers, 9 heads; float32):
+
+- **forward**: the bare model, `model(ids)`.
+- **capture**: `attn.heads` (the input of `o_proj`, split into heads) at every layer, detached.
+- **steer**: add one vector to every head's `attn.heads` at every layer; the logits.
+- **generate**: greedy generation of exactly 32 new tokens with the steer edit at every layer.
+
+Libraries, each checked to compute the same tensors before it is timed (ours against the
+hand-written hooks, every peer against ours: captured heads and steered logits allclose,
+generated tokens equal):
+
+- **torch-hooks**: a forward pre-hook on each `self_attn.o_proj`, written by hand for this one
+  model, registered and removed around each call: the floor for any hook library.
+- **interventions**: `with iv.capture(model, "layers.*.attn.heads")` /
+  `with iv.intervene(model, {"layers.*.attn.heads": iv.AddBias(v)})` around each call, as the
+  README writes it (set-up and removal of the hooks are timed).
+- **interventions-attached**: the same plan attached once with `iv.attach`; only the hooks are
+  timed. This is how the peers below are used: built once, then called.
+- **nnsight**: `TransformersModel` around a copy of the model, one `trace` (or `generate`) per call.
+- **pyvene**: `IntervenableModel` over `attention_value_output`, built once per operation.
+- **transformer-lens**: TransformerLens 4's `TransformerBridge` (it forces eager attention),
+  `run_with_cache` / `run_with_hooks` on `hook_z`, its own `generate`.
+
+Each cell is the median of the recorded rounds (warm-up rounds excluded) and its ratio to the
+bare model in the same run: capture and steer ÷ bare forward (the mean of the bare forward timed
+first and again last, to cancel drift), generate ÷ bare generate (so a library's tokens/s is
+bare tokens/s ÷ the ratio). On CPU a round is the process's CPU time with one torch
+thread (`--clock cpu`), which other processes on a shared machine do not inflate; on CUDA it is
+synchronised wall time. Differences of a few percent on the real model are within run-to-run
+noise (compare the hand-written hooks, which cannot be faster than the bare model).
+"""
+
+
+def ms(seconds: float) -> str:
+    milliseconds = seconds * 1e3
+    return f"{milliseconds:.0f} ms" if milliseconds >= 100 else f"{milliseconds:.2f} ms"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [INTRO]
+    for result in results:
+        lines += machine_section(result)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def machine_section(result: dict) -> list[str]:
+    machine, settings = result["machine"], result["settings"]
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['cores']} cores"
+    lines = [
+        f"## {result['name']}",
+        "",
+        f"- machine: {where} ({machine['platform']}, Python {machine['python']})",
+        f"- date: {result['date']}, commit {result['commit'] or 'unknown'}",
+        f"- run: device {settings['device']}, clock {settings['timer']}, "
+        f"torch threads {settings['threads']}, load average before/after "
+        f"{settings['load_before']} / {settings['load_after']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
+        "",
+    ]
+    summary = result["summary"]
+    drift = summary.get("drift", {})
+    by_key = {(c["model"], c["op"], c["library"]): c for c in summary["cases"]}
+    for model in MODELS:
+        present = [c for c in summary["cases"] if c["model"] == model]
+        if not present:
+            continue
+        inputs = present[0]["inputs"]
+        libraries = [lib for lib in LIBRARIES if any(c["library"] == lib for c in present)]
+        lines += [
+            f"### {model} model: batch {inputs['batch']} × {inputs['seq']} tokens, "
+            f"{inputs['n_layers']} layers",
+            "",
+            "| operation | " + " | ".join(libraries) + " |",
+            "|---|" + "---:|" * len(libraries),
+        ]
+        for op in OPS:
+            cells = []
+            for library in libraries:
+                case = by_key.get((model, op, library))
+                if (op, library) == ("forward", "bare") and model in drift:
+                    cells.append(f"{ms(drift[model]['baseline_s'])} (1.00×)")
+                    continue
+                cells.append(
+                    "" if case is None else f"{ms(case['median_s'])} ({case['x_bare']:.2f}×)"
+                )
+            if any(cells):
+                label = "generate (32 tokens)" if op == "generate" else op
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        if model in drift:
+            first, again = drift[model]["first_s"], drift[model]["again_s"]
+            lines += [
+                f"The bare forward took {ms(first)} timed first and {ms(again)} timed again after "
+                f"the other cases ({again / first - 1:+.1%} drift); the baseline is their mean.",
+                "",
+            ]
+    lines += ours_vs_peers_table(summary["ours_vs_peers"])
+    lines += goals_table(summary["goals"])
+    lines += others_table(summary.get("others", []))
+    if summary["skipped"]:
+        lines += ["Skipped cases:", ""]
+        lines += [f"- `{case}`: {reason}" for case, reason in sorted(summary["skipped"].items())]
+        lines.append("")
+    return lines
+
+
+def ours_vs_peers_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    peers = [p for p in PEERS if any(r["peer"] == p for r in rows)]
+    lines = [
+        "Ours ÷ peer (median time; below 1 means ours is faster):",
+        "",
+        "| model | operation | ours | " + " | ".join(peers) + " |",
+        "|---|---|---|" + "---:|" * len(peers),
+    ]
+    table = {(r["model"], r["op"], r["ours"], r["peer"]): r["ratio"] for r in rows}
+    for model in MODELS:
+        for op in ("capture", "steer", "generate"):
+            for ours in OURS:
+                cells = [table.get((model, op, ours, peer)) for peer in peers]
+                if any(c is not None for c in cells):
+                    text = ["" if c is None else f"{c:.2f}" for c in cells]
+                    lines.append(f"| {model} | {op} | {ours} | " + " | ".join(text) + " |")
+    return [*lines, ""]
+
+
+def goals_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["Goals (issue 7), judged on this run:", "", "| goal | ours | value | met |"]
+    lines.append("|---|---|---:|---|")
+    for row in rows:
+        value = "" if row["value"] is None else f"{row['value']:.3f}"
+        met = {True: "yes", False: "**no**", None: "not run"}[row["met"]]
+        lines.append(f"| {row['goal']} | {row['ours']} | {value} | {met} |")
+    return [*lines, ""]
+
+
+def others_table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "Other benchmarks in the suite (median; details in the results file):",
+        "",
+        "| group | case | median | rounds | extra |",
+        "|---|---|---:|---:|---|",
+    ]
+    skip = {"name", "group", "median_s", "min_s", "mean_s", "stddev_s", "iqr_s", "rounds"}
+    for row in rows:
+        extra = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in row.items()
+            if k not in skip
+        )
+        lines.append(
+            f"| {row['group']} | `{row['name']}` | {ms(row['median_s'])} | {row['rounds']} "
+            f"| {extra} |"
+        )
+    return [*lines, ""]
+
+
+def write_doc() -> None:
+    results = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(markdown(results))
+    print(f"wrote {DOC.relative_to(ROOT)} from {len(results)} results file(s)")
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", default="tiny,real")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--machine", default=None, help="results file name (default: derived)")
+    parser.add_argument(
+        "--tests",
+        nargs="+",
+        default=["benchmarks/"],
+        help="test paths to run (default: the whole suite, benchmarks/)",
+    )
+    parser.add_argument(
+        "--doc-only", action="store_true", help="only rewrite docs/performance.md from results"
+    )
+    parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
+    args = parser.parse_args(argv)
+    if args.doc_only:
+        write_doc()
+        return 0
+
+    machine = describe_machine(args.device)
+    name = args.machine or default_machine_name(machine)
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path, junit_path = Path(tmp) / "benchmark.json", Path(tmp) / "junit.xml"
+        code = run_suite(args, json_path, junit_path)
+        if not json_path.exists():
+            print(f"pytest exited {code} without results", file=sys.stderr)
+            return code or 1
+        raw = json.loads(json_path.read_text())
+        skipped = skipped_cases(junit_path) if junit_path.exists() else {}
+    result = {
+        "name": name,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "machine": machine,
+        "versions": versions(),
+        "settings": {
+            "device": args.device,
+            "models": args.models,
+            "tests": args.tests,
+            "timer": raw["benchmarks"][0]["options"]["timer"] if raw["benchmarks"] else None,
+            "threads": args.threads or (1 if args.device == "cpu" else "torch default"),
+            "load_before": load_before,
+            "load_after": load_average(),
+            "pytest_exit_code": code,
+        },
+        "summary": summarise(raw, skipped),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    write_doc()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
