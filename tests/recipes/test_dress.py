@@ -1,0 +1,523 @@
+"""DRESS recipe and batched probes (issue 4 acceptance 1-3, at test size)."""
+
+import json
+import zlib
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+import interventions as iv
+from interventions.models import tiny
+from interventions.probes import (
+    effect_size,
+    fit_logistic,
+    pair_features,
+    rank_probes,
+    split_pairs,
+)
+from interventions.recipes import dress
+
+ARCHS = {
+    "llama-mha": ("llama", 4),
+    "llama-gqa": ("llama", 2),
+    "qwen2": ("qwen2", 2),
+    "gpt2": ("gpt2", None),
+}
+
+
+class WordTokenizer:
+    """A word-level hashing tokenizer for the tiny models (vocab 99, pad 0)."""
+
+    chat_template = None
+    pad_token_id = 0
+    eos_token_id = 2
+    padding_side = "right"
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return [3 + zlib.crc32(word.encode()) % 96 for word in text.split()]
+
+    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=True):
+        rows = [self.encode(text) for text in texts]
+        width = max(map(len, rows))
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            cols = (
+                slice(width - len(row), width) if self.padding_side == "left" else slice(len(row))
+            )
+            ids[i, cols], mask[i, cols] = torch.tensor(row), 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+TRIPLES = dress.load_triples("train")  # 217 pairs: 43 validation pairs, 86 samples
+
+
+def make_model(arch: str = "llama-mha"):
+    model_type, n_kv = ARCHS[arch]
+    return tiny(model_type, n_kv_heads=n_kv, n_layers=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_fit():
+    model = make_model()
+    fit = dress.fit(model, WordTokenizer(), TRIPLES, num_heads=5, alpha=3.0, rank=3, progress=False)
+    return model, fit
+
+
+def strong(fit: dress.DressFit, norm: float = 4.0) -> dress.DressFit:
+    """Tiny random models have tiny head activations: scale the vectors so edits show."""
+    return fit.with_alpha(norm / float(fit.direction.norm(dim=-1).mean()))
+
+
+def ids(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, 99, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def test_bundled_triples():
+    rows = [
+        json.loads(line)
+        for line in resources.files("interventions.data")
+        .joinpath("dress_shakespeare.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert len(rows) >= 200
+    assert sum(r["split"] == "test" for r in rows) == 40
+    assert len({r["question"] for r in rows}) == len(rows)
+    assert all(r["question"] and r["styled"] and r["plain"] for r in rows)
+    assert len(dress.load_triples("train")) + len(dress.load_triples("test")) == len(rows)
+    with pytest.raises(ValueError, match="split"):
+        dress.load_triples("dev")
+
+
+# --- probes ---------------------------------------------------------------------------------------
+
+
+def _sklearn_scores(x_train, y_train, x_val, y_val, c=1.0):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    acc, loss = [], []
+    for p in range(x_train.shape[1]):
+        # a tight tol: at its default (1e-4) lbfgs stops after 3-4 iterations on the tiny models'
+        # near-zero activations, and samples with |logit| ~ 1e-4 flip
+        clf = LogisticRegression(C=c, max_iter=10000, tol=1e-10)
+        clf.fit(x_train[:, p].double().numpy(), y_train.numpy())
+        acc.append(clf.score(x_val[:, p].double().numpy(), y_val.numpy()))
+        loss.append(log_loss(y_val.numpy(), clf.predict_proba(x_val[:, p].double().numpy())[:, 1]))
+    return np.array(acc), np.array(loss)
+
+
+def test_batched_probes_match_sklearn_on_synthetic_data():
+    pytest.importorskip("sklearn")
+    g = torch.Generator().manual_seed(0)
+    n, p, d = 200, 24, 8
+    y = torch.randint(0, 2, (n,), generator=g)
+    signal = torch.randn(p, d, generator=g) * torch.linspace(0, 0.8, p)[:, None]
+    x = torch.randn(n, p, d, generator=g) + y[:, None, None] * signal
+    train, val = torch.arange(160), torch.arange(160, 200)
+    probes = fit_logistic(x[train], y[train])
+    assert probes.converged
+    acc, loss = _sklearn_scores(x[train], y[train], x[val], y[val])
+    ours = probes.accuracy(x[val], y[val]).numpy()
+    assert np.abs(ours - acc).max() <= 0.02
+    np.testing.assert_allclose(probes.log_loss(x[val], y[val]).numpy(), loss, atol=1e-3)
+
+
+def test_batched_probes_match_sklearn_on_head_activations(tiny_fit):
+    pytest.importorskip("sklearn")
+    _, fit = tiny_fit
+    styled, plain = (rearrange(a, "n l h d -> n (l h) d") for a in fit.activations)
+    train, val = split_pairs(len(styled), 0.2, 42)
+    x_train, y_train = pair_features(styled[train], plain[train])
+    x_val, y_val = pair_features(styled[val], plain[val])
+    acc, _ = _sklearn_scores(x_train, y_train, x_val, y_val)
+    ours = fit.scores["val_accuracy"].flatten().numpy()
+    assert len(x_val) == 86
+    assert np.abs(ours - acc).max() <= 0.02, "within 2 points of sklearn, per head"
+
+
+def test_ranking_breaks_ties_by_loss_then_effect():
+    # four probes, all perfectly accurate on validation: order by log-loss, then effect size
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 1] * 20)
+    scale = torch.tensor([3.0, 6.0, 6.0, 1.5])
+    x = (2 * y[:, None, None] - 1) * scale[None, :, None] + 0.1 * torch.randn(40, 4, 2, generator=g)
+    x[:, 2] = x[:, 1]  # probes 1 and 2 see the same data: the same classifier and loss ...
+    probes = fit_logistic(x, y)
+    probes.weight[2], probes.bias[2] = probes.weight[1], probes.bias[1]
+    effect = torch.tensor([1.0, 1.0, 5.0, 1.0])  # ... and probe 2 has the larger effect
+    ranking = rank_probes(probes, x, y, effect=effect)
+    assert ranking.val_accuracy.eq(1).all()
+    assert ranking.order.tolist() == [2, 1, 0, 3]
+    ties = ranking.ties(2)
+    assert (ties.tied_at_cutoff, ties.tied_selected, ties.tied_at_top) == (4, 2, 4)
+    assert ties.decided_by_tiebreak and "ties broken" in str(ties)
+
+
+def test_effect_size_is_cohens_d_along_mass_mean():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 3, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([1] * 12 + [0] * 18)
+    xn, yn = x.numpy(), y.numpy().astype(bool)
+    for p in range(3):
+        diff = xn[yn, p].mean(0) - xn[~yn, p].mean(0)
+        u = diff / np.linalg.norm(diff)
+        a, b = xn[yn, p] @ u, xn[~yn, p] @ u
+        pooled = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / (30 - 2)
+        np.testing.assert_allclose(effect_size(x, y)[p], np.linalg.norm(diff) / np.sqrt(pooled))
+
+
+def test_probe_errors():
+    with pytest.raises(ValueError, match="single class"):
+        fit_logistic(torch.randn(4, 1, 2), torch.ones(4))
+    with pytest.raises(ValueError, match=r"\[n, n_probes, d\]"):
+        fit_logistic(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="empty"):
+        split_pairs(3, 0.1)
+
+
+# --- fitting: equal to direct numpy computations --------------------------------------------------
+
+
+def test_activations_are_last_real_token_of_unpadded_forwards(tiny_fit):
+    model, fit = tiny_fit
+    tok = WordTokenizer()
+    texts = [dress.format_prompt(tok, t.question) + t.styled for t in TRIPLES[:3]]
+    batched = dress.head_activations(model, tok, texts, batch_size=3, progress=False)
+    for i, text in enumerate(texts):
+        single = torch.tensor([tok.encode(text)])
+        with torch.no_grad(), iv.capture(model, "layers.*.attn.heads") as cache:
+            model(single)
+        expected = cache.stack("layers.*.attn.heads", dim=1)[0, :, -1]
+        torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fit.activations[0][:3], batched, atol=1e-6, rtol=1e-6)
+
+
+def test_selection_vectors_and_subspaces_equal_numpy(tiny_fit):
+    _, fit = tiny_fit
+    styled, plain = (a.double().numpy() for a in fit.activations)
+    n, n_layers, n_heads, d = styled.shape
+    s_flat, p_flat = styled.reshape(n, -1, d), plain.reshape(n, -1, d)
+    train, _ = split_pairs(n, 0.2, 42)
+    # effect size (Cohen's d along the mass-mean direction) on the training pairs
+    xs, xp = s_flat[train.numpy()], p_flat[train.numpy()]
+    diff = xs.mean(0) - xp.mean(0)
+    unit = diff / np.linalg.norm(diff, axis=-1, keepdims=True)
+    a, b = np.einsum("nhd,hd->nh", xs, unit), np.einsum("nhd,hd->nh", xp, unit)
+    pooled = (((a - a.mean(0)) ** 2).sum(0) + ((b - b.mean(0)) ** 2).sum(0)) / (2 * len(xs) - 2)
+    effect = np.linalg.norm(diff, axis=-1) / np.sqrt(pooled)
+    np.testing.assert_allclose(fit.scores["effect"].flatten().numpy(), effect, rtol=1e-4)
+    # selection: lexicographic (accuracy desc, val loss asc, effect desc)
+    acc = fit.scores["val_accuracy"].flatten().double().numpy()
+    loss = fit.scores["val_loss"].flatten().double().numpy()
+    order = np.lexsort((-effect, loss, -acc))[:5]
+    assert fit.heads == [divmod(int(i), n_heads) for i in order]
+    # vectors, mean styled activation, subspaces
+    for row, (layer, head) in enumerate(fit.heads):
+        s, p = styled[:, layer, head], plain[:, layer, head]
+        np.testing.assert_allclose(fit.vectors[row], 3.0 * (s.mean(0) - p.mean(0)), atol=1e-6)
+        np.testing.assert_allclose(fit.styled_mean[row], s.mean(0), atol=1e-6)
+        _, _, vh = np.linalg.svd(s - p, full_matrices=False)
+        v = fit.basis[row, : fit.ranks[row]].double().numpy()
+        assert fit.ranks[row] == 3
+        np.testing.assert_allclose(v.T @ v, vh[:3].T @ vh[:3], atol=1e-5)
+        assert (v @ (s - p).mean(0) >= 0).all(), "sign convention: along the mean difference"
+
+
+def test_iti_vectors_equal_numpy(tiny_fit):
+    _, fit = tiny_fit
+    iti = dress.fit_activations(*fit.activations, 5, 2.0, vectors="iti", rank=3)
+    assert iti.heads == fit.heads
+    styled, plain = (a.double().numpy() for a in fit.activations)
+    for row, (layer, head) in enumerate(iti.heads):
+        s, p = styled[:, layer, head], plain[:, layer, head]
+        u = s.mean(0) - p.mean(0)
+        u /= np.linalg.norm(u)
+        std = np.concatenate([s, p]).dot(u).std(ddof=1)
+        np.testing.assert_allclose(iti.vectors[row], 2.0 * std * u, atol=1e-6)
+
+
+def test_rank_as_count_fraction_or_variance(tiny_fit):
+    _, fit = tiny_fit
+    styled, plain = fit.activations
+    layer, head = fit.heads[0]
+    diffs = (styled - plain)[:, layer, head].double()
+    s = np.linalg.svd(diffs.numpy(), compute_uv=False)
+    explained = np.cumsum(s**2) / (s**2).sum()
+    for spec, expected in [
+        (dress.Rank(count=2), 2),
+        (dress.Rank(fraction=0.5), 4),  # d_head 8
+        (dress.Rank(fraction=1.0), 8),
+        (dress.Rank(variance=0.9), int(np.searchsorted(explained, 0.9) + 1)),
+    ]:
+        refit = dress.fit_activations(styled, plain, 5, rank=spec)
+        assert refit.ranks[0] == expected, spec
+        assert refit.basis.shape[1] == max(refit.ranks)
+    with pytest.raises(ValueError, match="exactly one"):
+        dress.Rank(count=2, fraction=0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        dress.Rank(fraction=1.5)
+    with pytest.raises(ValueError, match="exceeds d_head"):
+        dress.fit_activations(styled, plain, 5, rank=9)
+
+
+# --- static and adaptive edits --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_baked_static_equals_runtime_edit_at_all_positions(arch):
+    model = make_model(arch)
+    fit = strong(dress.fit(model, WordTokenizer(), TRIPLES[:20], num_heads=4, progress=False))
+    x = ids()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        plain = model(x).logits
+        with iv.intervene(model, fit.plan(positions=None)):
+            runtime = model(x).logits
+        delta = fit.bake(model)
+        try:
+            baked = model(x).logits
+        finally:
+            delta.revert(model)
+    assert not torch.allclose(runtime, plain, atol=1e-3), "the edit must change the logits"
+    torch.testing.assert_close(baked, runtime, atol=1e-5, rtol=1e-5)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+
+
+def test_beta_zero_adaptive_equals_static_projected_on_subspace(tiny_fit):
+    model, fit = tiny_fit
+    fit = strong(fit)
+    x = ids()
+    projected = fit.projected_vectors
+    plan = {
+        f"layers.{layer}.attn.heads": iv.AddBias(projected[rows], heads=heads)
+        for layer, (heads, rows) in fit.by_layer().items()
+    }
+    with torch.no_grad():
+        with fit.adaptive(model, beta=0.0):
+            adaptive = model(x).logits
+        with iv.intervene(model, plan):
+            static = model(x).logits
+        with iv.intervene(model, fit.plan()):
+            unprojected = model(x).logits
+    torch.testing.assert_close(adaptive, static, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(static, unprojected, atol=1e-4), "K=3 < d_head: projection matters"
+
+
+def test_adaptive_rule_by_hand():
+    g = torch.Generator().manual_seed(5)
+    basis = torch.linalg.qr(torch.randn(2, 8, 3, generator=g))[0].transpose(1, 2)  # [2, 3, 8]
+    v, m = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    x = torch.randn(4, 5, 2, 8, generator=g)
+    for clamp in (None, (0.0, 2.0)):
+        steer = dress.AdaptiveSteer(v, basis, m, beta=0.7, clamp=clamp, heads=[0, 1])
+        out = steer(x).double().numpy()
+        b, vv, mm, xx = (t.double().numpy() for t in (basis, v, m, x))
+        for h in range(2):
+            w, w_tgt = b[h] @ vv[h], b[h] @ mm[h]
+            w_cur = xx[..., h, :] @ b[h].T
+            factor = 1 + 0.7 * np.sign(w) * (w_tgt - w_cur)
+            if clamp is not None:
+                factor = np.clip(factor, *clamp)
+            expected = xx[..., h, :] + (w * factor) @ b[h]
+            np.testing.assert_allclose(out[..., h, :], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="low <= high"):
+        dress.AdaptiveSteer(v, basis, m, clamp=(2.0, 0.0), heads=[0, 1])
+
+
+def test_adaptive_reads_a_cur_before_steering_in_the_same_forward(tiny_fit):
+    model, fit = tiny_fit
+    fit = strong(fit)
+    layer, (heads, _) = next(iter(fit.by_layer().items()))
+    site = f"layers.{layer}.attn.heads"
+    plan = fit.adaptive_plan()
+    steer = plan[site]
+    pre, post = iv.Capture(heads=heads), iv.Capture(heads=heads)
+    plan[site] = iv.Compose(pre, steer, post)
+    with torch.no_grad(), iv.intervene(model, plan):
+        model(ids())
+    a_cur, steered = pre.value, post.value  # [b, t, heads, d]
+    expected = a_cur + torch.einsum("bthk,hkd->bthd", steer.w * steer.factor(a_cur), steer.basis)
+    torch.testing.assert_close(steered, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positions", [None, "generated", -1])
+@pytest.mark.parametrize("arch", ["llama-gqa", "gpt2"])
+def test_adaptive_generation_with_cache_equals_full_recompute(arch, positions):
+    model = make_model(arch)
+    fit = strong(dress.fit(model, WordTokenizer(), TRIPLES[:20], num_heads=4, progress=False))
+    prompt = ids(seed=2)
+
+    def generate(use_cache: bool, steer: bool = True):
+        settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+        settings |= dict(use_cache=use_cache, output_logits=True, return_dict_in_generate=True)
+        if not steer:
+            return model.generate(prompt, **settings)
+        with fit.adaptive(model, positions=positions):
+            return model.generate(prompt, **settings)
+
+    cached, recomputed, bare = generate(True), generate(False), generate(True, steer=False)
+    logits = torch.stack(cached.logits, 1)
+    assert not torch.allclose(logits, torch.stack(bare.logits, 1), atol=1e-3)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    torch.testing.assert_close(logits, torch.stack(recomputed.logits, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_separate_forward_variant(tiny_fit):
+    model, fit = tiny_fit
+    fit = strong(fit)
+    prompt = ids(seed=3)
+    # beta = 0: a_cur is unused, so both variants add the same vectors at every position
+    with fit.adaptive(model, beta=0.0):
+        same = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                              pad_token_id=0)  # fmt: skip
+    separate = dress.generate_separate(fit, model, prompt, max_new_tokens=5, beta=0.0)
+    assert torch.equal(same, separate)
+    # beta > 0: the factor is read from an unsteered forward over source + generated tokens
+    source = ids(batch=2, length=4, seed=4)
+    out, seen = _generate_separate_and_spy(fit, model, prompt, source)
+    assert out.shape == (2, 12) and torch.equal(out[:, :7], prompt)
+    layer, (heads, _) = next(iter(fit.by_layer().items()))
+    site = f"layers.{layer}.attn.heads"
+    with torch.no_grad(), iv.capture(model, site, positions=-1) as cache:
+        model(torch.cat([source, out[:, 7:-1]], dim=1))  # the last step's source sequence
+    torch.testing.assert_close(seen[tuple(heads)], cache[site][:, heads], atol=1e-5, rtol=1e-5)
+
+
+def _generate_separate_and_spy(fit, model, prompt, source):
+    """Run ``generate_separate`` and record the last source activation each steer saw."""
+    seen = {}
+    original = dress.AdaptiveSteer.forward
+
+    def spy(self, x):
+        if self.source is not None:
+            seen[self.heads] = self.source.clone()
+        return original(self, x)
+
+    dress.AdaptiveSteer.forward = spy
+    try:
+        out = dress.generate_separate(fit, model, prompt, source_ids=source, max_new_tokens=5)
+    finally:
+        dress.AdaptiveSteer.forward = original
+    return out, seen
+
+
+# --- files, controls, errors ----------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tiny_fit, tmp_path):
+    model, fit = tiny_fit
+    fit = strong(fit).with_alpha(7.0)
+    path = fit.save(tmp_path / "dress.safetensors")
+    loaded = dress.load(path)
+    assert loaded.heads == fit.heads and loaded.ranks == fit.ranks
+    assert (loaded.alpha, loaded.beta, loaded.clamp) == (fit.alpha, fit.beta, fit.clamp)
+    assert loaded.ties == fit.ties and loaded.config == fit.config
+    for name in ("direction", "basis", "styled_mean"):
+        assert torch.equal(getattr(loaded, name), getattr(fit, name))
+    x = ids()
+    with torch.no_grad():
+        with fit.adaptive(model):
+            a = model(x).logits
+        with loaded.adaptive(model):
+            b = model(x).logits
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="was made for a model"):
+        loaded.bake(tiny("llama", n_layers=2))
+    with pytest.raises(ValueError, match="fresh fit"):
+        dress.random_heads(loaded)
+    (tmp_path / "other.safetensors").write_bytes(b"")
+    with pytest.raises(Exception):  # noqa: B017 - safetensors' own error for a non-file
+        dress.load(tmp_path / "other.safetensors")
+
+
+def test_random_heads_control_has_matched_norms(tiny_fit):
+    _, fit = tiny_fit
+    control = dress.random_heads(fit, seed=1)
+    assert not set(control.heads) & set(fit.heads)
+    assert len(control.heads) == len(fit.heads)
+    torch.testing.assert_close(control.vectors.norm(dim=-1), fit.vectors.norm(dim=-1))
+    assert control.ranks == fit.ranks
+
+
+def test_clear_errors(tiny_fit):
+    model, fit = tiny_fit
+    with pytest.raises(ValueError, match="num_heads"):
+        dress.fit_activations(*fit.activations, num_heads=0)
+    with pytest.raises(ValueError, match="vectors must be"):
+        dress.fit_activations(*fit.activations, 3, vectors="pca")
+    with pytest.raises(ValueError, match="pairs, layers, heads"):
+        dress.fit_activations(fit.activations[0][:, 0], fit.activations[1][:, 0], 3)
+    with pytest.raises(TypeError, match="question, styled, plain"):
+        dress.fit(model, WordTokenizer(), [("only", "two")] * 6)
+
+
+def test_fluency_by_hand(tiny_fit):
+    model, _ = tiny_fit
+    tok = WordTokenizer()
+    questions, answers = ["Why?", "What is it?"], [" Because it is so.", ""]
+    scores = dress.fluency(model, tok, questions, answers)
+    prompt = dress.format_prompt(tok, questions[0])
+    full = torch.tensor([tok.encode(prompt + answers[0])])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(full).logits[0, :-1], -1)
+    n_prompt = len(tok.encode(prompt))
+    token_logp = logp.gather(-1, full[0, 1:, None])[n_prompt - 1 :, 0]
+    assert len(token_logp) == len(tok.encode(answers[0])) == 4
+    assert scores[0] == pytest.approx(1 / (1 + float(-token_logp.mean())), rel=1e-5)
+    assert scores[1] == 0.0  # an empty answer
+
+
+# --- real model -----------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_real_model_dress(real_model, tmp_path):
+    """Mechanics on the real model (the style outcome is measured by examples/03_dress.py)."""
+    model, tok = real_model
+    train, test = dress.load_triples("train")[:32], dress.load_triples("test")[:2]
+    fit = dress.fit(model, tok, train, num_heads=8, alpha=3.0, batch_size=32, progress=False)
+    assert fit.geometry == {"n_layers": 30, "n_heads": 9, "d_head": 64}
+    assert fit.config["probes_converged"]
+    assert fit.scores["val_accuracy"].max() >= 0.8
+    assert fit.ties.tied_at_top >= 1 and "top 8" in str(fit.ties)
+    # the baked static edit equals the run-time edit at every position, and reverts
+    prompt = dress.format_prompt(tok, test[0].question) + test[0].plain
+    x = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        with iv.intervene(model, fit.plan()):
+            runtime = model(x).logits
+        delta = fit.bake(model)
+        try:
+            baked = model(x).logits
+        finally:
+            delta.revert(model)
+    torch.testing.assert_close(baked, runtime, atol=2e-4, rtol=1e-4)
+    assert model.model.layers[fit.heads[0][0]].self_attn.o_proj.bias is None
+    # adaptive generation on a left-padded batch: KV cache = full recompute, and a saved fit
+    # steers the same way
+    saved = dress.load(fit.save(tmp_path / "dress.safetensors"))
+    tok.padding_side, side = "left", tok.padding_side
+    try:
+        prompts = [dress.format_prompt(tok, t.question) for t in test]
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        bare = model.generate(**batch, **settings)
+        with fit.adaptive(model):
+            cached = model.generate(**batch, **settings)
+        with saved.adaptive(model):
+            recomputed = model.generate(**batch, **settings, use_cache=False)
+    assert not torch.equal(cached, bare), "alpha 3 changes the answers"
+    assert torch.equal(cached, recomputed)
