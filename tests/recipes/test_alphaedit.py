@@ -1,0 +1,450 @@
+"""AlphaEdit / MEMIT: the closed-form solves, the null-space guarantee, editor state, files, key
+statistics in one pass, bad requests, and real edits on SmolLM2."""
+
+import math
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+import interventions as iv
+from interventions.models import tiny
+from interventions.recipes import alphaedit as ae
+
+TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
+
+
+class WordTokenizer:
+    """A stand-in fast tokenizer for tiny models: one token per word (with its leading space),
+    ids from a hash of the word, character offsets like a fast tokenizer."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+
+    def __call__(self, text: str, return_offsets_mapping: bool = False) -> dict:
+        words = list(re.finditer(r"\s*\S+", text))
+        ids = [
+            3 + sum(ord(c) * (i + 1) for i, c in enumerate(w.group().strip())) % 96 for w in words
+        ]
+        out = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        if return_offsets_mapping:
+            out["offset_mapping"] = [w.span() for w in words]
+        return out
+
+
+REQUEST = {
+    "prompt": "The old tower of {} stands in",
+    "subject": "north harbour",
+    "target_new": "valley",
+    "target_true": "market",
+    "paraphrase_prompts": ["People say north harbour lies near"],
+    "neighborhood_prompts": ["The old tower of south field stands in"],
+}
+CORPUS = [
+    "a quiet river runs past the mill and the bakers wake early",
+    "seven birds sat on the wire while the rain kept falling",
+    "the map shows hills roads and a small lake near the village",
+    "north winds bring snow to the harbour every winter",
+]
+
+
+def make(arch: str, n_layers: int = 3):
+    model_type, kv = TINY[arch]
+    return tiny(model_type, n_kv_heads=kv, n_layers=n_layers), WordTokenizer()
+
+
+def tiny_stats(model, tok, layers, tmp_path=None, **options) -> ae.KeyStats:
+    # 40 keys < d_mlp (64 / 128): the preserved keys span a proper subspace, so an exact null
+    # space exists
+    return ae.key_stats(
+        model,
+        tok,
+        CORPUS,
+        layers=layers,
+        max_tokens=40,
+        progress=False,
+        cache=tmp_path is not None,
+        cache_dir=tmp_path,
+        **options,
+    )
+
+
+def preserved_keys(model, tok, layer: int) -> torch.Tensor:
+    """Every key the statistics saw at ``layer``: [n, d_mlp]."""
+    keys = []
+    for text in CORPUS:
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad(), iv.capture(model, f"layers.{layer}.mlp.act") as cache:
+            model(ids)
+        keys.append(cache[f"layers.{layer}.mlp.act"][0])
+    return torch.cat(keys)[:40]
+
+
+def weight_change(model, delta: iv.WeightDelta, layer: int) -> torch.Tensor:
+    """ΔW of ``layer``'s down projection in [out, in] orientation (from the delta's tensors)."""
+    table = iv.adapter(model)
+    name = f"{table.layers}.{layer}.{table.down_proj}.weight"
+    new, old = delta.changes[name], delta.originals[name]
+    return (table.from_storage(new) - table.from_storage(old)).double()
+
+
+def current_weight(model, layer: int) -> torch.Tensor:
+    table = iv.adapter(model)
+    return table.weight(table.block_module(model, layer, table.down_proj)).detach().double()
+
+
+# --- the closed-form solves ------------------------------------------------------------------
+
+
+def test_alphaedit_update_keeps_preserved_keys_and_writes_the_edit():
+    g = torch.Generator().manual_seed(0)
+    d_in, d_out, n0 = 48, 16, 30
+    k0 = torch.randn(d_in, n0, generator=g)
+    w = torch.randn(d_out, d_in, generator=g)
+    k1 = torch.randn(d_in, 3, generator=g)
+    r = torch.randn(d_out, 3, generator=g)
+    # the statistics: the preserved keys plus a small isotropic floor (a full-rank moment)
+    moment = k0 @ k0.T / n0 + 1e-3 * torch.eye(d_in)
+    p, null_dim = ae.null_space_projector(moment, 1e-2, "absolute")
+    assert null_dim == d_in - n0
+    delta = ae.alphaedit_update(k1, r, p, None, l2=1e-2)
+    assert (delta @ k0).norm() <= 1e-3 * (w @ k0).norm()
+    # the edited keys reach their residuals (up to λ)
+    assert torch.allclose(delta @ k1, r, atol=1e-2)
+    memit = ae.memit_update(k1, r, moment, mom2_update_weight=1.0)
+    assert torch.allclose(memit @ k1, r, atol=0.2)
+    assert (memit @ k0).norm() > 100 * (delta @ k0).norm()
+
+
+def test_p_identity_is_the_ridge_least_squares_solution():
+    g = torch.Generator().manual_seed(1)
+    d_in, d_out = 20, 7
+    k1, r = torch.randn(d_in, 4, generator=g), torch.randn(d_out, 4, generator=g)
+    kp = torch.randn(d_in, 6, generator=g)
+    l2 = 0.3
+    delta = ae.alphaedit_update(k1, r, None, kp @ kp.T, l2=l2)
+    # min ‖ΔW K1 − R‖² + ‖ΔW Kp‖² + λ‖ΔW‖²  as one stacked least-squares problem
+    a = torch.cat([k1.T, kp.T, math.sqrt(l2) * torch.eye(d_in)]).double()
+    b = torch.cat([r.T, torch.zeros(6, d_out), torch.zeros(d_in, d_out)]).double()
+    expected = torch.linalg.lstsq(a, b).solution.T
+    assert torch.allclose(delta.double(), expected, atol=1e-4)
+    # the identity projector gives the same as P = None
+    same = ae.alphaedit_update(k1, r, torch.eye(d_in), kp @ kp.T, l2=l2)
+    assert torch.allclose(same, delta, atol=1e-5)
+
+
+def test_memit_update_is_its_closed_form():
+    g = torch.Generator().manual_seed(2)
+    k, r = torch.randn(12, 3, generator=g), torch.randn(5, 3, generator=g)
+    c0 = torch.randn(12, 40, generator=g)
+    c0 = c0 @ c0.T / 40
+    got = ae.memit_update(k, r, c0, mom2_update_weight=2.0).double()
+    k, r, c0 = k.double(), r.double(), c0.double()
+    assert torch.allclose(got, r @ k.T @ torch.linalg.inv(2.0 * c0 + k @ k.T), atol=1e-4)
+
+
+def test_null_space_threshold_modes():
+    basis = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(3)))[0]
+    values = torch.tensor([10.0, 5.0, 1.0, 0.03, 0.01, 0.001])
+    moment = basis @ torch.diag(values) @ basis.T
+    assert ae.null_space_projector(moment, 2e-2, "absolute")[1] == 2
+    assert ae.null_space_projector(moment, 1e-2, "relative")[1] == 3  # < 0.1
+    # cumulative energy fractions 0.001, 0.011, 0.041 over 16.041: two are under 0.002
+    assert ae.null_space_projector(moment, 0.002, "energy")[1] == 2
+    p, _ = ae.null_space_projector(moment, 2e-2, "absolute")
+    assert torch.allclose(p @ p, p, atol=1e-6) and torch.allclose(p, p.T, atol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        ae.null_space_projector(moment, 0.1, "fraction")
+
+
+# --- tokenizing --------------------------------------------------------------------------------
+
+
+def test_subject_last_token_comes_from_offsets():
+    tok = WordTokenizer()
+    text = "Yesterday the old tower of north harbour stands in"
+    start = text.index("north harbour")
+    assert ae.subject_last_token(tok, text, start, start + len("north harbour")) == 6
+    row = ae.encode(tok, "The tower of north harbour", subject_span=(13, 26), target="valley")
+    assert row.subject == 4 and row.target_start == 5 and len(row.target) == 1
+
+
+def test_bundled_data_is_well_formed():
+    requests = ae.load_requests()
+    assert len(requests) >= 30
+    assert len({r.subject for r in requests}) == len(requests)  # no subject edited twice
+    for r in requests:
+        assert len(r.paraphrase_prompts) == 2 and len(r.neighborhood_prompts) == 3
+        assert r.target_true and r.target_new != r.target_true
+    assert len(ae.load_corpus()) >= 30
+
+
+# --- editing tiny models --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_edit_writes_the_target_value_and_keeps_preserved_keys(arch):
+    model, tok = make(arch)
+    layer = 1
+    stats = tiny_stats(model, tok, [layer])
+    hp = ae.HParams(
+        nullspace_mode="relative",
+        nullspace_threshold=1e-6,
+        n_prefixes=0,
+        v_num_grad_steps=8,
+        v_lr=0.5,
+        kl_factor=0.0,
+    )
+    editor = ae.Editor(model, tok, stats, hparams=hp)
+    request = ae.as_request(REQUEST)
+    z = editor.compute_z([request]).z[0].double()
+    text, start = request.text, request.subject_start
+    ids = torch.tensor([tok(text)["input_ids"]])
+    subject = ae.subject_last_token(tok, text, start, start + len(request.subject))
+    sites = [f"layers.{layer}.mlp.act", f"layers.{layer}.resid_post"]
+    with torch.no_grad(), iv.capture(model, sites, positions=subject) as before:
+        model(ids)
+    k, h = before[sites[0]][0].double(), before[sites[1]][0].double()
+    # one layer, one key: Sherman-Morrison gives ΔW k = r · s / (s + λ) with s = kᵀPk; λ is set
+    # against s so that the float32 system stays well conditioned
+    s = float(k @ editor.projectors[layer].double() @ k)
+    editor.hparams = replace(hp, L2=0.01 * s)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    delta = editor.edit([request])
+    with torch.no_grad(), iv.capture(model, sites[1], positions=subject) as after:
+        model(ids)
+    expected = h + (z - h) / 1.01
+    assert (z - h).norm() > 0.1 * h.norm()  # the target value really moved
+    assert torch.allclose(after[sites[1]][0].double(), expected, rtol=1e-3, atol=1e-5)
+    # the null-space guarantee on the keys the statistics were built from
+    k0 = preserved_keys(model, tok, layer).double().T
+    dw = weight_change(model, delta, layer)
+    assert (dw @ k0).norm() <= 1e-3 * (current_weight(model, layer) @ k0).norm()
+    # weights are changed in the module's own orientation (GPT-2 Conv1D stores [in, out])
+    table = iv.adapter(model)
+    name = f"{table.layers}.{layer}.{table.down_proj}.weight"
+    assert delta.names == [name]
+    assert delta.changes[name].shape == original[name].shape
+    # revert is bit-exact
+    delta.revert(model)
+    for n, param in model.named_parameters():
+        assert torch.equal(param, original[n]), n
+
+    # MEMIT on the same request changes the preserved keys' outputs much more
+    memit = ae.Editor(
+        model, tok, stats, method="memit", hparams=replace(hp, mom2_update_weight=0.01)
+    )
+    memit_delta = memit.edit([request])
+    dw_memit = weight_change(model, memit_delta, layer)
+    assert (dw_memit @ k0).norm() > 10 * (dw @ k0).norm()
+    memit_delta.revert(model)
+
+
+@pytest.mark.parametrize("arch", list(TINY))
+def test_target_loss_runs_only_the_suffix_after_the_subject_but_scores_whole_rows(arch):
+    # compute_z caches the tokens before the subject and optimises on the rest: its loss at the
+    # start must be the NLL of the target after the whole (prefixed) prompts
+    model, tok = make(arch)
+    prefixes = ["so it goes", "a long and winding road ends here"]
+    hp = ae.HParams(layers=(1,), v_num_grad_steps=1, kl_factor=0.0, v_weight_decay=0.0)
+    editor = ae.Editor(model, tok, tiny_stats(model, tok, [1]), hparams=hp, prefixes=prefixes)
+    requests = [ae.as_request(REQUEST), ae.as_request(dict(REQUEST, subject="west bridge"))]
+    result = editor.compute_z(requests)
+    for request, loss in zip(requests, result.loss, strict=True):
+        texts = [request.text] + [f"{p}. {request.text}" for p in prefixes]
+        scores = ae.target_logprobs(model, tok, [(t, request.target_new) for t in texts])
+        assert loss == pytest.approx(-sum(scores) / len(scores), rel=1e-4)
+    assert torch.equal(result.z, result.init)  # no step taken
+
+
+def test_sequential_edits_accumulate_keys_and_editors_do_not_share_state(tmp_path):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [0, 1])
+    hp = ae.HParams(
+        nullspace_mode="relative", nullspace_threshold=1e-6, n_prefixes=0, v_num_grad_steps=2
+    )
+    first, second = (
+        ae.Editor(model, tok, stats, hparams=hp),
+        ae.Editor(model, tok, stats, hparams=hp),
+    )
+    other = dict(REQUEST, subject="west bridge")
+    d1 = first.edit([REQUEST])
+    assert first.n_edits == 1 and set(first.past) == {0, 1}
+    assert second.past == {} and second.n_edits == 0
+    trace = float(first.past[1].trace())
+    d2 = first.edit([other])
+    assert first.n_edits == 2 and float(first.past[1].trace()) > trace
+    # save / load keeps P, the accumulated keys, the prefixes and the count
+    path = first.save(tmp_path / "editor.safetensors")
+    loaded = ae.Editor.load(path, model, tok)
+    assert loaded.n_edits == 2 and loaded.layers == [0, 1] and loaded.prefixes == []
+    for layer in (0, 1):
+        assert torch.equal(loaded.past[layer], first.past[layer])
+        assert torch.equal(loaded.projectors[layer], first.projectors[layer])
+    loaded.reset()
+    assert loaded.past == {} and first.n_edits == 2
+    ae.combine([d1, d2]).revert(model)
+    assert all(torch.equal(model.get_parameter(n), o) for n, o in d1.originals.items())
+
+
+def test_edit_delta_saves_and_applies(tmp_path):
+    model, tok = make("qwen2")
+    stats = tiny_stats(model, tok, [1])
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=2)
+    delta = ae.edit(model, tok, [REQUEST], stats=stats, method="memit", hparams=hp)
+    edited = {n: model.get_parameter(n).detach().clone() for n in delta.names}
+    delta.save(tmp_path / "edit.safetensors")
+    delta.revert(model)
+    loaded = iv.WeightDelta.load(tmp_path / "edit.safetensors").apply(model)
+    assert all(torch.equal(model.get_parameter(n), edited[n]) for n in delta.names)
+    loaded.revert(model)
+
+
+def test_a_failed_edit_leaves_the_model_and_editor_unchanged(monkeypatch):
+    model, tok = make("gpt2")
+    stats = tiny_stats(model, tok, [0, 1])
+    editor = ae.Editor(model, tok, stats, hparams=ae.HParams(n_prefixes=0, v_num_grad_steps=2))
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    calls = []
+    real_update = ae.alphaedit_update
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # layer 0 is already written when layer 1 fails
+            raise RuntimeError("boom")
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(ae, "alphaedit_update", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        editor.edit([REQUEST])
+    assert len(calls) == 2
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    assert editor.past == {} and editor.n_edits == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompt": "The old tower stands in"}, "exactly one"),
+        ({"prompt": "{} and {} stand in"}, "exactly one"),
+        ({"target_new": "  "}, "target_new is empty"),
+        ({"subject": ""}, "subject is empty"),
+        ({"target_new": "market"}, "both"),
+        ({"prompt": "{} stands in", "subject": "harbour"}, "first token"),
+    ],
+)
+def test_bad_requests_raise_before_any_weight_changes(change, message):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [1])
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ae.RequestError, match=message):
+        ae.edit(model, tok, [dict(REQUEST, **change)], stats=stats, prefixes=[])
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+
+
+def test_editor_checks_its_inputs():
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [1])
+    with pytest.raises(ValueError, match="method"):
+        ae.Editor(model, tok, stats, method="rome")
+    with pytest.raises(ValueError, match="no layers"):
+        ae.Editor(model, tok, stats, hparams=ae.HParams(layers=(0, 1)))
+    with pytest.raises(ValueError, match="nullspace_mode"):
+        ae.HParams(nullspace_mode="fraction")
+
+
+# --- key statistics ------------------------------------------------------------------------------
+
+
+def test_key_stats_one_pass_for_all_layers_cached_and_exact(tmp_path, monkeypatch):
+    model, tok = make("llama", n_layers=3)
+    forwards = []
+    model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    cache = tmp_path / "cache"
+    stats = ae.key_stats(
+        model, tok, CORPUS, layers=[0, 1, 2], batch_size=2, cache_dir=cache, progress=False
+    )
+    assert len(forwards) == math.ceil(len(CORPUS) / 2)  # one pass, not one per layer
+    n_words = sum(len(t.split()) for t in CORPUS)
+    assert stats.count == n_words
+    # the moment is E[k kᵀ] over every real token (padding excluded)
+    keys = torch.cat([preserved_keys_all(model, tok, 2, text) for text in CORPUS]).double()
+    assert torch.allclose(stats.moments[2].double(), keys.T @ keys / len(keys), atol=1e-6)
+    assert len(list(cache.iterdir())) == 3
+    forwards.clear()
+    again = ae.key_stats(
+        model, tok, CORPUS, layers=[0, 1, 2], batch_size=2, cache_dir=cache, progress=False
+    )
+    assert forwards == []  # served from the cache, identical
+    assert all(torch.equal(again.moments[i], stats.moments[i]) for i in range(3))
+    # a changed model is not served stale statistics
+    with torch.no_grad():
+        iv.adapter(model).block_module(model, 0, "mlp.up_proj").weight.mul_(2)
+    ae.key_stats(model, tok, CORPUS, layers=[1], batch_size=2, cache_dir=cache, progress=False)
+    assert len(forwards) == 2
+    # nothing lands in the working directory, and cache=False writes nothing at all
+    ae.key_stats(model, tok, CORPUS, layers=[0], cache=False, progress=False)
+    assert list(workdir.iterdir()) == [] and len(list(cache.iterdir())) == 4
+
+
+def preserved_keys_all(model, tok, layer: int, text: str) -> torch.Tensor:
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad(), iv.capture(model, f"layers.{layer}.mlp.act") as cache:
+        model(ids)
+    return cache[f"layers.{layer}.mlp.act"][0]
+
+
+def test_key_stats_skip_first_token_and_save(tmp_path):
+    model, tok = make("gpt2")
+    stats = ae.key_stats(
+        model, tok, CORPUS, layers=[1], cache=False, skip_first_token=True, progress=False
+    )
+    assert stats.count == sum(len(t.split()) - 1 for t in CORPUS)
+    stats.save(tmp_path / "stats.safetensors")
+    loaded = ae.KeyStats.load(tmp_path / "stats.safetensors")
+    assert loaded.count == stats.count and torch.equal(loaded.moments[1], stats.moments[1])
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def test_evaluate_scores_and_fluency():
+    model, tok = make("llama")
+    scores = ae.evaluate(model, tok, [REQUEST], fluency=False)
+    text = ae.as_request(REQUEST).text
+    lp_new, lp_true = ae.target_logprobs(model, tok, [(text, "valley"), (text, "market")])
+    assert scores.efficacy == float(lp_new > lp_true)
+    assert 0 <= scores.paraphrase <= 1 and 0 <= scores.neighborhood <= 1
+    assert scores.summary()["n"] == 1 and scores.fluency is None
+    assert ae.n_gram_entropy("a a a a a a") == 0.0
+    varied = ae.n_gram_entropy("the cat sat on the mat while a dog ran past the door")
+    assert varied > ae.n_gram_entropy("the cat the cat the cat the cat the cat the cat") > 0
+
+
+# --- the real model ------------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_real_edits_flip_facts_and_keep_neighbours(real_model, tmp_path):
+    model, tok = real_model
+    requests = ae.load_requests()[:5]
+    stats = ae.key_stats(
+        model, tok, layers=[4, 5, 6, 7, 8], max_tokens=3000, cache_dir=tmp_path, progress=False
+    )
+    before = ae.evaluate(model, tok, requests, fluency=False)
+    assert before.efficacy == 0.0  # the bundled facts are known to the model
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    delta = ae.edit(model, tok, requests, stats=stats, hparams=ae.HParams(n_prefixes=2))
+    try:
+        after = ae.evaluate(model, tok, requests, fluency=False)
+        print("before", before.summary(), "\nafter", after.summary())
+        assert after.efficacy >= 0.8
+        assert after.neighborhood >= before.neighborhood - 0.2
+    finally:
+        delta.revert(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
