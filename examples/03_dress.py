@@ -158,7 +158,18 @@ def main() -> None:
     )
     rows.append(run("random heads static (matched norms)", test, lambda: _Baked(control, model)))
     rows.append(
-        run("random heads adaptive (matched norms)", test, _adaptive(control, model, positions))
+        run(
+            f"random heads adaptive (matched norms, positions={args.positions})",
+            test,
+            _adaptive(control, model, positions),
+        )
+    )
+    rows.append(
+        run(
+            "random heads adaptive (matched norms, all positions)",
+            test,
+            _adaptive(control, model, None),
+        )
     )
 
     table = _markdown(rows, alpha)
