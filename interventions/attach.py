@@ -65,20 +65,38 @@ class Attachment:
     """Hooks of one plan on one model. ``remove()`` takes every hook off (idempotent)."""
 
     def __init__(self, model: nn.Module, plan: Plan):
+        table = adapter(model)
+        geometry = table.geometry(model.config)
+        self._attach(model, table, geometry, normalize_plan(model, plan, geometry))
+
+    @classmethod
+    def _of_checked(
+        cls, model: nn.Module, table: Adapter, geometry: Geometry, sites: dict[Site, Intervention]
+    ) -> "Attachment":
+        """An attachment of sites already expanded and checked (``capture`` builds its own)."""
+        self = cls.__new__(cls)
+        self._attach(model, table, geometry, sites)
+        return self
+
+    def _attach(
+        self, model: nn.Module, table: Adapter, geometry: Geometry, sites: dict[Site, Intervention]
+    ) -> None:
         self.model = model
-        self.adapter: Adapter = adapter(model)
-        self.geometry: Geometry = self.adapter.geometry(model.config)
-        self.plan = normalize_plan(model, plan, self.geometry)
+        self.adapter = table
+        self.geometry = geometry
+        self.plan = sites
         self.step: Step | None = None
         self._handles: list[RemovableHandle] = []
         self._last_ids: Tensor | None = None
         self._resid_pre: dict[int, Tensor] = {}
         self._saved_attn: str | None = None
+        self._blocks = table.blocks(model)
         try:
             self._handles.append(
                 model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)
             )
-            self._handles.append(model.register_forward_hook(self._end_forward))
+            if any(site.kind == "resid_mid" for site in self.plan):
+                self._handles.append(model.register_forward_hook(self._end_forward))
             if any(site.kind == "attn.pattern" for site in self.plan):
                 self._use_eager_attention()
             for site, intervention in self.plan.items():
@@ -158,7 +176,7 @@ class Attachment:
         a, kind = self.adapter, site.kind
 
         def block(path: str) -> nn.Module:
-            return a.block_module(self.model, site.layer, path)
+            return a.submodule(self._blocks[site.layer], path)
 
         def edit(x: Tensor) -> Tensor:
             return intervention.apply(x, self._step_for(x))
@@ -182,7 +200,7 @@ class Attachment:
         elif kind == "logits":
             self._on_output(a.module(self.model, a.unembed), edit)
         elif kind == "resid_pre":
-            self._on_input(a.blocks(self.model)[site.layer], edit)
+            self._on_input(self._blocks[site.layer], edit)
         elif kind == "attn.in":
             self._on_output(block(a.attn_norm), edit)
         elif kind == "attn.heads":
@@ -200,7 +218,7 @@ class Attachment:
         elif kind == "mlp.out":
             self._on_output(block(a.down_proj), edit)
         elif kind == "resid_post":
-            self._on_output(a.blocks(self.model)[site.layer], edit)
+            self._on_output(self._blocks[site.layer], edit)
         else:  # pragma: no cover - Site validates kinds
             raise ValueError(f"no hook for site kind {kind!r}")
 
@@ -242,7 +260,7 @@ class Attachment:
     def _register_resid_mid(self, layer: int, edit: Callable[[Tensor], Tensor]) -> None:
         # resid_mid = resid_pre + attn.out exists only as a local of the block: compute it from
         # the block's input and the attention output, and fold an edit back into attn.out.
-        block = self.adapter.blocks(self.model)[layer]
+        block = self._blocks[layer]
 
         def stash(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             self._resid_pre[layer] = args[0] if args else kwargs["hidden_states"]
@@ -254,7 +272,7 @@ class Attachment:
             return attn_out if y is resid_mid else y - resid_pre
 
         self._handles.append(block.register_forward_pre_hook(stash, with_kwargs=True))
-        attn = self.adapter.block_module(self.model, layer, self.adapter.attn)
+        attn = self.adapter.submodule(block, self.adapter.attn)
         self._on_output(attn, edit_attn_out)
 
 
@@ -330,7 +348,8 @@ def capture(
     site then keeps a streaming statistic instead of every activation. ``plan`` attaches
     interventions in the same pass (captures see their effect at later sites).
     """
-    geometry = adapter(model).geometry(model.config)
+    table = adapter(model)
+    geometry = table.geometry(model.config)
     captures = {
         site: Capture(
             keep_grad=keep_grad,
@@ -341,10 +360,11 @@ def capture(
         )
         for site in expand(sites, geometry.n_layers)
     }
-    combined: dict[SiteLike, Intervention] = dict(normalize_plan(model, plan or {}, geometry))
+    combined = normalize_plan(model, plan, geometry) if plan else {}
     for site, cap in captures.items():
+        cap.check(site, geometry)
         combined[site] = cap if site not in combined else _compose(combined[site], cap)
-    handle = Attachment(model, combined)
+    handle = Attachment._of_checked(model, table, geometry, combined)
     try:
         yield Cache(captures)
     finally:

@@ -462,8 +462,9 @@ class Capture(Intervention):
 
     def check(self, site: Site, geometry: Geometry) -> None:
         super().check(site, geometry)
-        self._feature_dims = 2 if site.kind in HEAD_KINDS else 1
-        self._pattern = site.kind == "attn.pattern"
+        self.__dict__.update(  # plain attributes: see Intervention.__init__
+            _feature_dims=2 if site.kind in HEAD_KINDS else 1, _pattern=site.kind == "attn.pattern"
+        )
 
     def start_sequence(self) -> None:
         if self.reduce is None:
