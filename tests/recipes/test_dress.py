@@ -521,3 +521,22 @@ def test_real_model_dress(real_model, tmp_path):
             recomputed = model.generate(**batch, **settings, use_cache=False)
     assert not torch.equal(cached, bare), "alpha 3 changes the answers"
     assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.real
+def test_style_judge_and_semantic_preservation_on_references():
+    """The evaluation's instruments (MiniLM from PyPI, offline): the judge trained on the
+    training answers separates the held-out references; SP of a text to itself is 1."""
+    embedder = dress.Embedder()
+    train, test = dress.load_triples("train"), dress.load_triples("test")
+    judge = dress.StyleJudge.fit(embedder, [t.styled for t in train], [t.plain for t in train])
+    styled = judge.is_styled([t.styled for t in test]).float()
+    plain = judge.is_styled([t.plain for t in test]).float()
+    accuracy = float((styled.sum() + (1 - plain).sum()) / (2 * len(test)))
+    assert accuracy >= 0.85, (float(styled.mean()), float(plain.mean()))
+    assert float(styled.mean()) > 0.75 > 0.15 > float(plain.mean())
+    references = [t.plain for t in test]
+    same = dress.semantic_preservation(embedder, references, references)
+    torch.testing.assert_close(same, torch.ones(len(test)), atol=1e-5, rtol=0)
+    other = dress.semantic_preservation(embedder, [t.styled for t in test], references)
+    assert 0.3 < float(other.mean()) < 0.95
