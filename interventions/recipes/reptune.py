@@ -1,0 +1,1282 @@
+"""Representation tuning: fine-tune a behaviour direction into (or out of) the residual stream.
+
+Paper
+-----
+C. Ackerman, "Representation Tuning", 2024 (arXiv:2409.06927). Instead of steering at inference
+(adding a vector to the residual stream on every forward), fine-tune the model so that its own
+residual stream at chosen layers and positions lines up with a behaviour direction ("in") or is
+orthogonal to it ("out"), while a token loss keeps the output coherent.
+
+Algorithm
+---------
+1. Direction: from paired prompts (the same claim answered honestly vs dishonestly), take the
+   ``resid_post`` activations at the last N prompt tokens of every chosen layer; the direction is
+   the mean of the paired differences (or their first principal component), per layer and
+   position. Optionally only the pairs the model answers "correctly" (the positive prompt gets its
+   answer, the negative prompt its own) are used.
+2. Losses: ``projection_loss`` is the cosine of each activation to the direction, ``(1 - cos)/2``
+   to tune it in, ``|cos|`` to tune it out, averaged over batch, layers and positions;
+   ``soft_target_cross_entropy`` is the cross entropy against a target distribution (e.g. 50 %
+   " True", 50 % " False"), whose minimum is the target's entropy; ``token_cross_entropy`` is
+   the plain token loss on a completion; ``format_loss`` (the ``AnyOf`` target, the default
+   here) keeps the answer among the choices without preferring one, so the token loss guards
+   coherence and the projection loss alone decides the behaviour.
+3. Tuning: one forward captures the activations (``iv.capture(..., keep_grad=True)``) and the
+   logits (or stops right after the last tuned layer when there is no token loss); the projection
+   loss updates only its parameter group, the token loss only its own (gradients are taken with
+   ``torch.autograd.grad`` for each group separately). The token step is skipped while the token
+   loss is within ``token_tolerance`` of its minimum. AdamW with linear warmup, early stopping on a
+   validation split (the best weights are kept), a tqdm progress bar. The change is returned as an
+   ``iv.WeightDelta`` of the changed parameters (revert it for the bit-exact original; save it:
+   new and old values of the touched blocks only).
+4. Block search: short runs over parameter blocks (layer ranges x modules such as the attention
+   v/o projections or the MLP) for each loss, ranked by validation loss.
+5. Evaluation: sliding-window perplexity, forced-choice answers on held-out claims, the cosine
+   to the direction before and after, and steerability (how much adding the direction at
+   inference moves the answers).
+
+Prompts are left-padded and given explicit position ids, so "the last N tokens" is the same
+columns for every row and padding never changes a real token's position. Position 0 (the
+attention sink, whose residual norm is ~25,000 in SmolLM2's middle layers) is never used: the
+last N tokens must leave it out.
+
+Small models need larger learning rates than the paper's 1e-6 / 1e-5 on Llama-2-13B: SmolLM2-135M
+moves at 3e-4 to 1e-3 (20 steps of 8 prompts; perplexity +3 to +6 %), while 3e-3 raises its
+perplexity by 35 % (measured, docs/reptune.md).
+
+Usage
+-----
+>>> from interventions.models import load
+>>> from interventions.recipes import reptune
+>>> model, tokenizer = load()                                    # SmolLM2-135M-Instruct
+>>> train, test = reptune.split_claims(reptune.load_claims(), held_out=0.3)
+>>> pairs = reptune.honesty_pairs(train)                         # honest vs lying context
+>>> d = reptune.extract_direction(model, tokenizer, pairs, layers=[20, 21, 22, 23])
+>>> d.save("honesty.safetensors")                                # reptune.Direction.load(...)
+>>> held_out = reptune.claim_prompts(test)
+>>> before = reptune.cosine_to_direction(model, tokenizer, held_out, d, layers=[21, 22, 23])
+>>> delta = reptune.tune(model, tokenizer, reptune.tuning_examples(train), direction=d,
+...                      layers=[21, 22, 23], mode="in", lr=3e-4, steps=30)
+>>> after = reptune.cosine_to_direction(model, tokenizer, held_out, d, layers=[21, 22, 23])
+>>> reptune.forced_choice(model, tokenizer, held_out).rate_first    # share of " True" answers
+>>> reptune.perplexity(model, tokenizer, reptune.load_prose(), window=256, stride=128)
+>>> delta.save("honesty_in.safetensors"); delta.revert(model)    # bit-exact original
+
+Walkthrough with measured numbers: ``examples/04_representation_tuning.py``, docs/reptune.md.
+"""
+
+import itertools
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from einops import rearrange, reduce
+from jaxtyping import Bool, Float, Int
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import interventions as iv
+
+CHOICES = (" True", " False")
+_FORMAT = "interventions.reptune.Direction/1"
+
+# --- bundled data ---------------------------------------------------------------------------------
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("interventions.data").joinpath(name)))
+
+
+CLAIMS = _data_file("claims.jsonl")
+PROSE = _data_file("prose.txt")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A short factual claim; the two claims of one ``pair`` share a subject (one true)."""
+
+    id: str
+    text: str
+    label: bool
+    pair: int
+    topic: str = ""
+
+
+def load_claims(path: str | os.PathLike = CLAIMS) -> list[Claim]:
+    """Claims from a JSON-lines file with ``id``, ``claim``, ``label`` and ``pair`` fields."""
+    claims = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            missing = {"id", "claim", "label", "pair"} - set(row)
+            if missing:
+                raise ValueError(f"{path}:{number}: claim record lacks {sorted(missing)}")
+            topic = row.get("topic", "")
+            claims.append(Claim(row["id"], row["claim"], bool(row["label"]), row["pair"], topic))
+    return claims
+
+
+def load_prose(path: str | os.PathLike = PROSE) -> str:
+    """The bundled plain English prose (for perplexity)."""
+    return Path(path).read_text(encoding="utf-8")
+
+
+def split_claims(
+    claims: Sequence[Claim], held_out: float = 0.3, seed: int = 0
+) -> tuple[list[Claim], list[Claim]]:
+    """Split by ``pair`` (both claims about one subject land on the same side): (train, test)."""
+    if not 0 < held_out < 1:
+        raise ValueError(f"held_out is a fraction in (0, 1), got {held_out}")
+    pairs = sorted({c.pair for c in claims})
+    random.Random(seed).shuffle(pairs)
+    test_pairs = set(pairs[: max(1, round(held_out * len(pairs)))])
+    train = [c for c in claims if c.pair not in test_pairs]
+    return train, [c for c in claims if c.pair in test_pairs]
+
+
+# --- prompts --------------------------------------------------------------------------------------
+
+# In-context examples (not in claims.jsonl). An honest context answers them correctly, a lying
+# context inverts every answer: the same claim then follows an honest or a dishonest speaker.
+SHOTS = (
+    ("Snow is white.", True),
+    ("Fish can walk on land.", False),
+    ("Cows eat grass.", True),
+    ("The moon is made of cheese.", False),
+)
+
+
+def claim_prompt(text: str, honest: bool = True, shots: Sequence[tuple[str, bool]] = SHOTS) -> str:
+    """``text`` after in-context examples answered honestly (or all inverted): the next token is
+    the answer, " True" or " False"."""
+    lines = [f"{c} {'True' if (label if honest else not label) else 'False'}" for c, label in shots]
+    return "\n".join([*lines, text])
+
+
+def claim_prompts(claims: Iterable[Claim], honest: bool | None = None) -> list[str]:
+    """Prompts of ``claims`` in the honest context, the lying one, or both (``None``)."""
+    contexts = (True, False) if honest is None else (honest,)
+    return [claim_prompt(c.text, h) for h in contexts for c in claims]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The same prompt in the direction's sense (``positive``) and the opposite (``negative``).
+
+    The answers, when given, are what a model that follows each prompt says next (used by
+    ``extract_direction(only_correct=True)``).
+    """
+
+    positive: str
+    negative: str
+    positive_answer: str | None = None
+    negative_answer: str | None = None
+
+
+def honesty_pairs(claims: Iterable[Claim], choices: tuple[str, str] = CHOICES) -> list[Pair]:
+    """Each claim in the honest context (answered correctly) vs the lying one (inverted)."""
+    true, false = choices
+    return [
+        Pair(
+            claim_prompt(c.text, honest=True),
+            claim_prompt(c.text, honest=False),
+            true if c.label else false,
+            false if c.label else true,
+        )
+        for c in claims
+    ]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """A target that keeps the answer format but not the answer: the next token should be one
+    of ``choices``, in any proportion. The loss is ``format_loss``, ``-log p(choices)`` (its
+    minimum is 0), with one shared gradient for the choices' logits, so it never pulls the
+    answer toward either choice."""
+
+    choices: tuple[str, ...] = CHOICES
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tuning example: the projection loss acts at the last prompt tokens; ``target`` is a
+    completion (plain token loss on its tokens), a distribution over next tokens such as
+    ``{" True": 0.5, " False": 0.5}`` or ``AnyOf((" True", " False"))`` (soft-target loss at the
+    last prompt token), or None (no token loss)."""
+
+    prompt: str
+    target: str | Mapping[str, float] | AnyOf | None = None
+
+
+def tuning_examples(
+    claims: Iterable[Claim],
+    target: str | Mapping[str, float] | AnyOf | None = AnyOf(CHOICES),
+    honest: bool | None = None,
+) -> list[Example]:
+    """Claim prompts (both contexts by default), each with ``target``: by default ``AnyOf``
+    the two answers (keep answering " True" or " False", in whatever proportion)."""
+    return [Example(p, target) for p in claim_prompts(claims, honest)]
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Left-padded tokens with explicit position ids (so padding never shifts a real token)."""
+
+    input_ids: Int[Tensor, "b t"]
+    attention_mask: Int[Tensor, "b t"]
+    position_ids: Int[Tensor, "b t"]
+    prompt_end: Int[Tensor, " b"]  # column just after each prompt (== t without completions)
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return dict(
+            input_ids=self.input_ids,
+            attention_mask=self.attention_mask,
+            position_ids=self.position_ids,
+        )
+
+    def last_prompt_tokens(self, n: int) -> Bool[Tensor, "b t"]:
+        """Mask of the last ``n`` prompt tokens of each row (refusing position 0)."""
+        start = self.prompt_end - n
+        first_real = self.input_ids.shape[1] - self.attention_mask.sum(-1)
+        if bool((start <= first_real).any()):
+            short = int((self.prompt_end - first_real).min())
+            raise ValueError(
+                f"a prompt has only {short} tokens: the last {n} would include its first token "
+                "(the attention sink, an outlier in norm); use fewer positions or longer prompts"
+            )
+        columns = torch.arange(self.input_ids.shape[1])
+        return (columns >= start[:, None]) & (columns < self.prompt_end[:, None])
+
+
+def _pad_id(tokenizer) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
+    return 0 if pad is None else int(pad)
+
+
+def _encode(tokenizer, text: str, special: bool = True) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def make_batch(
+    tokenizer, prompts: Sequence[str], completions: Sequence[str] | None = None
+) -> Batch:
+    """Tokenize prompts (and completions appended to them), pad on the left."""
+    rows, ends = [], []
+    for i, prompt in enumerate(prompts):
+        ids = _encode(tokenizer, prompt)
+        end = len(ids)
+        if completions is not None and completions[i]:
+            ids += _encode(tokenizer, completions[i], special=False)
+        rows.append(ids)
+        ends.append(end)
+    width = max(len(r) for r in rows)
+    pad = _pad_id(tokenizer)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prompt_end = torch.tensor([width - len(r) + e for r, e in zip(rows, ends, strict=True)])
+    return Batch(ids, mask, positions, prompt_end)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    ids, mask, positions, end = (
+        t.to(device)
+        for t in (batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_end)
+    )
+    return Batch(ids, mask, positions, end)
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _first_token(tokenizer, text: str) -> int:
+    ids = _encode(tokenizer, text, special=False)
+    if not ids:
+        raise ValueError(f"{text!r} encodes to no token")
+    return ids[0]
+
+
+# --- capturing the residual stream (forwards stop after the last layer needed) --------------------
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _Stop(iv.Intervention):
+    """Ends the forward: nothing after the last captured layer is computed."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise _StopForward
+
+
+def _stop_site(model: nn.Module, last_layer: int) -> str:
+    n_layers = iv.geometry(model).n_layers
+    return f"layers.{last_layer + 1}.resid_pre" if last_layer + 1 < n_layers else "final_norm"
+
+
+@contextmanager
+def _residuals(
+    model: nn.Module,
+    layers: Sequence[int],
+    positions: Bool[Tensor, "b t"],
+    keep_grad: bool,
+    stop: bool,
+) -> Iterator[Callable[[], Float[Tensor, "b l n d"]]]:
+    """Capture ``resid_post`` at ``layers`` and the marked positions (the same count per row);
+    yields a function that returns them as ``[batch, layers, positions, d_model]``."""
+    sites = [f"layers.{i}.resid_post" for i in layers]
+    plan = {_stop_site(model, max(layers)): _Stop()} if stop else None
+    per_row = positions.sum(-1)
+    if bool((per_row != per_row[0]).any()):
+        raise ValueError("every row must mark the same number of positions")
+    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, plan=plan) as cache:
+
+        def stacked() -> Float[Tensor, "b l n d"]:
+            acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
+            return rearrange(acts, "l (b n) d -> b l n d", n=int(per_row[0]))
+
+        yield stacked
+
+
+def _run(model: nn.Module, batch: Batch, logits_to_keep: int = 0) -> Tensor | None:
+    """Forward; returns the logits, or None when a stop intervention ended the forward early."""
+    try:
+        if not logits_to_keep:
+            return model(**batch.model_inputs()).logits
+        try:
+            return model(**batch.model_inputs(), logits_to_keep=logits_to_keep).logits
+        except TypeError as error:  # older models compute every column's logits
+            if "logits_to_keep" not in str(error):
+                raise
+            return model(**batch.model_inputs()).logits[:, -logits_to_keep:]
+    except _StopForward:
+        return None
+
+
+def residuals(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    n_positions: int,
+    batch_size: int = 16,
+) -> Float[Tensor, "n l p d"]:
+    """``resid_post`` at ``layers`` and the last ``n_positions`` tokens of each prompt (no grad)."""
+    device, out = _device(model), []
+    for chunk in _chunks(list(prompts), batch_size):
+        batch = _to(make_batch(tokenizer, chunk), device)
+        mask = batch.last_prompt_tokens(n_positions)
+        with torch.no_grad(), _residuals(model, layers, mask, False, stop=True) as acts:
+            _run(model, batch)
+            out.append(acts().float().cpu())
+    return torch.cat(out)
+
+
+# --- direction ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Direction:
+    """A behaviour direction per layer and position (the last ``n_positions`` prompt tokens).
+
+    ``vectors[i, j]`` belongs to layer ``layers[i]`` and the j-th of the last positions (the
+    last token is ``j = n_positions - 1``). Mean differences keep their scale (so
+    ``steering_plan(layer, 1.0)`` adds one average positive-minus-negative difference); principal
+    components are unit vectors oriented to agree with the mean difference.
+    """
+
+    vectors: Float[Tensor, "l p d"]
+    layers: tuple[int, ...]
+    method: str = "mean"
+    n_pairs: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(i) for i in self.layers)
+        if self.vectors.ndim != 3 or self.vectors.shape[0] != len(self.layers):
+            raise ValueError(
+                f"vectors must be [layers={len(self.layers)}, positions, d_model], got "
+                f"{tuple(self.vectors.shape)}"
+            )
+
+    @property
+    def n_positions(self) -> int:
+        return self.vectors.shape[1]
+
+    def at(self, layers: Sequence[int]) -> Float[Tensor, "l p d"]:
+        """Vectors of the given layers (in that order)."""
+        missing = [i for i in layers if i not in self.layers]
+        if missing:
+            raise ValueError(f"the direction has no layer {missing}; it has {list(self.layers)}")
+        return self.vectors[[self.layers.index(i) for i in layers]]
+
+    def steering_vector(self, layer: int) -> Float[Tensor, " d"]:
+        """One vector for a layer: the mean over positions."""
+        return reduce(self.at([layer])[0], "p d -> d", "mean")
+
+    def steering_plan(
+        self, layer: int, alpha: float = 1.0, everywhere: bool = False
+    ) -> dict[str, iv.Intervention]:
+        """Add ``alpha`` times the direction at ``layers.{layer}.resid_post``: each position's
+        vector at its own one of the last ``n_positions`` tokens (where the direction was
+        measured and is tuned), or with ``everywhere`` the mean vector at every position."""
+        site = f"layers.{layer}.resid_post"
+        if everywhere:
+            return {site: iv.AddBias(self.steering_vector(layer), alpha)}
+        vectors = self.at([layer])[0]
+        n = self.n_positions
+        parts = [iv.AddBias(vectors[j], alpha, positions=j - n) for j in range(n)]
+        return {site: iv.Compose(*parts)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "format": _FORMAT,
+            "layers": json.dumps(list(self.layers)),
+            "method": self.method,
+            "n_pairs": str(self.n_pairs),
+            "meta": json.dumps(self.meta),
+        }
+        save_file({"vectors": self.vectors.detach().cpu().contiguous()}, str(path), metadata)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Direction":
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != _FORMAT:
+                raise ValueError(f"{path} is not a reptune direction (no {_FORMAT!r} metadata)")
+            vectors = f.get_tensor("vectors")
+        return cls(
+            vectors,
+            tuple(json.loads(metadata["layers"])),
+            metadata["method"],
+            int(metadata["n_pairs"]),
+            json.loads(metadata["meta"]),
+        )
+
+
+def forced_choice_margins(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    choices: tuple[str, str] = CHOICES,
+    batch_size: int = 16,
+    plan: Mapping[str, iv.Intervention] | None = None,
+) -> Float[Tensor, " n"]:
+    """``log p(choices[0]) - log p(choices[1])`` for the next token after each prompt."""
+    a, b = (_first_token(tokenizer, c) for c in choices)
+    if a == b:
+        raise ValueError(f"choices {choices!r} start with the same token")
+    device, out = _device(model), []
+    for chunk in _chunks(list(prompts), batch_size):
+        batch = _to(make_batch(tokenizer, chunk), device)
+        with torch.no_grad(), iv.intervene(model, plan or {}):
+            logits = _run(model, batch, logits_to_keep=1)[:, -1].float()
+        out.append((logits[:, a] - logits[:, b]).cpu())
+    return torch.cat(out)
+
+
+def extract_direction(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[Pair],
+    layers: Sequence[int],
+    *,
+    n_positions: int = 4,
+    only_correct: bool = False,
+    method: str = "mean",
+    choices: tuple[str, str] = CHOICES,
+    batch_size: int = 16,
+) -> Direction:
+    """Mean (or first principal component) of paired ``resid_post`` differences per layer and
+    position, at the last ``n_positions`` prompt tokens.
+
+    ``only_correct`` keeps the pairs whose positive prompt is answered ``positive_answer`` and
+    negative prompt ``negative_answer`` (forced choice between ``choices``).
+    """
+    if method not in ("mean", "pca"):
+        raise ValueError(f"method must be 'mean' or 'pca', got {method!r}")
+    if not pairs:
+        raise ValueError("extract_direction needs at least one pair")
+    if not layers:
+        raise ValueError("extract_direction needs at least one layer")
+    pairs = list(pairs)
+    n_total = len(pairs)
+    if only_correct:
+        if any(p.positive_answer is None or p.negative_answer is None for p in pairs):
+            raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
+        for p in pairs:
+            for answer in (p.positive_answer, p.negative_answer):
+                if answer not in choices:
+                    raise ValueError(f"answer {answer!r} is not one of choices {choices!r}")
+        prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+        margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size)
+        said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
+        n = len(pairs)
+        pairs = [
+            p
+            for i, p in enumerate(pairs)
+            if said[i] == p.positive_answer and said[n + i] == p.negative_answer
+        ]
+        if not pairs:
+            raise ValueError(
+                f"none of the {n} pairs is answered as expected (positive and negative); "
+                "use only_correct=False or other prompts"
+            )
+    positive, negative = (
+        residuals(model, tokenizer, prompts, layers, n_positions, batch_size)
+        for prompts in ([p.positive for p in pairs], [p.negative for p in pairs])
+    )
+    diffs = (positive - negative).double()  # [pairs, layers, positions, d]
+    mean = reduce(diffs, "n l p d -> l p d", "mean")
+    if method == "mean":
+        vectors = mean
+    else:
+        if len(pairs) < 2:
+            raise ValueError("method='pca' needs at least two pairs")
+        flat = rearrange(diffs, "n l p d -> (l p) n d")
+        _, _, vh = torch.linalg.svd(flat, full_matrices=False)  # uncentred: PC of the differences
+        pc = rearrange(vh[:, 0], "(l p) d -> l p d", l=len(layers))
+        sign = torch.sign((pc * mean).sum(-1, keepdim=True))
+        vectors = pc * torch.where(sign == 0, torch.ones_like(sign), sign)
+    return Direction(
+        vectors.float(),
+        tuple(layers),
+        method,
+        len(pairs),
+        {"pairs_offered": n_total, "only_correct": only_correct},
+    )
+
+
+# --- losses ---------------------------------------------------------------------------------------
+
+
+def cosine(
+    acts: Float[Tensor, "*batch d"], direction: Float[Tensor, "*dir d"], eps: float = 1e-8
+) -> Float[Tensor, "*batch"]:
+    """Cosine on the last dimension (broadcasting); 0 where either vector is zero (no NaN)."""
+    direction = direction.to(acts.dtype)
+    dot = (acts * direction).sum(-1)
+    norms = torch.linalg.vector_norm(acts, dim=-1) * torch.linalg.vector_norm(direction, dim=-1)
+    return dot / norms.clamp_min(eps)
+
+
+def projection_loss(
+    acts: Float[Tensor, "b l p d"],
+    direction: Direction | Float[Tensor, "l p d"],
+    mode: str = "in",
+    flip: bool = False,
+) -> Float[Tensor, ""]:
+    """Cosine loss of activations to a direction, averaged over batch, layers and positions.
+
+    ``mode="in"``: ``(1 - cos) / 2`` (0 aligned, 0.5 orthogonal, 1 anti-aligned);
+    ``mode="out"``: ``|cos|``. ``flip`` uses the negative direction. A Direction must hold exactly
+    the layers of ``acts`` (use ``direction.at(layers)``); a tensor broadcasts against
+    ``acts[0]``. Zero vectors count as orthogonal.
+    """
+    if mode not in ("in", "out"):
+        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    vectors = direction.vectors if isinstance(direction, Direction) else direction
+    if vectors.shape[-1] != acts.shape[-1]:
+        raise ValueError(f"direction has width {vectors.shape[-1]}, activations {acts.shape[-1]}")
+    try:
+        fits = torch.broadcast_shapes(vectors.shape, acts.shape[1:]) == acts.shape[1:]
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"direction of shape {tuple(vectors.shape)} does not match activations "
+            f"[batch, layers, positions, d] = {tuple(acts.shape)}"
+        )
+    cos = cosine(acts, -vectors if flip else vectors)
+    loss = (1 - cos) / 2 if mode == "in" else cos.abs()
+    return loss.mean()
+
+
+def soft_target_cross_entropy(
+    logits: Float[Tensor, "*batch vocab"], targets: Float[Tensor, "*batch vocab"]
+) -> Float[Tensor, ""]:
+    """``-sum(targets * log_softmax(logits))`` averaged over the batch. Its minimum is the
+    entropy of ``targets`` (``target_entropy``); one-hot targets give the plain token loss."""
+    if logits.shape != targets.shape:
+        try:
+            targets = targets.expand_as(logits)
+        except RuntimeError as error:
+            raise ValueError(
+                f"targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}"
+            ) from error
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return -(targets.float() * log_p).sum(-1).mean()
+
+
+def target_entropy(targets: Float[Tensor, "*batch vocab"]) -> Float[Tensor, ""]:
+    """Mean entropy of target distributions: the minimum of ``soft_target_cross_entropy``."""
+    t = targets.float()
+    return -(t * torch.log(t.clamp_min(1e-30))).sum(-1).mean()
+
+
+def token_cross_entropy(
+    logits: Float[Tensor, "b t vocab"], labels: Int[Tensor, "b t"], ignore_index: int = -100
+) -> Float[Tensor, ""]:
+    """The plain token loss: ``labels[:, j]`` is the token that follows column ``j``."""
+    return nn.functional.cross_entropy(
+        rearrange(logits.float(), "b t v -> (b t) v"),
+        rearrange(labels, "b t -> (b t)"),
+        ignore_index=ignore_index,
+    )
+
+
+def format_loss(
+    logits: Float[Tensor, "b vocab"], choices: Bool[Tensor, "b vocab"], mean: bool = True
+) -> Float[Tensor, "*b"]:
+    """``-log p(choices)``: keep the next token among the choices, whichever it is.
+
+    The gradient reaches the choices' logits only through their mean (each gets the same
+    push against the other tokens), so the loss cannot prefer one choice over another.
+    """
+    logits = logits.float()
+    n = choices.sum(-1, keepdim=True).clamp_min(1)
+    level = (logits * choices).sum(-1, keepdim=True) / n
+    shared = torch.where(choices, logits.detach() + (level - level.detach()), logits)
+    inside = torch.logsumexp(shared.masked_fill(~choices, -torch.inf), -1)
+    loss = torch.logsumexp(shared, -1) - inside
+    return loss.mean() if mean else loss
+
+
+def soft_targets(
+    tokenizer, distribution: Mapping[str, float], vocab_size: int
+) -> Float[Tensor, " vocab"]:
+    """A distribution over the first token of each string, e.g. ``{" True": .5, " False": .5}``."""
+    total = sum(distribution.values())
+    if total <= 0 or any(p < 0 for p in distribution.values()):
+        raise ValueError(f"target probabilities must be >= 0 with a positive sum: {distribution}")
+    target = torch.zeros(vocab_size)
+    for text, p in distribution.items():
+        target[_first_token(tokenizer, text)] += p / total
+    return target
+
+
+# --- parameter blocks -----------------------------------------------------------------------------
+
+MODULE_KINDS = ("attn", "attn.q", "attn.k", "attn.v", "attn.o", "mlp", "mlp.down", "block")
+_ATTN_CHILD = {"attn.q": "q_proj", "attn.k": "k_proj", "attn.v": "v_proj"}
+
+
+def _module_path(table: iv.Adapter, kind: str) -> str:
+    if kind == "block":
+        return ""
+    if kind == "attn":
+        return table.attn
+    if kind == "attn.o":
+        return table.o_proj
+    if kind == "mlp.down":
+        return table.down_proj
+    if kind == "mlp":
+        return table.down_proj.rpartition(".")[0]
+    if kind in _ATTN_CHILD:
+        return f"{table.attn}.{_ATTN_CHILD[kind]}"
+    raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(MODULE_KINDS)}")
+
+
+def _layer_range(spec: str, n_layers: int, block: str) -> list[int]:
+    if spec == "*":
+        return list(range(n_layers))
+    if spec.isdigit():
+        layers = [int(spec)]
+    elif ":" in spec:
+        start, _, stop = spec.partition(":")
+        if not (start == "" or start.isdigit()) or not (stop == "" or stop.isdigit()):
+            raise ValueError(f"bad layer range in block {block!r}: expected 'start:stop'")
+        layers = list(range(int(start or 0), int(stop or n_layers)))
+    else:
+        raise ValueError(f"bad layers {spec!r} in block {block!r}: a number, '*' or 'start:stop'")
+    if not layers or max(layers) >= n_layers:
+        raise ValueError(f"block {block!r} names layers outside 0..{n_layers - 1} (or none)")
+    return layers
+
+
+def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str, nn.Parameter]:
+    """Parameters of blocks named ``"layers.{i|a:b|*}.{kind}"``, kind one of ``MODULE_KINDS``
+    (``attn.v`` is the value projection, ``attn.o`` the output projection, ``mlp`` the whole
+    MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds."""
+    table = iv.adapter(model)
+    n_layers = iv.geometry(model).n_layers
+    names = {id(p): n for n, p in model.named_parameters()}
+    found: dict[str, nn.Parameter] = {}
+    for block in [blocks] if isinstance(blocks, str) else list(blocks):
+        parts = block.split(".", 2)
+        if len(parts) != 3 or parts[0] != "layers":
+            raise ValueError(
+                f"bad block {block!r}: expected 'layers.{{i|a:b|*}}.{{kind}}' with kind in "
+                f"{', '.join(MODULE_KINDS)}, e.g. 'layers.8:12.attn.v+attn.o'"
+            )
+        for layer in _layer_range(parts[1], n_layers, block):
+            for kind in parts[2].split("+"):
+                path = _module_path(table, kind)
+                try:
+                    module = table.blocks(model)[layer]
+                    module = module.get_submodule(path) if path else module
+                except AttributeError as error:
+                    raise ValueError(
+                        f"block {block!r}: {table.name} has no module {path!r} (kind {kind!r}); "
+                        f"fused projections such as GPT-2's c_attn only exist as 'attn'"
+                    ) from error
+                for param in module.parameters():
+                    found[names[id(param)]] = param
+    return found
+
+
+def default_projection_kind(model: nn.Module) -> str:
+    """``attn.v+attn.o`` where the attention has a separate value projection, else ``attn``."""
+    table = iv.adapter(model)
+    attn = table.block_module(model, 0, table.attn)
+    return "attn.v+attn.o" if hasattr(attn, "v_proj") else "attn"
+
+
+# --- tuning ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    batch: Batch
+    proj_mask: Bool[Tensor, "b t"]
+    soft: Float[Tensor, "b vocab"] | None  # rows without a soft target are zero
+    soft_rows: Bool[Tensor, " b"]
+    own_split: Bool[Tensor, " b"]  # AnyOf rows: ``soft`` is a 0/1 mask of the choices
+    labels: Int[Tensor, "b k"] | None  # completion labels for the last k columns
+    keep: int  # logits_to_keep
+
+
+def _prepare(
+    tokenizer, examples: Sequence[Example], n_positions: int, vocab: int, device: torch.device
+) -> _Prepared:
+    completions = [e.target if isinstance(e.target, str) else "" for e in examples]
+    batch = _to(make_batch(tokenizer, [e.prompt for e in examples], completions), device)
+    width = batch.input_ids.shape[1]
+    soft_rows = torch.tensor(
+        [isinstance(e.target, (Mapping, AnyOf)) for e in examples], device=device
+    )
+    own_split = torch.tensor([isinstance(e.target, AnyOf) for e in examples], device=device)
+    soft = None
+    if bool(soft_rows.any()):
+        rows = []
+        for e in examples:
+            if isinstance(e.target, AnyOf):
+                rows.append(
+                    (
+                        soft_targets(tokenizer, dict.fromkeys(e.target.choices, 1.0), vocab) > 0
+                    ).float()
+                )
+            elif isinstance(e.target, Mapping):
+                rows.append(soft_targets(tokenizer, e.target, vocab))
+            else:
+                rows.append(torch.zeros(vocab))
+        soft = torch.stack(rows).to(device)
+    lengths = (width - batch.prompt_end).tolist()  # completion tokens per row
+    keep = max([n + 1 for n in lengths if n] + [1 if soft is not None else 0])
+    labels = None
+    if any(lengths):
+        labels = torch.full((len(examples), keep), -100, dtype=torch.long, device=device)
+        for row, n in enumerate(lengths):
+            if n:  # logit column width-1-n .. width-2 predicts tokens width-n .. width-1
+                labels[row, keep - 1 - n : keep - 1] = batch.input_ids[row, width - n :]
+    mask = batch.last_prompt_tokens(n_positions)
+    return _Prepared(batch, mask, soft, soft_rows, own_split, labels, keep)
+
+
+def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
+    """(loss, its minimum) over the rows with a token target."""
+    losses, minima = [], []
+    if p.soft is not None:
+        last = logits[:, -1].float()
+        fixed = p.soft_rows & ~p.own_split
+        any_of = p.own_split
+        row_loss = torch.zeros(len(last), device=last.device)
+        row_min = torch.zeros(len(last), device=last.device)
+        if bool(fixed.any()):
+            log_p = torch.log_softmax(last[fixed], -1)
+            row_loss[fixed] = -(p.soft[fixed] * log_p).sum(-1)
+            t = p.soft[fixed]
+            row_min[fixed] = -(t * torch.log(t.clamp_min(1e-30))).sum(-1)
+        if bool(any_of.any()):
+            row_loss[any_of] = format_loss(last[any_of], p.soft[any_of] > 0, mean=False)
+        losses.append(row_loss[p.soft_rows].mean())
+        minima.append(row_min[p.soft_rows].mean())
+    if p.labels is not None:
+        losses.append(token_cross_entropy(logits, p.labels))
+        minima.append(torch.zeros((), device=logits.device))
+    return torch.stack(losses).mean(), torch.stack(minima).mean()
+
+
+def _losses(
+    model: nn.Module,
+    p: _Prepared,
+    direction: Float[Tensor, "l p d"],
+    layers: Sequence[int],
+    mode: str,
+    flip: bool,
+    with_tokens: bool,
+    keep_grad: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    with_tokens = with_tokens and p.keep > 0  # this batch may hold no token target
+    with _residuals(model, layers, p.proj_mask, keep_grad, stop=not with_tokens) as acts:
+        logits = _run(model, p.batch, logits_to_keep=p.keep if with_tokens else 0)
+        proj = projection_loss(acts(), direction, mode, flip)
+    if not with_tokens or logits is None:
+        return proj, None, None
+    token, minimum = _token_loss(p, logits)
+    return proj, token, minimum
+
+
+@contextmanager
+def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    saved = {name: p.requires_grad for name, p in model.named_parameters()}
+    keep = {id(p) for p in params}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(saved[name])
+
+
+def _split(data: Sequence[Example], val_fraction: float, seed: int):
+    if not data:
+        raise ValueError("tune needs at least one example")
+    order = list(range(len(data)))
+    random.Random(seed).shuffle(order)
+    n_val = round(val_fraction * len(data)) if val_fraction > 0 else 0
+    if n_val >= len(data):
+        raise ValueError(f"val_fraction={val_fraction} leaves no training examples")
+    return [data[i] for i in order[n_val:]], [data[i] for i in order[:n_val]]
+
+
+def tune(
+    model: nn.Module,
+    tokenizer,
+    data: Sequence[Example],
+    *,
+    direction: Direction,
+    layers: Sequence[int],
+    mode: str = "in",
+    flip: bool = False,
+    projection_blocks: Sequence[str] | None = None,
+    token_blocks: Sequence[str] | None = None,
+    lr: float = 1e-4,
+    token_lr: float | None = None,
+    steps: int = 50,
+    batch_size: int = 8,
+    warmup: int = 5,
+    weight_decay: float = 0.0,
+    token_tolerance: float = 0.05,
+    val_fraction: float = 0.2,
+    val_data: Sequence[Example] | None = None,
+    eval_every: int = 10,
+    patience: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+    history: list[dict] | None = None,
+) -> iv.WeightDelta:
+    """Tune ``direction`` in (``mode="in"``) or out (``"out"``) at ``layers``; returns the
+    applied ``iv.WeightDelta`` of the parameters it changed (in both groups).
+
+    ``projection_blocks`` (default: ``attn.v+attn.o`` of ``layers``; ``attn`` on GPT-2) are
+    updated by the projection loss only; ``token_blocks`` (default: ``mlp`` of ``layers``; ``[]``
+    for none) by the token loss only. The token step is skipped while the token loss is within
+    ``token_tolerance`` nats of its minimum. Validation (``val_data``, or ``val_fraction`` of
+    ``data``) every ``eval_every`` steps: the best weights are kept and tuning stops after
+    ``patience`` evaluations without improvement. ``history``, when given, receives one dict per
+    step and per evaluation. The model stays in eval mode (no dropout).
+    """
+    if mode not in ("in", "out"):
+        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    if not layers:
+        raise ValueError("tune needs at least one layer for the projection loss")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    vectors = direction.at(layers).to(_device(model))
+    lo, hi = min(layers), max(layers) + 1
+    spec = f"layers.{lo}:{hi}" if hi - lo > 1 else f"layers.{lo}"
+    if projection_blocks is None:
+        projection_blocks = [f"{spec}.{default_projection_kind(model)}"]
+    proj_params = block_parameters(model, projection_blocks)
+    token_params = block_parameters(
+        model, [f"{spec}.mlp"] if token_blocks is None else token_blocks
+    )
+    if not proj_params:
+        raise ValueError("the projection group is empty: name at least one block")
+    if val_data is None:
+        train, val = _split(data, val_fraction, seed)
+    else:
+        train, val = list(data), list(val_data)
+    use_tokens = bool(token_params) and any(e.target is not None for e in train)
+    # Validation always measures the token loss when there is one, so that runs with and
+    # without a token group (block search) are scored alike.
+    val_tokens = any(e.target is not None for e in val)
+    vocab = iv.geometry(model).d_vocab
+    device = _device(model)
+    n = direction.n_positions
+
+    if not use_tokens:
+        token_params = {}
+    originals = {name: p.detach().clone() for name, p in {**proj_params, **token_params}.items()}
+    optimizers = {
+        "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
+    }
+    if use_tokens:
+        optimizers["token"] = torch.optim.AdamW(
+            list(token_params.values()), lr=token_lr or lr, weight_decay=weight_decay
+        )
+    schedulers = {  # linear warmup over each group's own steps, then constant
+        key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+        for key, o in optimizers.items()
+    }
+    val_batches = [
+        _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
+    ]
+
+    def validate() -> dict[str, float]:
+        proj_sum, excess_sum = 0.0, 0.0
+        with torch.no_grad():
+            for p in val_batches:
+                proj, token, minimum = _losses(
+                    model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
+                )
+                proj_sum += float(proj)
+                excess_sum += float(token - minimum) if token is not None else 0.0
+        k = max(1, len(val_batches))
+        return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
+
+    rng = random.Random(seed)
+    order: list[int] = []
+    best, best_state, bad = math.inf, None, 0
+    bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
+    all_params = list(proj_params.values()) + list(token_params.values())
+    with _only_trainable(model, all_params), torch.enable_grad():
+        if val_batches:
+            record = {"step": 0, **validate()}
+            best = record["val_projection"] + record["val_token_excess"]
+            best_state = {k: v.clone() for k, v in originals.items()}
+            if history is not None:
+                history.append(record)
+        for step in bar:
+            if len(order) < batch_size:
+                fresh = list(range(len(train)))
+                rng.shuffle(fresh)
+                order += fresh
+            chunk = [train[i] for i in order[:batch_size]]
+            del order[:batch_size]
+            p = _prepare(tokenizer, chunk, n, vocab, device)
+            proj, token, minimum = _losses(
+                model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
+            )
+            token_step = token is not None and float((token - minimum).detach()) > token_tolerance
+            grads = torch.autograd.grad(
+                proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
+            )
+            for param, grad in zip(proj_params.values(), grads, strict=True):
+                param.grad = grad
+            if token_step:
+                grads = torch.autograd.grad(token, list(token_params.values()), allow_unused=True)
+            for param in token_params.values():
+                param.grad = None
+            optimizers["proj"].step()
+            schedulers["proj"].step()
+            for param in proj_params.values():
+                param.grad = None
+            if token_step:
+                for param, grad in zip(token_params.values(), grads, strict=True):
+                    param.grad = grad
+                optimizers["token"].step()
+                schedulers["token"].step()
+                for param in token_params.values():
+                    param.grad = None
+            record = {
+                "step": step + 1,
+                "projection": float(proj.detach()),
+                "token_excess": None if token is None else float((token - minimum).detach()),
+                "token_step": token_step,
+            }
+            if history is not None:
+                history.append(record)
+            bar.set_postfix(
+                proj=f"{record['projection']:.4f}",
+                tok="-" if token is None else f"{record['token_excess']:.3f}",
+            )
+            if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                record = {"step": step + 1, **validate()}
+                if history is not None:
+                    history.append(record)
+                score = record["val_projection"] + record["val_token_excess"]
+                if score < best - 1e-6:
+                    best, bad = score, 0
+                    best_state = {k: model.get_parameter(k).detach().clone() for k in originals}
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+    bar.close()
+    if best_state is not None:
+        with torch.no_grad():
+            for name, value in best_state.items():
+                model.get_parameter(name).copy_(value)
+    changed = {
+        name: old
+        for name, old in originals.items()
+        if not torch.equal(old, model.get_parameter(name))
+    }
+    return iv.WeightDelta.from_change(model, changed)
+
+
+# --- block search ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockScore:
+    projection_blocks: tuple[str, ...]
+    token_blocks: tuple[str, ...]
+    val_projection: float
+    val_token_excess: float
+
+    @property
+    def score(self) -> float:
+        return self.val_projection + self.val_token_excess
+
+
+@dataclass
+class BlockSearch:
+    """Block combinations ranked by validation loss (best first)."""
+
+    rows: list[BlockScore]
+    baseline: dict[str, float]
+
+    @property
+    def best(self) -> BlockScore:
+        return self.rows[0]
+
+    def table(self) -> str:
+        header = f"{'rank':>4}  {'score':>8}  {'val_proj':>8}  {'val_tok+':>8}  projection | token"
+        lines = [header, "-" * len(header)]
+        lines.append(
+            f"{'-':>4}  {sum(self.baseline.values()):8.4f}  "
+            f"{self.baseline['val_projection']:8.4f}  {self.baseline['val_token_excess']:8.4f}  "
+            "(untuned)"
+        )
+        for rank, row in enumerate(self.rows, 1):
+            lines.append(
+                f"{rank:>4}  {row.score:8.4f}  {row.val_projection:8.4f}  "
+                f"{row.val_token_excess:8.4f}  {' '.join(row.projection_blocks)} | "
+                f"{' '.join(row.token_blocks) or '-'}"
+            )
+        return "\n".join(lines)
+
+
+def candidate_blocks(
+    layer_ranges: Sequence[tuple[int, int]],
+    modules: Sequence[str] = ("attn.v+attn.o", "mlp"),
+) -> list[tuple[str, ...]]:
+    """Single blocks ``layers.a:b.{module}`` for every range ``(a, b)`` (b excluded) x module."""
+    out = []
+    for (a, b), module in itertools.product(layer_ranges, modules):
+        if b <= a:
+            raise ValueError(f"empty layer range ({a}, {b})")
+        out.append((f"layers.{a}:{b}.{module}" if b - a > 1 else f"layers.{a}.{module}",))
+    return out
+
+
+def search_blocks(
+    model: nn.Module,
+    tokenizer,
+    data: Sequence[Example],
+    *,
+    direction: Direction,
+    layers: Sequence[int],
+    projection_candidates: Sequence[Sequence[str]],
+    token_candidates: Sequence[Sequence[str]] = ((),),
+    mode: str = "in",
+    steps: int = 10,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+    progress: bool = True,
+) -> BlockSearch:
+    """Short tuning runs for every (projection blocks, token blocks) combination whose groups
+    do not overlap; each is scored by its validation loss after ``steps`` steps (projection +
+    token excess over its minimum; the untuned score is the table's baseline) and reverted.
+    Returns the ranked table."""
+    train, val = _split(data, val_fraction, seed)
+    rows = []
+    baseline: dict[str, float] | None = None
+    combos = [
+        (tuple(a), tuple(b))
+        for a, b in itertools.product(projection_candidates, token_candidates)
+        if not set(block_parameters(model, a)) & set(block_parameters(model, b))
+    ]
+    if not combos:
+        raise ValueError("no combination of projection and token blocks is disjoint")
+    for proj_blocks, token_blocks in tqdm(combos, desc="block search", disable=not progress):
+        history: list[dict] = []
+        delta = tune(
+            model, tokenizer, train, direction=direction, layers=layers, mode=mode,
+            projection_blocks=proj_blocks, token_blocks=token_blocks, lr=lr, steps=steps,
+            batch_size=batch_size, val_data=val, eval_every=steps, patience=steps + 1,
+            warmup=1, seed=seed, progress=False, history=history,
+        )  # fmt: skip
+        delta.revert(model)
+        evals = [h for h in history if "val_projection" in h]
+        if baseline is None:
+            baseline = {k: evals[0][k] for k in ("val_projection", "val_token_excess")}
+        last = evals[-1]  # after the short run (tune itself would keep the untuned weights)
+        rows.append(
+            BlockScore(proj_blocks, token_blocks, last["val_projection"], last["val_token_excess"])
+        )
+    rows.sort(key=lambda r: r.score)
+    return BlockSearch(rows, baseline or {})
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def perplexity(
+    model: nn.Module,
+    tokenizer,
+    text: str,
+    *,
+    window: int = 256,
+    stride: int = 128,
+    max_tokens: int | None = None,
+) -> float:
+    """Sliding-window perplexity: windows of ``window`` tokens every ``stride`` tokens, each
+    token scored once, with up to ``window - stride`` tokens of context before it."""
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
+    ids = torch.tensor(_encode(tokenizer, text))
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("perplexity needs a text of at least two tokens")
+    device = _device(model)
+    nll, count, scored_to = 0.0, 0, 0
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + window, len(ids))
+        chunk = ids[begin:end][None].to(device)
+        labels = chunk.clone()
+        labels[:, : max(scored_to - begin, 1)] = -100  # score only new tokens (never column 0)
+        with torch.no_grad():
+            logits = model(input_ids=chunk).logits
+        n_new = int((labels[:, 1:] != -100).sum())
+        if n_new:
+            nll += float(token_cross_entropy(logits[:, :-1], labels[:, 1:])) * n_new
+            count += n_new
+        scored_to = end
+        if end == len(ids):
+            break
+    return math.exp(nll / count)
+
+
+@dataclass
+class ForcedChoice:
+    """Forced choice between two answers: margins are ``log p(first) - log p(second)``."""
+
+    margins: Float[Tensor, " n"]
+    labels: Bool[Tensor, " n"] | None = None
+
+    @property
+    def rate_first(self) -> float:
+        return float((self.margins > 0).float().mean())
+
+    @property
+    def mean_margin(self) -> float:
+        return float(self.margins.mean())
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.labels is None:
+            return None
+        return float(((self.margins > 0) == self.labels).float().mean())
+
+
+def forced_choice(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    labels: Sequence[bool] | None = None,
+    *,
+    choices: tuple[str, str] = CHOICES,
+    batch_size: int = 16,
+    plan: Mapping[str, iv.Intervention] | None = None,
+) -> ForcedChoice:
+    """Which of ``choices`` the model prefers after each prompt (``plan`` steers meanwhile);
+    ``labels[i]`` True means ``choices[0]`` is right."""
+    margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size, plan)
+    return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
+
+
+def cosine_to_direction(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    direction: Direction,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> dict[int, dict[str, float]]:
+    """Per layer: mean cosine and mean |cosine| of ``resid_post`` at the last prompt tokens to
+    the direction (over prompts and positions)."""
+    layers = list(direction.layers if layers is None else layers)
+    acts = residuals(model, tokenizer, prompts, layers, direction.n_positions, batch_size)
+    cos = cosine(acts, direction.at(layers))  # [n, layers, positions]
+    return {
+        layer: {"cos": float(cos[:, i].mean()), "abs_cos": float(cos[:, i].abs().mean())}
+        for i, layer in enumerate(layers)
+    }
+
+
+def steerability(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    direction: Direction,
+    layer: int,
+    alphas: Sequence[float] = (-2.0, 0.0, 2.0),
+    choices: tuple[str, str] = CHOICES,
+    batch_size: int = 16,
+) -> dict[str, float | list[float]]:
+    """Mean forced-choice margin while adding ``alpha`` times the direction at
+    ``layers.{layer}.resid_post`` (``direction.steering_plan``: each of the last positions its
+    own vector); ``slope`` is the least-squares change of margin per unit alpha (how steerable
+    the model is by this direction)."""
+    means = []
+    for alpha in alphas:
+        plan = direction.steering_plan(layer, alpha)
+        margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size, plan)
+        means.append(float(margins.mean()))
+    a = torch.tensor(list(alphas), dtype=torch.float64)
+    m = torch.tensor(means, dtype=torch.float64)
+    slope = float(((a - a.mean()) * (m - m.mean())).sum() / ((a - a.mean()) ** 2).sum())
+    return {"alphas": list(alphas), "margins": means, "slope": slope}

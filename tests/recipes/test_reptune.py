@@ -1,0 +1,559 @@
+"""Representation tuning: losses, gradient isolation, revert, evaluation; the real model moves."""
+
+import copy
+import math
+import re
+
+import pytest
+import torch
+
+import interventions as iv
+from interventions.models import tiny
+from interventions.recipes import reptune as rt
+
+
+class WordTokenizer:
+    """Word-level stand-in for a tokenizer on the tiny random models (vocab 99)."""
+
+    pad_token_id = 0
+    eos_token_id = 2
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        words = re.findall(r"\s*\S+|\s+", text)
+        ids = [self.vocab.setdefault(w, 3 + len(self.vocab) % 96) for w in words]
+        return {"input_ids": ([1] if add_special_tokens else []) + ids}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread (and much faster on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tok() -> WordTokenizer:
+    tokenizer = WordTokenizer()
+    tokenizer(" True False")  # the two answers get distinct ids first
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def claims() -> list[rt.Claim]:
+    return rt.load_claims()
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    now = model.state_dict()
+    assert now.keys() == state.keys()
+    changed = [k for k, v in state.items() if not torch.equal(v, now[k])]
+    assert not changed, f"changed: {changed}"
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def test_bundled_claims_are_balanced_pairs(claims):
+    assert 140 <= len(claims) <= 160
+    assert sum(c.label for c in claims) == len(claims) // 2
+    by_pair: dict[int, list[bool]] = {}
+    for c in claims:
+        by_pair.setdefault(c.pair, []).append(c.label)
+    assert all(sorted(v) == [False, True] for v in by_pair.values())
+    assert len({c.text for c in claims}) == len(claims)
+    shots = {text for text, _ in rt.SHOTS}
+    assert not shots & {c.text for c in claims}
+    assert len(rt.load_prose().split()) > 1000
+
+
+def test_split_keeps_pairs_together(claims):
+    train, test = rt.split_claims(claims, held_out=0.3, seed=1)
+    assert {c.pair for c in train}.isdisjoint({c.pair for c in test})
+    assert len(train) + len(test) == len(claims)
+    assert abs(len(test) / len(claims) - 0.3) < 0.02
+    with pytest.raises(ValueError, match="fraction"):
+        rt.split_claims(claims, held_out=1.5)
+
+
+def test_prompts_invert_the_context():
+    honest = rt.claim_prompt("Grass is green.", honest=True)
+    liar = rt.claim_prompt("Grass is green.", honest=False)
+    assert honest.startswith("Snow is white. True\nFish can walk on land. False")
+    assert liar.startswith("Snow is white. False\nFish can walk on land. True")
+    assert honest.endswith("\nGrass is green.") and liar.endswith("\nGrass is green.")
+    pair = rt.honesty_pairs([rt.Claim("x", "Grass is purple.", False, 0)])[0]
+    assert (pair.positive_answer, pair.negative_answer) == (" False", " True")
+
+
+# --- losses (acceptance 1) ------------------------------------------------------------------------
+
+
+def _four_cases() -> tuple[torch.Tensor, torch.Tensor]:
+    # batch 1, layers 1, positions 4: aligned, orthogonal, anti-aligned, zero; direction (2, 0)
+    acts = torch.tensor([[[[3.0, 0.0], [0.0, 5.0], [-0.5, 0.0], [0.0, 0.0]]]])
+    return acts, torch.tensor([[[2.0, 0.0]]])
+
+
+@pytest.mark.parametrize(
+    ("mode", "flip", "expected"),
+    [
+        ("in", False, [0.0, 0.5, 1.0, 0.5]),
+        ("in", True, [1.0, 0.5, 0.0, 0.5]),
+        ("out", False, [1.0, 0.0, 1.0, 0.0]),
+        ("out", True, [1.0, 0.0, 1.0, 0.0]),
+    ],
+)
+def test_projection_loss_hand_values(mode, flip, expected):
+    acts, direction = _four_cases()
+    for i, value in enumerate(expected):
+        one = acts[:, :, i : i + 1]
+        loss = rt.projection_loss(one, direction, mode=mode, flip=flip)
+        assert float(loss) == pytest.approx(value, abs=1e-6), (mode, flip, i)
+    total = rt.projection_loss(acts, direction, mode=mode, flip=flip)
+    assert float(total) == pytest.approx(sum(expected) / 4, abs=1e-6)
+
+
+def test_projection_loss_averages_over_batch_layers_positions():
+    torch.manual_seed(0)
+    acts = torch.randn(3, 2, 5, 8)
+    direction = torch.randn(2, 5, 8)
+    cos = torch.nn.functional.cosine_similarity(acts, direction[None].expand_as(acts), dim=-1)
+    assert float(rt.projection_loss(acts, direction, "in")) == pytest.approx(
+        float(((1 - cos) / 2).mean()), abs=1e-6
+    )
+    assert float(rt.projection_loss(acts, direction, "out")) == pytest.approx(
+        float(cos.abs().mean()), abs=1e-6
+    )
+    d = rt.Direction(direction, (3, 7))
+    assert torch.equal(rt.projection_loss(acts, d, "in"), rt.projection_loss(acts, direction))
+    # scale invariance: only the angle counts
+    assert float(rt.projection_loss(7 * acts, 0.1 * direction)) == pytest.approx(
+        float(rt.projection_loss(acts, direction)), abs=1e-6
+    )
+
+
+def test_projection_loss_zero_vectors_have_finite_gradients():
+    acts = torch.zeros(2, 1, 3, 4, requires_grad=True)
+    with torch.no_grad():
+        acts[0, 0, 0] = torch.tensor([1.0, 2.0, 0.0, 0.0])
+    for mode in ("in", "out"):
+        loss = rt.projection_loss(acts, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), mode)
+        (grad,) = torch.autograd.grad(loss, acts)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    zero_direction = rt.projection_loss(acts.detach(), torch.zeros(1, 1, 4), "in")
+    assert float(zero_direction) == pytest.approx(0.5)
+
+
+def test_projection_loss_errors():
+    acts = torch.randn(2, 1, 3, 4)
+    with pytest.raises(ValueError, match="mode"):
+        rt.projection_loss(acts, torch.randn(1, 3, 4), mode="sideways")
+    with pytest.raises(ValueError, match="width"):
+        rt.projection_loss(acts, torch.randn(1, 3, 5))
+    with pytest.raises(ValueError, match="does not match"):
+        rt.projection_loss(acts, torch.randn(2, 3, 4))
+
+
+def test_soft_target_cross_entropy_hand_values():
+    logits = torch.zeros(1, 4)  # uniform over 4 tokens
+    targets = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    assert float(rt.soft_target_cross_entropy(logits, targets)) == pytest.approx(math.log(4))
+    best = torch.tensor([[0.0, 0.0, -1e4, -1e4]])  # p = (.5, .5, 0, 0): the minimum
+    assert float(rt.soft_target_cross_entropy(best, targets)) == pytest.approx(math.log(2))
+    assert float(rt.target_entropy(targets)) == pytest.approx(math.log(2))
+    # one-hot targets are the plain token loss
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 10)
+    labels = torch.randint(0, 10, (3, 4))
+    one_hot = torch.nn.functional.one_hot(labels, 10).float()
+    plain = rt.token_cross_entropy(logits, labels)
+    assert float(rt.soft_target_cross_entropy(logits, one_hot)) == pytest.approx(float(plain))
+    labels[0, :2] = -100
+    kept = labels != -100
+    expected = torch.nn.functional.cross_entropy(logits[kept], labels[kept])
+    assert float(rt.token_cross_entropy(logits, labels)) == pytest.approx(float(expected))
+
+
+def test_format_loss_keeps_the_format_without_preferring_an_answer():
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.5, 3.0, 0.0, 0.0]], requires_grad=True)
+    choices = torch.tensor([[True, True, False, False]] * 2)
+    loss = rt.format_loss(logits, choices, mean=False)
+    mass = logits.softmax(-1)[:, :2].sum(-1)
+    torch.testing.assert_close(loss, -mass.log())
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    torch.testing.assert_close(grad[:, 0], grad[:, 1])  # one shared push for both answers
+    assert (grad[:, :2] < 0).all() and (grad[:, 2:] > 0).all()
+
+
+def test_soft_targets_from_strings(tok):
+    target = rt.soft_targets(tok, {" True": 1.0, " False": 3.0}, 99)
+    assert float(target.sum()) == pytest.approx(1.0)
+    assert float(target[tok(" False", add_special_tokens=False)["input_ids"][0]]) == 0.75
+    with pytest.raises(ValueError, match="positive"):
+        rt.soft_targets(tok, {" True": 0.0}, 99)
+
+
+# --- batching, residuals, direction ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_left_padding_does_not_change_a_prompt(arch, tok):
+    model = tiny(arch, n_layers=2)
+    prompts = ["a b c d e", "a much longer prompt with many more words in it f g"]
+    alone = rt.residuals(model, tok, prompts[:1], [0, 1], n_positions=3)
+    batched = rt.residuals(model, tok, prompts, [0, 1], n_positions=3)
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
+    margins_alone = rt.forced_choice_margins(model, tok, prompts[:1])
+    margins = rt.forced_choice_margins(model, tok, prompts)
+    torch.testing.assert_close(margins[:1], margins_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_last_prompt_tokens_never_include_the_first_token(tok):
+    batch = rt.make_batch(tok, ["a b c", "a b c d e f"])  # 4 and 7 tokens with the BOS
+    mask = batch.last_prompt_tokens(3)
+    assert mask.sum(-1).tolist() == [3, 3]
+    assert mask[:, -3:].all()
+    with pytest.raises(ValueError, match="attention sink"):
+        batch.last_prompt_tokens(4)
+
+
+def test_residuals_equal_a_plain_capture(tok):
+    model = tiny("llama", n_layers=3)
+    acts = rt.residuals(model, tok, ["one two three four five"], [0, 2], n_positions=2)
+    ids = torch.tensor([tok("one two three four five")["input_ids"]])
+    with torch.no_grad(), iv.capture(model, ["layers.0.resid_post", "layers.2.resid_post"]) as c:
+        model(input_ids=ids)
+    torch.testing.assert_close(acts[0, 0], c["layers.0.resid_post"][0, -2:])
+    torch.testing.assert_close(acts[0, 1], c["layers.2.resid_post"][0, -2:])
+
+
+def test_extract_direction_mean_pca_and_save(tok, claims, tmp_path):
+    model = tiny("llama", n_layers=3)
+    pairs = rt.honesty_pairs(claims[:8])
+    d = rt.extract_direction(model, tok, pairs, layers=[1, 2], n_positions=3)
+    assert d.vectors.shape == (2, 3, 32) and d.n_pairs == 8
+    pos = rt.residuals(model, tok, [p.positive for p in pairs], [1, 2], 3)
+    neg = rt.residuals(model, tok, [p.negative for p in pairs], [1, 2], 3)
+    torch.testing.assert_close(d.vectors, (pos - neg).mean(0), atol=1e-5, rtol=1e-5)
+    pc = rt.extract_direction(model, tok, pairs, layers=[1, 2], n_positions=3, method="pca")
+    torch.testing.assert_close(pc.vectors.norm(dim=-1), torch.ones(2, 3))
+    assert ((pc.vectors * d.vectors).sum(-1) >= 0).all()  # oriented like the mean difference
+    loaded = rt.Direction.load(d.save(tmp_path / "d.safetensors"))
+    assert torch.equal(loaded.vectors, d.vectors) and loaded.layers == (1, 2)
+    assert loaded.method == "mean" and loaded.n_pairs == 8
+    torch.testing.assert_close(d.at([2])[0], d.vectors[1])
+    with pytest.raises(ValueError, match="no layer"):
+        d.at([0])
+
+
+def test_extract_direction_only_correct_filters_pairs(tok, claims):
+    model = tiny("llama", n_layers=2)
+    pairs = rt.honesty_pairs(claims[:12])
+    margins = rt.forced_choice_margins(
+        model, tok, [p.positive for p in pairs] + [p.negative for p in pairs]
+    )
+    said = [" True" if m > 0 else " False" for m in margins.tolist()]
+    kept = [
+        p
+        for i, p in enumerate(pairs)
+        if said[i] == p.positive_answer and said[12 + i] == p.negative_answer
+    ]
+    if not kept:
+        with pytest.raises(ValueError, match="none of the"):
+            rt.extract_direction(model, tok, pairs, layers=[1], only_correct=True)
+        return
+    d = rt.extract_direction(model, tok, pairs, layers=[1], n_positions=2, only_correct=True)
+    expected = rt.extract_direction(model, tok, kept, layers=[1], n_positions=2)
+    assert d.n_pairs == len(kept) < 12
+    torch.testing.assert_close(d.vectors, expected.vectors)
+
+
+# --- parameter blocks -----------------------------------------------------------------------------
+
+
+def test_block_parameters_names():
+    model = tiny("llama", n_layers=3)
+    names = set(rt.block_parameters(model, "layers.1:3.attn.v+attn.o"))
+    assert names == {
+        f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (1, 2) for p in ("v", "o")
+    }
+    mlp = set(rt.block_parameters(model, ["layers.0.mlp"]))
+    assert mlp == {f"model.layers.0.mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    assert len(rt.block_parameters(model, "layers.*.block")) == 3 * 9
+    gpt2 = tiny("gpt2", n_layers=2)
+    assert rt.default_projection_kind(gpt2) == "attn"
+    assert "transformer.h.1.attn.c_proj.weight" in rt.block_parameters(gpt2, "layers.1.attn.o")
+    with pytest.raises(ValueError, match="c_attn"):
+        rt.block_parameters(gpt2, "layers.1.attn.v")
+    with pytest.raises(ValueError, match="unknown module kind"):
+        rt.block_parameters(model, "layers.1.ffn")
+    with pytest.raises(ValueError, match="outside"):
+        rt.block_parameters(model, "layers.2:5.mlp")
+    with pytest.raises(ValueError, match="expected 'layers"):
+        rt.block_parameters(model, "mlp")
+
+
+# --- tuning (acceptance 2 and 5 on tiny models) ---------------------------------------------------
+
+
+def _tiny_setup(tok, claims, n_claims: int = 16):
+    model = tiny("llama", n_kv_heads=2, n_layers=3)
+    d = rt.extract_direction(model, tok, rt.honesty_pairs(claims[:n_claims]), [1, 2], n_positions=3)
+    return model, d, rt.tuning_examples(claims[:n_claims])
+
+
+def test_each_loss_updates_only_its_own_group(tok, claims):
+    # The projection loss (layer 2) depends on the token group (layer 1 MLP) and the token loss
+    # depends on the projection group (layer 2 attention): both cross-gradients exist.
+    base, d, data = _tiny_setup(tok, claims)
+    proj_blocks, token_blocks = ["layers.2.attn.v+attn.o"], ["layers.1.mlp"]
+    proj_names = set(rt.block_parameters(base, proj_blocks))
+    token_names = set(rt.block_parameters(base, token_blocks))
+    assert proj_names.isdisjoint(token_names)
+    before = snapshot(base)
+    tuned = {}
+    for name, tolerance in (("no_token_step", math.inf), ("token_step", -1.0)):
+        model = copy.deepcopy(base)
+        history: list[dict] = []
+        rt.tune(
+            model, tok, data, direction=d, layers=[2], projection_blocks=proj_blocks,
+            token_blocks=token_blocks, lr=1e-2, steps=1, batch_size=4, val_fraction=0.0,
+            weight_decay=0.1, token_tolerance=tolerance, progress=False, history=history,
+        )  # fmt: skip
+        assert history[-1]["token_step"] is (name == "token_step")
+        tuned[name] = snapshot(model)
+    others = set(before) - proj_names - token_names
+    for state in tuned.values():
+        assert all(torch.equal(state[k], before[k]) for k in others)
+        assert all(not torch.equal(state[k], before[k]) for k in proj_names)
+    # the projection loss alone never moves the token group ...
+    assert all(torch.equal(tuned["no_token_step"][k], before[k]) for k in token_names)
+    # ... the token loss moves it, and leaves the projection group exactly as the projection
+    # loss alone left it
+    assert all(not torch.equal(tuned["token_step"][k], before[k]) for k in token_names)
+    assert all(torch.equal(tuned["token_step"][k], tuned["no_token_step"][k]) for k in proj_names)
+
+
+def test_tune_in_and_out_on_held_out_prompts_and_revert(tok, claims, tmp_path):
+    model, d, data = _tiny_setup(tok, claims)
+    held_out = rt.claim_prompts(claims[40:48])
+    before = snapshot(model)
+    cos0 = rt.cosine_to_direction(model, tok, held_out, d)
+    delta = rt.tune(model, tok, data, direction=d, layers=[1, 2], mode="in", lr=3e-3,
+                    steps=20, batch_size=8, progress=False)  # fmt: skip
+    cos_in = rt.cosine_to_direction(model, tok, held_out, d)
+    assert all(cos_in[i]["cos"] > cos0[i]["cos"] + 0.1 for i in (1, 2)), (cos0, cos_in)
+    assert isinstance(delta, iv.WeightDelta) and delta.applied
+    path = delta.save(tmp_path / "in.safetensors")
+    delta.revert(model)
+    assert_same(model, before)
+    loaded = iv.WeightDelta.load(path).apply(model)
+    assert rt.cosine_to_direction(model, tok, held_out, d) == cos_in
+    loaded.revert(model)
+    assert_same(model, before)
+
+    delta = rt.tune(model, tok, data, direction=d, layers=[1, 2], mode="out", lr=3e-3,
+                    steps=20, batch_size=8, progress=False)  # fmt: skip
+    cos_out = rt.cosine_to_direction(model, tok, held_out, d)
+    assert all(cos_out[i]["abs_cos"] < 0.5 * cos0[i]["abs_cos"] for i in (1, 2)), (cos0, cos_out)
+    delta.revert(model)
+    assert_same(model, before)
+
+
+def test_tune_keeps_the_best_validated_weights(tok, claims):
+    model, d, _ = _tiny_setup(tok, claims)
+    data = [rt.Example(p) for p in rt.claim_prompts(claims[:16])]  # no token loss
+    val = [rt.Example(p) for p in rt.claim_prompts(claims[60:66])]
+    history: list[dict] = []
+    rt.tune(model, tok, data, direction=d, layers=[2], lr=0.3, steps=12, batch_size=4,
+            val_data=val, eval_every=2, patience=2, progress=False, history=history)  # fmt: skip
+    evals = [h for h in history if "val_projection" in h]
+    assert evals[0]["step"] == 0 and len(evals) >= 2
+    assert len([h for h in history if "projection" in h]) <= 12
+    acts = rt.residuals(model, tok, [e.prompt for e in val], [2], d.n_positions)
+    now = float(rt.projection_loss(acts, d.at([2])))
+    assert now == pytest.approx(min(h["val_projection"] for h in evals), abs=1e-5)
+
+
+def test_tune_with_a_completion_target_and_projection_only(tok, claims):
+    model, d, _ = _tiny_setup(tok, claims)
+    data = [rt.Example(rt.claim_prompt(c.text), " yes indeed") for c in claims[:8]]
+    history: list[dict] = []
+    delta = rt.tune(model, tok, data, direction=d, layers=[1], steps=3, batch_size=4,
+                    token_tolerance=-1.0, val_fraction=0.25, progress=False,
+                    history=history)  # fmt: skip
+    assert any(h.get("token_step") for h in history)
+    assert any("mlp" in n for n in delta.names)
+    delta.revert(model)
+    only_proj = rt.tune(model, tok, [rt.Example(e.prompt) for e in data], direction=d,
+                        layers=[1], steps=2, batch_size=4, progress=False)  # fmt: skip
+    assert not any("mlp" in n for n in only_proj.names)
+    only_proj.revert(model)
+    with pytest.raises(ValueError, match="mode"):
+        rt.tune(model, tok, data, direction=d, layers=[1], mode="up", progress=False)
+    with pytest.raises(ValueError, match="no layer"):
+        rt.tune(model, tok, data, direction=d, layers=[0], progress=False)
+
+
+def test_search_blocks_ranks_and_restores(tok, claims):
+    model, d, data = _tiny_setup(tok, claims, n_claims=12)
+    before = snapshot(model)
+    search = rt.search_blocks(
+        model, tok, data, direction=d, layers=[2],
+        projection_candidates=rt.candidate_blocks([(1, 3), (2, 3)], ["attn.v+attn.o", "mlp"]),
+        token_candidates=[(), ("layers.2.mlp",)], steps=2, batch_size=4, progress=False,
+    )  # fmt: skip
+    assert_same(model, before)
+    scores = [r.score for r in search.rows]
+    assert scores == sorted(scores)
+    # overlapping groups (mlp of layer 2 in both) are skipped: 4 x 2 - 2 combinations
+    assert len(search.rows) == 6
+    assert "rank" in search.table() and "(untuned)" in search.table()
+    assert search.best.score <= search.baseline["val_projection"] + 1e-6 + search.baseline[
+        "val_token_excess"]  # fmt: skip
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def test_perplexity_matches_hand_computation(tok):
+    model = tiny("llama", n_layers=2)
+    text = " ".join(f"w{i % 13}" for i in range(40))
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    full = math.exp(float(rt.token_cross_entropy(logits[:, :-1], ids[:, 1:])))
+    assert rt.perplexity(model, tok, text, window=64, stride=64) == pytest.approx(full, rel=1e-5)
+    # non-overlapping windows of 16: each window scores its tokens after its first
+    nll, count = 0.0, 0
+    for start in range(0, ids.shape[1], 16):
+        chunk = ids[:, start : start + 16]
+        with torch.no_grad():
+            lg = model(input_ids=chunk).logits
+        n = chunk.shape[1] - 1
+        if n > 0:
+            nll += float(rt.token_cross_entropy(lg[:, :-1], chunk[:, 1:])) * n
+            count += n
+    got = rt.perplexity(model, tok, text, window=16, stride=16)
+    assert got == pytest.approx(math.exp(nll / count), rel=1e-5)
+    # overlapping windows give context: between the two
+    overlapped = rt.perplexity(model, tok, text, window=16, stride=8)
+    assert overlapped != pytest.approx(got)
+    with pytest.raises(ValueError, match="stride"):
+        rt.perplexity(model, tok, text, window=8, stride=16)
+
+
+def test_forced_choice_and_steerability(tok, claims):
+    model = tiny("llama", n_layers=3)
+    prompts = rt.claim_prompts(claims[:6], honest=True)
+    result = rt.forced_choice(model, tok, prompts, [c.label for c in claims[:6]])
+    assert result.margins.shape == (6,)
+    assert 0 <= result.rate_first <= 1 and result.accuracy is not None
+    d = rt.extract_direction(model, tok, rt.honesty_pairs(claims[:6]), [1], n_positions=2)
+    steer = rt.steerability(model, tok, prompts, d, layer=1, alphas=(0.0, 50.0))
+    assert steer["margins"][0] == pytest.approx(result.mean_margin, abs=1e-5)
+    assert steer["slope"] == pytest.approx((steer["margins"][1] - steer["margins"][0]) / 50)
+    assert steer["margins"][1] != pytest.approx(steer["margins"][0])
+    with pytest.raises(ValueError, match="same token"):
+        rt.forced_choice(model, tok, prompts, choices=(" True", " True"))
+
+
+def test_any_of_target_only_keeps_the_answer_format(tok, claims):
+    model, d, _ = _tiny_setup(tok, claims)
+    data = rt.tuning_examples(claims[:6], honest=True)
+    assert data[0].target == rt.AnyOf((" True", " False"))
+    batch = rt.make_batch(tok, [e.prompt for e in data])
+    with torch.no_grad():
+        logits = model(**batch.model_inputs()).logits[:, -1]
+    choices = [tok(c, add_special_tokens=False)["input_ids"][0] for c in rt.CHOICES]
+    mass = logits.softmax(-1)[:, choices].sum(-1)
+    history: list[dict] = []
+    delta = rt.tune(model, tok, data, direction=d, layers=[1], steps=1, batch_size=6,
+                    val_fraction=0.0, progress=False, history=history)  # fmt: skip
+    assert history[-1]["token_excess"] == pytest.approx(float(-mass.log().mean()), rel=1e-4)
+    delta.revert(model)
+
+
+def test_steering_plan_adds_each_vector_at_its_position(tok):
+    model = tiny("llama", n_layers=3)
+    vectors = torch.randn(1, 3, 32)
+    d = rt.Direction(vectors, (1,))
+    ids = torch.tensor([tok("a b c d e f")["input_ids"]])
+    with torch.no_grad(), iv.capture(model, "layers.1.resid_post") as plain:
+        model(input_ids=ids)
+    plan = d.steering_plan(1, alpha=2.0)
+    with torch.no_grad(), iv.capture(model, "layers.1.resid_post", plan=plan) as steered:
+        model(input_ids=ids)
+    added = steered["layers.1.resid_post"] - plain["layers.1.resid_post"]
+    torch.testing.assert_close(added[0, -3:], 2 * vectors[0], atol=1e-5, rtol=1e-5)
+    assert added[0, :-3].abs().max() == 0
+    everywhere = d.steering_plan(1, alpha=1.0, everywhere=True)["layers.1.resid_post"]
+    torch.testing.assert_close(everywhere.vector, vectors[0].mean(0))
+
+
+# --- the real model (acceptance 3, 4, 5) ----------------------------------------------------------
+
+
+@pytest.mark.real
+def test_real_model_tunes_the_direction_in_and_out(real_model):
+    """Short runs on SmolLM2-135M (full-size numbers: examples/04, docs/reptune.md)."""
+    model, tokenizer = real_model
+    train, test = rt.split_claims(rt.load_claims(), held_out=0.3)
+    layers, steer_layer = [21, 22], 20
+    d = rt.extract_direction(model, tokenizer, rt.honesty_pairs(train[:24]), [20, 21, 22])
+    held_out = rt.claim_prompts(test[:8])  # HELD-OUT claims: honest context, then lying context
+    prose = rt.load_prose()
+    data = rt.tuning_examples(train)
+
+    def measure(full: bool = True) -> dict:
+        margins = rt.forced_choice_margins(model, tokenizer, held_out)
+        gap = float(margins[:8].mean() - margins[8:].mean())  # honest minus lying context
+        result = {"margin": float(margins.mean()), "gap": gap}
+        if full:
+            cos = rt.cosine_to_direction(model, tokenizer, held_out, d, layers=layers)
+            steer = rt.steerability(model, tokenizer, held_out, d, steer_layer, alphas=(0.0, 2.0))
+            result["cos"] = sum(v["cos"] for v in cos.values()) / len(cos)
+            result["abs_cos"] = sum(v["abs_cos"] for v in cos.values()) / len(cos)
+            result["slope"] = steer["slope"]
+            result["ppl"] = rt.perplexity(
+                model, tokenizer, prose, window=128, stride=64, max_tokens=256
+            )
+        return result
+
+    def tuned(mode: str, flip=False, token_blocks: list | None = None, lr=1e-3, steps=8) -> dict:
+        delta = rt.tune(model, tokenizer, data, direction=d, layers=layers, mode=mode, flip=flip,
+                        token_blocks=token_blocks, lr=lr, steps=steps, batch_size=8, warmup=2,
+                        val_fraction=0.0, token_tolerance=0.1, progress=False)  # fmt: skip
+        try:
+            return measure(full=not flip)
+        finally:
+            delta.revert(model)
+            assert_same(model, original)  # acceptance 5: bit-exact
+
+    original = snapshot(model)
+    before = measure()
+    assert before["gap"] > 0.5  # the honest context answers " True" more: the direction's sense
+    tuned_in = tuned("in")  # dual loss: projection on attn v/o, token loss on the MLPs
+    minus_d = tuned("in", flip=True, token_blocks=[])  # control: tune the negated direction in
+    # projection only; |cos| is small already (~0.08), and 8 steps take it only to ~0.045
+    tuned_out = tuned("out", token_blocks=[], lr=3e-3, steps=16)
+    report = {"before": before, "in": tuned_in, "in -d": minus_d, "out": tuned_out}
+    print(report)
+    # acceptance 3: cosine at the tuned layers on held-out claims, perplexity
+    assert tuned_in["cos"] > before["cos"] + 0.1, report
+    assert tuned_out["abs_cos"] < 0.6 * before["abs_cos"], report
+    assert max(tuned_in["ppl"], tuned_out["ppl"]) < 1.1 * before["ppl"], report
+    # acceptance 4: answers move the direction's way (and the negated direction's other way);
+    # the tuned-out model no longer separates the contexts and is less steerable
+    assert tuned_in["margin"] > before["margin"] + 0.5 > minus_d["margin"] + 1.0, report
+    assert tuned_out["gap"] < 0.5 * before["gap"], report
+    assert before["slope"] > 0.2 and tuned_out["slope"] < 0.8 * before["slope"], report
