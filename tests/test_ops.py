@@ -96,3 +96,16 @@ def test_constructor_errors():
         iv.Capture(positions=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="no step"):
         iv.Rescale(2.0, positions=slice(0, 4, 2)).apply(torch.ones(1, 4, 2), Step.single(4))
+
+
+def test_interventions_are_complete_modules_with_their_own_containers():
+    """Intervention.__init__ skips nn.Module.__init__ for speed: same state, fresh containers."""
+    plain, a, b = torch.nn.Module(), iv.Capture(), iv.AddBias(torch.zeros(4), trainable=True)
+    assert set(vars(plain)) <= set(vars(a))
+    for key, value in vars(plain).items():
+        assert type(vars(a)[key]) is type(value), key
+        if isinstance(value, (dict, set, list)):
+            assert vars(a)[key] is not vars(iv.Capture())[key], key
+    assert [n for n, _ in b.named_parameters()] == ["vector"] and not list(a.parameters())
+    a.register_forward_hook(lambda *args: None)
+    assert not iv.Capture()._forward_hooks
