@@ -480,12 +480,18 @@ def test_fluency_by_hand(tiny_fit):
 # --- real model -----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def real_fit(real_model):
+    model, tok = real_model
+    train = dress.load_triples("train")[:32]
+    return dress.fit(model, tok, train, num_heads=8, alpha=3.0, batch_size=32, progress=False)
+
+
 @pytest.mark.real
-def test_real_model_dress(real_model, tmp_path):
+def test_real_model_dress(real_model, real_fit, tmp_path):
     """Mechanics on the real model (the style outcome is measured by examples/03_dress.py)."""
     model, tok = real_model
-    train, test = dress.load_triples("train")[:32], dress.load_triples("test")[:2]
-    fit = dress.fit(model, tok, train, num_heads=8, alpha=3.0, batch_size=32, progress=False)
+    fit, test = real_fit, dress.load_triples("test")[:2]
     assert fit.geometry == {"n_layers": 30, "n_heads": 9, "d_head": 64}
     assert fit.config["probes_converged"]
     assert fit.scores["val_accuracy"].max() >= 0.8
@@ -521,6 +527,31 @@ def test_real_model_dress(real_model, tmp_path):
             recomputed = model.generate(**batch, **settings, use_cache=False)
     assert not torch.equal(cached, bare), "alpha 3 changes the answers"
     assert torch.equal(cached, recomputed)
+
+
+@pytest.mark.real
+def test_real_model_adaptive_steering_favours_the_style(real_model, real_fit):
+    """Behaviour on held-out questions, teacher-forced: under DRESS adaptive steering the
+    styled reference answers gain likelihood against the plain ones (per-token NLL), and
+    more than under a norm-matched random-heads control (measured on 12 questions: -1.67
+    unsteered, -0.27 steered, -1.54 / -1.97 / -1.55 for three random-head seeds)."""
+    model, tok = real_model
+    fit, test = real_fit, dress.load_triples("test")[:8]
+    questions = [t.question for t in test]
+
+    def styled_minus_plain_nll() -> float:
+        nll = [
+            1 / dress.fluency(model, tok, questions, [getattr(t, kind) for t in test]) - 1
+            for kind in ("plain", "styled")
+        ]
+        return float((nll[0] - nll[1]).mean())  # > 0: the styled answer is the likelier one
+
+    before = styled_minus_plain_nll()
+    with fit.adaptive(model):
+        steered = styled_minus_plain_nll()
+    with dress.random_heads(fit, seed=0).adaptive(model):
+        control = styled_minus_plain_nll()
+    assert steered > before + 0.5 and steered > control + 0.5, (before, steered, control)
 
 
 @pytest.mark.real
