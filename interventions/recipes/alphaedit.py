@@ -1388,6 +1388,13 @@ class Scores:
     def summary(self) -> dict[str, float | int | None]:
         return {k: v for k, v in asdict(self).items() if k != "per_record"}
 
+    def head(self, n: int) -> "Scores":
+        """The scores of the first ``n`` records alone (e.g. the unedited model on the edits made
+        so far, to compare with ``sequential``'s rows)."""
+        if not 0 < n <= self.n:
+            raise ValueError(f"n must be in 1..{self.n}, got {n}")
+        return scores_from_records(self.per_record[:n], fluency=self.fluency is not None)
+
 
 def evaluate(
     model: nn.Module,
@@ -1438,19 +1445,25 @@ def evaluate(
                 record["generations"]
             )
 
-    def rate(kind: str, new_wins: bool) -> tuple[float, float]:
-        hits, diffs = [], []
-        for record in per:
-            for new, true in record[kind]:
-                pn, pt = math.exp(new), math.exp(true)
-                hits.append(float((new > true) == new_wins))
-                diffs.append(pn - pt if new_wins else pt - pn)
-        return (sum(hits) / len(hits), sum(diffs) / len(diffs)) if hits else (math.nan, math.nan)
+    return scores_from_records(per, fluency=fluency)
 
-    efficacy, efficacy_diff = rate("rewrite", True)
-    paraphrase, paraphrase_diff = rate("paraphrase", True)
-    neighborhood, neighborhood_diff = rate("neighborhood", False)
-    mean_fluency = sum(r["fluency"] for r in per) / len(per) if fluency else None
+
+def _rate(per: Sequence[Mapping[str, Any]], kind: str, new_wins: bool) -> tuple[float, float]:
+    hits, diffs = [], []
+    for record in per:
+        for new, true in record[kind]:
+            pn, pt = math.exp(new), math.exp(true)
+            hits.append(float((new > true) == new_wins))
+            diffs.append(pn - pt if new_wins else pt - pn)
+    return (sum(hits) / len(hits), sum(diffs) / len(diffs)) if hits else (math.nan, math.nan)
+
+
+def scores_from_records(per: list[dict[str, Any]], *, fluency: bool) -> Scores:
+    """The metrics of ``evaluate`` from its per-record log-probabilities (and fluencies)."""
+    efficacy, efficacy_diff = _rate(per, "rewrite", True)
+    paraphrase, paraphrase_diff = _rate(per, "paraphrase", True)
+    neighborhood, neighborhood_diff = _rate(per, "neighborhood", False)
+    mean_fluency = sum(r["fluency"] for r in per) / len(per) if fluency and per else None
     return Scores(
         per,
         efficacy,
@@ -1460,7 +1473,7 @@ def evaluate(
         paraphrase_diff,
         neighborhood_diff,
         mean_fluency,
-        len(requests),
+        len(per),
     )
 
 
@@ -1577,6 +1590,7 @@ __all__ = [
     "model_fingerprint",
     "n_gram_entropy",
     "null_space_projector",
+    "scores_from_records",
     "sequential",
     "subject_last_token",
     "target_logprobs",

@@ -1,9 +1,11 @@
 """AlphaEdit / MEMIT: the closed-form solves, the null-space guarantee, editor state, files, key
 statistics in one pass, bad requests, and real edits on SmolLM2."""
 
+import importlib.util
 import math
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +49,16 @@ CORPUS = [
     "the map shows hills roads and a small lake near the village",
     "north winds bring snow to the harbour every winter",
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run many small forwards and backwards: on a shared CPU, two OpenMP threads
+    spin against other processes and run ~4x slower than one (measured), so use one here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make(arch: str, n_layers: int = 3):
@@ -170,14 +182,54 @@ def test_subject_last_token_comes_from_offsets():
     assert row.subject == 4 and row.target_start == 5 and len(row.target) == 1
 
 
+def _filter_script():
+    """scripts/filter_counterfact.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "filter_counterfact.py"
+    spec = importlib.util.spec_from_file_location("filter_counterfact", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bundled_data_is_well_formed():
     requests = ae.load_requests()
-    assert len(requests) >= 30
+    assert len(requests) >= 150
     assert len({r.subject for r in requests}) == len(requests)  # no subject edited twice
+    assert [r.case_id for r in requests] == list(range(len(requests)))
     for r in requests:
         assert len(r.paraphrase_prompts) == 2 and len(r.neighborhood_prompts) == 3
+        assert len(r.generation_prompts) == 1
         assert r.target_true and r.target_new != r.target_true
     assert len(ae.load_corpus()) >= 30
+
+
+def test_bundled_data_comes_from_the_filter_script_and_never_collides():
+    script = _filter_script()
+    candidates = script.candidates()
+    assert len(candidates) >= 300
+    by_subject = {c["subject"]: c for c in candidates}
+    kept: list[dict] = []
+    for r in ae.load_requests():
+        record = r.to_dict()
+        record.pop("case_id")
+        assert record == by_subject[r.subject]  # reproducible from the script's candidates
+        # no neighbourhood prompt names another edited subject, in either direction
+        assert script.collides(record, kept) is None, r.subject
+        kept.append(record)
+    assert script.collides(kept[0], kept) is not None  # the check does fire
+
+
+def test_filter_script_name_matching():
+    script = _filter_script()
+    assert script._names("The Statue of Liberty", "Near the Statue of Liberty is")
+    assert script._names("India", "The Reserve Bank of India issues")
+    assert not script._names("India", "prices are paid in Indian")  # whole words only
+    assert not script._names("Korea", "no mention here")
+    groups = [
+        script.Group("{} a", ("{} b", "{} c"), "{} d", "{}", (("x", "1", "2", ("n",) * 3),) * 2),
+        script.Group("{} a", ("{} b", "{} c"), "{} d", "{}", (("y", "1", "2", ("n",) * 3),)),
+    ]
+    assert [fact[0] for _, fact in script.interleave(groups)] == ["x", "y", "x"]
 
 
 # --- editing tiny models --------------------------------------------------------------------
@@ -424,6 +476,20 @@ def test_evaluate_scores_and_fluency():
     assert ae.n_gram_entropy("a a a a a a") == 0.0
     varied = ae.n_gram_entropy("the cat sat on the mat while a dog ran past the door")
     assert varied > ae.n_gram_entropy("the cat the cat the cat the cat the cat the cat") > 0
+
+
+def test_scores_head_rescores_the_first_records():
+    per = [
+        {"rewrite": [(-1.0, -2.0)], "paraphrase": [(-3.0, -1.0)], "neighborhood": [(-1.0, -2.0)]},
+        {"rewrite": [(-2.0, -1.0)], "paraphrase": [(-1.0, -3.0)], "neighborhood": [(-2.0, -1.0)]},
+    ]
+    scores = ae.scores_from_records(per, fluency=False)
+    assert (scores.efficacy, scores.paraphrase, scores.neighborhood, scores.n) == (0.5, 0.5, 0.5, 2)
+    first = scores.head(1)
+    assert (first.efficacy, first.paraphrase, first.neighborhood, first.n) == (1.0, 0.0, 0.0, 1)
+    assert first.efficacy_diff == pytest.approx(math.exp(-1.0) - math.exp(-2.0))
+    with pytest.raises(ValueError, match="n must be"):
+        scores.head(3)
 
 
 # --- the real model ------------------------------------------------------------------------------
