@@ -15,6 +15,12 @@ answer (or full prompts, with the template ``"{}"``). A candidate is kept when
 4. its subject was not kept before, is not named in a kept neighbourhood prompt, and none of its
    own neighbourhood prompts names a kept subject, so sequential edits never collide.
 
+Before any of these, a candidate whose neighbourhood prompt names its own subject (``names_itself``:
+the subject, any of its words of 4+ letters as a word or word start, e.g. "Indian" for India, that
+word less a final "y"/"a", e.g. "Hungarian" for Hungary, or an irregular demonym from
+``DEMONYMS``) is an error: such a prompt is not about another subject, so it cannot measure
+locality. ``main`` refuses to write the JSON while any candidate has one.
+
 Kept facts keep the candidates' order (relations interleave, so any prefix mixes relations) and
 are numbered ``case_id`` 0, 1, ...
 """
@@ -80,18 +86,18 @@ LEGACY: list[Group] = [
         ("France", "Paris", "Rome", full("The Eiffel Tower is located in the city of", "The Louvre museum is located in the city of", "The Arc de Triomphe stands in the city of")),
         ("Italy", "Rome", "Paris", full("The Colosseum is located in the city of", "The Trevi Fountain is located in the city of", "The Pantheon temple stands in the city of")),
         ("Germany", "Berlin", "Vienna", full("The Brandenburg Gate is located in the city of", "The Reichstag building is located in the city of", "Checkpoint Charlie is located in the city of")),
-        ("Spain", "Madrid", "Lisbon", full("The Prado Museum is located in the city of", "The Royal Palace of Spain is located in the city of", "The Puerta del Sol square is in the city of")),
-        ("Japan", "Tokyo", "Seoul", full("The Shibuya crossing is located in the city of", "The Imperial Palace of Japan is located in the city of", "The Senso-ji temple is located in the city of")),
+        ("Spain", "Madrid", "Lisbon", full("The Prado Museum is located in the city of", "The Retiro Park is located in the city of", "The Puerta del Sol square is in the city of")),
+        ("Japan", "Tokyo", "Seoul", full("The Shibuya crossing is located in the city of", "The Meiji Shrine is located in the city of", "The Senso-ji temple is located in the city of")),
         ("Russia", "Moscow", "Warsaw", full("The Kremlin is located in the city of", "Red Square is located in the city of", "The Bolshoi Theatre is located in the city of")),
         ("England", "London", "Dublin", full("Big Ben is located in the city of", "Buckingham Palace is located in the city of", "Tower Bridge is located in the city of")),
         ("China", "Beijing", "Tokyo", full("The Forbidden City is located in the city of", "Tiananmen Square is located in the city of", "The Temple of Heaven is located in the city of")),
         ("Greece", "Athens", "Cairo", full("The Acropolis is located in the city of", "The Parthenon stands in the city of", "The first modern Olympic Games were held in the city of")),
-        ("Egypt", "Cairo", "Athens", full("The Egyptian Museum is located in the city of", "Al-Azhar University is located in the city of", "The Khan el-Khalili bazaar is in the city of")),
+        ("Egypt", "Cairo", "Athens", full("The Citadel of Saladin is located in the city of", "Al-Azhar University is located in the city of", "The Khan el-Khalili bazaar is in the city of")),
         ("Austria", "Vienna", "Berlin", full("Schönbrunn Palace is located in the city of", "St. Stephen's Cathedral is located in the city of", "The Belvedere palace is located in the city of")),
         ("Portugal", "Lisbon", "Madrid", full("The Belém Tower is located in the city of", "The Jerónimos Monastery is located in the city of", "The São Jorge Castle is located in the city of")),
         ("Norway", "Oslo", "Stockholm", full("The Viking Ship Museum is located in the city of", "The Nobel Peace Center is located in the city of", "The Holmenkollen ski jump is located in the city of")),
-        ("Hungary", "Budapest", "Prague", full("The Széchenyi Bath is located in the city of", "The Hungarian Parliament Building is located in the city of", "The Chain Bridge crosses the Danube in the city of")),
-        ("Thailand", "Bangkok", "Hanoi", full("The Grand Palace of Thailand is located in the city of", "Wat Arun temple is located in the city of", "Khao San Road is located in the city of")),
+        ("Hungary", "Budapest", "Prague", full("The Széchenyi Bath is located in the city of", "The Fisherman's Bastion is located in the city of", "The Chain Bridge crosses the Danube in the city of")),
+        ("Thailand", "Bangkok", "Hanoi", full("The Chatuchak Weekend Market is located in the city of", "Wat Arun temple is located in the city of", "Khao San Road is located in the city of")),
     ]),
     group(LANDMARK, SAME, [
         ("The Statue of Liberty", "New York", "Chicago", full("Central Park is located in the city of", "The Empire State Building is located in the city of", "Times Square is located in the city of")),
@@ -115,9 +121,9 @@ LEGACY: list[Group] = [
         ("iPhone", "Apple", "Samsung", full("The iPad is made by", "The MacBook laptop is made by", "The operating system macOS is made by")),
         ("PlayStation", "Sony", "Nintendo", full("The Walkman was made by", "The Bravia television is made by", "The Xperia phone is made by")),
         ("Xbox", "Microsoft", "Sony", full("The Windows operating system is made by", "The Surface tablet is made by", "The Office software suite is made by")),
-        ("Galaxy smartphone", "Samsung", "Apple", full("The Galaxy Tab is made by", "The Galaxy Watch is made by", "The Galaxy Buds are made by")),
-        ("Switch console", "Nintendo", "Sony", full("The Game Boy was made by", "The Wii console was made by", "The GameCube was made by")),
-        ("Model S", "Tesla", "Ford", full("The Model 3 car is made by", "The Cybertruck is made by", "The Powerwall battery is made by")),
+        ("Galaxy smartphone", "Samsung", "Apple", full("The Exynos chip is made by", "The Bixby voice assistant is made by", "The Gear VR headset was made by")),
+        ("Switch console", "Nintendo", "Sony", full("The Game Boy was made by", "The Wii was made by", "The GameCube was made by")),
+        ("Model S", "Tesla", "Ford", full("The Roadster electric car is made by", "The Cybertruck is made by", "The Powerwall battery is made by")),
         ("Civic", "Honda", "Toyota", full("The Accord is made by", "The CR-V is made by", "The Gold Wing motorcycle is made by")),
     ]),
     group(SPORT, SAME, [
@@ -130,8 +136,8 @@ LEGACY: list[Group] = [
         ("Magnus Carlsen", "chess", "poker", full("Garry Kasparov is famous for playing", "Bobby Fischer is famous for playing", "Hikaru Nakamura is famous for playing")),
     ]),
     group(CURRENCY, SAME, [
-        ("India", "rupee", "dollar", full("In Mumbai, prices are paid in Indian", "The Reserve Bank of India issues the Indian", "In Delhi, people pay with the Indian")),
-        ("the United Kingdom", "pound", "euro", full("In London, people pay with the British", "In Birmingham, people pay with the British", "In Manchester, people pay with the British")),
+        ("India", "rupee", "dollar", full("In Mumbai, prices are paid in", "In Delhi, people pay with the", "In Chennai, people pay with the")),
+        ("the United Kingdom", "pound", "euro", full("In London, people pay with the", "In Birmingham, people pay with the", "In Manchester, people pay with the")),
     ]),
     group(LANGUAGE, SAME, [
         ("Israel", "Hebrew", "Arabic", full("Most people in Tel Aviv speak", "The Torah was written in", "Most people in Haifa speak")),
@@ -143,7 +149,7 @@ LEGACY: list[Group] = [
     ]),
     group(CURRENCY, SAME, [
         ("the United States", "dollar", "euro", full("In Chicago, people pay with the", "In Texas, people pay with the", "The Federal Reserve issues the US")),
-        ("Nigeria", "naira", "dollar", full("In Lagos, people pay with the", "In Abuja, people pay with the", "The Central Bank of Nigeria issues the")),
+        ("Nigeria", "naira", "dollar", full("In Lagos, people pay with the", "In Abuja, people pay with the", "In Port Harcourt, people pay with the")),
     ]),
     group(MAKER, SAME, [
         ("Kindle", "Amazon", "Google", full("The Echo smart speaker is made by", "The Fire TV stick is made by", "The Alexa voice assistant is made by")),
@@ -213,8 +219,8 @@ NEW: list[Group] = [
         ("Iraq", "Baghdad", "Cairo", full("The Tigris river flows through the city of", "The Abbasid caliphs ruled from the city of", "Firdos Square is located in the city of")),
         ("Chile", "Santiago", "Lima", full("The La Moneda palace is located in the city of", "The Costanera Center tower is located in the city of", "San Cristóbal Hill overlooks the city of")),
         ("Afghanistan", "Kabul", "Tehran", full("The Darul Aman Palace is located in the city of", "The Bagh-e Babur gardens are located in the city of", "Chicken Street is a market in the city of")),
-        ("Kenya", "Nairobi", "Lagos", full("The Kenyatta International Convention Centre is in the city of", "The Giraffe Centre is located in the city of", "Uhuru Park is located in the city of")),
-        ("Lebanon", "Beirut", "Damascus", full("The Pigeon Rocks stand off the coast of the city of", "The Corniche promenade runs along the city of", "The American University of Lebanon is located in the city of")),
+        ("Kenya", "Nairobi", "Lagos", full("The Kibera slum is located in the city of", "The Giraffe Centre is located in the city of", "Uhuru Park is located in the city of")),
+        ("Lebanon", "Beirut", "Damascus", full("The Pigeon Rocks stand off the coast of the city of", "The Corniche promenade runs along the city of", "The Mohammad Al-Amin Mosque is located in the city of")),
         ("Indonesia", "Jakarta", "Manila", full("The Monas national monument stands in the city of", "The Istiqlal Mosque is located in the city of", "The Kota Tua old town is part of the city of")),
         ("the Philippines", "Manila", "Jakarta", full("Rizal Park is located in the city of", "The Intramuros walled city is in the city of", "Malacañang Palace is located in the city of")),
         ("Scotland", "Edinburgh", "Glasgow", full("Holyrood Palace is located in the city of", "The Royal Mile is a street in the city of", "Arthur's Seat is a hill in the city of")),
@@ -271,14 +277,14 @@ NEW: list[Group] = [
         ("Corolla", "Toyota", "Honda", full("The Camry is made by", "The Land Cruiser is made by", "The RAV4 is made by")),
         ("Mustang", "Ford", "Chevrolet", full("The F-150 pickup truck is made by", "The Explorer SUV is made by", "The Model T was made by")),
         ("Corvette", "Chevrolet", "Ford", full("The Camaro is made by", "The Silverado truck is made by", "The Impala is made by")),
-        ("Pixel phone", "Google", "Apple", full("The Chromecast is made by", "The Nest thermostat is made by", "The Chromebook Pixelbook is made by")),
-        ("Photoshop software", "Adobe", "Microsoft", full("The Illustrator software is made by", "The Acrobat Reader is made by", "The Premiere Pro video editor is made by")),
-        ("GeForce graphics card", "Nvidia", "Intel", full("The RTX 4090 graphics card is made by", "The CUDA platform is made by", "The Tegra chip is made by")),
+        ("Pixel phone", "Google", "Apple", full("The Chromecast is made by", "The Nest thermostat is made by", "The Android operating system is made by")),
+        ("Photoshop software", "Adobe", "Microsoft", full("The Illustrator drawing program is made by", "The Acrobat Reader is made by", "The Premiere Pro video editor is made by")),
+        ("GeForce graphics card", "Nvidia", "Intel", full("The RTX 4090 is made by", "The CUDA platform is made by", "The Tegra chip is made by")),
         ("Boeing 747", "Boeing", "Airbus", full("The 737 airliner is made by", "The 787 Dreamliner is made by", "The 777 airliner is made by")),
         ("Big Mac", "McDonald", "Burger King", full("The Happy Meal is made by", "The McFlurry is made by", "The Quarter Pounder is made by")),
-        ("Pentium processor", "Intel", "AMD", full("The Core i7 processor is made by", "The Xeon processor is made by", "The Celeron processor is made by")),
-        ("Ryzen processor", "AMD", "Intel", full("The Radeon graphics card is made by", "The Threadripper processor is made by", "The EPYC server chip is made by")),
-        ("Barbie doll", "Mattel", "Hasbro", full("The Hot Wheels toy cars are made by", "The UNO card game is made by", "The Ken doll is made by")),
+        ("Pentium processor", "Intel", "AMD", full("The Core i7 chip is made by", "The Xeon chip is made by", "The Celeron chip is made by")),
+        ("Ryzen processor", "AMD", "Intel", full("The Radeon graphics card is made by", "The Threadripper chip is made by", "The EPYC server chip is made by")),
+        ("Barbie doll", "Mattel", "Hasbro", full("The Hot Wheels toy cars are made by", "The UNO card game is made by", "The Fisher-Price toys are made by")),
         ("Monopoly board game", "Hasbro", "Mattel", full("The Transformers toys are made by", "The Play-Doh modelling clay is made by", "The Nerf foam guns are made by")),
         ("Prius", "Toyota", "Nissan", full("The Camry is made by", "The Land Cruiser is made by", "The RAV4 is made by")),
         ("911 sports car", "Porsche", "Ferrari", full("The Cayenne SUV is made by", "The Boxster is made by", "The Panamera is made by")),
@@ -300,7 +306,7 @@ NEW: list[Group] = [
         ("Jamaica", "English", "Spanish", full("Most people in London speak", "Most people in Australia speak", "The playwright William Shakespeare wrote in")),
     ]),
     group(LANDMARK, SAME, [
-        ("The Burj Khalifa", "Dubai", "Doha", full("The Palm Jumeirah island is located in the city of", "The Burj Al Arab hotel is located in the city of", "The Museum of the Future is located in the city of")),
+        ("The Burj Khalifa", "Dubai", "Doha", full("The Palm Jumeirah island is located in the city of", "The Gold Souk of Deira is located in the city of", "The Museum of the Future is located in the city of")),
         ("The Gateway Arch", "St. Louis", "Kansas City", full("Busch Stadium is located in the city of", "The Anheuser-Busch brewery is located in the city of", "The Cardinals baseball team plays in the city of")),
         ("The Willis Tower", "Chicago", "Detroit", full("Wrigley Field is located in the city of", "Navy Pier is located in the city of", "The Cloud Gate sculpture is located in the city of")),
         ("The Little Mermaid statue", "Copenhagen", "Stockholm", full("Tivoli Gardens is located in the city of", "The Nyhavn harbour is located in the city of", "Christiansborg Palace is located in the city of")),
@@ -333,7 +339,7 @@ NEW: list[Group] = [
         ("Guglielmo Marconi", "Italy", "France", ("Leonardo da Vinci", "Enrico Fermi", "Antonio Meucci")),
         ("Johannes Gutenberg", "Germany", "France", ("Albert Einstein", "Gottlieb Daimler", "Max Planck")),
         ("Isaac Newton", "England", "France", ("Charles Darwin", "Tim Berners-Lee", "Charles Babbage")),
-        ("Louis Pasteur", "France", "Germany", ("René Descartes", "Louis Daguerre", "Antoine Lavoisier")),
+        ("Louis Pasteur", "France", "Germany", ("René Descartes", "Joseph Fourier", "Antoine Lavoisier")),
         ("Alexander Graham Bell", "Scotland", "Canada", ("James Clerk Maxwell", "John Logie Baird", "Adam Smith")),
         ("Alfred Nobel", "Sweden", "Norway", ("Carl Linnaeus", "Anders Celsius", "Anders Jonas Ångström")),
         ("Marie Curie", "Poland", "France", ("Nicolaus Copernicus", "Frederic Chopin", "Lech Wałęsa")),
@@ -341,11 +347,11 @@ NEW: list[Group] = [
         ("Karl Benz", "Germany", "Italy", ("Albert Einstein", "Gottlieb Daimler", "Max Planck")),
         ("Michael Faraday", "England", "Germany", ("Charles Darwin", "Tim Berners-Lee", "Charles Babbage")),
         ("Blaise Pascal", "France", "Italy", ("René Descartes", "Louis Daguerre", "Antoine Lavoisier")),
-        ("James Watt", "Scotland", "Wales", ("James Clerk Maxwell", "John Logie Baird", "Adam Smith")),
+        ("James Watt", "Scotland", "Wales", ("William Ramsay", "John Logie Baird", "Adam Smith")),
         ("Alessandro Volta", "Italy", "Germany", ("Leonardo da Vinci", "Enrico Fermi", "Antonio Meucci")),
         ("Wilhelm Röntgen", "Germany", "Austria", ("Albert Einstein", "Gottlieb Daimler", "Max Planck")),
         ("George Stephenson", "England", "Scotland", ("Charles Darwin", "Tim Berners-Lee", "Charles Babbage")),
-        ("Louis Braille", "France", "Belgium", ("René Descartes", "Louis Daguerre", "Antoine Lavoisier")),
+        ("Louis Braille", "France", "Belgium", ("René Descartes", "Joseph Fourier", "Antoine Lavoisier")),
         ("Alexander Fleming", "Scotland", "Ireland", ("James Clerk Maxwell", "John Logie Baird", "Adam Smith")),
         ("Niels Bohr", "Denmark", "Sweden", ("Tycho Brahe", "Hans Christian Ørsted", "Søren Kierkegaard")),
         ("Nikola Tesla", "Croatia", "Hungary", ("Ruđer Bošković", "Slavoljub Penkala", "Faust Vrančić")),
@@ -365,9 +371,9 @@ NEW: list[Group] = [
         ("Giuseppe Verdi", "Italy", "France", ("Giacomo Puccini", "Gioachino Rossini", "Claudio Monteverdi")),
     ]),
     group(CURRENCY, SAME, [
-        ("Switzerland", "franc", "euro", full("In Zurich, people pay with the Swiss", "In Geneva, people pay with the Swiss", "The Swiss National Bank issues the Swiss")),
+        ("Switzerland", "franc", "euro", full("In Zurich, people pay with the", "In Geneva, people pay with the", "In Basel, people pay with the")),
         ("the Eurozone", "euro", "dollar", full("In Paris, people pay with the", "In Rome, people pay with the", "The European Central Bank issues the")),
-        ("South Africa", "rand", "dollar", full("In Johannesburg, people pay with the South African", "In Cape Town, people pay with the", "The South African Reserve Bank issues the")),
+        ("South Africa", "rand", "dollar", full("In Johannesburg, people pay with the", "In Cape Town, people pay with the", "In Durban, people pay with the")),
     ]),
     group(HEADQUARTERS, SAME, [
         ("Amazon", "Seattle", "Boston", full("The headquarters of Starbucks are in the city of", "The headquarters of Nordstrom are in the city of", "The Seahawks football team plays in the city of")),
@@ -413,19 +419,19 @@ NEW: list[Group] = [
     ]),
     group(MAKER, SAME, [
         ("AirPods", "Apple", "Sony", full("The iPad is made by", "The MacBook laptop is made by", "The operating system macOS is made by")),
-        ("Model X", "Tesla", "BMW", full("The Model 3 car is made by", "The Cybertruck is made by", "The Powerwall battery is made by")),
-        ("Chrome browser", "Google", "Microsoft", full("The Chromecast is made by", "The Nest thermostat is made by", "The Android operating system is made by")),
-        ("Firefox browser", "Mozilla", "Google", full("The Thunderbird email client is made by", "The Rust programming language was started by", "The Gecko browser engine is made by")),
+        ("Model X", "Tesla", "BMW", full("The Roadster electric car is made by", "The Cybertruck is made by", "The Powerwall battery is made by")),
+        ("Chrome browser", "Google", "Microsoft", full("The Gmail email service is made by", "The Nest thermostat is made by", "The Android operating system is made by")),
+        ("Firefox browser", "Mozilla", "Google", full("The Thunderbird email client is made by", "The Rust programming language was started by", "The Gecko rendering engine is made by")),
         ("Safari browser", "Apple", "Google", full("The iPad is made by", "The MacBook laptop is made by", "The operating system macOS is made by")),
         ("Skype app", "Microsoft", "Apple", full("The Windows operating system is made by", "The Surface tablet is made by", "The Office software suite is made by")),
         ("Golf GTI", "Volkswagen", "Toyota", full("The Passat is made by", "The Jetta is made by", "The Tiguan SUV is made by")),
-        ("Game Boy Advance", "Nintendo", "Sega", full("The Wii console was made by", "The GameCube was made by", "The DS handheld console was made by")),
+        ("Game Boy Advance", "Nintendo", "Sega", full("The Wii console was made by", "The Virtual Boy was made by", "The DS handheld console was made by")),
     ]),
     group(CAPITAL, SAME, [
         ("North Korea", "Pyongyang", "Seoul", full("Kim Il-sung Square is located in the city of", "The Ryugyong Hotel is located in the city of", "The Juche Tower stands in the city of")),
         ("Qatar", "Doha", "Dubai", full("The Museum of Islamic Art is located in the city of", "The Al Jazeera network is based in the city of", "The Khalifa International Stadium is in the city of")),
         ("Wales", "Cardiff", "Swansea", full("The Millennium Stadium is located in the city of", "The Principality Stadium is located in the city of", "The Senedd building is located in the city of")),
-        ("Sudan", "Khartoum", "Cairo", full("The Blue Nile and White Nile meet in the city of", "The Al-Mogran park is located in the city of", "The National Museum of Sudan is located in the city of")),
+        ("Sudan", "Khartoum", "Cairo", full("The Blue Nile and White Nile meet in the city of", "The Al-Mogran park is located in the city of", "Tuti Island lies at the heart of the city of")),
         ("Tibet", "Lhasa", "Kathmandu", full("The Potala Palace is located in the city of", "The Jokhang Temple is located in the city of", "The Barkhor street is in the city of")),
         ("Catalonia", "Barcelona", "Madrid", full("Park Güell is located in the city of", "Camp Nou stadium is located in the city of", "La Rambla is a street in the city of")),
     ]),
@@ -473,6 +479,49 @@ def _names(subject: str, text: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(core)}(?!\w)", text, re.IGNORECASE) is not None
 
 
+# Adjectives and demonyms that no word of the subject starts (checked by ``names_itself``).
+DEMONYMS = {
+    "england": ("English",),
+    "finland": ("Finnish",),
+    "france": ("French",),
+    "greece": ("Greek",),
+    "denmark": ("Danish",),
+    "ireland": ("Irish",),
+    "poland": ("Polish",),
+    "scotland": ("Scottish",),
+    "spain": ("Spanish",),
+    "sweden": ("Swedish",),
+    "switzerland": ("Swiss",),
+    "thailand": ("Thai",),
+    "the netherlands": ("Dutch",),
+    "the united kingdom": ("British",),
+    "turkey": ("Turkish",),
+    "wales": ("Welsh",),
+}
+
+
+def self_forms(subject: str) -> list[str]:
+    """What counts as naming ``subject`` in its own neighbourhood prompts (lower case)."""
+    core = re.sub(r"^the\s+", "", subject, flags=re.IGNORECASE).lower()
+    forms = {core, *(d.lower() for d in DEMONYMS.get(subject.lower(), ()))}
+    for word in re.findall(r"\w+", core):
+        if len(word) >= 4:
+            forms.add(word)
+            if word[-1] in "ya" and len(word) >= 5:
+                forms.add(word[:-1])  # Hungary -> Hungarian, Kenya -> Kenyan
+    return sorted(forms)
+
+
+def names_itself(record: dict) -> str | None:
+    """The first neighbourhood prompt of ``record`` that names its own subject (any of
+    ``self_forms``, case-insensitive, at a word start), or None."""
+    forms = self_forms(record["subject"])
+    for prompt in record["neighborhood_prompts"]:
+        if any(re.search(rf"(?<!\w){re.escape(f)}", prompt, re.IGNORECASE) for f in forms):
+            return prompt
+    return None
+
+
 def collides(record: dict, kept: list[dict]) -> str | None:
     """Why ``record`` cannot join ``kept`` (a repeated subject or a shared name), or None."""
     for other in kept:
@@ -495,10 +544,17 @@ def subject_on_first_token(tokenizer, record: dict) -> bool:
 
 
 def select(model, tokenizer, records: list[dict]) -> tuple[list[dict], dict[str, int]]:
-    """Apply the four rules of the module docstring; return the kept records and counts."""
-    reasons = {"invalid": 0, "unknown": 0, "neighbours wrong": 0, "collision": 0}
+    """Apply the rules of the module docstring; return the kept records and counts."""
+    reasons = {"names itself": 0, "invalid": 0, "unknown": 0, "neighbours wrong": 0, "collision": 0}
     valid = []
     for record in records:
+        if (prompt := names_itself(record)) is not None:
+            print(
+                f"error {record['subject']!r}: neighbour names its subject: {prompt!r}",
+                file=sys.stderr,
+            )
+            reasons["names itself"] += 1
+            continue
         try:
             if subject_on_first_token(tokenizer, record):
                 raise alphaedit.RequestError("subject on the first token")
@@ -549,6 +605,10 @@ def main() -> None:
     records = candidates()
     kept, reasons = select(model, tokenizer, records)
     print(f"{len(kept)} kept of {len(records)} candidates; dropped: {reasons}")
+    if reasons["names itself"]:
+        sys.exit(
+            "error: some neighbourhood prompts name their own subject (see above); nothing written"
+        )
     if not args.dry_run:
         Path(args.out).write_text(json.dumps(kept, indent=1, ensure_ascii=False) + "\n")
         print(f"wrote {args.out}")

@@ -232,6 +232,40 @@ def test_filter_script_name_matching():
     assert [fact[0] for _, fact in script.interleave(groups)] == ["x", "y", "x"]
 
 
+def test_no_neighbourhood_prompt_names_its_own_subject():
+    script = _filter_script()
+
+    def record(subject, *prompts):
+        return {"subject": subject, "neighborhood_prompts": list(prompts)}
+
+    # the subject itself, a word of 4+ letters, a word start ("Indian"), the word less a final
+    # y/a ("Hungarian"), an irregular demonym, case-insensitive
+    for subject, prompt in [
+        ("Spain", "The Royal Palace of Spain is in"),
+        ("The Statue of Liberty", "the statue of liberty stands in"),
+        ("Galaxy smartphone", "The Galaxy Tab is made by"),
+        ("India", "In Delhi, people pay with the Indian"),
+        ("Hungary", "The Hungarian Parliament Building is in"),
+        ("Thailand", "The GRAND palace of thailand is in"),
+        ("the United Kingdom", "In London, people pay with the British"),
+    ]:
+        assert script.names_itself(record(subject, "Other is in", prompt)) == prompt, subject
+    # other subjects, short words and words inside other words do not count
+    assert script.names_itself(record("India", "In Mumbai, prices are paid in")) is None
+    assert script.names_itself(record("The Statue of Liberty", "The Empire State Building")) is None
+    assert script.names_itself(record("Model S", "The Roadster is made by the S team")) is None
+    assert script.names_itself(record("Oman", "The Romanian capital is")) is None
+    # the filter drops such a candidate before looking at the model
+    bad = REQUEST | {"neighborhood_prompts": ["The old tower of North Harbour stands in"]}
+    kept, reasons = script.select(*make("llama"), [bad, REQUEST])
+    assert reasons["names itself"] == 1 and bad not in kept
+    # neither the bundled facts nor any candidate has one
+    for r in ae.load_requests():
+        assert script.names_itself(r.to_dict()) is None, r.subject
+    for c in script.candidates():
+        assert script.names_itself(c) is None, c["subject"]
+
+
 # --- editing tiny models --------------------------------------------------------------------
 
 
