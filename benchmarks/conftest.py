@@ -21,6 +21,7 @@ fixed number of rounds of one call each, so a full run takes a predictable time.
 """
 
 import copy
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -199,6 +200,15 @@ def _real_spec(device: torch.device) -> Spec:
         rounds=Rounds(forward=25, generate=4, warmup_forward=3, warmup_generate=1),
         device=device,
     )
+
+
+@pytest.fixture(scope="session")
+def bench_model():
+    """The real model for the recipe benchmarks, loaded once per session (a folder or hub id in
+    INTERVENTIONS_BENCH_MODEL, else the bundled SmolLM2). Benchmarks that edit it revert."""
+    from interventions.models import load
+
+    return load(os.environ.get("INTERVENTIONS_BENCH_MODEL"))
 
 
 class Specs:

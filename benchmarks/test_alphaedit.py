@@ -29,7 +29,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from interventions.models import load
 from interventions.recipes import alphaedit
 
 LAYERS = [4, 5, 6, 7, 8]
@@ -37,12 +36,6 @@ STATS_TOKENS = 3000
 PIECE, BATCH = 128, 8
 ROUNDS = 3
 pytestmark = pytest.mark.real
-
-
-@pytest.fixture(scope="module")
-def bench_model():
-    model, tokenizer = load(os.environ.get("INTERVENTIONS_BENCH_MODEL"))
-    return model, tokenizer
 
 
 @pytest.fixture(scope="module")

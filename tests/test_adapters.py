@@ -87,3 +87,15 @@ def test_register_adapter_adds_a_table():
         from interventions.adapters import _REGISTRY
 
         _REGISTRY.pop("my-llama")
+
+
+def test_module_lookup_matches_get_submodule(model):
+    a = iv.adapter(model)
+    block = a.blocks(model)[1]
+    for path in (a.attn, a.attn_norm, a.o_proj, a.mlp_norm, a.down_proj):
+        assert a.block_module(model, 1, path) is block.get_submodule(path)
+    assert a.block_module(model, 1, "") is block
+    with pytest.raises(AttributeError):
+        a.block_module(model, 1, "no_such_module")
+    with pytest.raises(AttributeError, match="not a module"):
+        a.block_module(model, 1, f"{a.o_proj}.weight")

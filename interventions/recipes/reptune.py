@@ -738,8 +738,7 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
             for kind in parts[2].split("+"):
                 path = _module_path(table, kind)
                 try:
-                    module = table.blocks(model)[layer]
-                    module = module.get_submodule(path) if path else module
+                    module = table.block_module(model, layer, path)
                 except AttributeError as error:
                     raise ValueError(
                         f"block {block!r}: {table.name} has no module {path!r} (kind {kind!r}); "
