@@ -30,7 +30,7 @@ from interventions.ops import (
     SecondMoment,
     Step,
 )
-from interventions.sites import Site, all_sites, expand, parse
+from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.weights import WeightDelta, bake
 
 __version__ = "0.1.0"
@@ -62,6 +62,7 @@ __all__ = [
     "expand",
     "geometry",
     "intervene",
+    "layer_range",
     "normalize_plan",
     "parse",
     "register_adapter",

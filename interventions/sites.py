@@ -116,6 +116,23 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
     return [Site(kind, i) for i in layers]
 
 
+def layer_range(spec: str, n_layers: int) -> list[int]:
+    """The layer indices of a layer spec as sites write them: ``"3"``, ``"*"`` (every layer)
+    or ``"start:stop"`` (stop excluded, either end may be left out: ``":8"``, ``"3:"``).
+
+    >>> layer_range("3:6", 30)
+    [3, 4, 5]
+    """
+    layers = _layer_indices(spec, n_layers, spec)
+    bad = [i for i in layers if i >= n_layers]
+    if bad:
+        raise ValueError(
+            f"layers {spec!r} out of range: the model has {n_layers} layers "
+            f"(valid layer indices 0..{n_layers - 1})"
+        )
+    return layers
+
+
 def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:
     if spec.isdigit():
         return [int(spec)]

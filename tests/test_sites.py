@@ -17,6 +17,18 @@ def test_expand_wildcard_and_range():
     assert expand(["logits", "layers.0.attn.in"]) == [Site("logits"), Site("attn.in", 0)]
 
 
+def test_layer_range_is_the_site_grammar():
+    for spec in ("2", "*", "1:3", ":2", "1:"):
+        expected = [site.layer for site in expand(f"layers.{spec}.resid_post", 4)]
+        assert iv.layer_range(spec, 4) == expected
+    with pytest.raises(ValueError, match="out of range: the model has 4 layers"):
+        iv.layer_range("2:6", 4)
+    with pytest.raises(ValueError, match="expected a number, '\\*' or 'start:stop'"):
+        iv.layer_range("two", 4)
+    with pytest.raises(ValueError, match="empty layer range"):
+        iv.layer_range("3:3", 4)
+
+
 def test_unknown_name_lists_close_names():
     with pytest.raises(ValueError, match=r"unknown site 'layers.3.attn.head'.*layers.3.attn.heads"):
         parse("layers.3.attn.head")

@@ -702,23 +702,6 @@ def _module_path(table: iv.Adapter, kind: str) -> str:
     raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(MODULE_KINDS)}")
 
 
-def _layer_range(spec: str, n_layers: int, block: str) -> list[int]:
-    if spec == "*":
-        return list(range(n_layers))
-    if spec.isdigit():
-        layers = [int(spec)]
-    elif ":" in spec:
-        start, _, stop = spec.partition(":")
-        if not (start == "" or start.isdigit()) or not (stop == "" or stop.isdigit()):
-            raise ValueError(f"bad layer range in block {block!r}: expected 'start:stop'")
-        layers = list(range(int(start or 0), int(stop or n_layers)))
-    else:
-        raise ValueError(f"bad layers {spec!r} in block {block!r}: a number, '*' or 'start:stop'")
-    if not layers or max(layers) >= n_layers:
-        raise ValueError(f"block {block!r} names layers outside 0..{n_layers - 1} (or none)")
-    return layers
-
-
 def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str, nn.Parameter]:
     """Parameters of blocks named ``"layers.{i|a:b|*}.{kind}"``, kind one of ``MODULE_KINDS``
     (``attn.v`` is the value projection, ``attn.o`` the output projection, ``mlp`` the whole
@@ -734,7 +717,11 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                 f"bad block {block!r}: expected 'layers.{{i|a:b|*}}.{{kind}}' with kind in "
                 f"{', '.join(MODULE_KINDS)}, e.g. 'layers.8:12.attn.v+attn.o'"
             )
-        for layer in _layer_range(parts[1], n_layers, block):
+        try:
+            layers = iv.layer_range(parts[1], n_layers)
+        except ValueError as error:
+            raise ValueError(f"block {block!r}: {error}") from error
+        for layer in layers:
             for kind in parts[2].split("+"):
                 path = _module_path(table, kind)
                 try:
