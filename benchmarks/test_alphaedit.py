@@ -109,7 +109,6 @@ def test_key_stats_throughput(benchmark, bench_model):
     benchmark.extra_info.update(info)
     print(f"\nkey statistics, layers {LAYERS}, median of {ROUNDS}: {info}")
     benchmark.pedantic(stats_pass, rounds=1, iterations=1)
-    assert info["stats_over_plain"] > 1.0, "stopping after layer 8 of 30 beats a full forward"
 
 
 def _edit_seconds(model, tokenizer, stats, requests) -> float:
@@ -133,7 +132,6 @@ def test_seconds_per_edit(benchmark, bench_model, stats):
     benchmark.pedantic(
         lambda: _edit_seconds(model, tokenizer, stats, requests[:1]), rounds=1, iterations=1
     )
-    assert info["seconds_per_edit_batch_10"] < info["seconds_per_edit_batch_1"], "batching pays"
 
 
 def _rss_bytes() -> int:
@@ -185,4 +183,3 @@ def test_edit_peak_memory(benchmark, bench_model, stats):
     benchmark.extra_info.update(info)
     print(f"\nAlphaEdit memory, one batch of 10 edits: {info}")
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    assert info["sampled_rss_peak_above_start_mib"] >= 0
