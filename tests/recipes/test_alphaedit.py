@@ -200,7 +200,11 @@ def test_bundled_data_is_well_formed():
         assert len(r.paraphrase_prompts) == 2 and len(r.neighborhood_prompts) == 3
         assert len(r.generation_prompts) == 1
         assert r.target_true and r.target_new != r.target_true
-    assert len(ae.load_corpus()) >= 30
+    corpus = ae.load_corpus()
+    parts = [ae.load_corpus(path) for path in ae.BUNDLED_CORPUS]
+    assert corpus == [text for part in parts for text in part]  # prose, then encyclopedia
+    assert [len(part) for part in parts] == [50, 633]
+    assert all(text.isascii() and "\n" not in text for text in corpus)
 
 
 def test_bundled_data_comes_from_the_filter_script_and_never_collides():
