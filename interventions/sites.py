@@ -86,10 +86,7 @@ def parse(name: SiteLike, n_layers: int | None = None) -> Site:
             raise ValueError(f"{name!r} names {len(sites)} sites; expected exactly one site")
         site = sites[0]
     if n_layers is not None and site.layer is not None and site.layer >= n_layers:
-        raise ValueError(
-            f"site {str(site)!r} is out of range: the model has {n_layers} layers "
-            f"(valid layer indices 0..{n_layers - 1})"
-        )
+        raise _out_of_range(f"site {str(site)!r}", n_layers)
     return site
 
 
@@ -106,13 +103,8 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
         raise ValueError(_unknown_message(pattern, _example_names(n_layers or 1)))
     kind, spec = match["kind"], match["layers"]
     layers = _layer_indices(spec, n_layers, pattern)
-    if n_layers is not None:
-        bad = [i for i in layers if i >= n_layers]
-        if bad:
-            raise ValueError(
-                f"site {pattern!r} is out of range: the model has {n_layers} layers "
-                f"(valid layer indices 0..{n_layers - 1})"
-            )
+    if n_layers is not None and max(layers) >= n_layers:
+        raise _out_of_range(f"site {pattern!r}", n_layers)
     return [Site(kind, i) for i in layers]
 
 
@@ -124,13 +116,16 @@ def layer_range(spec: str, n_layers: int) -> list[int]:
     [3, 4, 5]
     """
     layers = _layer_indices(spec, n_layers, spec)
-    bad = [i for i in layers if i >= n_layers]
-    if bad:
-        raise ValueError(
-            f"layers {spec!r} out of range: the model has {n_layers} layers "
-            f"(valid layer indices 0..{n_layers - 1})"
-        )
+    if max(layers) >= n_layers:
+        raise _out_of_range(f"layers {spec!r}", n_layers)
     return layers
+
+
+def _out_of_range(what: str, n_layers: int) -> ValueError:
+    return ValueError(
+        f"{what} is out of range: the model has {n_layers} layers "
+        f"(valid layer indices 0..{n_layers - 1})"
+    )
 
 
 def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:

@@ -296,7 +296,7 @@ def test_block_parameters_names():
         rt.block_parameters(gpt2, "layers.1.attn.v")
     with pytest.raises(ValueError, match="unknown module kind"):
         rt.block_parameters(model, "layers.1.ffn")
-    with pytest.raises(ValueError, match=r"block 'layers.2:5.mlp': layers '2:5' out of range"):
+    with pytest.raises(ValueError, match=r"block 'layers.2:5.mlp': layers '2:5' is out of range"):
         rt.block_parameters(model, "layers.2:5.mlp")
     with pytest.raises(ValueError, match="empty layer range"):
         rt.block_parameters(model, "layers.2:1.mlp")
