@@ -90,7 +90,7 @@ class Attachment:
         self._last_ids: Tensor | None = None
         self._resid_pre: dict[int, Tensor] = {}
         self._saved_attn: str | None = None
-        self._blocks = table.blocks(model)
+        self._blocks = list(table.blocks(model))  # a list: ModuleList indexing costs ~3 µs
         try:
             self._handles.append(
                 model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)
@@ -174,24 +174,16 @@ class Attachment:
     # --- hooks -----------------------------------------------------------------------------------
     def _register(self, site: Site, intervention: Intervention) -> None:
         a, kind = self.adapter, site.kind
-
-        def block(path: str) -> nn.Module:
-            return a.submodule(self._blocks[site.layer], path)
+        if kind == "attn.heads":  # first: the site most plans use, at every layer
+            self._on_input(self._in_block(site, a.o_proj), self._head_editor(intervention))
+            return
+        if kind == "attn.pattern":
+            module = self._in_block(site, a.attn)
+            self._on_output(module, self._pattern_editor(intervention), _attention_weights)
+            return
 
         def edit(x: Tensor) -> Tensor:
             return intervention.apply(x, self._step_for(x))
-
-        def edit_heads(x: Tensor) -> Tensor:
-            # unflatten/flatten: the same reshape as "b t (h d) -> b t h d", at a third of
-            # einops' per-call cost on this hot path
-            heads = x.unflatten(-1, (self.geometry.n_heads, self.geometry.d_head))
-            y = intervention.apply(heads, self._step_for(x))
-            return x if y is heads else y.flatten(-2)
-
-        def edit_pattern(x: Tensor) -> Tensor:
-            by_query = rearrange(x, "b h q k -> b q h k")
-            y = intervention.apply(by_query, self._step_for(x))
-            return x if y is by_query else rearrange(y, "b q h k -> b h q k")
 
         if kind == "embed":
             self._on_output(a.module(self.model, a.embed), edit)
@@ -202,25 +194,44 @@ class Attachment:
         elif kind == "resid_pre":
             self._on_input(self._blocks[site.layer], edit)
         elif kind == "attn.in":
-            self._on_output(block(a.attn_norm), edit)
-        elif kind == "attn.heads":
-            self._on_input(block(a.o_proj), edit_heads)
+            self._on_output(self._in_block(site, a.attn_norm), edit)
         elif kind == "attn.out":
-            self._on_output(block(a.o_proj), edit)
-        elif kind == "attn.pattern":
-            self._on_output(block(a.attn), edit_pattern, element=_attention_weights)
+            self._on_output(self._in_block(site, a.o_proj), edit)
         elif kind == "resid_mid":
             self._register_resid_mid(site.layer, edit)
         elif kind == "mlp.in":
-            self._on_output(block(a.mlp_norm), edit)
+            self._on_output(self._in_block(site, a.mlp_norm), edit)
         elif kind == "mlp.act":
-            self._on_input(block(a.down_proj), edit)
+            self._on_input(self._in_block(site, a.down_proj), edit)
         elif kind == "mlp.out":
-            self._on_output(block(a.down_proj), edit)
+            self._on_output(self._in_block(site, a.down_proj), edit)
         elif kind == "resid_post":
             self._on_output(self._blocks[site.layer], edit)
         else:  # pragma: no cover - Site validates kinds
             raise ValueError(f"no hook for site kind {kind!r}")
+
+    def _in_block(self, site: Site, path: str) -> nn.Module:
+        return self.adapter.submodule(self._blocks[site.layer], path)
+
+    def _head_editor(self, intervention: Intervention) -> Callable[[Tensor], Tensor]:
+        n_heads, d_head = self.geometry.n_heads, self.geometry.d_head
+
+        def edit_heads(x: Tensor) -> Tensor:
+            # unflatten/flatten: the same reshape as "b t (h d) -> b t h d", at a third of
+            # einops' per-call cost on this hot path
+            heads = x.unflatten(-1, (n_heads, d_head))
+            y = intervention.apply(heads, self._step_for(x))
+            return x if y is heads else y.flatten(-2)
+
+        return edit_heads
+
+    def _pattern_editor(self, intervention: Intervention) -> Callable[[Tensor], Tensor]:
+        def edit_pattern(x: Tensor) -> Tensor:
+            by_query = rearrange(x, "b h q k -> b q h k")
+            y = intervention.apply(by_query, self._step_for(x))
+            return x if y is by_query else rearrange(y, "b q h k -> b h q k")
+
+        return edit_pattern
 
     def _on_output(
         self,
@@ -303,7 +314,13 @@ class Cache(Mapping[str, Tensor]):
 
     def __init__(self, captures: dict[Site, Capture]):
         self.captures = captures
-        self._by_name = {str(site): capture for site, capture in captures.items()}
+        self._names: dict[str, Capture] | None = None  # built on first use: not every call reads
+
+    @property
+    def _by_name(self) -> dict[str, Capture]:
+        if self._names is None:
+            self._names = {str(site): capture for site, capture in self.captures.items()}
+        return self._names
 
     def _capture(self, key: SiteLike) -> Capture:
         name = str(key)

@@ -1,3 +1,6 @@
+import copy
+import io
+
 import pytest
 import torch
 
@@ -99,13 +102,34 @@ def test_constructor_errors():
 
 
 def test_interventions_are_complete_modules_with_their_own_containers():
-    """Intervention.__init__ skips nn.Module.__init__ for speed: same state, fresh containers."""
+    """Intervention.__init__ skips nn.Module.__init__ for speed and makes the hook containers on
+    first use: every attribute a module has is there, of the same type, and never shared."""
     plain, a, b = torch.nn.Module(), iv.Capture(), iv.AddBias(torch.zeros(4), trainable=True)
-    assert set(vars(plain)) <= set(vars(a))
     for key, value in vars(plain).items():
-        assert type(vars(a)[key]) is type(value), key
+        assert type(getattr(a, key)) is type(value), key
         if isinstance(value, (dict, set, list)):
-            assert vars(a)[key] is not vars(iv.Capture())[key], key
+            assert getattr(a, key) is not getattr(iv.Capture(), key), key
     assert [n for n, _ in b.named_parameters()] == ["vector"] and not list(a.parameters())
     a.register_forward_hook(lambda *args: None)
     assert not iv.Capture()._forward_hooks
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        _ = iv.Capture().no_such_attribute
+
+
+def test_interventions_work_as_modules_before_their_containers_exist():
+    """Hooks, buffers, state dicts, copies and pickles of a fresh intervention behave as on any
+    nn.Module (they reach the containers Intervention.__init__ leaves to first use)."""
+    seen = []
+    bias = iv.AddBias(torch.ones(4), trainable=True)
+    bias.register_forward_hook(lambda module, args, out: seen.append(out))
+    assert torch.equal(bias(torch.zeros(2, 4)), torch.ones(2, 4)) and len(seen) == 1
+    add = iv.AddBias(torch.arange(4.0))
+    add.register_buffer("scratch", torch.zeros(1), persistent=False)
+    assert set(add.state_dict()) == {"vector"}
+    twin = copy.deepcopy(iv.AddBias(torch.arange(4.0), trainable=True))
+    assert torch.equal(twin.vector, torch.arange(4.0)) and not twin._forward_hooks
+    buffer = io.BytesIO()
+    torch.save(iv.AddBias(torch.arange(4.0)), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded(torch.zeros(4)), torch.arange(4.0))
