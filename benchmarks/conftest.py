@@ -17,18 +17,24 @@ Options (see ``pytest benchmarks/ --help``):
   the reason printed when it cannot be loaded.
 
 Every case is timed with ``benchmark.pedantic``: warm-up rounds first (not recorded), then a
-fixed number of rounds of one call each, so a full run takes a predictable time.
+fixed number of rounds of one call each, so a full run takes a predictable time. Forward cases
+are then timed again in pairs with the bare forward (``pair_timer``): a call of the case and a
+bare call back to back, in alternating order, so slow drift of the machine cancels in each pair's
+ratio.
 """
 
 import copy
 import os
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
+from pytest_benchmark.utils import load_timer
 from torch import Tensor, nn
 
 import interventions as iv
@@ -50,6 +56,8 @@ class Rounds:
     generate: int
     warmup_forward: int
     warmup_generate: int
+    pairs: int  # (case, bare forward) pairs of the paired overhead
+    warmup_pairs: int
 
 
 @dataclass
@@ -176,7 +184,14 @@ def _tiny_spec(device: torch.device) -> Spec:
         ids=ids.to(device),
         vector=_seeded_vector(iv.geometry(model).d_head, 1.0).to(device),
         new_tokens=32,
-        rounds=Rounds(forward=300, generate=20, warmup_forward=30, warmup_generate=3),
+        rounds=Rounds(
+            forward=300,
+            generate=20,
+            warmup_forward=30,
+            warmup_generate=3,
+            pairs=150,
+            warmup_pairs=10,
+        ),
         device=device,
     )
 
@@ -197,7 +212,9 @@ def _real_spec(device: torch.device) -> Spec:
         ids=ids.to(device),
         vector=_seeded_vector(iv.geometry(model).d_head, 0.05).to(device),
         new_tokens=32,
-        rounds=Rounds(forward=25, generate=4, warmup_forward=3, warmup_generate=1),
+        rounds=Rounds(
+            forward=25, generate=4, warmup_forward=3, warmup_generate=1, pairs=30, warmup_pairs=2
+        ),
         device=device,
     )
 
@@ -261,5 +278,42 @@ def timer(benchmark):
         else:
             rounds, warmup = spec.rounds.forward, spec.rounds.warmup_forward
         return benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=warmup)
+
+    return run
+
+
+@pytest.fixture
+def pair_timer(request: pytest.FixtureRequest):
+    """``pair_timer(spec, bare, case, around_case)`` -> the ratios ``case time / bare time`` of
+    ``spec.rounds.pairs`` pairs of calls made back to back, the order alternating from pair to
+    pair; ``around_case()`` is entered around each call of ``case``, outside its timing (for a
+    library whose set-up leaves hooks on the model the bare calls use). Same clock as the
+    benchmarks, under no_grad, synchronised on CUDA."""
+    clock = load_timer(request.config.getoption("benchmark_timer")).target
+
+    def run(
+        spec: Spec,
+        bare: Callable[[], Any],
+        case: Callable[[], Any],
+        around_case: Callable[[], ContextManager] = nullcontext,
+    ) -> list[float]:
+        def timed(fn: Callable[[], Any], around: Callable[[], ContextManager]) -> float:
+            with around(), torch.no_grad():
+                start = clock()
+                fn()
+                spec.sync()
+                return clock() - start
+
+        ratios = []
+        for i in range(spec.rounds.warmup_pairs + spec.rounds.pairs):
+            if i % 2:
+                case_s = timed(case, around_case)
+                bare_s = timed(bare, nullcontext)
+            else:
+                bare_s = timed(bare, nullcontext)
+                case_s = timed(case, around_case)
+            if i >= spec.rounds.warmup_pairs:
+                ratios.append(case_s / bare_s)
+        return ratios
 
     return run

@@ -19,6 +19,10 @@ outside the timing: only the hooks are timed), ``nnsight``, ``pyvene`` and ``tra
 Peers wrap a private copy of the model (nnsight replaces ``model.forward``; TransformerLens forces
 eager attention on the model it wraps) and build whatever they build once, outside the timing.
 
+Each forward case is then timed again in pairs with the bare forward (``pair_timer``): the
+pairs' ratios go to ``extra_info["paired_ratios"]``, from which ``run.py`` reports a drift-free
+overhead with a confidence interval. The bare forward is paired with itself: the noise floor.
+
 Before a case is timed it is checked: ``interventions`` against the hand-written hooks, every peer
 against ``interventions`` (captured heads and steered logits allclose, generated tokens equal).
 """
@@ -52,6 +56,8 @@ class Runner:
 
     name = ""
     package = ""  # distribution whose version is recorded
+    # its set-up (``prepared``) leaves hooks on the shared model: paired bare calls run outside it
+    hooks_stay_on_model = False
     rtol, atol = 1.3e-6, 1e-5  # torch's float32 defaults: the same hooks on the same model
 
     def __init__(self, spec: Spec):
@@ -175,6 +181,7 @@ class InterventionsAttached(Runner):
 
     name = "interventions-attached"
     package = "interventions"
+    hooks_stay_on_model = True
 
     @contextmanager
     def prepared(self, op: str) -> Iterator[None]:
@@ -451,7 +458,7 @@ def check(case: Case, spec: Spec, runner: Runner, runners: Runners, got: object)
 
 
 @pytest.mark.parametrize("case", _cases(), ids=str)
-def test_overhead(case: Case, specs: Specs, runners: Runners, timer, benchmark) -> None:
+def test_overhead(case: Case, specs: Specs, runners: Runners, timer, pair_timer, benchmark) -> None:
     spec = specs[case.model]
     runner = runners.get(spec, case.library)
     baseline = "generate" if case.op == "generate" else "forward"
@@ -470,7 +477,15 @@ def test_overhead(case: Case, specs: Specs, runners: Runners, timer, benchmark) 
     reference(case, spec, runners)  # computed (and cached) on the model as it is now
     if case.library == "interventions" and case.op == "generate":
         runners.result(spec, "bare", "generate")
+    bare = runners.get(spec, "bare").forward
+    paired = case.op != "generate" and case.library != "bare-again"  # bare: the noise floor
     with runner.prepared(case.op):
         with torch.no_grad():
             check(case, spec, runner, runners, fn())
         timer(spec, fn, case.op)
+        if paired and not runner.hooks_stay_on_model:
+            benchmark.extra_info["paired_ratios"] = pair_timer(spec, bare, fn)
+    if paired and runner.hooks_stay_on_model:
+        benchmark.extra_info["paired_ratios"] = pair_timer(
+            spec, bare, fn, lambda: runner.prepared(case.op)
+        )
