@@ -9,6 +9,7 @@ import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 LAYER_KINDS = (
     "resid_pre",
@@ -96,8 +97,14 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
         return [parse(pattern, n_layers)]
     if not isinstance(pattern, str):
         return [site for item in pattern for site in expand(item, n_layers)]
+    return list(_expand_name(pattern, n_layers))
+
+
+@lru_cache(maxsize=1024)
+def _expand_name(pattern: str, n_layers: int | None) -> tuple[Site, ...]:
+    # cached: every `with iv.capture(model, "layers.*.x")` expands its names again
     if pattern in MODEL_KINDS:
-        return [Site(pattern)]
+        return (Site(pattern),)
     match = _LAYER_NAME.match(pattern)
     if match is None or match["kind"] not in LAYER_KINDS:
         raise ValueError(_unknown_message(pattern, _example_names(n_layers or 1)))
@@ -105,7 +112,7 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
     layers = _layer_indices(spec, n_layers, pattern)
     if n_layers is not None and max(layers) >= n_layers:
         raise _out_of_range(f"site {pattern!r}", n_layers)
-    return [Site(kind, i) for i in layers]
+    return tuple(Site(kind, i) for i in layers)
 
 
 def layer_range(spec: str, n_layers: int) -> list[int]:

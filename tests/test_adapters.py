@@ -95,6 +95,9 @@ def test_module_lookup_matches_get_submodule(model):
     for path in (a.attn, a.attn_norm, a.o_proj, a.mlp_norm, a.down_proj):
         assert a.block_module(model, 1, path) is block.get_submodule(path)
     assert a.block_module(model, 1, "") is block
+    assert a.blocks(model) is model.get_submodule(a.layers)
+    for path in (a.embed, a.final_norm, a.unembed):
+        assert a.module(model, path) is model.get_submodule(path)
     with pytest.raises(AttributeError):
         a.block_module(model, 1, "no_such_module")
     with pytest.raises(AttributeError, match="not a module"):

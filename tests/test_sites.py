@@ -17,6 +17,17 @@ def test_expand_wildcard_and_range():
     assert expand(["logits", "layers.0.attn.in"]) == [Site("logits"), Site("attn.in", 0)]
 
 
+def test_expanded_names_are_fresh_lists_and_errors_repeat():
+    """Names are expanded once and remembered: callers still get their own list, and a bad
+    name fails every time (failures are not remembered)."""
+    first = expand("layers.*.attn.heads", 3)
+    first.append(Site("logits"))
+    assert expand("layers.*.attn.heads", 3) == [Site("attn.heads", i) for i in range(3)]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="out of range"):
+            expand("layers.5.attn.heads", 3)
+
+
 def test_layer_range_is_the_site_grammar():
     for spec in ("2", "*", "1:3", ":2", "1:"):
         expected = [site.layer for site in expand(f"layers.{spec}.resid_post", 4)]

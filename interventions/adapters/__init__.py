@@ -6,6 +6,7 @@ look like Llama's is a copy of the Llama table with other paths.
 """
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -75,23 +76,27 @@ class Adapter:
         return Geometry(**{k: int(values[k]) for k in Geometry.__dataclass_fields__})
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        return model.get_submodule(self.layers)
+        return self.submodule(model, self.layers)
 
     def block_module(self, model: nn.Module, layer: int, path: str) -> nn.Module:
         return self.submodule(self.blocks(model)[layer], path)
 
     @staticmethod
     def submodule(root: nn.Module, path: str) -> nn.Module:
-        """``root.get_submodule(path)`` at a third of its cost ("" is ``root``)."""
+        """``root.get_submodule(path)`` at a fifth of its cost ("" is ``root``)."""
         module = root
-        for name in path.split(".") if path else ():
-            module = getattr(module, name)
+        for name in _path_parts(path):
+            # a child module straight from _modules: getattr goes through the slow
+            # nn.Module.__getattr__ for every child
+            children = getattr(module, "_modules", None)
+            child = None if children is None else children.get(name)
+            module = child if child is not None else getattr(module, name)
         if not isinstance(module, nn.Module):
             raise AttributeError(f"{path!r} of {type(root).__name__} is not a module")
         return module
 
     def module(self, model: nn.Module, path: str) -> nn.Module:
-        return model.get_submodule(path)
+        return self.submodule(model, path)
 
     def weight(self, module: nn.Module) -> torch.Tensor:
         """The weight of a projection in [out, in] orientation (a view, never a copy)."""
@@ -104,6 +109,11 @@ class Adapter:
     def from_storage(self, stored: torch.Tensor) -> torch.Tensor:
         """A weight as the module stores it, seen in [out, in] orientation."""
         return stored.T if self.conv1d else stored
+
+
+@lru_cache(maxsize=256)
+def _path_parts(path: str) -> tuple[str, ...]:
+    return tuple(path.split(".")) if path else ()
 
 
 _REGISTRY: dict[str, Adapter] = {}
