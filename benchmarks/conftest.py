@@ -56,8 +56,10 @@ class Rounds:
     generate: int
     warmup_forward: int
     warmup_generate: int
-    pairs: int  # (case, bare forward) pairs of the paired overhead
+    pairs: int  # (case, bare) pairs of the paired overhead of a forward case
+    pairs_generate: int  # ... of a generate case
     warmup_pairs: int
+    warmup_pairs_generate: int
 
 
 @dataclass
@@ -190,7 +192,9 @@ def _tiny_spec(device: torch.device) -> Spec:
             warmup_forward=30,
             warmup_generate=3,
             pairs=150,
+            pairs_generate=30,
             warmup_pairs=10,
+            warmup_pairs_generate=2,
         ),
         device=device,
     )
@@ -213,7 +217,14 @@ def _real_spec(device: torch.device) -> Spec:
         vector=_seeded_vector(iv.geometry(model).d_head, 0.05).to(device),
         new_tokens=32,
         rounds=Rounds(
-            forward=25, generate=4, warmup_forward=3, warmup_generate=1, pairs=30, warmup_pairs=2
+            forward=25,
+            generate=4,
+            warmup_forward=3,
+            warmup_generate=1,
+            pairs=30,
+            pairs_generate=6,
+            warmup_pairs=2,
+            warmup_pairs_generate=1,
         ),
         device=device,
     )
@@ -284,15 +295,17 @@ def timer(benchmark):
 
 @pytest.fixture
 def pair_timer(request: pytest.FixtureRequest):
-    """``pair_timer(spec, bare, case, around_case)`` -> the ratios ``case time / bare time`` of
-    ``spec.rounds.pairs`` pairs of calls made back to back, the order alternating from pair to
-    pair; ``around_case()`` is entered around each call of ``case``, outside its timing (for a
-    library whose set-up leaves hooks on the model the bare calls use). Same clock as the
-    benchmarks, under no_grad, synchronised on CUDA."""
+    """``pair_timer(spec, kind, bare, case, around_case)`` -> the ratios ``case time / bare
+    time`` of pairs of calls made back to back (``spec.rounds.pairs`` of them, or
+    ``pairs_generate`` when ``kind`` is "generate"), the order alternating from pair to pair;
+    ``around_case()`` is entered around each call of ``case``, outside its timing (for a library
+    whose set-up leaves hooks on the model the bare calls use). Same clock as the benchmarks,
+    under no_grad, synchronised on CUDA."""
     clock = load_timer(request.config.getoption("benchmark_timer")).target
 
     def run(
         spec: Spec,
+        kind: str,
         bare: Callable[[], Any],
         case: Callable[[], Any],
         around_case: Callable[[], ContextManager] = nullcontext,
@@ -304,15 +317,20 @@ def pair_timer(request: pytest.FixtureRequest):
                 spec.sync()
                 return clock() - start
 
+        rounds = spec.rounds
+        if kind == "generate":
+            pairs, warmup = rounds.pairs_generate, rounds.warmup_pairs_generate
+        else:
+            pairs, warmup = rounds.pairs, rounds.warmup_pairs
         ratios = []
-        for i in range(spec.rounds.warmup_pairs + spec.rounds.pairs):
+        for i in range(warmup + pairs):
             if i % 2:
                 case_s = timed(case, around_case)
                 bare_s = timed(bare, nullcontext)
             else:
                 bare_s = timed(bare, nullcontext)
                 case_s = timed(case, around_case)
-            if i >= spec.rounds.warmup_pairs:
+            if i >= warmup:
                 ratios.append(case_s / bare_s)
         return ratios
 

@@ -19,9 +19,10 @@ outside the timing: only the hooks are timed), ``nnsight``, ``pyvene`` and ``tra
 Peers wrap a private copy of the model (nnsight replaces ``model.forward``; TransformerLens forces
 eager attention on the model it wraps) and build whatever they build once, outside the timing.
 
-Each forward case is then timed again in pairs with the bare forward (``pair_timer``): the
-pairs' ratios go to ``extra_info["paired_ratios"]``, from which ``run.py`` reports a drift-free
-overhead with a confidence interval. The bare forward is paired with itself: the noise floor.
+Each case is then timed again in pairs with the bare model (``pair_timer``; a generate case with
+the bare ``generate``): the pairs' ratios go to ``extra_info["paired_ratios"]``, from which
+``run.py`` reports a drift-free overhead with a confidence interval. The bare model is paired
+with itself: the noise floor.
 
 Before a case is timed it is checked: ``interventions`` against the hand-written hooks, every peer
 against ``interventions`` (captured heads and steered logits allclose, generated tokens equal).
@@ -477,15 +478,15 @@ def test_overhead(case: Case, specs: Specs, runners: Runners, timer, pair_timer,
     reference(case, spec, runners)  # computed (and cached) on the model as it is now
     if case.library == "interventions" and case.op == "generate":
         runners.result(spec, "bare", "generate")
-    bare = runners.get(spec, "bare").forward
-    paired = case.op != "generate" and case.library != "bare-again"  # bare: the noise floor
+    bare = getattr(runners.get(spec, "bare"), baseline)
+    paired = case.library != "bare-again"  # the bare case is paired with itself: the noise floor
     with runner.prepared(case.op):
         with torch.no_grad():
             check(case, spec, runner, runners, fn())
         timer(spec, fn, case.op)
         if paired and not runner.hooks_stay_on_model:
-            benchmark.extra_info["paired_ratios"] = pair_timer(spec, bare, fn)
+            benchmark.extra_info["paired_ratios"] = pair_timer(spec, case.op, bare, fn)
     if paired and runner.hooks_stay_on_model:
         benchmark.extra_info["paired_ratios"] = pair_timer(
-            spec, bare, fn, lambda: runner.prepared(case.op)
+            spec, case.op, bare, fn, lambda: runner.prepared(case.op)
         )
