@@ -222,7 +222,7 @@ def _real_spec(device: torch.device) -> Spec:
             warmup_forward=3,
             warmup_generate=1,
             pairs=30,
-            pairs_generate=6,
+            pairs_generate=10,
             warmup_pairs=2,
             warmup_pairs_generate=1,
         ),

@@ -9,9 +9,10 @@
 Runs ``pytest benchmarks/ --benchmark-only`` in a subprocess, writes
 ``benchmarks/results/<machine>.json`` (every case's timings, ratios, skip reasons, versions,
 machine and date), then rewrites ``docs/performance.md`` from every results file present, so
-results of several machines sit side by side. The overhead file alone takes about 4 CPU-minutes
-(5-8 minutes of wall time on a shared 2-core machine). Ratios are of medians within one run:
-each case ÷ the bare forward (``generate`` ÷ the bare ``generate``), and ours ÷ each peer.
+results of several machines sit side by side. The overhead file alone takes about 14 minutes on
+a 2-core machine (half of it the paired rounds on the real model). Ratios are within one run:
+each case ÷ the bare forward (``generate`` ÷ the bare ``generate``), as medians of the timed
+rounds and as medians of paired rounds (each call next to a bare call), and ours ÷ each peer.
 """
 
 import argparse
