@@ -24,7 +24,7 @@ one ``generate`` call (cached or not):
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
@@ -136,10 +136,16 @@ def _columns_of_slice(positions: slice, step: Step, first: int, width: int) -> l
     return sorted(columns)
 
 
-def _empty_module_state() -> tuple[dict[str, object], tuple[str, ...], dict[str, type]] | None:
-    """What nn.Module.__init__ sets, sorted three ways: plain values (flags), the names of the
-    plain dicts to make for each module (``_parameters``, ``_buffers``, ``_modules``, which
-    ``__setattr__`` reads), and the hook containers to make on first use.
+class _ModuleState(NamedTuple):
+    """What nn.Module.__init__ sets, sorted three ways."""
+
+    values: dict[str, object]  # plain values (flags), shared
+    dicts: tuple[str, ...]  # plain dicts made for each module (``__setattr__`` reads them)
+    lazy: dict[str, type]  # hook containers, made on first use
+
+
+def _empty_module_state() -> _ModuleState | None:
+    """The state nn.Module.__init__ sets, sorted for Intervention.__init__ (``_ModuleState``).
 
     ``with iv.capture(model, "layers.*.x")`` builds one Capture per site on every call. Made
     eagerly, the dozen hook containers of a module (objects the garbage collector tracks) were
@@ -160,7 +166,7 @@ def _empty_module_state() -> tuple[dict[str, object], tuple[str, ...], dict[str,
             return None
     if not {"_parameters", "_buffers", "_modules"} <= set(dicts):
         return None
-    return values, tuple(dicts), lazy
+    return _ModuleState(values, tuple(dicts), lazy)
 
 
 _EMPTY_MODULE = _empty_module_state()
@@ -177,10 +183,9 @@ class Intervention(nn.Module):
         if _EMPTY_MODULE is None:
             super().__init__()
         else:  # what nn.Module.__init__ sets, hook containers left to __getattr__
-            values, dicts, _ = _EMPTY_MODULE
             state = self.__dict__
-            state.update(values)
-            for key in dicts:
+            state.update(_EMPTY_MODULE.values)
+            for key in _EMPTY_MODULE.dicts:
                 state[key] = {}
         if heads is not None:
             if isinstance(heads, int) or not all(isinstance(h, int) for h in heads):
@@ -197,8 +202,8 @@ class Intervention(nn.Module):
 
     def __getattr__(self, name: str) -> Any:
         # only reached when ``name`` is not in __dict__: a hook container not made yet
-        if _EMPTY_MODULE is not None and name in _EMPTY_MODULE[2]:
-            value = self.__dict__[name] = _EMPTY_MODULE[2][name]()
+        if _EMPTY_MODULE is not None and name in _EMPTY_MODULE.lazy:
+            value = self.__dict__[name] = _EMPTY_MODULE.lazy[name]()
             return value
         return super().__getattr__(name)
 

@@ -86,8 +86,8 @@ def parse(name: SiteLike, n_layers: int | None = None) -> Site:
         if len(sites) != 1 or any(c in name for c in "*:"):
             raise ValueError(f"{name!r} names {len(sites)} sites; expected exactly one site")
         site = sites[0]
-    if n_layers is not None and site.layer is not None and site.layer >= n_layers:
-        raise _out_of_range(f"site {str(site)!r}", n_layers)
+    if site.layer is not None:
+        _within([site.layer], n_layers, f"site {str(site)!r}")
     return site
 
 
@@ -109,9 +109,7 @@ def _expand_name(pattern: str, n_layers: int | None) -> tuple[Site, ...]:
     if match is None or match["kind"] not in LAYER_KINDS:
         raise ValueError(_unknown_message(pattern, _example_names(n_layers or 1)))
     kind, spec = match["kind"], match["layers"]
-    layers = _layer_indices(spec, n_layers, pattern)
-    if n_layers is not None and max(layers) >= n_layers:
-        raise _out_of_range(f"site {pattern!r}", n_layers)
+    layers = _within(_layer_indices(spec, n_layers, pattern), n_layers, f"site {pattern!r}")
     return tuple(Site(kind, i) for i in layers)
 
 
@@ -122,17 +120,17 @@ def layer_range(spec: str, n_layers: int) -> list[int]:
     >>> layer_range("3:6", 30)
     [3, 4, 5]
     """
-    layers = _layer_indices(spec, n_layers, spec)
-    if max(layers) >= n_layers:
-        raise _out_of_range(f"layers {spec!r}", n_layers)
+    return _within(_layer_indices(spec, n_layers, spec), n_layers, f"layers {spec!r}")
+
+
+def _within(layers: list[int], n_layers: int | None, what: str) -> list[int]:
+    """``layers``, after checking they exist in a model of ``n_layers`` (None: not known)."""
+    if n_layers is not None and max(layers) >= n_layers:
+        raise ValueError(
+            f"{what} is out of range: the model has {n_layers} layers "
+            f"(valid layer indices 0..{n_layers - 1})"
+        )
     return layers
-
-
-def _out_of_range(what: str, n_layers: int) -> ValueError:
-    return ValueError(
-        f"{what} is out of range: the model has {n_layers} layers "
-        f"(valid layer indices 0..{n_layers - 1})"
-    )
 
 
 def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:
