@@ -17,9 +17,9 @@ Options (see ``pytest benchmarks/ --help``):
   the reason printed when it cannot be loaded.
 
 Every case is timed with ``benchmark.pedantic``: warm-up rounds first (not recorded), then a
-fixed number of rounds of one call each, so a full run takes a predictable time. Forward cases
-are then timed again in pairs with the bare forward (``pair_timer``): a call of the case and a
-bare call back to back, in alternating order, so slow drift of the machine cancels in each pair's
+fixed number of rounds of one call each, so a full run takes a predictable time. Every case
+is then timed again in pairs with the bare model (``pair_timer``): a call of the case and a bare
+call back to back, in alternating order, so slow drift of the machine cancels in each pair's
 ratio.
 """
 
@@ -60,6 +60,18 @@ class Rounds:
     pairs_generate: int  # ... of a generate case
     warmup_pairs: int
     warmup_pairs_generate: int
+
+    def timed(self, kind: str) -> tuple[int, int]:
+        """(rounds, warm-up rounds) of a case of this kind ("generate" or a forward op)."""
+        if kind == "generate":
+            return self.generate, self.warmup_generate
+        return self.forward, self.warmup_forward
+
+    def paired(self, kind: str) -> tuple[int, int]:
+        """(pairs, warm-up pairs) of a case of this kind."""
+        if kind == "generate":
+            return self.pairs_generate, self.warmup_pairs_generate
+        return self.pairs, self.warmup_pairs
 
 
 @dataclass
@@ -284,10 +296,7 @@ def timer(benchmark):
             spec.sync()
             return out
 
-        if kind == "generate":
-            rounds, warmup = spec.rounds.generate, spec.rounds.warmup_generate
-        else:
-            rounds, warmup = spec.rounds.forward, spec.rounds.warmup_forward
+        rounds, warmup = spec.rounds.timed(kind)
         return benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=warmup)
 
     return run
@@ -317,11 +326,7 @@ def pair_timer(request: pytest.FixtureRequest):
                 spec.sync()
                 return clock() - start
 
-        rounds = spec.rounds
-        if kind == "generate":
-            pairs, warmup = rounds.pairs_generate, rounds.warmup_pairs_generate
-        else:
-            pairs, warmup = rounds.pairs, rounds.warmup_pairs
+        pairs, warmup = spec.rounds.paired(kind)
         ratios = []
         for i in range(warmup + pairs):
             if i % 2:

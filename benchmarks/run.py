@@ -216,7 +216,7 @@ def summarise(raw: dict, skipped: dict[str, str]) -> dict:
 
 
 def paired_summary(ratios: list[float], confidence: float = 0.95) -> dict:
-    """Median of the paired ratios (case ÷ bare forward, each pair back to back) with a
+    """Median of the paired ratios (case ÷ bare model, each pair back to back) with a
     distribution-free confidence interval for it: the order statistics ``k`` and ``n + 1 - k``
     of ``n`` ratios, ``k`` the largest with ``P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2``."""
     values = sorted(ratios)
@@ -232,9 +232,9 @@ def paired_summary(ratios: list[float], confidence: float = 0.95) -> dict:
 
 
 def compare(time: dict, paired: dict, ours: tuple, peer: tuple) -> dict | None:
-    """Ours ÷ peer: of the paired overheads where both have them (forward cases), else of the
-    medians; ``overlap`` says whether the two paired intervals overlap (a difference within the
-    run's noise)."""
+    """Ours ÷ peer: of the paired overheads where both have them, else of the medians;
+    ``overlap`` says whether the two paired intervals overlap (a difference within the run's
+    noise)."""
     if ours in paired and peer in paired:
         a, b = paired[ours], paired[peer]
         return {
@@ -258,15 +258,17 @@ def goals(time: dict, paired: dict) -> list[dict]:
             {"goal": text, "ours": ours, "value": value, "met": met, "within_noise": noise}
         )
 
-    def vs_bare_forward(key: tuple) -> tuple[float | None, float | None]:
+    def vs_bare(key: tuple) -> tuple[float | None, float | None]:
+        """Case ÷ its bare baseline (forward or generate), and the low end of its interval."""
         if key in paired:
             return paired[key]["median"], paired[key]["lo"]
-        base = time.get((key[0], "forward", "bare"))
+        model, op, _ = key
+        base = time.get((model, "generate" if op == "generate" else "forward", "bare"))
         value = time[key] / base if key in time and base else None
         return value, value
 
     for ours in OURS:
-        value, low = vs_bare_forward(("real", "capture", ours))
+        value, low = vs_bare(("real", "capture", ours))
         goal(
             "capture, real model: ≤ 1.05× bare forward",
             ours,
@@ -297,20 +299,15 @@ def goals(time: dict, paired: dict) -> list[dict]:
                 noise,
             )
         for model in MODELS:
-            key = (model, "generate", ours)
-            if key in paired:
-                bare_over_ours, best = 1 / paired[key]["median"], 1 / paired[key]["lo"]
-            elif key in time and (model, "generate", "bare") in time:
-                bare_over_ours = best = time[(model, "generate", "bare")] / time[key]
-            else:
-                bare_over_ours = best = None
-            met = None if bare_over_ours is None else bare_over_ours >= 0.9
+            value, low = vs_bare((model, "generate", ours))
+            bare_over_ours = None if value is None else 1 / value
+            met = None if value is None else bare_over_ours >= 0.9
             goal(
                 f"generate, {model} model: ≥ 0.9× bare tokens/s",
                 ours,
                 bare_over_ours,
                 met,
-                None if met is not False else best >= 0.9,
+                None if met is not False else 1 / low >= 0.9,
             )
     return found
 
