@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from interventions.adapters import Adapter, adapter
+from interventions.adapters import Adapter, adapter, require_in_memory
 from interventions.attach import Plan, normalize_plan
 from interventions.ops import AddBias, Compose, Intervention, Project, Rescale
 from interventions.sites import Site
@@ -71,6 +71,9 @@ class WeightDelta:
         """Restore every touched parameter bit-exactly, remove created ones, undo config."""
         if not self.applied:
             raise RuntimeError("this WeightDelta is not applied to a model; nothing to revert")
+        for name, original in self.originals.items():
+            if original is not None:  # checked first: a refused revert changes nothing
+                require_in_memory(f"parameter {name}", model.get_parameter(name))
         with torch.no_grad():
             for name, original in self.originals.items():
                 if original is None:
@@ -99,6 +102,7 @@ class WeightDelta:
                         f"this WeightDelta creates {name}, but the model already has it: it was "
                         "made for a model without that parameter"
                     )
+                require_in_memory(f"the weight beside {name}", next(module.parameters()))
                 continue
             try:
                 current = model.get_parameter(name)
@@ -107,6 +111,7 @@ class WeightDelta:
                     f"the model has no parameter {name!r}: this WeightDelta was made for "
                     "another architecture"
                 ) from error
+            require_in_memory(f"parameter {name}", current)
             if current.shape != new.shape:
                 raise ValueError(
                     f"parameter {name} has shape {tuple(current.shape)} in this model, but the "

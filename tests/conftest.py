@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random models of every supported architecture, and the real model."""
 
+import copy
+
 import pytest
 import torch
 
@@ -33,6 +35,21 @@ def llama():
 def ids() -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.randint(3, 99, (2, 9), generator=generator)
+
+
+@pytest.fixture
+def offload():
+    """Returns a function giving an offloaded copy of a model, as ``device_map`` offloading to
+    CPU or disk leaves it: parameters on the meta device, loaded by accelerate's hooks for each
+    module's forward."""
+    from accelerate import cpu_offload
+
+    def offloaded(model):
+        copied = cpu_offload(copy.deepcopy(model), execution_device="cpu")
+        assert next(copied.parameters()).is_meta
+        return copied
+
+    return offloaded
 
 
 @pytest.fixture(scope="session")

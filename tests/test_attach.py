@@ -224,3 +224,27 @@ def test_float32_vectors_act_on_bfloat16_models(ids):
         steered = model(ids).logits
     assert steered.dtype == torch.bfloat16 and cache["layers.1.mlp.out"].dtype == torch.bfloat16
     assert not torch.equal(steered, model(ids).logits)
+
+
+def test_offloaded_models_capture_steer_and_generate_as_in_memory(model, ids, offload):
+    sites = ["layers.*.attn.heads", "layers.*.resid_mid", "layers.1.attn.pattern", "logits"]
+    plan = {
+        "layers.1.attn.heads": iv.AddBias(torch.randn(8), heads=[1]),
+        "layers.2.mlp.out": iv.Rescale(0.5),
+    }
+    plain = model(ids).logits
+    with iv.capture(model, sites) as expected:
+        model(ids)
+    with iv.intervene(model, plan):
+        steered = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=4, do_sample=False)
+    offloaded = offload(model)
+    with iv.capture(offloaded, sites) as cache:
+        offloaded(ids)
+    assert list(cache) == list(expected)
+    for name in expected:
+        assert torch.equal(cache[name], expected[name]), name
+    with iv.intervene(offloaded, plan):
+        assert torch.equal(offloaded(ids).logits, steered)
+        assert torch.equal(offloaded.generate(ids, max_new_tokens=4, do_sample=False), generated)
+    assert torch.equal(offloaded(ids).logits, plain)

@@ -132,3 +132,24 @@ def test_from_change_records_training(llama, ids):
     assert_same_parameters(llama, before)
     delta.apply(llama)
     assert torch.equal(llama(ids).logits, changed)
+
+
+def test_weight_edits_refuse_offloaded_weights_and_change_nothing(model, ids, offload):
+    offloaded = offload(model)
+    plain = offloaded(ids).logits
+    with pytest.raises(RuntimeError, match="is offloaded .* load the model without offloading"):
+        iv.bake(offloaded, foldable_plan())
+    assert torch.equal(offloaded(ids).logits, plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qwen2: no config flag for the created bias
+        delta = iv.bake(model, foldable_plan())
+    delta.revert(model)
+    with pytest.raises(RuntimeError, match=r"parameter .*\.weight is offloaded"):
+        delta.apply(offloaded)
+    assert not delta.applied and torch.equal(offloaded(ids).logits, plain)
+    delta.apply(model)
+    steered = model(ids).logits
+    baked_then_offloaded = offload(model)
+    with pytest.raises(RuntimeError, match="is offloaded"):
+        delta.revert(baked_then_offloaded)
+    assert delta.applied and torch.equal(baked_then_offloaded(ids).logits, steered)

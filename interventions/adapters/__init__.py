@@ -99,7 +99,10 @@ class Adapter:
         return self.submodule(model, path)
 
     def weight(self, module: nn.Module) -> torch.Tensor:
-        """The weight of a projection in [out, in] orientation (a view, never a copy)."""
+        """The weight of a projection in [out, in] orientation (a view, never a copy).
+
+        Raises for a weight offloaded by accelerate: reading or editing it needs its values."""
+        require_in_memory(f"the weight of this {type(module).__name__}", module.weight)
         return module.weight.T if self.conv1d else module.weight
 
     def to_storage(self, weight_out_in: torch.Tensor) -> torch.Tensor:
@@ -109,6 +112,23 @@ class Adapter:
     def from_storage(self, stored: torch.Tensor) -> torch.Tensor:
         """A weight as the module stores it, seen in [out, in] orientation."""
         return stored.T if self.conv1d else stored
+
+
+def require_in_memory(name: str, tensor: torch.Tensor) -> None:
+    """Refuse a tensor whose values are not in memory (an accelerate-offloaded parameter).
+
+    With ``device_map`` offloading to CPU or disk (or ``accelerate.cpu_offload``), parameters sit
+    on the meta device and are loaded only for the forward of their module: hooks see real
+    activations, but reading such a weight would fail deep inside torch, and writing one would
+    silently do nothing.
+    """
+    if tensor.is_meta:
+        raise RuntimeError(
+            f"{name} is offloaded (accelerate keeps it on the meta device and loads it only "
+            "for its forward), so it cannot be read or edited; capture and intervene work on "
+            "such a model, but weight edits need the weights in memory: load the model without "
+            "offloading (a device_map of GPUs and 'cpu' only, or none)"
+        )
 
 
 @lru_cache(maxsize=256)

@@ -864,6 +864,8 @@ class Editor:
         bad = [layer for layer in self.layers if not 0 <= layer < self.geometry.n_layers]
         if bad:
             raise ValueError(f"layers {bad} out of range: the model has {self.geometry.n_layers}")
+        for layer in self.layers:  # an offloaded weight is refused here, before any work
+            self.table.weight(self.table.block_module(model, layer, self.table.down_proj))
         d_mlp = self.geometry.d_mlp
         self.projectors: dict[int, Tensor] = {}
         self.null_dims: dict[int, int] = {}

@@ -732,6 +732,12 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                         f"fused projections such as GPT-2's c_attn only exist as 'attn'"
                     ) from error
                 for param in module.parameters():
+                    if param.is_meta:
+                        raise ValueError(
+                            f"block {block!r}: {names[id(param)]} is offloaded (accelerate "
+                            "keeps it on the meta device), so it cannot be trained: load the "
+                            "model with its weights in memory (no CPU or disk offload)"
+                        )
                     found[names[id(param)]] = param
     return found
 

@@ -304,6 +304,12 @@ def test_block_parameters_names():
         rt.block_parameters(model, "mlp")
 
 
+def test_block_parameters_refuse_offloaded_weights(offload):
+    offloaded = offload(tiny("llama", n_layers=2))
+    with pytest.raises(ValueError, match=r"layers.1.mlp.*down_proj.weight is offloaded"):
+        rt.block_parameters(offloaded, "layers.1.mlp.down")
+
+
 # --- tuning (acceptance 2 and 5 on tiny models) ---------------------------------------------------
 
 
