@@ -271,6 +271,9 @@ class Attachment:
     def _register_resid_mid(self, layer: int, edit: Callable[[Tensor], Tensor]) -> None:
         # resid_mid = resid_pre + attn.out exists only as a local of the block: compute it from
         # the block's input and the attention output, and fold an edit back into attn.out.
+        # resid_pre is read where the attention norm takes it (pre-norm blocks), not from the
+        # block's own pre-hook: activation checkpointing replays the block's forward in backward
+        # without the block's hooks, but with those of its submodules.
         block = self._blocks[layer]
 
         def stash(mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -282,7 +285,8 @@ class Attachment:
             y = edit(resid_mid)
             return attn_out if y is resid_mid else y - resid_pre
 
-        self._handles.append(block.register_forward_pre_hook(stash, with_kwargs=True))
+        attn_norm = self.adapter.submodule(block, self.adapter.attn_norm)
+        self._handles.append(attn_norm.register_forward_pre_hook(stash, with_kwargs=True))
         attn = self.adapter.submodule(block, self.adapter.attn)
         self._on_output(attn, edit_attn_out)
 

@@ -482,6 +482,13 @@ class SecondMoment(Reducer):
         return x.T @ x
 
 
+def _replaying() -> bool:
+    """Whether autograd is running a forward again inside backward: activation checkpointing
+    (``model.gradient_checkpointing_enable()``) recomputes each layer there, hooks included."""
+    # torch has no public flag for this; every recomputation runs inside a backward graph task
+    return torch._C._current_graph_task_id() != -1
+
+
 class Capture(Intervention):
     """Record the activation (returns it unchanged, so a plan of captures is bit-exact).
 
@@ -522,6 +529,8 @@ class Capture(Intervention):
             self.records.append([])
 
     def forward(self, x: Tensor) -> Tensor:
+        if _replaying():  # these values were recorded when the forward first ran
+            return x
         seen = x if self.keep_grad else x.detach()
         if self.device is not None:
             seen = seen.to(self.device)

@@ -248,3 +248,53 @@ def test_offloaded_models_capture_steer_and_generate_as_in_memory(model, ids, of
         assert torch.equal(offloaded(ids).logits, steered)
         assert torch.equal(offloaded.generate(ids, max_new_tokens=4, do_sample=False), generated)
     assert torch.equal(offloaded(ids).logits, plain)
+
+
+def training_without_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model.train()
+
+
+def checkpointed(model, reentrant: bool):
+    """``model`` with activation checkpointing on every block (active in training mode)."""
+    options = {"use_reentrant": reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    return model
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_activation_checkpointing_replays_edits_and_records_once(model, ids, reentrant):
+    # checkpointing runs each block's forward again inside backward, hooks included: edits must
+    # act again (same gradients), captures must not record the replay
+    sites = ["layers.0.resid_post", "layers.1.attn.heads", "layers.1.mlp.out", "layers.2.resid_mid"]
+
+    def run(model):
+        g = torch.Generator().manual_seed(0)
+        plan = {
+            "layers.0.resid_mid": iv.AddBias(torch.randn(32, generator=g), trainable=True),
+            "layers.1.attn.heads": iv.AddBias(torch.randn(8, generator=g), trainable=True),
+        }
+        with (
+            iv.capture(model, sites, plan=plan) as cache,
+            iv.capture(model, "layers.2.mlp.out", reduce=iv.Mean) as mean,
+        ):
+            model(ids, labels=ids).loss.backward()
+        grads = [p.vector.grad for p in plan.values()]
+        return cache, mean["layers.2.mlp.out"], grads, model.get_input_embeddings().weight.grad
+
+    training_without_dropout(model)
+    expected, expected_mean, expected_grads, expected_embed_grad = run(model)
+    model.zero_grad()
+    cache, mean, grads, embed_grad = run(checkpointed(model, reentrant))
+    for name in sites:
+        assert len(cache.records(name)) == 1
+        torch.testing.assert_close(cache[name], expected[name], rtol=0, atol=0)
+    torch.testing.assert_close(mean, expected_mean)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad)
+    torch.testing.assert_close(embed_grad, expected_embed_grad)
