@@ -14,7 +14,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from interventions.adapters import Adapter, Geometry, adapter
+from interventions.adapters import Adapter, Geometry, adapter, causal_lm
 from interventions.ops import Capture, Intervention, Positions, Reducer, Step
 from interventions.sites import Site, SiteLike, expand
 
@@ -81,7 +81,7 @@ class Attachment:
     def _attach(
         self, model: nn.Module, table: Adapter, geometry: Geometry, sites: dict[Site, Intervention]
     ) -> None:
-        self.model = model
+        self.model = causal_lm(model)
         self.adapter = table
         self.geometry = geometry
         self.plan = sites
@@ -93,10 +93,10 @@ class Attachment:
         self._blocks = list(table.blocks(model))  # a list: ModuleList indexing costs ~3 µs
         try:
             self._handles.append(
-                model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)
+                self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)
             )
             if any(site.kind == "resid_mid" for site in self.plan):
-                self._handles.append(model.register_forward_hook(self._end_forward))
+                self._handles.append(self.model.register_forward_hook(self._end_forward))
             if any(site.kind == "attn.pattern" for site in self.plan):
                 self._use_eager_attention()
             for site, intervention in self.plan.items():

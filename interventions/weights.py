@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from interventions.adapters import Adapter, adapter, require_in_memory
+from interventions.adapters import Adapter, adapter, causal_lm, require_in_memory
 from interventions.attach import Plan, normalize_plan
 from interventions.ops import AddBias, Compose, Intervention, Project, Rescale
 from interventions.sites import Site
@@ -52,6 +52,7 @@ class WeightDelta:
         parameters differ from the originals this delta was made from."""
         if self.applied:
             raise RuntimeError("this WeightDelta is already applied; revert it first")
+        model = causal_lm(model)
         self._validate(model, check=check)
         with torch.no_grad():
             for name, new in self.changes.items():
@@ -71,6 +72,7 @@ class WeightDelta:
         """Restore every touched parameter bit-exactly, remove created ones, undo config."""
         if not self.applied:
             raise RuntimeError("this WeightDelta is not applied to a model; nothing to revert")
+        model = causal_lm(model)
         for name, original in self.originals.items():
             if original is not None:  # checked first: a refused revert changes nothing
                 require_in_memory(f"parameter {name}", model.get_parameter(name))
@@ -169,8 +171,10 @@ class WeightDelta:
     def from_change(cls, model: nn.Module, originals: Mapping[str, Tensor]) -> "WeightDelta":
         """An applied delta from parameters changed in place (e.g. by training).
 
-        ``originals`` maps parameter names to copies taken before the change.
+        ``originals`` maps parameter names (of the causal LM, also when ``model`` is a PEFT
+        model) to copies taken before the change.
         """
+        model = causal_lm(model)
         changes = {n: model.get_parameter(n).detach().clone() for n in originals}
         return cls(changes=changes, originals={n: t.detach().clone() for n, t in originals.items()},
                    applied=True)  # fmt: skip

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models of every supported architecture, and the real model."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -50,6 +51,31 @@ def offload():
         return copied
 
     return offloaded
+
+
+@pytest.fixture
+def lora():
+    """Returns a function wrapping a copy of a model in a PEFT LoRA model on the given block
+    paths (default: ``o_proj``; GPT-2 ``attn.c_proj``), with random non-zero adapter weights so
+    that the adapter changes outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    from interventions.adapters import adapter
+
+    def wrapped(model, paths=None):
+        table = adapter(model)  # o_proj: the path relative to a block, e.g. "self_attn.o_proj"
+        config = LoraConfig(
+            r=2,
+            target_modules=paths or [table.o_proj],
+            fan_in_fan_out=table.conv1d,
+            init_lora_weights=False,
+        )
+        torch.manual_seed(0)
+        with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(copy.deepcopy(model), config)
+
+    return wrapped
 
 
 @pytest.fixture(scope="session")

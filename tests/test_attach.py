@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -298,3 +300,33 @@ def test_activation_checkpointing_replays_edits_and_records_once(model, ids, ree
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad)
     torch.testing.assert_close(embed_grad, expected_embed_grad)
+
+
+def test_peft_models_capture_steer_and_generate(model, ids, lora):
+    wrapped = lora(model)
+    table = iv.adapter(model)
+    assert isinstance(table.block_module(wrapped, 1, table.o_proj).base_layer, torch.nn.Module)
+    plain = wrapped(ids).logits
+    assert not torch.allclose(plain, model(ids).logits)  # the adapter acts
+    with iv.intervene(wrapped, {}):
+        assert torch.equal(wrapped(ids).logits, plain)
+    with iv.capture(wrapped, ["layers.1.attn.heads", "layers.1.attn.out", "logits"]) as cache:
+        wrapped(ids)
+    # the heads go through the adapted o_proj (base weight + LoRA branch) to give attn.out
+    o_proj = table.block_module(wrapped, 1, table.o_proj)
+    attn_out = o_proj(cache["layers.1.attn.heads"].flatten(-2))
+    assert torch.equal(attn_out, cache["layers.1.attn.out"])
+    assert torch.equal(cache["logits"], plain)
+    # steering a wrapped model equals steering the same weights merged into a plain model
+    merged = copy.deepcopy(wrapped).merge_and_unload()
+    assert type(merged) is type(model)
+    plan = {"layers.1.attn.heads": iv.AddBias(torch.randn(2, 8), heads=[0, 3], positions=-1)}
+    with iv.intervene(wrapped, plan):
+        steered = wrapped(ids).logits
+        cached = wrapped.generate(ids, max_new_tokens=4, do_sample=False)
+        recomputed = wrapped.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False)
+    with iv.intervene(merged, plan):
+        torch.testing.assert_close(merged(ids).logits, steered, atol=1e-5, rtol=0)
+    assert not torch.allclose(steered, plain)
+    assert torch.equal(cached, recomputed)
+    assert hooks_on(wrapped) == 0

@@ -153,3 +153,22 @@ def test_weight_edits_refuse_offloaded_weights_and_change_nothing(model, ids, of
     with pytest.raises(RuntimeError, match="is offloaded"):
         delta.revert(baked_then_offloaded)
     assert delta.applied and torch.equal(baked_then_offloaded(ids).logits, steered)
+
+
+def test_bake_on_peft_models_folds_plain_projections_and_refuses_wrapped_ones(model, ids, lora):
+    wrapped = lora(model)
+    before = snapshot(wrapped)
+    with pytest.raises(ValueError, match="merge the adapter first"):
+        iv.bake(wrapped, {"layers.1.attn.heads": iv.AddBias(torch.randn(8), heads=[1])})
+    assert_same_parameters(wrapped, before)
+    plan = {"layers.1.mlp.out": iv.Rescale(0.5), "layers.2.mlp.out": iv.AddBias(torch.randn(32))}
+    with iv.intervene(wrapped, plan):
+        runtime = wrapped(ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qwen2: no config flag for the created bias
+        delta = iv.bake(wrapped, plan)
+    torch.testing.assert_close(wrapped(ids).logits, runtime, atol=1e-5, rtol=0)
+    prefix = iv.adapter(model).layers
+    assert all(name.startswith(prefix) for name in delta.names)  # names of the causal LM
+    delta.revert(wrapped)
+    assert_same_parameters(wrapped, before)

@@ -76,7 +76,7 @@ class Adapter:
         return Geometry(**{k: int(values[k]) for k in Geometry.__dataclass_fields__})
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
-        return self.submodule(model, self.layers)
+        return self.submodule(causal_lm(model), self.layers)
 
     def block_module(self, model: nn.Module, layer: int, path: str) -> nn.Module:
         return self.submodule(self.blocks(model)[layer], path)
@@ -96,12 +96,22 @@ class Adapter:
         return module
 
     def module(self, model: nn.Module, path: str) -> nn.Module:
-        return self.submodule(model, path)
+        return self.submodule(causal_lm(model), path)
 
     def weight(self, module: nn.Module) -> torch.Tensor:
         """The weight of a projection in [out, in] orientation (a view, never a copy).
 
-        Raises for a weight offloaded by accelerate: reading or editing it needs its values."""
+        Raises where that weight is not what the projection computes with (a PEFT adapter wraps
+        the projection) or is not in memory (offloaded by accelerate)."""
+        if "weight" not in module._parameters:
+            kind = f"{type(module).__module__}.{type(module).__qualname__}"
+            raise ValueError(
+                f"this projection is a {kind} wrapping the original (a PEFT adapter such as LoRA "
+                "adds a branch of its own), so its base weight is not the map it computes and "
+                "cannot be read or edited alone: merge the adapter first "
+                "(model = model.merge_and_unload()); capture and intervene work on the wrapped "
+                "model as it is"
+            )
         require_in_memory(f"the weight of this {type(module).__name__}", module.weight)
         return module.weight.T if self.conv1d else module.weight
 
@@ -112,6 +122,17 @@ class Adapter:
     def from_storage(self, stored: torch.Tensor) -> torch.Tensor:
         """A weight as the module stores it, seen in [out, in] orientation."""
         return stored.T if self.conv1d else stored
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The causal LM itself: a PEFT model (LoRA, prefix tuning, ...) wraps it and hands it out
+    through ``get_base_model()``; any other model is returned as it is.
+
+    Module paths, parameter names and the model-level hooks all refer to the causal LM, whose own
+    ``__call__`` runs for every forward of the wrapper and of ``generate``.
+    """
+    get_base_model = getattr(type(model), "get_base_model", None)  # the class: no __getattr__
+    return model if get_base_model is None else get_base_model(model)
 
 
 def require_in_memory(name: str, tensor: torch.Tensor) -> None:

@@ -708,7 +708,6 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
     MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds."""
     table = iv.adapter(model)
     n_layers = iv.geometry(model).n_layers
-    names = {id(p): n for n, p in model.named_parameters()}
     found: dict[str, nn.Parameter] = {}
     for block in [blocks] if isinstance(blocks, str) else list(blocks):
         parts = block.split(".", 2)
@@ -731,14 +730,16 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                         f"block {block!r}: {table.name} has no module {path!r} (kind {kind!r}); "
                         f"fused projections such as GPT-2's c_attn only exist as 'attn'"
                     ) from error
-                for param in module.parameters():
+                # names from the causal LM down, also when a PEFT model wraps it
+                prefix = ".".join(part for part in (table.layers, str(layer), path) if part)
+                for name, param in module.named_parameters(prefix=prefix):
                     if param.is_meta:
                         raise ValueError(
-                            f"block {block!r}: {names[id(param)]} is offloaded (accelerate "
-                            "keeps it on the meta device), so it cannot be trained: load the "
-                            "model with its weights in memory (no CPU or disk offload)"
+                            f"block {block!r}: {name} is offloaded (accelerate keeps it on the "
+                            "meta device), so it cannot be trained: load the model with its "
+                            "weights in memory (no CPU or disk offload)"
                         )
-                    found[names[id(param)]] = param
+                    found[name] = param
     return found
 
 
@@ -936,7 +937,8 @@ def tune(
 
     if not use_tokens:
         token_params = {}
-    originals = {name: p.detach().clone() for name, p in {**proj_params, **token_params}.items()}
+    tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
+    originals = {name: p.detach().clone() for name, p in tuned.items()}
     optimizers = {
         "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
     }
@@ -1027,7 +1029,7 @@ def tune(
                 score = record["val_projection"] + record["val_token_excess"]
                 if score < best - 1e-6:
                     best, bad = score, 0
-                    best_state = {k: model.get_parameter(k).detach().clone() for k in originals}
+                    best_state = {k: tuned[k].detach().clone() for k in originals}
                 else:
                     bad += 1
                     if bad >= patience:
@@ -1036,12 +1038,8 @@ def tune(
     if best_state is not None:
         with torch.no_grad():
             for name, value in best_state.items():
-                model.get_parameter(name).copy_(value)
-    changed = {
-        name: old
-        for name, old in originals.items()
-        if not torch.equal(old, model.get_parameter(name))
-    }
+                tuned[name].copy_(value)
+    changed = {name: old for name, old in originals.items() if not torch.equal(old, tuned[name])}
     return iv.WeightDelta.from_change(model, changed)
 
 

@@ -434,11 +434,13 @@ def test_bad_requests_raise_before_any_weight_changes(change, message):
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
 
 
-def test_editor_checks_its_inputs(offload):
+def test_editor_checks_its_inputs(offload, lora):
     model, tok = make("llama")
     stats = tiny_stats(model, tok, [1])
     with pytest.raises(RuntimeError, match="offloaded"):
         ae.Editor(offload(model), tok, stats)
+    with pytest.raises(ValueError, match="merge the adapter first"):
+        ae.Editor(lora(model, ["mlp.down_proj"]), tok, stats)
     with pytest.raises(ValueError, match="method"):
         ae.Editor(model, tok, stats, method="rome")
     with pytest.raises(ValueError, match="no layers"):

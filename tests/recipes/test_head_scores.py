@@ -140,6 +140,23 @@ def test_raw_scores_match_hand_computation(tok, arch, kv, mode):
     assert table.shape == (2, 4)
 
 
+@pytest.mark.parametrize("arch,kv", [("llama", 2), ("gpt2", None)])
+def test_scores_of_a_lora_model_equal_those_of_its_merged_weights(tok, arch, kv, lora):
+    # fine-tuned with LoRA on the attention input projection: scoring the PEFT model as it is
+    model = tiny(arch, n_kv_heads=kv)
+    wrapped = lora(model, ["attn.c_attn" if arch == "gpt2" else "self_attn.q_proj"])
+    table = hs.score(wrapped, tok, _prompts(), batch_size=3, progress=False)
+    merged = copy.deepcopy(wrapped).merge_and_unload()
+    expected = hs.score(merged, tok, _prompts(), batch_size=3, progress=False)
+    untuned = hs.score(model, tok, _prompts(), batch_size=3, progress=False)
+    for metric in ("out", "out_resid", "ent", "task"):
+        np.testing.assert_allclose(table.raw[metric], expected.raw[metric], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(table.raw["ent"], untuned.raw["ent"], rtol=1e-4)
+    # LoRA on o_proj: out_resid needs W_O, which the adapter's branch changes: refused
+    with pytest.raises(ValueError, match="merge the adapter first"):
+        hs.score(lora(model), tok, _prompts(), batch_size=3, progress=False)
+
+
 def test_attention_sums_on_hand_built_patterns():
     k = 5
     keys = torch.tensor([[True] * k, [True] * k, [True] * 3 + [False] * 2])

@@ -377,6 +377,35 @@ def test_tune_in_and_out_on_held_out_prompts_and_revert(tok, claims, tmp_path):
     assert_same(model, before)
 
 
+def test_tune_a_lora_model_names_parameters_of_the_causal_lm(tok, claims, lora):
+    model, d, data = _tiny_setup(tok, claims)
+    wrapped = lora(model, ["self_attn.v_proj"])
+    before = snapshot(wrapped)
+    names = set(rt.block_parameters(wrapped, "layers.2.attn.v"))
+    assert names == {
+        f"model.layers.2.self_attn.v_proj.{p}"
+        for p in ("base_layer.weight", "lora_A.default.weight", "lora_B.default.weight")
+    }
+    held_out = rt.claim_prompts(claims[40:48])
+    cos0 = rt.cosine_to_direction(wrapped, tok, held_out, d)
+    delta = rt.tune(
+        wrapped,
+        tok,
+        data,
+        direction=d,
+        layers=[2],
+        lr=3e-3,
+        steps=10,
+        projection_blocks=["layers.2.attn.v"],
+        token_blocks=[],
+        progress=False,
+    )
+    assert set(delta.names) <= names and delta.names
+    assert rt.cosine_to_direction(wrapped, tok, held_out, d)[2]["cos"] > cos0[2]["cos"]
+    delta.revert(wrapped)
+    assert_same(wrapped, before)
+
+
 def test_tune_keeps_the_best_validated_weights(tok, claims):
     model, d, _ = _tiny_setup(tok, claims)
     data = [rt.Example(p) for p in rt.claim_prompts(claims[:16])]  # no token loss
