@@ -73,7 +73,7 @@ def lora():
         torch.manual_seed(0)
         with warnings.catch_warnings():  # peft asks transformers 5 for a renamed attribute
             warnings.simplefilter("ignore", FutureWarning)
-            return get_peft_model(copy.deepcopy(model), config)
+            return get_peft_model(copy.deepcopy(model), config).train(model.training)
 
     return wrapped
 

@@ -864,8 +864,8 @@ class Editor:
         bad = [layer for layer in self.layers if not 0 <= layer < self.geometry.n_layers]
         if bad:
             raise ValueError(f"layers {bad} out of range: the model has {self.geometry.n_layers}")
-        for layer in self.layers:  # an offloaded weight is refused here, before any work
-            self.table.weight(self.table.block_module(model, layer, self.table.down_proj))
+        for layer in self.layers:  # refuses weights it cannot edit (offloaded, PEFT-wrapped)
+            self.table.weight(self._down_proj(layer))
         d_mlp = self.geometry.d_mlp
         self.projectors: dict[int, Tensor] = {}
         self.null_dims: dict[int, int] = {}
@@ -999,8 +999,10 @@ class Editor:
         rows = self._key_rows(requests, contexts)  # validates subjects
         rewrites = self._rewrite_rows(requests, contexts)  # validates targets
         started = time.perf_counter()
-        names = [self._weight_name(layer) for layer in self.layers]
-        originals = {n: model.get_parameter(n).detach().clone() for n in names}
+        # read from the modules, not by name: a PEFT model wrapping the causal LM names them
+        # differently
+        weights = {self._weight_name(layer): self._down_proj(layer).weight for layer in self.layers}
+        originals = {n: w.detach().clone() for n, w in weights.items()}
         try:
             targets = self.compute_z(requests, rewrites)
             for i, layer in enumerate(self.layers):
@@ -1016,11 +1018,11 @@ class Editor:
         except BaseException:
             with torch.no_grad():
                 for name, original in originals.items():
-                    model.get_parameter(name).copy_(original)
+                    weights[name].copy_(original)
             raise
         self.past = new_past
         self.n_edits += len(requests)
-        changes = {n: model.get_parameter(n).detach().clone() for n in names}
+        changes = {n: w.detach().clone() for n, w in weights.items()}
         log.info(
             "%s: %d request(s) written into layers %s in %.1fs (target prob %s)",
             self.method,
@@ -1034,10 +1036,13 @@ class Editor:
     def _weight_name(self, layer: int) -> str:
         return f"{self.table.layers}.{layer}.{self.table.down_proj}.weight"
 
+    def _down_proj(self, layer: int) -> nn.Module:
+        return self.table.block_module(self.model, layer, self.table.down_proj)
+
     def _update_layer(
         self, layer: int, keys: Float[Tensor, "n d_mlp"], residuals: Float[Tensor, "n d"]
     ) -> None:
-        module = self.table.block_module(self.model, layer, self.table.down_proj)
+        module = self._down_proj(layer)
         weight = self.table.weight(module)  # [out, in] by module type, a view
         k, r = keys.T.float(), residuals.T.float()
         if self.method == "alphaedit":

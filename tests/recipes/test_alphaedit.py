@@ -332,6 +332,27 @@ def test_edit_writes_the_target_value_and_keeps_preserved_keys(arch):
     memit_delta.revert(model)
 
 
+def test_edit_a_lora_model_through_its_plain_down_proj(lora):
+    model, tok = make("llama")
+    wrapped = lora(model, ["self_attn.q_proj"])  # an adapter on attention, a plain MLP
+    with torch.no_grad():  # an adapter that adds zeros: the wrapper computes what model does
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.zero_()
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=4, kl_factor=0.0)
+    request = ae.as_request(REQUEST)
+    expected = ae.Editor(model, tok, tiny_stats(model, tok, [1]), hparams=hp).edit([request])
+    before = {n: p.detach().clone() for n, p in wrapped.named_parameters()}
+    stats = tiny_stats(wrapped, tok, [1])
+    delta = ae.Editor(wrapped, tok, stats, hparams=hp).edit([request])
+    name = "model.layers.1.mlp.down_proj.weight"  # named from the causal LM
+    assert delta.names == expected.names == [name]
+    torch.testing.assert_close(delta.changes[name], expected.changes[name], rtol=0, atol=1e-6)
+    assert not torch.equal(delta.changes[name], before["base_model.model." + name])
+    delta.revert(wrapped)
+    assert all(torch.equal(p, before[n]) for n, p in wrapped.named_parameters())
+
+
 @pytest.mark.parametrize("arch", list(TINY))
 def test_target_loss_runs_only_the_suffix_after_the_subject_but_scores_whole_rows(arch):
     # compute_z caches the tokens before the subject and optimises on the rest: its loss at the
