@@ -51,14 +51,37 @@ def normalize_plan(
     return sites
 
 
-def _past_length(past: Any) -> int:
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    if isinstance(past, (tuple, list)) and past and past[0] is not None:  # legacy tuple cache
-        return int(past[0][0].shape[-2])
+def cached_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
+    """How many tokens a forward's KV cache already holds (0 for a new sequence).
+
+    The cache is found by what it is, not by its keyword: transformers 5.24 passes it as
+    ``cache=``, earlier releases as ``past_key_values=``, and a keyword found by name alone
+    turns every decoding step into a new sequence. ``cache_position`` (the absolute position of
+    the first new token), where the caller gives one, is the most direct answer.
+    """
+    position = kwargs.get("cache_position")
+    if isinstance(position, Tensor) and position.numel() > 0:
+        return int(position.reshape(-1)[0])
+    for value in (*kwargs.values(), *args[1:]):
+        length = _cache_length(value)
+        if length is not None:
+            return length
     return 0
+
+
+def _cache_length(value: Any) -> int | None:
+    """Tokens held by ``value`` if it is a KV cache (a transformers ``Cache`` or a legacy tuple of
+    per-layer ``(key, value)`` tensors), else None."""
+    if value is None or isinstance(value, (Tensor, bool, int, float, str)):
+        return None
+    get_seq_length = getattr(type(value), "get_seq_length", None)  # every transformers Cache
+    if get_seq_length is not None:
+        return int(get_seq_length(value))
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], (tuple, list)):
+        first = value[0]
+        if first and isinstance(first[0], Tensor) and first[0].ndim == 4:
+            return int(first[0].shape[-2])  # [batch, kv_heads, seq, d_head]
+    return None
 
 
 class Attachment:
@@ -136,7 +159,7 @@ class Attachment:
         if tokens is None:
             return
         length = tokens.shape[1]
-        past = _past_length(kwargs.get("past_key_values"))
+        past = cached_length(args, kwargs)
         last, previous = self._last_ids, self.step
         self._last_ids = tokens if tokens.ndim == 2 else None
         if past > 0 and previous is not None:  # cached continuation

@@ -91,3 +91,47 @@ def test_resolve_by_hand():
     mask = torch.tensor([[True, False, True, True, False, True, False]])
     assert resolve(mask, cached, 1).tolist() == [[False]]
     assert resolve(mask, recomputed, 7).tolist() == mask.tolist()
+
+
+def _filled_cache(model, ids):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    model(ids, past_key_values=cache, use_cache=True)
+    return cache
+
+
+def test_cached_length_finds_the_cache_by_type_whatever_its_keyword(llama, ids):
+    from interventions.attach import cached_length
+
+    cache = _filled_cache(llama, ids)
+    assert cache.get_seq_length() == ids.shape[1]
+    assert cached_length((), {"past_key_values": cache}) == ids.shape[1]
+    assert cached_length((), {"cache": cache}) == ids.shape[1]  # transformers >= 5.24
+    assert cached_length((), {"some_future_name": cache, "use_cache": True}) == ids.shape[1]
+    assert cached_length((ids, cache), {}) == ids.shape[1]  # given positionally
+    legacy = tuple((torch.zeros(2, 2, 7, 8), torch.zeros(2, 2, 7, 8)) for _ in range(3))
+    assert cached_length((), {"past_key_values": legacy}) == 7
+    assert cached_length((), {"cache_position": torch.arange(4, 6), "cache": cache}) == 4
+    assert cached_length((), {"input_ids": ids, "attention_mask": torch.ones(2, 9)}) == 0
+    assert cached_length((), {"cache": None, "use_cache": False}) == 0
+
+
+def test_a_continued_forward_is_one_sequence_under_either_cache_keyword(llama, ids):
+    from transformers import DynamicCache
+
+    plan = {"layers.1.resid_post": iv.AddBias(torch.ones(32), positions=slice(0, 5))}
+    with iv.intervene(llama, plan):
+        whole = llama(ids).logits[:, 5:]  # one forward: positions 0..4 steered, 5..8 not
+    tried = 0
+    for keyword in ("past_key_values", "cache"):
+        cache = DynamicCache()
+        with iv.intervene(llama, plan):
+            llama(ids[:, :5], past_key_values=cache, use_cache=True)
+            try:
+                continued = llama(ids[:, 5:], use_cache=True, **{keyword: cache}).logits
+            except TypeError:  # a transformers release without this keyword
+                continue
+        tried += 1
+        torch.testing.assert_close(continued, whole, atol=1e-5, rtol=1e-5, msg=keyword)
+    assert tried >= 1
