@@ -5,6 +5,7 @@ the adapter names and returns a handle; ``intervene`` and ``capture`` are contex
 remove every hook on exit, also after an exception.
 """
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,14 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from interventions.adapters import Adapter, Geometry, adapter, causal_lm
-from interventions.ops import Capture, Intervention, Positions, Reducer, Step
+from interventions.ops import (
+    Capture,
+    Intervention,
+    Positions,
+    Reducer,
+    Step,
+    counts_from_end,
+)
 from interventions.sites import Site, SiteLike, expand
 
 Plan = Mapping[SiteLike, Intervention]
@@ -30,6 +38,11 @@ def normalize_plan(
     geometry = geometry or adapter(model).geometry(model.config)
     sites: dict[Site, Intervention] = {}
     for key, intervention in plan.items():
+        if not isinstance(key, (str, Site)):
+            raise TypeError(
+                f"plan key {key!r} is a {type(key).__name__}; a plan's keys are site names "
+                "such as 'layers.3.attn.heads' (or iv.Site values)"
+            )
         if not isinstance(intervention, Intervention):
             raise TypeError(
                 f"plan[{key!r}] is a {type(intervention).__name__}; expected an Intervention "
@@ -84,6 +97,25 @@ def _cache_length(value: Any) -> int | None:
     return None
 
 
+def guard_hooks_under_compile(*, discard_compiled: bool = True) -> None:
+    """Make ``torch.compile`` see hooks come: a compiled model then runs the plan.
+
+    By default dynamo does not guard on a module's hooks while it has none
+    (``skip_nnmodule_hook_guards``), so code compiled before a plan was attached keeps running
+    without it, silently. With the guards on, a forward whose hooks differ from those it was
+    compiled with is compiled again (once per plan: the same plan attached again reuses its
+    graph). Code compiled before the guards were switched on has none, so it is discarded, once
+    per process (``torch._dynamo.reset()``). Nothing happens before torch.compile is imported:
+    a process that never compiles pays nothing.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    config = getattr(dynamo, "config", None)
+    if config is not None and getattr(config, "skip_nnmodule_hook_guards", False):
+        config.skip_nnmodule_hook_guards = False
+        if discard_compiled:
+            dynamo.reset()
+
+
 class Attachment:
     """Hooks of one plan on one model. ``remove()`` takes every hook off (idempotent)."""
 
@@ -114,6 +146,8 @@ class Attachment:
         self._resid_pre: dict[int, Tensor] = {}
         self._saved_attn: str | None = None
         self._blocks = list(table.blocks(model))  # a list: ModuleList indexing costs ~3 µs
+        self._counts_from_end = any(map(_counts_from_end, self.plan.values()))
+        guard_hooks_under_compile()
         try:
             self._handles.append(
                 self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)
@@ -132,6 +166,8 @@ class Attachment:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+        if self._handles:  # compiled inside the block: from now on, compile with hook guards
+            guard_hooks_under_compile(discard_compiled=False)
         self._handles.clear()
         self._resid_pre.clear()
         if self._saved_attn is not None:
@@ -174,6 +210,8 @@ class Attachment:
             self.step = Step(0, length, previous.prompt_length, [*previous.spans, (start, length)])
         else:
             self.step = Step.single(length)
+            if self._counts_from_end:
+                self.step.prompt_ends = _right_padded_ends(kwargs.get("attention_mask"), length)
             for intervention in self.plan.values():
                 intervention.start_sequence()
 
@@ -314,6 +352,24 @@ class Attachment:
         self._on_output(attn, edit_attn_out)
 
 
+def _counts_from_end(intervention: Intervention) -> bool:
+    parts = getattr(intervention, "parts", None)
+    if isinstance(parts, nn.ModuleList):
+        return any(map(_counts_from_end, parts))
+    return counts_from_end(intervention.positions)
+
+
+def _right_padded_ends(mask: Any, length: int) -> tuple[int, ...] | None:
+    """Where each row's real tokens end, if padding is on the right of some row (else None):
+    there ``-1`` is each row's own last token, not the pad in the last column."""
+    if not isinstance(mask, Tensor) or mask.ndim != 2 or mask.shape[1] != length:
+        return None
+    if bool(mask[:, -1].all()):  # left padding or none: every row ends in the last column
+        return None
+    columns = torch.arange(length, device=mask.device)
+    return tuple((torch.where(mask.bool(), columns, -1).amax(dim=1) + 1).tolist())
+
+
 def _attention_weights(output: tuple) -> int:
     for index in range(1, len(output)):
         if isinstance(output[index], Tensor) and output[index].ndim == 4:
@@ -394,6 +450,14 @@ def capture(
     """
     table = adapter(model)
     geometry = table.geometry(model.config)
+    names = expand(sites, geometry.n_layers)
+    if not names:
+        raise ValueError("capture() got no sites: name at least one, e.g. 'layers.*.resid_post'")
+    if reduce is not None and (isinstance(reduce, Reducer) or not callable(reduce)):
+        raise TypeError(
+            f"capture(reduce=...) takes a factory called once per site, such as iv.Mean (the "
+            f"class, not iv.Mean()), got {reduce!r}: one instance would mix every site's values"
+        )
     captures = {
         site: Capture(
             keep_grad=keep_grad,
@@ -402,7 +466,7 @@ def capture(
             heads=heads,
             positions=positions,
         )
-        for site in expand(sites, geometry.n_layers)
+        for site in names
     }
     combined = normalize_plan(model, plan, geometry) if plan else {}
     for site, cap in captures.items():

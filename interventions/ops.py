@@ -21,9 +21,10 @@ one ``generate`` call (cached or not):
   to skip padding).
 """
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -45,6 +46,8 @@ class Step:
     length: int  # number of columns in this forward
     prompt_length: int  # length of the first forward of the sequence
     spans: list[tuple[int, int]] = field(default_factory=list)  # new tokens of each forward
+    # where each row's real tokens end in a right-padded prompt (None: no row ends in padding)
+    prompt_ends: tuple[int, ...] | None = None
 
     @classmethod
     def single(cls, length: int) -> "Step":
@@ -75,7 +78,11 @@ def check_positions(positions: Positions) -> Positions:
                 f"dtype {positions.dtype} with shape {tuple(positions.shape)}"
             )
         return positions
-    if isinstance(positions, Sequence) and all(isinstance(p, int) for p in positions):
+    if (
+        isinstance(positions, Sequence)
+        and positions
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+    ):
         return tuple(positions)
     raise TypeError(
         f"positions={positions!r} is not understood: expected None, an int, a slice, "
@@ -99,11 +106,15 @@ def resolve(
         return None
     first = step.offset + step.length - width
     if isinstance(positions, Tensor):
-        mask = positions[..., first : first + width]
-        if mask.shape[-1] < width:
-            pad = mask.new_zeros((*mask.shape[:-1], width - mask.shape[-1]))
-            mask = torch.cat([mask, pad], dim=-1)
-        return mask
+        if positions.shape[-1] < first + width:
+            raise ValueError(
+                f"the positions mask covers {positions.shape[-1]} positions, but this forward "
+                f"reaches position {first + width - 1}: give a mask as long as the sequence "
+                "(under generate: prompt plus new tokens), or use positions='prompt'"
+            )
+        return positions[..., first : first + width]
+    if step.prompt_ends is not None and counts_from_end(positions):
+        return _per_row(positions, step, width)
     if positions == "prompt":
         return _columns_of_range(0, step.prompt_length, first, width)
     if positions == "generated":
@@ -114,6 +125,28 @@ def resolve(
         columns = {c for p in positions for c in _columns_of_int(p, step, first, width)}
         return sorted(columns)
     return _columns_of_slice(positions, step, first, width)
+
+
+def counts_from_end(positions: Positions) -> bool:
+    """Whether ``positions`` are read from the end of the tokens (``-1``, ``slice(-3, None)``):
+    those differ per row where padding is on the right."""
+    if isinstance(positions, int):
+        return positions < 0
+    if isinstance(positions, tuple):
+        return any(p < 0 for p in positions)
+    if isinstance(positions, slice):
+        return positions.stop is None or positions.stop < 0 or (positions.start or 0) < 0
+    return False
+
+
+def _per_row(positions: Positions, step: Step, width: int) -> Bool[Tensor, "batch width"]:
+    """Columns counted from each row's own end of a right-padded prompt, as a row mask."""
+    mask = torch.zeros(len(step.prompt_ends), width, dtype=torch.bool)
+    start, _ = step.spans[0]
+    for row, end in enumerate(step.prompt_ends):
+        own = replace(step, spans=[(start, end), *step.spans[1:]], prompt_ends=None)
+        mask[row, list(resolve(positions, own, width))] = True
+    return mask
 
 
 def _columns_of_int(position: int, step: Step, first: int, width: int) -> list[int]:
@@ -188,8 +221,8 @@ class Intervention(nn.Module):
             for key in _EMPTY_MODULE.dicts:
                 state[key] = {}
         if heads is not None:
-            if isinstance(heads, int) or not all(isinstance(h, int) for h in heads):
-                raise TypeError(f"heads must be a list of ints, got {heads!r}")
+            if isinstance(heads, (int, str, Tensor)) or not all(_is_int(h) for h in heads):
+                raise TypeError(f"heads must be a list of ints (head indices), got {heads!r}")
             if len(set(heads)) != len(heads) or not heads:
                 raise ValueError(f"heads must be a non-empty list without repeats, got {heads!r}")
         # Plain attributes go straight into __dict__: nn.Module.__setattr__ costs ~3 µs each,
@@ -283,6 +316,40 @@ class Intervention(nn.Module):
         return y_heads if heads is None else x.index_copy(2, heads, y_heads)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
+
+
+def finite_number(owner: str, name: str, value: object) -> float:
+    """``value`` as a float, refusing bools, non-numbers, NaN and infinities."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not (isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool):
+            raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
+        value = value.item()
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def finite_tensor(owner: str, name: str, value: object) -> Tensor:
+    """``value`` as a floating-point tensor, refusing NaN and infinities (a NaN in a steering
+    vector silently turns every later activation, and every logit, into NaN)."""
+    if isinstance(value, (bool, str)) or value is None:
+        raise TypeError(f"{owner}: {name} must be a tensor of numbers, got {value!r}")
+    tensor = torch.as_tensor(value)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise TypeError(f"{owner}: {name} must be a real tensor, got dtype {tensor.dtype}")
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    if not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(
+            f"{owner}: {name} has {bad} non-finite value(s) (NaN or inf) of {tensor.numel()}; "
+            "check how it was computed (a zero norm, a mean over no samples)"
+        )
+    return tensor
+
+
 def site_width(site: Site, geometry: Geometry) -> int:
     """Size of the last dimension of the activation at ``site``."""
     return {
@@ -322,14 +389,14 @@ class AddBias(Intervention):
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
-        vector = torch.as_tensor(vector)
+        vector = finite_tensor("AddBias", "vector", vector)
         if vector.ndim not in (1, 2):
             raise ValueError(f"AddBias vector must be [d] or [heads, d], got {tuple(vector.shape)}")
         if trainable:
             self.vector = nn.Parameter(vector.detach().clone())
         else:
             self.register_buffer("vector", vector.detach().clone())
-        self.alpha = alpha
+        self.alpha = finite_number("AddBias", "alpha", alpha)
 
     def check_width(self, site: Site, geometry: Geometry) -> None:
         _check_vector(self, "vector", self.vector, site, geometry)
@@ -351,11 +418,11 @@ class Rescale(Intervention):
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
-        self.factor = float(factor)
+        self.factor = finite_number("Rescale", "factor", factor)
         if direction is None:
             self.direction = None
         else:
-            direction = torch.as_tensor(direction)
+            direction = finite_tensor("Rescale", "direction", direction)
             norm = direction.norm(dim=-1, keepdim=True)
             if (norm == 0).any():
                 raise ValueError("Rescale direction must be non-zero")
@@ -384,14 +451,16 @@ class Project(Intervention):
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
-        basis = torch.as_tensor(basis)
+        basis = finite_tensor("Project", "basis", basis)
         basis = basis[None] if basis.ndim == 1 else basis
         if basis.ndim != 2 or basis.shape[0] > basis.shape[1]:
             raise ValueError(f"Project basis must be [k, d] with k <= d, got {tuple(basis.shape)}")
         q, r = torch.linalg.qr(basis.double().T)
         if (r.diagonal().abs() < 1e-10).any():
             raise ValueError("Project basis rows are linearly dependent")
-        self.register_buffer("basis", q.T.to(basis.dtype if basis.is_floating_point() else None))
+        self.register_buffer("basis", q.T.to(basis.dtype))
+        if not isinstance(keep, bool):
+            raise TypeError(f"Project: keep must be True or False, got {keep!r}")
         self.keep = keep
 
     def check_width(self, site: Site, geometry: Geometry) -> None:
@@ -485,6 +554,8 @@ class SecondMoment(Reducer):
 def _replaying() -> bool:
     """Whether autograd is running a forward again inside backward: activation checkpointing
     (``model.gradient_checkpointing_enable()``) recomputes each layer there, hooks included."""
+    if torch.compiler.is_compiling():  # a compiled graph replays nothing in Python
+        return False
     # torch has no public flag for this; every recomputation runs inside a backward graph task
     return torch._C._current_graph_task_id() != -1
 
@@ -509,6 +580,10 @@ class Capture(Intervention):
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
+        if reduce is not None and not isinstance(reduce, Reducer):
+            raise TypeError(
+                f"Capture(reduce=...) takes a Reducer instance such as iv.Mean(), got {reduce!r}"
+            )
         self.__dict__.update(  # plain attributes: see Intervention.__init__
             keep_grad=keep_grad,
             device=device,
@@ -516,6 +591,7 @@ class Capture(Intervention):
             records=[],
             _feature_dims=1,
             _pattern=False,
+            _reached=0,  # positions seen so far: says why a capture at far positions is empty
         )
 
     def check(self, site: Site, geometry: Geometry) -> None:
@@ -528,6 +604,10 @@ class Capture(Intervention):
         if self.reduce is None:
             self.records.append([])
 
+    def apply(self, x: Tensor, step: Step) -> Tensor:
+        self.__dict__["_reached"] = max(self._reached, step.offset + step.length)
+        return super().apply(x, step)
+
     def forward(self, x: Tensor) -> Tensor:
         if _replaying():  # these values were recorded when the forward first ran
             return x
@@ -537,6 +617,11 @@ class Capture(Intervention):
         if self.reduce is not None:
             self.reduce.update(seen.reshape(-1, *seen.shape[seen.ndim - self._feature_dims :]))
             return x
+        if self.heads is None and self.positions is None and seen.device == x.device:
+            # ``seen`` is the model's own tensor (no selection or move copied it): an in-place
+            # op later in the forward (Falcon's ``mlp_output += attention_output``) would
+            # rewrite the record
+            seen = seen.clone()
         if self._pattern and seen.ndim == 4:  # stored [b, q, h, k] -> the site's [b, h, q, k]
             seen = seen.transpose(1, 2)
         if isinstance(self.positions, int) and seen.ndim >= 2 + self._feature_dims:
@@ -557,6 +642,11 @@ class Capture(Intervention):
         if self.reduce is not None:
             return self.reduce.value
         values = self.values
+        if not values and self._reached and self.positions is not None:
+            raise ValueError(
+                f"nothing was captured at positions={self.positions!r}: the forwards seen covered "
+                f"positions 0..{self._reached - 1}"
+            )
         if not values:
             raise ValueError("nothing was captured: run a forward inside the capture first")
         return values[-1]
@@ -576,6 +666,7 @@ class Capture(Intervention):
 
     def clear(self) -> None:
         self.records = []
+        self._reached = 0
         if self.reduce is not None:
             self.reduce.count, self.reduce.total = 0, None
 

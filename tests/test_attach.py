@@ -330,3 +330,64 @@ def test_peft_models_capture_steer_and_generate(model, ids, lora):
     assert not torch.allclose(steered, plain)
     assert torch.equal(cached, recomputed)
     assert hooks_on(wrapped) == 0
+
+
+def test_captures_own_their_data_when_the_model_edits_in_place_later(model, ids):
+    """A hook sees the output before the rest of the block runs; Falcon then adds the attention
+    output into the MLP output in place. A record that is a view would change with it."""
+    table = iv.adapter(model)
+    down = table.block_module(model, 1, table.down_proj)
+    mlp_out = []
+
+    def edit_in_place_after_the_capture(module, args, output):
+        mlp_out.append(output.detach().clone())
+        output.add_(100.0)  # what a later in-place op of the block does
+
+    with iv.capture(model, ["layers.1.mlp.out", "layers.1.mlp.act"]) as cache:
+        handle = down.register_forward_hook(edit_in_place_after_the_capture)  # after ours
+        try:
+            model(ids)
+        finally:
+            handle.remove()
+    assert torch.equal(cache["layers.1.mlp.out"], mlp_out[0])
+    weight = table.weight(down)
+    bias = 0 if down.bias is None else down.bias
+    expected = cache["layers.1.mlp.act"] @ weight.T + bias
+    torch.testing.assert_close(cache["layers.1.mlp.out"], expected)
+
+
+def test_negative_positions_follow_each_rows_end_on_right_padded_batches(model):
+    long_row = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    short_row = torch.tensor([[11, 12, 13]])
+    batch = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    vector = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    plan = {"layers.0.resid_post": iv.AddBias(vector, positions=-1)}
+    with iv.capture(model, "layers.1.resid_post", positions=-1, plan=plan) as padded:
+        logits = model(batch, attention_mask=mask).logits
+    for row, alone in enumerate((long_row, short_row)):
+        with iv.capture(model, "layers.1.resid_post", positions=-1, plan=plan) as single:
+            expected = model(alone).logits[0, -1]
+        torch.testing.assert_close(
+            padded["layers.1.resid_post"][row], single["layers.1.resid_post"][0]
+        )
+        torch.testing.assert_close(logits[row, alone.shape[1] - 1], expected, atol=1e-5, rtol=0)
+
+
+def test_plans_and_captures_refuse_what_is_not_a_site_or_a_factory(model, ids):
+    with pytest.raises(TypeError, match="plan key 5 is a int"):
+        iv.intervene(model, {5: iv.AddBias(torch.ones(32))}).__enter__()
+    with pytest.raises(ValueError, match="got no sites"):
+        iv.capture(model, []).__enter__()
+    with pytest.raises(TypeError, match=r"the class, not iv.Mean\(\)"):
+        iv.capture(model, "layers.0.resid_post", reduce=iv.Mean()).__enter__()
+    with pytest.raises(TypeError, match="factory"):
+        iv.capture(model, "layers.0.resid_post", reduce=3).__enter__()
+    assert hooks_on(model) == 0
+
+
+def test_a_capture_at_positions_no_forward_reached_says_so(model, ids):
+    with iv.capture(model, "layers.0.resid_post", positions=50) as cache:
+        model(ids)
+    with pytest.raises(ValueError, match="positions=50.*covered positions 0..8"):
+        cache["layers.0.resid_post"]

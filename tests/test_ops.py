@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import interventions as iv
-from interventions.ops import Step
+from interventions.ops import Step, resolve
 
 
 def test_add_bias_rescale_project_math():
@@ -133,3 +133,48 @@ def test_interventions_work_as_modules_before_their_containers_exist():
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     assert torch.equal(loaded(torch.zeros(4)), torch.arange(4.0))
+
+
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda: iv.AddBias(torch.tensor([1.0, float("nan"), 0.0])), ValueError, "non-finite"),
+        (lambda: iv.AddBias(torch.full((3,), float("inf"))), ValueError, "non-finite"),
+        (lambda: iv.AddBias(torch.ones(3), alpha=float("inf")), ValueError, "alpha must be finite"),
+        (lambda: iv.AddBias(torch.ones(3), alpha="2"), TypeError, "alpha must be a number"),
+        (lambda: iv.AddBias(torch.ones(3), alpha=True), TypeError, "alpha must be a number"),
+        (lambda: iv.AddBias(torch.ones(3) > 0), TypeError, "real tensor"),
+        (lambda: iv.Rescale(float("nan")), ValueError, "factor must be finite"),
+        (lambda: iv.Rescale(2.0, torch.tensor([1.0, float("nan")])), ValueError, "non-finite"),
+        (lambda: iv.Project(torch.tensor([[1.0, float("inf")]])), ValueError, "non-finite"),
+        (lambda: iv.Project(torch.eye(2), keep="yes"), TypeError, "keep must be True or False"),
+        (lambda: iv.AddBias(torch.ones(3), heads=[True]), TypeError, "list of ints"),
+        (lambda: iv.AddBias(torch.ones(3), heads="0"), TypeError, "list of ints"),
+        (lambda: iv.Capture(positions=[True, 3]), TypeError, "positions"),
+        (lambda: iv.Capture(positions=[]), TypeError, "positions"),
+        (lambda: iv.Capture(reduce=iv.Mean), TypeError, "Reducer instance such as iv.Mean()"),
+    ],
+)
+def test_nonsense_values_are_refused_with_what_was_expected(build, error, words):
+    with pytest.raises(error, match=words):
+        build()
+
+
+def test_a_mask_shorter_than_the_forward_is_refused():
+    short = torch.tensor([True, False, True])
+    with pytest.raises(ValueError, match="covers 3 positions.*reaches position 4"):
+        iv.AddBias(torch.ones(2), positions=short).apply(torch.zeros(1, 5, 2), Step.single(5))
+
+
+def test_right_padded_prompts_count_negative_positions_from_each_rows_own_end():
+    step = Step.single(5)
+    step.prompt_ends = (5, 3)  # row 1: three tokens, then two pads
+    assert resolve(-1, step, 5).tolist() == [
+        [False, False, False, False, True],
+        [False, False, True, False, False],
+    ]
+    assert resolve(slice(-2, None), step, 5).tolist() == [
+        [False, False, False, True, True],
+        [False, True, True, False, False],
+    ]
+    assert resolve(1, step, 5) == [1]  # absolute positions do not depend on padding

@@ -5,6 +5,7 @@
 look like Llama's is a copy of the Llama table with other paths.
 """
 
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -126,13 +127,22 @@ class Adapter:
 
 def causal_lm(model: nn.Module) -> nn.Module:
     """The causal LM itself: a PEFT model (LoRA, prefix tuning, ...) wraps it and hands it out
-    through ``get_base_model()``; any other model is returned as it is.
+    through ``get_base_model()``, ``torch.compile(model)`` wraps it as ``_orig_mod``; any other
+    model is returned as it is.
 
     Module paths, parameter names and the model-level hooks all refer to the causal LM, whose own
     ``__call__`` runs for every forward of the wrapper and of ``generate``.
     """
+    if _is_compiled_wrapper(model):
+        model = model._orig_mod
     get_base_model = getattr(type(model), "get_base_model", None)  # the class: no __getattr__
     return model if get_base_model is None else get_base_model(model)
+
+
+def _is_compiled_wrapper(model: nn.Module) -> bool:
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded by any torch.compile
+    wrapper = getattr(eval_frame, "OptimizedModule", None)
+    return wrapper is not None and isinstance(model, wrapper)
 
 
 def require_in_memory(name: str, tensor: torch.Tensor) -> None:
