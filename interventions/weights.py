@@ -8,8 +8,9 @@ so ``W' = A W`` and ``b' = A b + c``. ``A`` and ``c`` are read off the intervent
 running it on the zero vector and the unit vectors (in float64).
 
 A ``WeightDelta`` keeps the new values and the originals of every parameter it touches:
-``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, and ``apply`` refuses
-a model whose parameters are not the ones it was made from.
+``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, ``apply`` refuses
+a model whose parameters are not the ones it was made from, and ``revert`` one whose parameters
+no longer hold what the delta wrote (stacked edits revert newest first).
 """
 
 import json
@@ -60,7 +61,10 @@ class WeightDelta:
                     module_name, _, attr = name.rpartition(".")
                     module = model.get_submodule(module_name)
                     reference = next(module.parameters())
-                    setattr(module, attr, nn.Parameter(new.to(reference.device, reference.dtype)))
+                    # a copy: a Parameter sharing storage with ``changes`` would make later
+                    # in-place edits of it look like this delta's values to ``revert``
+                    value = new.to(reference.device, reference.dtype, copy=True)
+                    setattr(module, attr, nn.Parameter(value))
                 else:
                     model.get_parameter(name).copy_(new)
         for attr, (_, new_value) in self.config.items():
@@ -69,13 +73,15 @@ class WeightDelta:
         return self
 
     def revert(self, model: nn.Module) -> None:
-        """Restore every touched parameter bit-exactly, remove created ones, undo config."""
+        """Restore every touched parameter bit-exactly, remove created ones, undo config.
+
+        Refuses (changing nothing) a model whose parameters do not hold exactly the values this
+        delta wrote: a later edit of the same parameters must be reverted first, and another
+        model must not receive this model's originals."""
         if not self.applied:
             raise RuntimeError("this WeightDelta is not applied to a model; nothing to revert")
         model = causal_lm(model)
-        for name, original in self.originals.items():
-            if original is not None:  # checked first: a refused revert changes nothing
-                require_in_memory(f"parameter {name}", model.get_parameter(name))
+        self._check_holds_changes(model)  # first: a refused revert changes nothing
         with torch.no_grad():
             for name, original in self.originals.items():
                 if original is None:
@@ -106,13 +112,7 @@ class WeightDelta:
                     )
                 require_in_memory(f"the weight beside {name}", next(module.parameters()))
                 continue
-            try:
-                current = model.get_parameter(name)
-            except AttributeError as error:
-                raise ValueError(
-                    f"the model has no parameter {name!r}: this WeightDelta was made for "
-                    "another architecture"
-                ) from error
+            current = _parameter(model, name)
             require_in_memory(f"parameter {name}", current)
             if current.shape != new.shape:
                 raise ValueError(
@@ -123,6 +123,22 @@ class WeightDelta:
                 raise ValueError(
                     f"parameter {name} differs from the one this WeightDelta was made from: "
                     "apply it to the model it was made for (or pass check=False)"
+                )
+
+    def _check_holds_changes(self, model: nn.Module) -> None:
+        for name, new in self.changes.items():
+            if self.originals[name] is None:
+                current = _created_parameter(model, name)
+            else:
+                current = _parameter(model, name)
+            require_in_memory(f"parameter {name}", current)
+            if not _holds(current, new):
+                raise ValueError(
+                    f"parameter {name} does not hold the values this WeightDelta wrote, so "
+                    "reverting would overwrite a later change: if other edits (bake, another "
+                    "WeightDelta, training) changed it after this one, revert those first, "
+                    "newest first; if this is another model, revert on the model the delta "
+                    "was applied to. Nothing was reverted"
                 )
 
     # --- files ------------------------------------------------------------------------------------
@@ -182,6 +198,49 @@ class WeightDelta:
     @property
     def names(self) -> list[str]:
         return list(self.changes)
+
+
+def _parameter(model: nn.Module, name: str) -> Tensor:
+    """The parameter ``name`` of ``model``; a ValueError saying the delta was made for another
+    architecture when the model has none (torch only says "has no attribute transformer")."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError as error:
+        raise ValueError(
+            f"the model ({type(model).__name__}) has no parameter {name!r}: this WeightDelta "
+            "was made for another architecture"
+        ) from error
+
+
+def _created_parameter(model: nn.Module, name: str) -> Tensor:
+    """A parameter the delta created, which must still be there to be removed."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError as error:
+        raise ValueError(
+            f"this WeightDelta created {name}, but the model ({type(model).__name__}) has no "
+            f"module {module_name!r}: it was made for another architecture"
+        ) from error
+    current = getattr(module, attr, None)
+    if not isinstance(current, Tensor):
+        raise ValueError(
+            f"this WeightDelta created {name}, but the model has no such parameter: it was "
+            "removed since (revert later edits first, newest first) or this is another model "
+            "(revert on the model the delta was applied to). Nothing was reverted"
+        )
+    return current
+
+
+def _holds(current: Tensor, written: Tensor) -> bool:
+    """Whether ``current`` holds bit for bit what copying ``written`` into it wrote (NaNs
+    included, which ``torch.equal`` never calls equal)."""
+    expected = written.detach().to("cpu", current.dtype)
+    current = current.detach().cpu()
+    if current.shape != expected.shape:
+        return False
+    as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (current, expected)]
+    return torch.equal(*as_bytes)
 
 
 # --- bake ------------------------------------------------------------------------------------

@@ -172,3 +172,73 @@ def test_bake_on_peft_models_folds_plain_projections_and_refuses_wrapped_ones(mo
     assert all(name.startswith(prefix) for name in delta.names)  # names of the causal LM
     delta.revert(wrapped)
     assert_same_parameters(wrapped, before)
+
+
+def test_revert_refuses_stacked_deltas_out_of_order(model, ids):
+    before = snapshot(model)
+    g = torch.Generator().manual_seed(3)
+    first_plan = {"layers.1.mlp.out": iv.AddBias(torch.randn(32, generator=g))}
+    second_plan = {"layers.1.mlp.out": iv.AddBias(torch.randn(32, generator=g))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qwen2: no config flag for the created bias
+        first = iv.bake(model, first_plan)
+        second = iv.bake(model, second_plan)
+    both, config_both = snapshot(model), model.config.to_dict()
+    with pytest.raises(ValueError, match=r"mlp\.\w+\.bias does not hold .* revert those first"):
+        first.revert(model)
+    assert first.applied
+    assert_same_parameters(model, both)
+    assert model.config.to_dict() == config_both
+    second.revert(model)
+    first.revert(model)
+    assert_same_parameters(model, before)
+
+
+def test_revert_refuses_a_rescale_baked_after_it(llama):
+    before = snapshot(llama)
+    first = iv.bake(llama, {"layers.1.attn.out": iv.Rescale(0.5)})
+    second = iv.bake(llama, {"layers.1.attn.heads": iv.Rescale(2.0, heads=[0])})
+    with pytest.raises(ValueError, match=r"o_proj\.weight does not hold"):
+        first.revert(llama)
+    second.revert(llama)
+    first.revert(llama)
+    assert_same_parameters(llama, before)
+
+
+def test_revert_refuses_another_model_and_changes_nothing():
+    from interventions.models import tiny
+
+    edited, other = tiny("llama", n_layers=3), tiny("llama", n_layers=3, seed=5)
+    before = snapshot(edited)
+    delta = iv.bake(edited, foldable_plan())
+    other_before = snapshot(other)
+    with pytest.raises(ValueError, match="revert on the model the delta was applied to"):
+        delta.revert(other)
+    assert_same_parameters(other, other_before)
+    assert delta.applied
+    gpt2 = tiny("gpt2", n_layers=3)
+    gpt2_before = snapshot(gpt2)
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel\) has no .*model\.layers\.0"):
+        delta.revert(gpt2)
+    assert_same_parameters(gpt2, gpt2_before)
+    delta.revert(edited)
+    assert_same_parameters(edited, before)
+
+
+def test_revert_of_a_changed_training_delta_is_refused_and_nan_training_reverts(llama):
+    before = snapshot(llama)
+    name = "model.layers.1.mlp.down_proj.weight"
+    weight = llama.get_parameter(name)
+    original = {name: weight.detach().clone()}
+    with torch.no_grad():
+        weight.add_(0.1)
+    delta = iv.WeightDelta.from_change(llama, original)
+    with torch.no_grad():
+        weight[0, 0] += 1.0  # trained further after the delta was taken
+    with pytest.raises(ValueError, match="does not hold the values"):
+        delta.revert(llama)
+    with torch.no_grad():
+        weight[0, 0] = float("nan")  # a diverged run is still reverted
+    diverged = iv.WeightDelta.from_change(llama, original)
+    diverged.revert(llama)
+    assert_same_parameters(llama, before)
