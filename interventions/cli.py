@@ -46,8 +46,6 @@ def _index_list(value: Any) -> list[int] | None:
     """``all`` -> None; ``"0,3,5-8"`` or a YAML list -> sorted unique ints."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("all", "*", "")):
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
     parts = value if isinstance(value, list) else str(value).split(",")
     indices: set[int] = set()
     for part in parts:
@@ -339,7 +337,7 @@ def _records(cfg: dict[str, Any]) -> list[head_scores.Prompt]:
             f"--data {path}: not UTF-8 text ({error.reason} at byte {error.start})"
         ) from None
     except FileNotFoundError:
-        raise
+        raise  # its message names the file already
     except OSError as error:
         raise CliError(f"--data {path}: cannot read it ({error.strerror})") from None
     n = cfg["max-samples"]

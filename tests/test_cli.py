@@ -120,6 +120,8 @@ def test_out_naming_a_file_is_refused(workdir, loads, capsys):
         ("lambda-ent", float("inf"), "expected a finite number, got inf"),
         ("layers", [], "at least one index"),
         ("heads", "-1", "indices >= 0"),
+        ("heads", -2, "indices >= 0"),
+        ("layers", [0, True], "expected 'all' or indices"),
         ("layers", "3-1", "indices >= 0"),
         ("model", None, "expected a string, got None"),
         ("data", 5, "expected a string, got 5 (int)"),
