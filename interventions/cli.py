@@ -15,10 +15,13 @@ A recipe adds its commands by appending a ``register(subparsers)`` function to `
 import argparse
 import gc
 import logging
+import math
+import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,6 @@ def _index_list(value: Any) -> list[int] | None:
     """``all`` -> None; ``"0,3,5-8"`` or a YAML list -> sorted unique ints."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("all", "*", "")):
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
     parts = value if isinstance(value, list) else str(value).split(",")
     indices: set[int] = set()
     for part in parts:
@@ -52,22 +53,40 @@ def _index_list(value: Any) -> list[int] | None:
         try:
             if "-" in text[1:]:
                 lo, hi = text.split("-", 1)
-                indices.update(range(int(lo), int(hi) + 1))
+                span = range(int(lo), int(hi) + 1)
             else:
-                indices.add(int(text))
+                span = range(int(text), int(text) + 1)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected 'all' or indices like '0,3,5-8', got {value!r}"
             ) from None
+        if not span or span.start < 0:
+            raise argparse.ArgumentTypeError(
+                f"expected 'all' or indices >= 0 like '0,3,5-8' (ranges low-high, both "
+                f"included), got {value!r}"
+            )
+        indices.update(span)
+    if not indices:
+        raise argparse.ArgumentTypeError(f"expected 'all' or at least one index, got {value!r}")
     return sorted(indices)
 
 
-def _positive_int(value: Any) -> int:
+def _int(value: Any) -> int:
+    """An int from a flag's text or a YAML int. A YAML bool or float is refused (``int(True)``
+    is 1 and ``int(1.5)`` is 1: a typo would silently become another value)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise argparse.ArgumentTypeError(
+            f"expected an integer, got {value!r} ({type(value).__name__})"
+        )
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1 or (isinstance(value, float) and value != number):
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
 
@@ -79,21 +98,27 @@ def _optional_positive_int(value: Any) -> int | None:
 
 
 def _float(value: Any) -> float:
+    """A finite number from a flag's text or a YAML number (a YAML bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise argparse.ArgumentTypeError(
+            f"expected a number, got {value!r} ({type(value).__name__})"
+        )
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
 
 
 def _text(value: Any) -> str:
-    return str(value)
+    """A flag's text, or a YAML string (a YAML number, list or null is refused: quote it)."""
+    if not isinstance(value, str):
+        raise argparse.ArgumentTypeError(
+            f"expected a string, got {value!r} ({type(value).__name__}); quote it in YAML"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -137,6 +162,13 @@ DATA_OPTIONS = [
         metavar="DEVICE",
     ),
     Option("dtype", _text, "float32", "model dtype", choices=tuple(DTYPES)),
+    Option(
+        "threads",
+        _positive_int,
+        1,
+        "torch CPU threads while loading and scoring (on a shared 2-core machine, two torch "
+        "threads made a forward 19x slower than one)",
+    ),
 ]
 SCORE_OPTIONS = [
     Option(
@@ -296,13 +328,45 @@ def _device(name: str) -> str:
 
 
 def _records(cfg: dict[str, Any]) -> list[head_scores.Prompt]:
-    records = head_scores.load_records(cfg["data"])
+    """The records to score; read before the run folder is made, so a bad file leaves none."""
+    path = cfg["data"]
+    try:
+        records = head_scores.load_records(path)
+    except UnicodeDecodeError as error:
+        raise CliError(
+            f"--data {path}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except FileNotFoundError:
+        raise  # its message names the file already
+    except OSError as error:
+        raise CliError(f"--data {path}: cannot read it ({error.strerror})") from None
     n = cfg["max-samples"]
     if n is not None and n < len(records):
         chosen = sorted(random.Random(cfg["seed"]).sample(range(len(records)), n))
         records = [records[i] for i in chosen]
-    log.info("data: %d records from %s", len(records), cfg["data"])
     return records
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a run folder that cannot be made, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is an existing file, not a folder; choose another --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise CliError(f"--out {out}: {existing} is a file, so the folder cannot be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: {existing} is not writable; choose another --out")
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """``n`` torch threads for the block, then the previous number again."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _score(model: torch.nn.Module, tokenizer: Any, records: list, cfg: dict[str, Any]):
@@ -335,6 +399,7 @@ def _start_run(command: str, cfg: dict[str, Any]) -> tuple[Path, Callable[[], No
     if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {cfg['device']}: CUDA is not available on this machine")
     out = Path(cfg["out"] or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg["out"] = str(out)
     handler = logging.FileHandler(out / "run.log", mode="w", encoding="utf-8")
@@ -382,11 +447,13 @@ def _log_top(table: head_scores.HeadScores, label: str) -> None:
 
 
 def run_score_heads(cfg: dict[str, Any]) -> Path:
+    records = _records(cfg)
     out, end_run = _start_run("score-heads", cfg)
     try:
-        records = _records(cfg)
-        model, tokenizer = load_model(cfg["model"], cfg["dtype"], _device(cfg["device"]))
-        table = _score(model, tokenizer, records, cfg)
+        log.info("data: %d records from %s", len(records), cfg["data"])
+        with _torch_threads(cfg["threads"]):
+            model, tokenizer = load_model(cfg["model"], cfg["dtype"], _device(cfg["device"]))
+            table = _score(model, tokenizer, records, cfg)
         table.config["model"] = cfg["model"]
         table.save(
             out, top_k=cfg["top-k"], top_k_per_layer=cfg["top-k-per-layer"], plots=cfg["plots"]
@@ -404,14 +471,16 @@ def run_score_heads(cfg: dict[str, Any]) -> Path:
 def run_compare_heads(cfg: dict[str, Any]) -> Path:
     if cfg["after"] is None:
         raise CliError("--after MODEL is required (the fine-tuned model to compare)")
+    records = _records(cfg)
     out, end_run = _start_run("compare-heads", cfg)
     try:
-        records = _records(cfg)
+        log.info("data: %d records from %s", len(records), cfg["data"])
         tables = {}
         for side in ("before", "after"):
             log.info("scoring %s model %s", side, cfg[side])
-            model, tokenizer = load_model(cfg[side], cfg["dtype"], _device(cfg["device"]))
-            tables[side] = _score(model, tokenizer, records, cfg)
+            with _torch_threads(cfg["threads"]):
+                model, tokenizer = load_model(cfg[side], cfg["dtype"], _device(cfg["device"]))
+                tables[side] = _score(model, tokenizer, records, cfg)
             tables[side].config["model"] = cfg[side]
             tables[side].save_json(out / f"{side}.json")
             _log_top(tables[side], side)

@@ -6,6 +6,7 @@ A site is a small frozen value ``Site(kind, layer)``; its string form is its sav
 """
 
 import difflib
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ HEAD_KINDS = ("attn.heads", "attn.pattern")
 CAPTURE_ONLY_KINDS = ("attn.pattern",)
 
 _LAYER_NAME = re.compile(r"^layers\.(?P<layers>[^.]+)\.(?P<kind>.+)$")
+_INDEX = re.compile(r"[0-9]+")  # not str.isdigit: it accepts "²", which int() refuses
 
 
 @dataclass(frozen=True, order=True)
@@ -42,10 +44,13 @@ class Site:
             if self.layer is not None:
                 raise ValueError(f"site kind {self.kind!r} has no layer, got layer={self.layer}")
         elif self.kind in LAYER_KINDS:
-            if not isinstance(self.layer, int) or self.layer < 0:
+            layer = _as_index(self.layer)
+            if layer is None or layer < 0:
                 raise ValueError(
-                    f"site kind {self.kind!r} needs a layer index >= 0, got {self.layer!r}"
+                    f"site kind {self.kind!r} needs a layer index >= 0, got {self.layer!r} "
+                    f"({type(self.layer).__name__})"
                 )
+            object.__setattr__(self, "layer", layer)  # a numpy or torch integer becomes an int
         else:
             raise ValueError(_unknown_message(str(self.kind), _example_names()))
 
@@ -58,6 +63,24 @@ class Site:
 
 
 SiteLike = str | Site
+
+
+def _as_index(value: object) -> int | None:
+    """``value`` as an int when it is an integer (numpy and torch ones too), else None; a bool
+    is not a layer index."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _not_a_site(value: object) -> TypeError:
+    return TypeError(
+        "a site is a str such as 'layers.3.attn.heads' or an iv.Site, got "
+        f"{type(value).__name__} {value!r}"
+    )
 
 
 def _example_names(n_layers: int = 1) -> list[str]:
@@ -81,6 +104,8 @@ def parse(name: SiteLike, n_layers: int | None = None) -> Site:
     """Parse one site name (no wildcards). With ``n_layers``, check the layer exists."""
     if isinstance(name, Site):
         site = name
+    elif not isinstance(name, str):
+        raise _not_a_site(name)
     else:
         sites = expand(name, n_layers)
         if len(sites) != 1 or any(c in name for c in "*:"):
@@ -95,9 +120,11 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
     """Expand a name, a pattern (``layers.*.x``, ``layers.3:8.x``) or a list of them."""
     if isinstance(pattern, Site):
         return [parse(pattern, n_layers)]
-    if not isinstance(pattern, str):
-        return [site for item in pattern for site in expand(item, n_layers)]
-    return list(_expand_name(pattern, n_layers))
+    if isinstance(pattern, str):
+        return list(_expand_name(pattern, n_layers))
+    if isinstance(pattern, (bytes, bytearray)) or not isinstance(pattern, Iterable):
+        raise _not_a_site(pattern)
+    return [site for item in pattern for site in expand(item, n_layers)]
 
 
 @lru_cache(maxsize=1024)
@@ -134,23 +161,37 @@ def _within(layers: list[int], n_layers: int | None, what: str) -> list[int]:
 
 
 def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:
-    if spec.isdigit():
+    if _INDEX.fullmatch(spec):
         return [int(spec)]
+    if spec.startswith("-") and _INDEX.fullmatch(spec.lstrip("-")):
+        last = f" (this model's last layer is {n_layers - 1})" if n_layers else ""
+        raise ValueError(
+            f"bad layer index {spec!r} in {pattern!r}: layers count from 0 and cannot be "
+            f"negative{last}"
+        )
     if spec == "*" or ":" in spec:
         if n_layers is None and (spec == "*" or spec.endswith(":")):
             raise ValueError(f"{pattern!r} needs the model's layer count to expand")
         if spec == "*":
             return list(range(n_layers))
         start, _, stop = spec.partition(":")
-        if not (start == "" or start.isdigit()) or not (stop == "" or stop.isdigit()):
+        if not all(end == "" or _INDEX.fullmatch(end) for end in (start, stop)):
             raise ValueError(
                 f"bad layer range in {pattern!r}: expected 'start:stop' with non-negative "
                 "integers, e.g. 'layers.3:8.resid_post' (stop excluded)"
             )
         lo = int(start) if start else 0
+        if n_layers is not None and lo >= n_layers:
+            raise ValueError(
+                f"{pattern!r} starts at layer {lo}, but the model has {n_layers} layers "
+                f"(0..{n_layers - 1})"
+            )
         hi = int(stop) if stop else n_layers
         if hi <= lo:
-            raise ValueError(f"empty layer range in {pattern!r}: stop must be greater than start")
+            raise ValueError(
+                f"empty layer range in {pattern!r}: stop {hi} is not greater than start {lo} "
+                f"(stop is excluded: {lo}:{lo + 1} is layer {lo} alone)"
+            )
         return list(range(lo, hi))
     raise ValueError(
         f"bad layer index {spec!r} in {pattern!r}: expected a number, '*' or 'start:stop'"

@@ -8,10 +8,12 @@ so ``W' = A W`` and ``b' = A b + c``. ``A`` and ``c`` are read off the intervent
 running it on the zero vector and the unit vectors (in float64).
 
 A ``WeightDelta`` keeps the new values and the originals of every parameter it touches:
-``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, and ``apply`` refuses
-a model whose parameters are not the ones it was made from.
+``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, ``apply`` refuses
+a model whose parameters are not the ones it was made from, and ``revert`` one whose parameters
+no longer hold what the delta wrote (stacked edits revert newest first).
 """
 
+import difflib
 import json
 import os
 import tempfile
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from interventions.adapters import Adapter, adapter, causal_lm, require_in_memory
@@ -60,7 +63,10 @@ class WeightDelta:
                     module_name, _, attr = name.rpartition(".")
                     module = model.get_submodule(module_name)
                     reference = next(module.parameters())
-                    setattr(module, attr, nn.Parameter(new.to(reference.device, reference.dtype)))
+                    # a copy: a Parameter sharing storage with ``changes`` would make later
+                    # in-place edits of it look like this delta's values to ``revert``
+                    value = new.to(reference.device, reference.dtype, copy=True)
+                    setattr(module, attr, nn.Parameter(value))
                 else:
                     model.get_parameter(name).copy_(new)
         for attr, (_, new_value) in self.config.items():
@@ -69,13 +75,15 @@ class WeightDelta:
         return self
 
     def revert(self, model: nn.Module) -> None:
-        """Restore every touched parameter bit-exactly, remove created ones, undo config."""
+        """Restore every touched parameter bit-exactly, remove created ones, undo config.
+
+        Refuses (changing nothing) a model whose parameters do not hold exactly the values this
+        delta wrote: a later edit of the same parameters must be reverted first, and another
+        model must not receive this model's originals."""
         if not self.applied:
             raise RuntimeError("this WeightDelta is not applied to a model; nothing to revert")
         model = causal_lm(model)
-        for name, original in self.originals.items():
-            if original is not None:  # checked first: a refused revert changes nothing
-                require_in_memory(f"parameter {name}", model.get_parameter(name))
+        self._check_holds_changes(model)  # first: a refused revert changes nothing
         with torch.no_grad():
             for name, original in self.originals.items():
                 if original is None:
@@ -89,6 +97,7 @@ class WeightDelta:
 
     def _validate(self, model: nn.Module, *, check: bool) -> None:
         for name, new in self.changes.items():
+            _require_finite(name, new)
             original = self.originals[name]
             if original is None:
                 module_name, _, attr = name.rpartition(".")
@@ -106,13 +115,7 @@ class WeightDelta:
                     )
                 require_in_memory(f"the weight beside {name}", next(module.parameters()))
                 continue
-            try:
-                current = model.get_parameter(name)
-            except AttributeError as error:
-                raise ValueError(
-                    f"the model has no parameter {name!r}: this WeightDelta was made for "
-                    "another architecture"
-                ) from error
+            current = _parameter(model, name)
             require_in_memory(f"parameter {name}", current)
             if current.shape != new.shape:
                 raise ValueError(
@@ -125,9 +128,26 @@ class WeightDelta:
                     "apply it to the model it was made for (or pass check=False)"
                 )
 
+    def _check_holds_changes(self, model: nn.Module) -> None:
+        for name, new in self.changes.items():
+            if self.originals[name] is None:
+                current = _created_parameter(model, name)
+            else:
+                current = _parameter(model, name)
+            require_in_memory(f"parameter {name}", current)
+            if not _holds(current, new):
+                raise ValueError(
+                    f"parameter {name} does not hold the values this WeightDelta wrote, so "
+                    "reverting would overwrite a later change: if other edits (bake, another "
+                    "WeightDelta, training) changed it after this one, revert those first, "
+                    "newest first; if this is another model, revert on the model the delta "
+                    "was applied to. Nothing was reverted"
+                )
+
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Save as one safetensors file (written to a temporary file, then moved)."""
+        """Save as one safetensors file (written to a temporary file, then moved: an interrupted
+        save leaves the previous file, and no temporary file or new folder, behind)."""
         path = Path(path)
         tensors = {f"new/{name}": t.detach().cpu().contiguous() for name, t in self.changes.items()}
         for name, original in self.originals.items():
@@ -138,6 +158,7 @@ class WeightDelta:
             "created": json.dumps([n for n, o in self.originals.items() if o is None]),
             "config": json.dumps({k: list(v) for k, v in self.config.items()}),
         }
+        new_folders = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(handle)
@@ -146,26 +167,37 @@ class WeightDelta:
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            for folder in new_folders:  # deepest first
+                folder.rmdir()
             raise
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WeightDelta":
-        """Load a delta saved by ``save`` (not applied)."""
-        from safetensors import safe_open
+        """Load a delta saved by ``save`` (not applied).
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        A missing file raises FileNotFoundError; a file that is not a complete WeightDelta file
+        (truncated, another format, damaged metadata) raises ValueError naming it."""
+        path = Path(path)
+        metadata, tensors = _read_safetensors(path)
         if metadata.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a WeightDelta file (no {_FORMAT!r} metadata)")
-        tensors = load_file(str(path))
+        created = _metadata_json(metadata, "created", path)
+        config = _metadata_json(metadata, "config", path)
+        if not isinstance(created, list) or not all(isinstance(n, str) for n in created):
+            raise ValueError(f"{path}: metadata 'created' is not a list of parameter names")
+        if not isinstance(config, dict) or not all(
+            isinstance(v, list) and len(v) == 2 for v in config.values()
+        ):
+            raise ValueError(f"{path}: metadata 'config' is not a mapping of attr -> [old, new]")
+        stray = [k for k in tensors if not k.startswith(("new/", "old/"))]
+        if stray:
+            raise ValueError(f"{path}: unexpected tensors {stray[:3]} (not written by save)")
         changes = {k[4:]: v for k, v in tensors.items() if k.startswith("new/")}
         originals: dict[str, Tensor | None] = {n: tensors.get(f"old/{n}") for n in changes}
-        created = set(json.loads(metadata["created"]))
-        if any(originals[n] is None for n in set(changes) - created):
-            raise ValueError(f"{path} is missing original values of some parameters")
-        config = {k: tuple(v) for k, v in json.loads(metadata["config"]).items()}
-        return cls(changes=changes, originals=originals, config=config)
+        _check_file_entries(path, changes, originals, set(created), tensors)
+        config_changes = {attr: tuple(values) for attr, values in config.items()}
+        return cls(changes=changes, originals=originals, config=config_changes)
 
     @classmethod
     def from_change(cls, model: nn.Module, originals: Mapping[str, Tensor]) -> "WeightDelta":
@@ -174,14 +206,165 @@ class WeightDelta:
         ``originals`` maps parameter names (of the causal LM, also when ``model`` is a PEFT
         model) to copies taken before the change.
         """
+        if not isinstance(originals, Mapping):
+            raise TypeError(
+                "from_change: originals must map parameter names to copies taken before the "
+                f"change, got {type(originals).__name__}"
+            )
         model = causal_lm(model)
-        changes = {n: model.get_parameter(n).detach().clone() for n in originals}
+        changes = {
+            name: _changed_parameter(model, name, original).detach().clone()
+            for name, original in originals.items()
+        }
         return cls(changes=changes, originals={n: t.detach().clone() for n, t in originals.items()},
                    applied=True)  # fmt: skip
 
     @property
     def names(self) -> list[str]:
         return list(self.changes)
+
+
+def _parameter(model: nn.Module, name: str) -> Tensor:
+    """The parameter ``name`` of ``model``; a ValueError saying the delta was made for another
+    architecture when the model has none (torch only says "has no attribute transformer")."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError as error:
+        raise ValueError(
+            f"the model ({type(model).__name__}) has no parameter {name!r}: this WeightDelta "
+            "was made for another architecture"
+        ) from error
+
+
+def _created_parameter(model: nn.Module, name: str) -> Tensor:
+    """A parameter the delta created, which must still be there to be removed."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError as error:
+        raise ValueError(
+            f"this WeightDelta created {name}, but the model ({type(model).__name__}) has no "
+            f"module {module_name!r}: it was made for another architecture"
+        ) from error
+    current = getattr(module, attr, None)
+    if not isinstance(current, Tensor):
+        raise ValueError(
+            f"this WeightDelta created {name}, but the model has no such parameter: it was "
+            "removed since (revert later edits first, newest first) or this is another model "
+            "(revert on the model the delta was applied to). Nothing was reverted"
+        )
+    return current
+
+
+def _require_finite(name: str, new: Tensor) -> None:
+    if new.is_floating_point() or new.is_complex():
+        bad = int((~torch.isfinite(new)).sum())
+        if bad:
+            raise ValueError(
+                f"the new value of parameter {name} has {bad} non-finite (NaN or inf) entries, "
+                f"so this WeightDelta was not applied and nothing was written: the edit that made "
+                f"it overflowed {new.dtype} or diverged; use a smaller edit or redo the run"
+            )
+
+
+def _changed_parameter(model: nn.Module, name: object, original: object) -> Tensor:
+    """The parameter ``name`` that ``original`` (a copy from before the change) belongs to."""
+    if not isinstance(name, str):
+        raise TypeError(f"from_change: originals' keys are parameter names, got {name!r}")
+    if not isinstance(original, Tensor):
+        raise TypeError(
+            f"from_change: originals[{name!r}] must be a tensor (a copy of the parameter taken "
+            f"before the change), got {type(original).__name__}"
+        )
+    try:
+        current = model.get_parameter(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_parameters()]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"from_change: the model ({type(model).__name__}) has no parameter {name!r}.{hint} "
+            "Name parameters as the causal LM's named_parameters() does"
+        ) from None
+    require_in_memory(f"parameter {name}", current)
+    if original.shape != current.shape:
+        raise ValueError(
+            f"from_change: originals[{name!r}] has shape {tuple(original.shape)}, but the "
+            f"parameter has shape {tuple(current.shape)}: pass a copy of that parameter"
+        )
+    if not original.is_meta and original.untyped_storage().data_ptr() == (
+        current.untyped_storage().data_ptr()
+    ):
+        raise ValueError(
+            f"from_change: originals[{name!r}] is the parameter itself (or a view of it), not a "
+            "copy from before the change: take p.detach().clone() before changing it"
+        )
+    return current
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    if not path.exists():
+        raise FileNotFoundError(f"WeightDelta file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file; pass the .safetensors file WeightDelta.save wrote")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({error}): it is truncated or in another "
+            "format; save the WeightDelta again"
+        ) from None
+    return metadata, tensors
+
+
+def _metadata_json(metadata: Mapping[str, str], key: str, path: Path) -> object:
+    if key not in metadata:
+        raise ValueError(
+            f"{path}: the WeightDelta metadata has no {key!r} entry; the file is damaged or was "
+            "not written by WeightDelta.save"
+        )
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({error})") from None
+
+
+def _check_file_entries(
+    path: Path,
+    changes: Mapping[str, Tensor],
+    originals: Mapping[str, Tensor | None],
+    created: set[str],
+    tensors: Mapping[str, Tensor],
+) -> None:
+    """Every parameter of a loaded file has a new value and (unless created) an original of the
+    same shape."""
+    not_changed = sorted(created - set(changes))
+    not_changed += sorted(k[4:] for k in tensors if k.startswith("old/") and k[4:] not in changes)
+    if not_changed:
+        raise ValueError(f"{path} has no new values of {not_changed[:3]}: the file is damaged")
+    missing = sorted(n for n in set(changes) - created if originals[n] is None)
+    if missing:
+        raise ValueError(f"{path} is missing the original values of {missing[:3]}")
+    for name, new in changes.items():
+        original = originals[name]
+        if original is not None and original.shape != new.shape:
+            raise ValueError(
+                f"{path}: {name} has new shape {tuple(new.shape)} but original shape "
+                f"{tuple(original.shape)}: the file is damaged"
+            )
+
+
+def _holds(current: Tensor, written: Tensor) -> bool:
+    """Whether ``current`` holds bit for bit what copying ``written`` into it wrote (NaNs
+    included, which ``torch.equal`` never calls equal)."""
+    expected = written.detach().to("cpu", current.dtype)
+    current = current.detach().cpu()
+    if current.shape != expected.shape:
+        return False
+    as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (current, expected)]
+    return torch.equal(*as_bytes)
 
 
 # --- bake ------------------------------------------------------------------------------------

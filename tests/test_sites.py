@@ -64,3 +64,45 @@ def test_site_value_checks():
     with pytest.raises(ValueError, match="needs a layer index"):
         Site("attn.heads")
     assert iv.Site("attn.heads", 4).is_head_site
+
+
+def test_range_messages_say_what_is_wrong():
+    with pytest.raises(
+        ValueError,
+        match=r"'layers.5:.mlp.out' starts at layer 5, but the model has 3 layers \(0..2\)",
+    ):
+        expand("layers.5:.mlp.out", 3)
+    with pytest.raises(ValueError, match="starts at layer 4, but the model has 4 layers"):
+        iv.layer_range("4:", 4)
+    with pytest.raises(ValueError, match=r"stop 2 is not greater than start 2 .* 2:3 is layer 2"):
+        expand("layers.2:2.resid_pre", 3)
+    with pytest.raises(ValueError, match="stop 1 is not greater than start 3"):
+        expand("layers.3:1.resid_pre")
+    with pytest.raises(ValueError, match="cannot be negative .*last layer is 2"):
+        expand("layers.-1.resid_pre", 3)
+    with pytest.raises(ValueError, match="expected a number, '\\*' or 'start:stop'"):
+        expand("layers.\u00b2.resid_pre", 3)  # '²'.isdigit(), but int('²') fails
+
+
+def test_a_key_that_is_not_a_site_is_a_type_error():
+    message = r"a site is a str such as 'layers.3.attn.heads' or an iv.Site, got int 5"
+    with pytest.raises(TypeError, match=message):
+        expand(5)
+    with pytest.raises(TypeError, match=message):
+        expand(["logits", 5], 3)
+    with pytest.raises(TypeError, match="got bytes"):
+        expand(b"logits")
+    with pytest.raises(TypeError, match="got list"):
+        parse(["logits"])  # named one site, but is not one
+    assert expand([]) == []  # an empty list is refused by the callers that need sites
+
+
+def test_site_layers_are_integers_not_bools():
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"needs a layer index >= 0, got True \(bool\)"):
+        Site("attn.heads", True)
+    with pytest.raises(ValueError, match=r"got 1.0 \(float\)"):
+        Site("attn.heads", 1.0)
+    site = Site("attn.heads", np.int64(2))  # e.g. an argmax over head scores
+    assert type(site.layer) is int and str(site) == "layers.2.attn.heads"

@@ -116,7 +116,7 @@ def test_apply_refuses_another_model(ids, tmp_path):
         delta.apply(gpt2)
     assert_same_parameters(gpt2, before)
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
-    with pytest.raises(Exception):  # noqa: B017 - safetensors' own header error
+    with pytest.raises(ValueError, match="junk.safetensors is not a readable safetensors file"):
         iv.WeightDelta.load(tmp_path / "junk.safetensors")
 
 
@@ -172,3 +172,184 @@ def test_bake_on_peft_models_folds_plain_projections_and_refuses_wrapped_ones(mo
     assert all(name.startswith(prefix) for name in delta.names)  # names of the causal LM
     delta.revert(wrapped)
     assert_same_parameters(wrapped, before)
+
+
+def test_revert_refuses_stacked_deltas_out_of_order(model, ids):
+    before = snapshot(model)
+    g = torch.Generator().manual_seed(3)
+    first_plan = {"layers.1.mlp.out": iv.AddBias(torch.randn(32, generator=g))}
+    second_plan = {"layers.1.mlp.out": iv.AddBias(torch.randn(32, generator=g))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qwen2: no config flag for the created bias
+        first = iv.bake(model, first_plan)
+        second = iv.bake(model, second_plan)
+    both, config_both = snapshot(model), model.config.to_dict()
+    with pytest.raises(ValueError, match=r"mlp\.\w+\.bias does not hold .* revert those first"):
+        first.revert(model)
+    assert first.applied
+    assert_same_parameters(model, both)
+    assert model.config.to_dict() == config_both
+    second.revert(model)
+    first.revert(model)
+    assert_same_parameters(model, before)
+
+
+def test_revert_refuses_a_rescale_baked_after_it(llama):
+    before = snapshot(llama)
+    first = iv.bake(llama, {"layers.1.attn.out": iv.Rescale(0.5)})
+    second = iv.bake(llama, {"layers.1.attn.heads": iv.Rescale(2.0, heads=[0])})
+    with pytest.raises(ValueError, match=r"o_proj\.weight does not hold"):
+        first.revert(llama)
+    second.revert(llama)
+    first.revert(llama)
+    assert_same_parameters(llama, before)
+
+
+def test_revert_refuses_another_model_and_changes_nothing():
+    from interventions.models import tiny
+
+    edited, other = tiny("llama", n_layers=3), tiny("llama", n_layers=3, seed=5)
+    before = snapshot(edited)
+    delta = iv.bake(edited, foldable_plan())
+    other_before = snapshot(other)
+    with pytest.raises(ValueError, match="revert on the model the delta was applied to"):
+        delta.revert(other)
+    assert_same_parameters(other, other_before)
+    assert delta.applied
+    gpt2 = tiny("gpt2", n_layers=3)
+    gpt2_before = snapshot(gpt2)
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel\) has no .*model\.layers\.0"):
+        delta.revert(gpt2)
+    assert_same_parameters(gpt2, gpt2_before)
+    delta.revert(edited)
+    assert_same_parameters(edited, before)
+
+
+def test_revert_of_a_changed_training_delta_is_refused_and_nan_training_reverts(llama):
+    before = snapshot(llama)
+    name = "model.layers.1.mlp.down_proj.weight"
+    weight = llama.get_parameter(name)
+    original = {name: weight.detach().clone()}
+    with torch.no_grad():
+        weight.add_(0.1)
+    delta = iv.WeightDelta.from_change(llama, original)
+    with torch.no_grad():
+        weight[0, 0] += 1.0  # trained further after the delta was taken
+    with pytest.raises(ValueError, match="does not hold the values"):
+        delta.revert(llama)
+    with torch.no_grad():
+        weight[0, 0] = float("nan")  # a diverged run is still reverted
+    diverged = iv.WeightDelta.from_change(llama, original)
+    diverged.revert(llama)
+    assert_same_parameters(llama, before)
+
+
+def test_load_names_the_file_and_what_is_wrong(llama, tmp_path):
+    from safetensors.torch import save_file
+
+    delta = iv.bake(llama, foldable_plan())
+    data = delta.save(tmp_path / "edit.safetensors").read_bytes()
+    with pytest.raises(FileNotFoundError, match="missing.safetensors does not exist"):
+        iv.WeightDelta.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="is not a file"):
+        iv.WeightDelta.load(tmp_path)
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.safetensors is not a readable .* truncated"):
+        iv.WeightDelta.load(tmp_path / "cut.safetensors")
+    (tmp_path / "text.safetensors").write_text('{"changes": {}}')
+    with pytest.raises(ValueError, match="text.safetensors is not a readable safetensors file"):
+        iv.WeightDelta.load(tmp_path / "text.safetensors")
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    new, old = torch.ones(32, 64), torch.zeros(32, 64)
+    good = {"format": "interventions.WeightDelta/1", "created": "[]", "config": "{}"}
+    pair = {"new/" + name: new, "old/" + name: old}
+    cases = [
+        (pair, {**good, "created": None}, "no 'created' entry"),
+        (pair, {**good, "config": None}, "no 'config' entry"),
+        (pair, {**good, "config": "{"}, "'config' is not valid JSON"),
+        (pair, {**good, "created": "{}"}, "'created' is not a list"),
+        (pair, {**good, "config": '{"mlp_bias": [false]}'}, "attr -> \\[old, new\\]"),
+        ({"new/" + name: new}, good, "missing the original values of"),
+        ({"new/" + name: new, "old/" + name: old[:3]}, good, "original shape .* damaged"),
+        ({"old/" + name: old}, good, "has no new values of"),
+        ({**pair, "x": old.clone()}, good, "unexpected tensors"),
+    ]
+    for tensors, metadata, message in cases:
+        path = tmp_path / "damaged.safetensors"
+        save_file(tensors, path, metadata={k: v for k, v in metadata.items() if v is not None})
+        with pytest.raises(ValueError, match=f"damaged.safetensors.*{message}"):
+            iv.WeightDelta.load(path)
+
+
+def test_a_delta_of_another_architecture_is_refused_naming_the_parameter():
+    from interventions.models import tiny
+
+    gpt2, llama = tiny("gpt2", n_layers=3), tiny("llama", n_layers=3)
+    delta = iv.bake(gpt2, {"layers.1.mlp.out": iv.Rescale(0.5)})
+    before = snapshot(llama)
+    message = r"LlamaForCausalLM\) has no parameter 'transformer\.h\.1\..*another architecture"
+    with pytest.raises(ValueError, match=message):
+        delta.revert(llama)
+    delta.revert(gpt2)
+    with pytest.raises(ValueError, match=message):
+        delta.apply(llama)
+    assert_same_parameters(llama, before)
+
+
+def test_from_change_checks_names_shapes_and_types(llama):
+    name = "model.layers.1.mlp.down_proj.weight"
+    weight = llama.get_parameter(name)
+    with pytest.raises(
+        ValueError, match=f"no parameter 'model.layers.1.mlp.down_proj.weigth'.*{name}"
+    ):
+        iv.WeightDelta.from_change(llama, {name.replace("weight", "weigth"): weight.clone()})
+    with pytest.raises(
+        ValueError, match=r"shape \(32, 3\), but the parameter has shape \(32, 64\)"
+    ):
+        iv.WeightDelta.from_change(llama, {name: weight[:, :3].clone()})
+    with pytest.raises(TypeError, match="must be a tensor .* got list"):
+        iv.WeightDelta.from_change(llama, {name: weight.tolist()})
+    with pytest.raises(ValueError, match="is the parameter itself"):
+        iv.WeightDelta.from_change(llama, {name: weight})
+    with pytest.raises(TypeError, match="originals must map parameter names"):
+        iv.WeightDelta.from_change(llama, [weight.clone()])
+
+
+def test_an_interrupted_save_leaves_the_previous_file_and_nothing_else(
+    llama, tmp_path, monkeypatch
+):
+    from interventions import weights
+
+    delta = iv.bake(llama, foldable_plan())
+    path = delta.save(tmp_path / "edit.safetensors")
+    saved = path.read_bytes()
+
+    def interrupted(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        delta.save(path)
+    assert path.read_bytes() == saved
+    with pytest.raises(KeyboardInterrupt):
+        delta.save(tmp_path / "new" / "deeper" / "edit.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edit.safetensors"]
+
+
+def test_apply_refuses_non_finite_new_values(llama):
+    before, config_before = snapshot(llama), llama.config.to_dict()
+    with pytest.raises(ValueError, match=r"down_proj.weight has 2048 non-finite .* nothing was"):
+        iv.bake(llama, {"layers.1.mlp.out": iv.Rescale(1e300)})  # overflows float32
+    assert_same_parameters(llama, before)
+    assert llama.config.to_dict() == config_before
+    name = "model.layers.1.mlp.down_proj.weight"
+    changed = llama.get_parameter(name).detach().clone()
+    changed[0, 0] = float("nan")
+    delta = iv.WeightDelta(changes={name: changed}, originals={name: before[name].clone()})
+    with pytest.raises(ValueError, match="has 1 non-finite"):
+        delta.apply(llama)
+    assert not delta.applied
+    assert_same_parameters(llama, before)
