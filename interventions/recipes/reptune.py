@@ -28,7 +28,8 @@ Algorithm
    loss is within ``token_tolerance`` of its minimum. AdamW with linear warmup, early stopping on a
    validation split (the best weights are kept), a tqdm progress bar. The change is returned as an
    ``iv.WeightDelta`` of the changed parameters (revert it for the bit-exact original; save it:
-   new and old values of the touched blocks only).
+   new and old values of the touched blocks only). A run that fails or is interrupted (Ctrl-C)
+   puts the tuned parameters back bit-exactly before the error propagates.
 4. Block search: short runs over parameter blocks (layer ranges x modules such as the attention
    v/o projections or the MLP) for each loss, ranked by validation loss.
 5. Evaluation: sliding-window perplexity, forced-choice answers on held-out claims, the cosine
@@ -846,6 +847,28 @@ def _losses(
 
 
 @contextmanager
+def _restored_on_failure(
+    model: nn.Module, params: Mapping[str, nn.Parameter]
+) -> Iterator[dict[str, Tensor]]:
+    """Yields copies of ``params``. On any exception, Ctrl-C (KeyboardInterrupt) included, puts
+    back their values bit-exactly, their gradients and every module's train/eval mode, then
+    re-raises: an interrupted tuning run leaves no half-tuned weights."""
+    originals = {name: p.detach().clone() for name, p in params.items()}
+    grads = {name: p.grad for name, p in params.items()}
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield originals
+    except BaseException:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(originals[name])
+                param.grad = grads[name]
+        for module, training in modes:
+            module.training = training
+        raise
+
+
+@contextmanager
 def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     keep = {id(p) for p in params}
@@ -938,109 +961,114 @@ def tune(
     if not use_tokens:
         token_params = {}
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
-    originals = {name: p.detach().clone() for name, p in tuned.items()}
-    optimizers = {
-        "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
-    }
-    if use_tokens:
-        optimizers["token"] = torch.optim.AdamW(
-            list(token_params.values()), lr=token_lr or lr, weight_decay=weight_decay
-        )
-    schedulers = {  # linear warmup over each group's own steps, then constant
-        key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-        for key, o in optimizers.items()
-    }
-    val_batches = [
-        _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
-    ]
+    with _restored_on_failure(model, tuned) as originals:
+        optimizers = {
+            "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
+        }
+        if use_tokens:
+            optimizers["token"] = torch.optim.AdamW(
+                list(token_params.values()), lr=token_lr or lr, weight_decay=weight_decay
+            )
+        schedulers = {  # linear warmup over each group's own steps, then constant
+            key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+            for key, o in optimizers.items()
+        }
+        val_batches = [
+            _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
+        ]
 
-    def validate() -> dict[str, float]:
-        proj_sum, excess_sum = 0.0, 0.0
-        with torch.no_grad():
-            for p in val_batches:
-                proj, token, minimum = _losses(
-                    model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
-                )
-                proj_sum += float(proj)
-                excess_sum += float(token - minimum) if token is not None else 0.0
-        k = max(1, len(val_batches))
-        return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
+        def validate() -> dict[str, float]:
+            proj_sum, excess_sum = 0.0, 0.0
+            with torch.no_grad():
+                for p in val_batches:
+                    proj, token, minimum = _losses(
+                        model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
+                    )
+                    proj_sum += float(proj)
+                    excess_sum += float(token - minimum) if token is not None else 0.0
+            k = max(1, len(val_batches))
+            return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
 
-    rng = random.Random(seed)
-    order: list[int] = []
-    best, best_state, bad = math.inf, None, 0
-    bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
-    all_params = list(proj_params.values()) + list(token_params.values())
-    with _only_trainable(model, all_params), torch.enable_grad():
-        if val_batches:
-            record = {"step": 0, **validate()}
-            best = record["val_projection"] + record["val_token_excess"]
-            best_state = {k: v.clone() for k, v in originals.items()}
-            if history is not None:
-                history.append(record)
-        for step in bar:
-            if len(order) < batch_size:
-                fresh = list(range(len(train)))
-                rng.shuffle(fresh)
-                order += fresh
-            chunk = [train[i] for i in order[:batch_size]]
-            del order[:batch_size]
-            p = _prepare(tokenizer, chunk, n, vocab, device)
-            proj, token, minimum = _losses(
-                model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
-            )
-            token_step = token is not None and float((token - minimum).detach()) > token_tolerance
-            grads = torch.autograd.grad(
-                proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
-            )
-            for param, grad in zip(proj_params.values(), grads, strict=True):
-                param.grad = grad
-            if token_step:
-                grads = torch.autograd.grad(token, list(token_params.values()), allow_unused=True)
-            for param in token_params.values():
-                param.grad = None
-            optimizers["proj"].step()
-            schedulers["proj"].step()
-            for param in proj_params.values():
-                param.grad = None
-            if token_step:
-                for param, grad in zip(token_params.values(), grads, strict=True):
-                    param.grad = grad
-                optimizers["token"].step()
-                schedulers["token"].step()
-                for param in token_params.values():
-                    param.grad = None
-            record = {
-                "step": step + 1,
-                "projection": float(proj.detach()),
-                "token_excess": None if token is None else float((token - minimum).detach()),
-                "token_step": token_step,
-            }
-            if history is not None:
-                history.append(record)
-            bar.set_postfix(
-                proj=f"{record['projection']:.4f}",
-                tok="-" if token is None else f"{record['token_excess']:.3f}",
-            )
-            if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                record = {"step": step + 1, **validate()}
+        rng = random.Random(seed)
+        order: list[int] = []
+        best, best_state, bad = math.inf, None, 0
+        bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
+        all_params = list(proj_params.values()) + list(token_params.values())
+        with bar, _only_trainable(model, all_params), torch.enable_grad():
+            if val_batches:
+                record = {"step": 0, **validate()}
+                best = record["val_projection"] + record["val_token_excess"]
+                best_state = {k: v.clone() for k, v in originals.items()}
                 if history is not None:
                     history.append(record)
-                score = record["val_projection"] + record["val_token_excess"]
-                if score < best - 1e-6:
-                    best, bad = score, 0
-                    best_state = {k: tuned[k].detach().clone() for k in originals}
-                else:
-                    bad += 1
-                    if bad >= patience:
-                        break
-    bar.close()
-    if best_state is not None:
-        with torch.no_grad():
-            for name, value in best_state.items():
-                tuned[name].copy_(value)
-    changed = {name: old for name, old in originals.items() if not torch.equal(old, tuned[name])}
-    return iv.WeightDelta.from_change(model, changed)
+            for step in bar:
+                if len(order) < batch_size:
+                    fresh = list(range(len(train)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                chunk = [train[i] for i in order[:batch_size]]
+                del order[:batch_size]
+                p = _prepare(tokenizer, chunk, n, vocab, device)
+                proj, token, minimum = _losses(
+                    model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
+                )
+                token_step = (
+                    token is not None and float((token - minimum).detach()) > token_tolerance
+                )
+                grads = torch.autograd.grad(
+                    proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
+                )
+                for param, grad in zip(proj_params.values(), grads, strict=True):
+                    param.grad = grad
+                if token_step:
+                    grads = torch.autograd.grad(
+                        token, list(token_params.values()), allow_unused=True
+                    )
+                for param in token_params.values():
+                    param.grad = None
+                optimizers["proj"].step()
+                schedulers["proj"].step()
+                for param in proj_params.values():
+                    param.grad = None
+                if token_step:
+                    for param, grad in zip(token_params.values(), grads, strict=True):
+                        param.grad = grad
+                    optimizers["token"].step()
+                    schedulers["token"].step()
+                    for param in token_params.values():
+                        param.grad = None
+                record = {
+                    "step": step + 1,
+                    "projection": float(proj.detach()),
+                    "token_excess": None if token is None else float((token - minimum).detach()),
+                    "token_step": token_step,
+                }
+                if history is not None:
+                    history.append(record)
+                bar.set_postfix(
+                    proj=f"{record['projection']:.4f}",
+                    tok="-" if token is None else f"{record['token_excess']:.3f}",
+                )
+                if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                    record = {"step": step + 1, **validate()}
+                    if history is not None:
+                        history.append(record)
+                    score = record["val_projection"] + record["val_token_excess"]
+                    if score < best - 1e-6:
+                        best, bad = score, 0
+                        best_state = {k: tuned[k].detach().clone() for k in originals}
+                    else:
+                        bad += 1
+                        if bad >= patience:
+                            break
+        if best_state is not None:
+            with torch.no_grad():
+                for name, value in best_state.items():
+                    tuned[name].copy_(value)
+        changed = {
+            name: old for name, old in originals.items() if not torch.equal(old, tuned[name])
+        }
+        return iv.WeightDelta.from_change(model, changed)
 
 
 # --- block search ---------------------------------------------------------------------------------

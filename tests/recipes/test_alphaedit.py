@@ -14,6 +14,7 @@ import interventions as iv
 from interventions.models import tiny
 from interventions.recipes import alphaedit as ae
 
+METHODS = ("alphaedit", "memit")
 TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
 
 
@@ -432,6 +433,26 @@ def test_a_failed_edit_leaves_the_model_and_editor_unchanged(monkeypatch):
         editor.edit([REQUEST])
     assert len(calls) == 2
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    assert editor.past == {} and editor.n_edits == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_interrupted_edit_leaves_the_model_and_editor_unchanged(method, untouched, interrupt):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [0, 1])
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=2)
+    editor = ae.Editor(model, tok, stats, method=method, hparams=hp)
+    check = untouched(model)
+    layer_0 = current_weight(model, 0).clone()
+
+    def layer_0_written(_: int) -> bool:  # Ctrl-C in the next forward, with its hooks on
+        return not torch.equal(current_weight(model, 0), layer_0)
+
+    calls = interrupt(model, 0, layer_0_written)
+    with pytest.raises(KeyboardInterrupt):
+        ae.edit(model, tok, [REQUEST], editor=editor)
+    assert calls[-1]  # it fired
+    check()
     assert editor.past == {} and editor.n_edits == 0
 
 

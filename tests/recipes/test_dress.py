@@ -461,6 +461,18 @@ def test_clear_errors(tiny_fit):
         dress.fit(model, WordTokenizer(), [("only", "two")] * 6)
 
 
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_an_interrupted_fit_leaves_the_model_and_tokenizer_as_they_were(arch, untouched, interrupt):
+    model, tok = make_model(arch), WordTokenizer()
+    check = untouched(model)
+    calls = interrupt(model, 1, lambda call: call == 3)  # Ctrl-C in the third batch's forward
+    with pytest.raises(KeyboardInterrupt):
+        dress.fit(model, tok, TRIPLES[:40], num_heads=3, batch_size=8, progress=False)
+    assert calls == [False, False, True]
+    check()
+    assert tok.padding_side == "right"
+
+
 def test_fluency_by_hand(tiny_fit):
     model, _ = tiny_fit
     tok = WordTokenizer()

@@ -254,6 +254,17 @@ def test_sink_options_and_first_token(tok):
     assert not np.allclose(keep.raw["out"], drop.raw["out"])
 
 
+@pytest.mark.parametrize("arch,kv", ARCHS)
+def test_an_interrupted_score_leaves_the_model_as_it_was(tok, arch, kv, untouched, interrupt):
+    model = tiny(arch, n_kv_heads=kv, n_layers=3)
+    check = untouched(model)  # also the attention implementation, switched to eager meanwhile
+    calls = interrupt(model, 2, lambda call: call == 2)  # Ctrl-C in the second batch
+    with pytest.raises(KeyboardInterrupt):
+        hs.score(model, tok, RECORDS, batch_size=3, progress=False)
+    assert calls == [False, True]
+    check()
+
+
 def test_layers_and_heads_subset(tok):
     model = tiny("llama", n_layers=3)
     full = hs.score(model, tok, RECORDS, progress=False)

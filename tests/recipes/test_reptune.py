@@ -459,6 +459,50 @@ def test_search_blocks_ranks_and_restores(tok, claims):
         "val_token_excess"]  # fmt: skip
 
 
+class FailingHistory(list):
+    """A history that fails when asked to record ``step`` (an error inside the loop)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def append(self, record: dict) -> None:
+        if record.get("step") == self.step and "projection" in record:
+            raise RuntimeError("boom")
+        super().append(record)
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_tune_leaves_the_model_exactly_as_it_was(
+    tok, claims, untouched, interrupt, failure
+):
+    model, d, data = _tiny_setup(tok, claims)
+    model.train()  # the train/eval mode of every module comes back too
+    check = untouched(model)
+    tuned = list(
+        rt.block_parameters(model, ["layers.1:3.attn.v+attn.o", "layers.1:3.mlp"]).values()
+    )
+    first = [p.detach().clone() for p in tuned]
+    history = None
+    if failure is KeyboardInterrupt:  # Ctrl-C in the forward of the step after one update
+
+        def updated(_: int) -> bool:
+            return any(not torch.equal(p, q) for p, q in zip(tuned, first, strict=True))
+
+        calls = interrupt(model, 1, updated)
+    else:  # an error after two updates (recording the second step)
+        history = FailingHistory(step=2)
+    with pytest.raises(failure):
+        rt.tune(model, tok, data, direction=d, layers=[1, 2], lr=1e-2, steps=5, batch_size=4,
+                token_tolerance=-1.0, val_fraction=0.0, progress=False,
+                history=history)  # fmt: skip
+    if failure is KeyboardInterrupt:
+        assert calls == [False, True]  # it fired in the second step, after the first tuned
+    else:
+        assert len(history) == 1
+    check()
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 
