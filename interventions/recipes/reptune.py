@@ -117,13 +117,13 @@ def load_claims(path: str | os.PathLike = CLAIMS) -> list[Claim]:
     """Claims from a JSON-lines file with ``id``, ``claim``, ``label`` and ``pair`` fields."""
     claims = []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             row = json.loads(line)
             missing = {"id", "claim", "label", "pair"} - set(row)
             if missing:
-                raise ValueError(f"{path}:{number}: claim record lacks {sorted(missing)}")
+                raise ValueError(f"{path}:{line_number}: claim record lacks {sorted(missing)}")
             topic = row.get("topic", "")
             claims.append(Claim(row["id"], row["claim"], bool(row["label"]), row["pair"], topic))
     return claims
