@@ -71,7 +71,7 @@ def indices(name: str, values: object, n: int, *, what: str = "layer", hint: str
     bad = [v for v in out if not 0 <= v < n]
     if bad:
         raise ValueError(
-            f"{name} has {what} {bad} out of range: the model has {n} {what}s (valid 0..{n - 1})"
+            f"{name}: {what} index {bad} out of range: the model has {n} {what}s (valid 0..{n - 1})"
         )
     repeated = sorted({v for v in out if out.count(v) > 1})
     if repeated:

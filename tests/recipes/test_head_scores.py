@@ -278,6 +278,50 @@ def test_layers_and_heads_subset(tok):
         hs.score(model, tok, RECORDS, heads=[4], progress=False)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("records", "options", "error", "message"),
+    [
+        ([], {}, ValueError, r"no records to score: .* pass at least one"),
+        (iter([]), {}, ValueError, r"no records to score: .* pass at least one"),
+        (RECORDS, {"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+        (RECORDS, {"batch_size": -2}, ValueError, r"batch_size must be an integer >= 1, got -2"),
+        (RECORDS, {"batch_size": True}, TypeError, r"batch_size must be an integer >= 1, got True"),
+        (RECORDS, {"batch_size": 2.0}, TypeError, r"batch_size must be an integer >= 1, got 2.0"),
+        (RECORDS, {"lambda_ent": NAN}, ValueError, r"lambda_ent must be a finite number >= 0"),
+        (RECORDS, {"lambda_task": INF}, ValueError, r"lambda_task must be a finite number >= 0"),
+        (RECORDS, {"lambda_task": -1.0}, ValueError, r"lambda_task must be a finite number >= 0"),
+        (RECORDS, {"max_length": 0}, ValueError, r"max_length \(or None\) must be an integer >= 1"),
+        (RECORDS, {"max_length": True}, TypeError, r"max_length \(or None\) must be an integer"),
+        (RECORDS, {"layers": [True]}, TypeError, r"layers\[0\] must be an integer, got True"),
+        (RECORDS, {"layers": [1.5]}, TypeError, r"layers\[0\] must be an integer, got 1.5"),
+        (RECORDS, {"heads": []}, ValueError, r"heads is empty: pass None for every head"),
+        (RECORDS, {"heads": [1, 1]}, ValueError, r"heads repeats head \[1\]"),
+        (RECORDS, {"rank_scope": "model"}, ValueError, r"rank_scope must be one of"),
+    ],
+)  # fmt: skip
+def test_score_refuses_empty_records_and_nonsense_options_before_any_forward(
+    tok, untouched, records, options, error, message
+):
+    model = tiny("llama")
+    check = untouched(model)
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(error, match=message):
+        hs.score(model, tok, records, progress=False, **options)
+    assert forwards == []
+    model._forward_pre_hooks.clear()
+    check()
+
+
+def test_build_table_refuses_non_finite_weights():
+    raw = {m: np.ones((2, 3)) for m in hs.RAW_METRICS}
+    with pytest.raises(ValueError, match="lambda_ent must be a finite number >= 0, got nan"):
+        hs.build_table(raw, [0, 1], [0, 1, 2], lambda_ent=NAN)
+
+
 def test_text_records_have_no_task_span(tok):
     model = tiny("llama")
     records = [{"text": "The cat sat on the mat."}, {"input": "Rain falls."}, "Plain string."]

@@ -489,7 +489,7 @@ NAN, INF = float("nan"), float("inf")
         ({"val_fraction": -0.2}, ValueError, r"val_fraction must be a finite number >= 0 and < 1"),
         ({"layers": []}, ValueError, r"layers is empty: name the layers .* list\(direction"),
         ({"layers": [1, 1]}, ValueError, r"layers repeats layer \[1\]"),
-        ({"layers": [7]}, ValueError, r"layers has layer \[7\] out of range: the model has 3"),
+        ({"layers": [7]}, ValueError, r"layers: layer index \[7\] out of range: the model has 3"),
         ({"layers": [True]}, TypeError, r"layers\[0\] must be an integer, got True"),
     ],
 )
