@@ -1068,6 +1068,7 @@ def compare(
 ) -> Comparison:
     """Per-head differences, ratios, Spearman correlations and top movers between two tables
     scored on the same samples (``check_data`` compares the token-id fingerprints)."""
+    top = integer("top", top, minimum=0)
     b, a = table_before, table_after
     if b.layers != a.layers or b.heads != a.heads:
         raise ValueError(

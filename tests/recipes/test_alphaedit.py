@@ -500,12 +500,14 @@ def test_a_bad_request_is_refused_with_its_index_and_the_fix(untouched, change, 
     check()
 
 
-def test_scoring_names_the_pair_or_request_whose_target_gives_no_token():
+def test_scoring_names_the_pair_or_request_whose_target_gives_no_token(untouched):
     model, tok = make("gpt2")
+    check = untouched(model)
     with pytest.raises(ae.RequestError, match=r"pairs\[1\]: the target ' ' of .* no contiguous"):
         ae.target_logprobs(model, tok, [("The sky is", "blue"), ("The sea is", " ")])
     with pytest.raises(ae.RequestError, match=r"requests\[0\]: target_true is empty"):
         ae.evaluate(model, tok, [dict(REQUEST, target_true=" ")], fluency=False)
+    check()
 
 
 @pytest.mark.parametrize(

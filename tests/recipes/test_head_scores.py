@@ -459,6 +459,8 @@ def test_compare_refuses_other_samples_or_heads(tok):
     c = hs.score(model, tok, RECORDS, heads=[0, 1], progress=False)
     with pytest.raises(ValueError, match="different heads"):
         hs.compare(a, c)
+    with pytest.raises(TypeError, match="top must be an integer >= 0, got 2.5"):
+        hs.compare(a, a, top=2.5)
 
 
 # --- data files --------------------------------------------------------------------------------

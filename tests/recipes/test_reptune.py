@@ -527,8 +527,9 @@ def test_tune_refuses_zero_non_finite_and_foreign_directions(tok, claims, untouc
     check()
 
 
-def test_extract_direction_refuses_pairs_without_a_difference(tok, claims):
+def test_extract_direction_refuses_pairs_without_a_difference(tok, claims, untouched):
     model = tiny("llama", n_layers=3)
+    check = untouched(model)
     same = [rt.Pair(p.positive, p.positive) for p in rt.honesty_pairs(claims[:4])]
     with pytest.raises(ValueError, match=r"all 4 pairs give the same resid_post .*\(1, -3\)"):
         rt.extract_direction(model, tok, same, layers=[1, 2], n_positions=3)
@@ -541,10 +542,12 @@ def test_extract_direction_refuses_pairs_without_a_difference(tok, claims):
         rt.extract_direction(model, tok, pairs, layers=[1], n_positions=2.0)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         rt.extract_direction(model, tok, pairs, layers=[1], batch_size=0)
+    check()
 
 
-def test_evaluation_refuses_nonsense_numbers(tok, claims):
+def test_evaluation_refuses_nonsense_numbers(tok, claims, untouched):
     model, d, _ = _tiny_setup(tok, claims, n_claims=4)
+    check = untouched(model)
     prompts = rt.claim_prompts(claims[:4])
     with pytest.raises(ValueError, match="alpha must be a finite number, got nan"):
         d.steering_plan(1, float("nan"))
@@ -558,6 +561,7 @@ def test_evaluation_refuses_nonsense_numbers(tok, claims):
         rt.perplexity(model, tok, "a b c d e f g h i j", window=8, stride=0)
     with pytest.raises(ValueError, match="need stride <= window"):
         rt.perplexity(model, tok, "a b c d e f g h i j", window=4, stride=8)
+    check()
 
 
 def test_search_blocks_ranks_and_restores(tok, claims):
