@@ -21,6 +21,7 @@ breaks ties by validation log-loss, then by effect size, and ``ties`` reports ho
 shared the accuracy at the cut-off.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -104,8 +105,10 @@ def fit_logistic(
     is below ``tol`` (relative to the objective).
     """
     _check_features(x)
-    if c <= 0:
-        raise ValueError(f"c must be > 0, got {c}")
+    if not 0 < c < math.inf:  # NaN fails too
+        raise ValueError(f"c must be a finite number > 0, got {c}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     n, p, d = x.shape
     y = _labels(y, n).to(x.device)
     ones = x.new_ones(n, p, 1, dtype=torch.float64)

@@ -73,6 +73,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions.recipes._checks import indices, integer, number
 
 log = logging.getLogger("interventions.alphaedit")
 
@@ -129,12 +130,18 @@ class HParams:
         if self.layers is not None:
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be non-empty without repeats, got {self.layers}")
-            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+            layers = tuple(integer(f"layers[{i}]", x, minimum=0) for i, x in enumerate(self.layers))
+            object.__setattr__(self, "layers", layers)
         for name in ("v_num_grad_steps", "n_prefixes", "prefix_length"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.L2 < 0 or self.mom2_update_weight < 0:
-            raise ValueError("L2 and mom2_update_weight must be >= 0")
+            integer(name, getattr(self, name), minimum=0)
+        integer("seed", self.seed, minimum=None)
+        number("v_lr", self.v_lr, above=0)
+        number("clamp_norm_factor", self.clamp_norm_factor, above=0)
+        for name in (
+            "v_weight_decay", "kl_factor", "early_stop_loss", "nullspace_threshold", "L2",
+            "mom2_update_weight",
+        ):  # fmt: skip
+            number(name, getattr(self, name), at_least=0)
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -228,19 +235,29 @@ def as_request(record: Any, where: str = "request") -> Request:
 
 
 def _check_request(r: Request, where: str) -> None:
+    for name in ("prompt", "subject", "target_new", "target_true"):
+        value = getattr(r, name)
+        if not isinstance(value, str) and (value is not None or name != "target_true"):
+            raise RequestError(f"{where}: field {name!r} must be a string, got {value!r}")
     if r.prompt.count("{}") != 1:
+        fix = ""
+        if r.subject.strip() and r.subject in r.prompt:
+            fix = f" (it holds the subject itself: write '{{}}' in place of {r.subject!r})"
         raise RequestError(
-            f"{where}: prompt {r.prompt!r} must contain exactly one '{{}}' where the subject goes"
+            f"{where}: prompt {r.prompt!r} must contain exactly one '{{}}' where the subject "
+            f"goes{fix}"
         )
     if not r.subject.strip():
-        raise RequestError(f"{where}: subject is empty")
-    if not r.target_new.strip():
-        raise RequestError(f"{where}: target_new is empty")
-    if r.target_true is not None:
-        if not r.target_true.strip():
-            raise RequestError(f"{where}: target_true is empty")
-        if r.target_true.strip() == r.target_new.strip():
-            raise RequestError(f"{where}: target_new and target_true are both {r.target_new!r}")
+        raise RequestError(f"{where}: subject is empty: give the text that '{{}}' stands for")
+    for name in ("target_new", "target_true"):
+        target = getattr(r, name)
+        if target is not None and not target.strip():
+            raise RequestError(
+                f"{where}: {name} is empty ({target!r}): give the word(s) that should follow "
+                "the prompt, e.g. 'Rome' (the space before them is added)"
+            )
+    if r.target_true is not None and r.target_true.strip() == r.target_new.strip():
+        raise RequestError(f"{where}: target_new and target_true are both {r.target_new!r}")
 
 
 def as_requests(records: Iterable[Any]) -> list[Request]:
@@ -337,7 +354,10 @@ def encode(
         return Encoded(ids, subject, [], len(ids))
     positions = [i for i, (a, b) in enumerate(offsets) if b > a and a >= len(prompt)]
     if not positions or positions != list(range(positions[0], positions[-1] + 1)):
-        raise RequestError(f"the target {target!r} of {prompt!r} gives no contiguous tokens")
+        raise RequestError(
+            f"the target {target!r} of {prompt!r} gives no contiguous tokens of its own: use a "
+            "target the tokenizer writes as one or more tokens after the prompt"
+        )
     first = positions[0]
     if first == 0 or any(b > len(prompt) for a, b in offsets[:first]):
         raise RequestError(f"the tokenizer merges the end of {prompt!r} with target {target!r}")
@@ -569,6 +589,7 @@ def null_space_projector(
     """
     if mode not in THRESHOLD_MODES:
         raise ValueError(f"mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    threshold = number("threshold", threshold, at_least=0)
     values, vectors = torch.linalg.eigh(moment.double())  # ascending
     if mode == "absolute":
         small = values < threshold
@@ -688,17 +709,23 @@ def key_stats(
     of the model's weights that feed that layer, the exact token ids used and the options; only
     missing layers are computed. Nothing is written with ``cache=False``.
     """
-    geometry = iv.geometry(model)
-    layers = sorted(set(default_layers(geometry.n_layers) if layers is None else layers))
-    bad = [layer for layer in layers if not 0 <= layer < geometry.n_layers]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the model has {geometry.n_layers} layers")
+    n_layers = iv.geometry(model).n_layers
+    if layers is None:
+        layers = default_layers(n_layers)
+    hint = "pass the layers to edit, e.g. default_layers(n_layers)"
+    layers = sorted(indices("layers", layers, n_layers, hint=hint))
+    max_tokens = integer("max_tokens", max_tokens)
+    max_length = integer("max_length", max_length, minimum=2)  # shorter pieces are dropped
+    batch_size = integer("batch_size", batch_size)
     corpus = load_corpus() if corpus is None else corpus
     if isinstance(corpus, str):
         raise TypeError("corpus is an iterable of texts; wrap a single text in a list")
     chunks = _chunks(tokenizer, corpus, max_length, max_tokens)
     if not chunks:
-        raise ValueError("the corpus gave no text to compute key statistics from")
+        raise ValueError(
+            "the corpus gave no text to compute key statistics from (no text of two or more "
+            "tokens): pass a list of texts, or corpus=None for the bundled one"
+        )
     corpus_id = _digest(
         [json.dumps(chunks), str(max_length), str(skip_first_token), str(max_tokens)]
     )[:20]
@@ -1310,9 +1337,17 @@ def target_logprobs(
     pairs: Sequence[tuple[str, str]],
     *,
     batch_size: int = 16,
+    names: Sequence[str] | None = None,
 ) -> list[float]:
-    """Mean log-probability per token of each ``target`` after its ``prompt``."""
-    encoded = [encode(tokenizer, prompt, target=target) for prompt, target in pairs]
+    """Mean log-probability per token of each ``target`` after its ``prompt``. ``names``
+    says how an error names each pair (default ``pairs[i]``)."""
+    batch_size = integer("batch_size", batch_size)
+    encoded = []
+    for i, (prompt, target) in enumerate(pairs):
+        try:
+            encoded.append(encode(tokenizer, prompt, target=target))
+        except RequestError as error:
+            raise RequestError(f"{names[i] if names else f'pairs[{i}]'}: {error}") from None
     device = _device(model)
     pad = _pad_id(tokenizer)
     out: list[float] = []
@@ -1425,7 +1460,10 @@ def evaluate(
     missing = [i for i, r in enumerate(requests) if r.target_true is None]
     if missing:
         raise RequestError(f"requests {missing[:5]} have no target_true: cannot score them")
+    integer("max_new_tokens", max_new_tokens)
+    integer("seed", seed, minimum=None)
     pairs: list[tuple[str, str]] = []
+    names: list[str] = []
     index: list[tuple[int, str]] = []
     for i, r in enumerate(requests):
         groups = (
@@ -1436,8 +1474,12 @@ def evaluate(
         for kind, prompts in groups:
             for prompt in prompts:
                 pairs += [(prompt, r.target_new), (prompt, r.target_true)]
+                names += [
+                    f"requests[{i}] ({kind}, target_new)",
+                    f"requests[{i}] ({kind}, target_true)",
+                ]
                 index.append((i, kind))
-    scores = target_logprobs(model, tokenizer, pairs, batch_size=batch_size)
+    scores = target_logprobs(model, tokenizer, pairs, batch_size=batch_size, names=names)
     per = [
         {"case_id": r.case_id, "rewrite": [], "paraphrase": [], "neighborhood": []}
         for r in requests
@@ -1523,6 +1565,7 @@ def sequential(
 ) -> SequentialRun:
     """Edit ``records`` in batches of ``batch_size`` with one editor; after each batch, score all
     edits so far. The model stays edited: ``run.delta.revert(model)`` undoes every batch."""
+    batch_size = integer("batch_size", batch_size)
     requests = as_requests(records)
     editor = Editor(model, tokenizer, stats, method=method, hparams=hparams)
     deltas: list[iv.WeightDelta] = []

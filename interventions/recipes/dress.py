@@ -47,9 +47,12 @@ paper's metrics on a CPU budget; ``examples/03_dress.py`` and ``docs/dress.md`` 
 
 import importlib.util
 import json
+import math
+import numbers
 import os
 import random
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -67,8 +70,10 @@ from tqdm.auto import tqdm
 import interventions as iv
 from interventions.ops import Positions
 from interventions.probes import LogisticProbes, Ties, fit_logistic, probe_pairs
+from interventions.recipes._checks import integer, number
 
 _FORMAT = "interventions.dress/1"
+TRIPLE_FIELDS = ("question", "styled", "plain")
 STYLE_INSTRUCTION = (
     "Answer in the style of Shakespeare, in Early Modern English (thee, thou, doth, hath)."
 )
@@ -99,31 +104,60 @@ def load_triples(split: str = "train", path: str | os.PathLike | None = None) ->
     else:
         text = Path(path).read_text()
     triples = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)
         missing = {"question", "styled", "plain"} - set(row)
         if missing:
-            raise ValueError(f"line {number} of the triples file lacks {sorted(missing)}")
+            raise ValueError(f"line {line_number} of the triples file lacks {sorted(missing)}")
         if split == "all" or row.get("split", "train") == split:
             triples.append(Triple(row["question"], row["styled"], row["plain"]))
     return triples
 
 
+def _as_triple(t: object, index: int) -> Triple:
+    """One triple from a ``Triple``, a dict with ``TRIPLE_FIELDS`` or a 3-tuple; errors name
+    the triple's index, the field and what was expected."""
+    expected = f"a Triple, a dict with keys {list(TRIPLE_FIELDS)} or a (question, styled, plain)"
+    if isinstance(t, Triple):
+        fields = (t.question, t.styled, t.plain)
+    elif isinstance(t, Mapping):
+        missing = [k for k in TRIPLE_FIELDS if k not in t]
+        if missing:
+            raise ValueError(
+                f"triples[{index}] has no key {missing[0]!r}: a triple dict needs the keys "
+                f"{list(TRIPLE_FIELDS)}, got {sorted(t)}"
+            )
+        fields = tuple(t[k] for k in TRIPLE_FIELDS)
+    elif isinstance(t, (tuple, list)) and len(t) == 3:
+        fields = tuple(t)
+    else:
+        raise TypeError(f"triples[{index}] must be {expected} tuple, got {t!r}")
+    for name, value in zip(TRIPLE_FIELDS, fields, strict=True):
+        if not isinstance(value, str):
+            raise TypeError(
+                f"triples[{index}].{name} must be a string, got {value!r} ({type(value).__name__})"
+            )
+    return Triple(*fields)
+
+
 def _as_triples(triples: Sequence) -> list[Triple]:
-    out = []
-    for t in triples:
-        if isinstance(t, Triple):
-            out.append(t)
-        elif isinstance(t, dict):
-            out.append(Triple(t["question"], t["styled"], t["plain"]))
-        elif isinstance(t, (tuple, list)) and len(t) == 3:
-            out.append(Triple(*t))
-        else:
-            raise TypeError(f"a triple is (question, styled, plain), got {t!r}")
+    out = [_as_triple(t, i) for i, t in enumerate(triples)]
     if len(out) < 5:
         raise ValueError(f"DRESS needs at least 5 triples, got {len(out)}")
+    same = [i for i, t in enumerate(out) if t.styled == t.plain]
+    if len(same) == len(out):
+        raise ValueError(
+            f"the styled and plain answers are identical in all {len(out)} triples: DRESS learns "
+            "the difference between them; give each question a styled and a plain answer"
+        )
+    if same:
+        warnings.warn(
+            f"{len(same)} of {len(out)} triples have identical styled and plain answers "
+            f"(triples {same[:5]}): they add nothing to learn from",
+            stacklevel=3,
+        )
     return out
 
 
@@ -160,8 +194,7 @@ def _encode(tokenizer, texts: list[str], device: torch.device) -> tuple[Tensor, 
 
 
 def _batches(items: list, size: int, desc: str, progress: bool) -> Iterator[list]:
-    if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
+    size = integer("batch_size", size)
     starts = range(0, len(items), size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         yield items[start : start + size]
@@ -210,12 +243,11 @@ class Rank:
         given = [v is not None for v in (self.count, self.fraction, self.variance)]
         if sum(given) != 1:
             raise ValueError("Rank takes exactly one of count=, fraction=, variance=")
-        if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
-            raise ValueError(f"Rank count must be an int >= 1, got {self.count!r}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"Rank fraction must be in (0, 1], got {self.fraction}")
-        if self.variance is not None and not 0 < self.variance <= 1:
-            raise ValueError(f"Rank variance must be in (0, 1], got {self.variance}")
+        if self.count is not None:
+            integer("Rank count", self.count)
+        for name in ("fraction", "variance"):
+            if getattr(self, name) is not None:
+                number(f"Rank {name} (a share in (0, 1])", getattr(self, name), above=0, at_most=1)
 
     def resolve(self, singular_values: Float[Tensor, " m"], d_head: int) -> int:
         """K for one head, at most the number of singular vectors available."""
@@ -265,6 +297,53 @@ def _directions(
     return (unit * std[:, None]).float()
 
 
+def _checked_clamp(clamp: object) -> tuple[float, float] | None:
+    """None, or ``(low, high)`` with low <= high (an infinite bound clamps one side only)."""
+    if clamp is None:
+        return None
+    if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
+        raise TypeError(f"clamp must be None or (low, high), got {clamp!r}")
+    low = number("clamp[0] (low)", clamp[0], infinite=True)
+    high = number("clamp[1] (high)", clamp[1], infinite=True)
+    if low > high:
+        raise ValueError(f"clamp must be (low, high) with low <= high, got {tuple(clamp)}")
+    return low, high
+
+
+def _checked_options(
+    num_heads: object,
+    alpha: object,
+    beta: object,
+    clamp: object,
+    rank: object,
+    vectors: object,
+    probes: tuple[object, object, object],
+    total_heads: int,
+) -> tuple[int, float, float, tuple[float, float] | None, Rank]:
+    """The options of ``fit`` / ``fit_activations``, checked before any work: ``probes`` is
+    (val_ratio, seed, probe_c). Returns (num_heads, alpha, beta, clamp, rank)."""
+    num_heads = integer("num_heads", num_heads)
+    if num_heads > total_heads:
+        raise ValueError(
+            f"num_heads must be in 1..{total_heads} (layers x heads of the model), got {num_heads}"
+        )
+    if vectors not in VECTOR_KINDS:
+        raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {vectors!r}")
+    if isinstance(rank, bool) or not isinstance(rank, (Rank, numbers.Integral)):
+        raise TypeError(f"rank must be a Rank or an integer count, got {rank!r}")
+    val_ratio, seed, probe_c = probes
+    number("val_ratio", val_ratio, above=0, below=1)
+    integer("seed", seed, minimum=None)
+    number("probe_c", probe_c, above=0)
+    return (
+        num_heads,
+        number("alpha", alpha),
+        number("beta", beta, at_least=0),
+        _checked_clamp(clamp),
+        rank if isinstance(rank, Rank) else Rank(count=int(rank)),
+    )
+
+
 # --- the adaptive intervention --------------------------------------------------------------------
 
 
@@ -297,8 +376,8 @@ class AdaptiveSteer(iv.Intervention):
             )
         if len(heads) != basis.shape[0]:
             raise ValueError(f"{len(heads)} heads but {basis.shape[0]} subspaces")
-        if clamp is not None and not clamp[0] <= clamp[1]:
-            raise ValueError(f"clamp must be (low, high) with low <= high, got {clamp}")
+        clamp = _checked_clamp(clamp)
+        beta = number("beta", beta, at_least=0)
         self.register_buffer("basis", basis.detach().float().clone())
         self.register_buffer("w", einsum(self.basis, vectors.float(), "h k d, h d -> h k"))
         self.register_buffer(
@@ -367,7 +446,7 @@ class DressFit:
 
     def with_alpha(self, alpha: float) -> "DressFit":
         """The same fit with another global strength (no refitting)."""
-        return replace(self, alpha=float(alpha))
+        return replace(self, alpha=number("alpha", alpha))
 
     def by_layer(self) -> dict[int, tuple[list[int], list[int]]]:
         """``layer -> (head indices, rows of the per-head tensors)``, layers ascending."""
@@ -535,6 +614,35 @@ def _subspaces(
     return padded, ranks
 
 
+def _check_differences(
+    styled: Float[Tensor, "pairs layers heads d"], plain: Float[Tensor, "pairs layers heads d"]
+) -> None:
+    for name, acts in (("styled", styled), ("plain", plain)):
+        if not bool(torch.isfinite(acts).all()):
+            raise ValueError(f"the {name} activations hold NaN or infinite values")
+    if not bool((styled.double().mean(0) - plain.double().mean(0)).any()):
+        raise ValueError(
+            "the styled and plain activations have the same mean at every head (zero "
+            "mean-difference vectors): there is no style to steer towards; check that the "
+            "styled and plain answers differ"
+        )
+
+
+def _warn_if_chance(val_accuracy: Float[Tensor, " probes"], n_val_pairs: int) -> None:
+    """Warn when even the best probe is within two standard errors of a coin flip on the
+    validation samples: the ranking, and so the selected heads, are then arbitrary."""
+    best, samples = float(val_accuracy.max()), 2 * n_val_pairs
+    noise = 1 / math.sqrt(samples)  # 2 x the standard error of a coin's accuracy
+    if best <= 0.5 + noise:
+        warnings.warn(
+            f"the best probe's validation accuracy is {best:.3f} on {samples} samples, within "
+            f"chance (0.5 + {noise:.3f}): no head tells styled from plain, so the selected "
+            "heads are arbitrary; use more triples, answers that differ more in style, or a "
+            "stronger model",
+            stacklevel=3,
+        )
+
+
 def fit_activations(
     styled: Float[Tensor, "pairs layers heads d"],
     plain: Float[Tensor, "pairs layers heads d"],
@@ -557,13 +665,15 @@ def fit_activations(
             f"{tuple(styled.shape)} and {tuple(plain.shape)}"
         )
     n, n_layers, n_heads, d_head = styled.shape
-    if not 1 <= num_heads <= n_layers * n_heads:
-        raise ValueError(f"num_heads must be in 1..{n_layers * n_heads}, got {num_heads}")
-    rank = Rank(count=rank) if isinstance(rank, int) else rank
+    num_heads, alpha, beta, clamp, rank = _checked_options(
+        num_heads, alpha, beta, clamp, rank, vectors, (val_ratio, seed, probe_c), n_layers * n_heads
+    )
+    _check_differences(styled, plain)
     positive = rearrange(styled.float(), "n l h d -> n (l h) d")
     negative = rearrange(plain.float(), "n l h d -> n (l h) d")
     paired = probe_pairs(positive, negative, val_ratio=val_ratio, seed=seed, c=probe_c)
     ranking = paired.ranking
+    _warn_if_chance(ranking.val_accuracy, len(paired.val))
     top = ranking.top(num_heads)
     sel_styled, sel_plain = positive[:, top], negative[:, top]
     basis, ranks = _subspaces(sel_styled, sel_plain, rank)
@@ -577,8 +687,8 @@ def fit_activations(
         basis=basis,
         ranks=ranks,
         styled_mean=sel_styled.mean(0),
-        alpha=float(alpha),
-        beta=float(beta),
+        alpha=alpha,
+        beta=beta,
         clamp=clamp,
         geometry={"n_layers": n_layers, "n_heads": n_heads, "d_head": d_head},
         scores={
@@ -622,6 +732,12 @@ def fit(
 ) -> DressFit:
     """Fit DRESS on (question, styled, plain) triples: capture, probe, select, vectors, SVD."""
     triples = _as_triples(triples)
+    g = iv.geometry(model)
+    _checked_options(
+        num_heads, alpha, beta, clamp, rank, vectors, (val_ratio, seed, probe_c),
+        g.n_layers * g.n_heads,
+    )  # fmt: skip
+    integer("batch_size", batch_size)
     prompts = [format_prompt(tokenizer, t.question) for t in triples]
     styled = head_activations(
         model,

@@ -78,6 +78,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions.recipes._checks import indices, integer, number
 
 log = logging.getLogger("interventions.head_scores")
 
@@ -91,6 +92,10 @@ RAW_METRICS = ("out", "out_resid", "ent", "ent_all", "ent_nosink", "sink", "task
 SCORES = ("out", "ent", "task")  # the fused scores; S_ent uses -ent
 COMPARED = ("out", "out_resid", "ent", "sink", "task")
 MC_QUESTION_PREFIX = "Question: "
+NO_RECORDS = (
+    "no records to score: the records were empty; pass at least one (a prompt string, a "
+    "record dict or a Prompt), e.g. load_records(BUNDLED_DATA)"
+)
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -210,14 +215,14 @@ def load_records(path: str | Path) -> list[Prompt]:
 
 def _json_lines(text: str, path: Path) -> list[tuple[int, Any]]:
     items = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            items.append((number, json.loads(line)))
+            items.append((line_number, json.loads(line)))
         except json.JSONDecodeError as error:
             raise DataError(
-                f"{path}:{number}: invalid JSON line ({error.msg} at column {error.colno})"
+                f"{path}:{line_number}: invalid JSON line ({error.msg} at column {error.colno})"
             ) from None
     return items
 
@@ -742,6 +747,15 @@ def fuse(
     return ranks, combined
 
 
+def _weights(lambda_ent: object, lambda_task: object) -> tuple[float, float]:
+    """The fusion weights: finite and >= 0 (0 leaves a score out; a negative weight would
+    reward the opposite of what the score measures)."""
+    return (
+        number("lambda_ent", lambda_ent, at_least=0),
+        number("lambda_task", lambda_task, at_least=0),
+    )
+
+
 def build_table(
     raw: Mapping[str, Grid],
     layers: Sequence[int],
@@ -758,6 +772,7 @@ def build_table(
     table with other weights: ``build_table(t.raw, t.layers, t.heads, lambda_ent=0.5)``)."""
     if rank_scope not in RANK_SCOPES:
         raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {rank_scope!r}")
+    lambda_ent, lambda_task = _weights(lambda_ent, lambda_task)
     signed = {"out": raw["out"], "ent": -raw["ent"], "task": raw["task"]}  # higher = better
     normed = {s: normalize_layers(signed[s], norm) for s in SCORES}
     normed = {s: np.where(np.isnan(signed[s]), math.nan, v) for s, v in normed.items()}
@@ -817,14 +832,18 @@ def score(
     geometry = iv.geometry(model)
     layers = _indices(layers, geometry.n_layers, "layer")
     heads = _indices(heads, geometry.n_heads, "head")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = integer("batch_size", batch_size)
+    _weights(lambda_ent, lambda_task)
+    if rank_scope not in RANK_SCOPES:
+        raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {rank_scope!r}")
+    if hasattr(records, "__len__") and len(records) == 0:  # type: ignore[arg-type]
+        raise ValueError(NO_RECORDS)
     if query_mode not in QUERY_MODES:
         raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
+    if max_length is not None:
+        max_length = integer("max_length (or None)", max_length)
     device = model.get_input_embeddings().weight.device
     pad_id = _pad_id(tokenizer)
     select = None if heads == list(range(geometry.n_heads)) else heads
@@ -881,7 +900,7 @@ def score(
         counts["truncated"] += sum(e.truncated for e in encoded)
     seconds = time.perf_counter() - started
     if counts["samples"] == 0:
-        raise ValueError("no records to score: the records iterable was empty")
+        raise ValueError(NO_RECORDS)
     if counts["query_tokens"] == 0:
         raise ValueError(
             "no query tokens: every prompt is a single token and exclude_first_token=True"
@@ -959,15 +978,7 @@ def _raw_grids(
 def _indices(values: Sequence[int] | None, n: int, what: str) -> list[int]:
     if values is None:
         return list(range(n))
-    values = [int(v) for v in values]
-    bad = [v for v in values if not 0 <= v < n]
-    if bad:
-        raise ValueError(
-            f"{what} index {bad} out of range: the model has {n} {what}s (valid 0..{n - 1})"
-        )
-    if not values or len(set(values)) != len(values):
-        raise ValueError(f"{what}s must be a non-empty list without repeats, got {values}")
-    return sorted(values)
+    return sorted(indices(f"{what}s", values, n, what=what, hint=f"pass None for every {what}"))
 
 
 def _pad_id(tokenizer: Any) -> int:
@@ -1057,6 +1068,7 @@ def compare(
 ) -> Comparison:
     """Per-head differences, ratios, Spearman correlations and top movers between two tables
     scored on the same samples (``check_data`` compares the token-id fingerprints)."""
+    top = integer("top", top, minimum=0)
     b, a = table_before, table_after
     if b.layers != a.layers or b.heads != a.heads:
         raise ValueError(

@@ -28,7 +28,8 @@ Algorithm
    loss is within ``token_tolerance`` of its minimum. AdamW with linear warmup, early stopping on a
    validation split (the best weights are kept), a tqdm progress bar. The change is returned as an
    ``iv.WeightDelta`` of the changed parameters (revert it for the bit-exact original; save it:
-   new and old values of the touched blocks only).
+   new and old values of the touched blocks only). A run that fails or is interrupted (Ctrl-C)
+   puts the tuned parameters back bit-exactly before the error propagates.
 4. Block search: short runs over parameter blocks (layer ranges x modules such as the attention
    v/o projections or the MLP) for each loss, ranked by validation loss.
 5. Evaluation: sliding-window perplexity, forced-choice answers on held-out claims, the cosine
@@ -85,6 +86,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions.recipes._checks import indices, integer, number
 
 CHOICES = (" True", " False")
 _FORMAT = "interventions.reptune.Direction/1"
@@ -115,13 +117,13 @@ def load_claims(path: str | os.PathLike = CLAIMS) -> list[Claim]:
     """Claims from a JSON-lines file with ``id``, ``claim``, ``label`` and ``pair`` fields."""
     claims = []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        for line_number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             row = json.loads(line)
             missing = {"id", "claim", "label", "pair"} - set(row)
             if missing:
-                raise ValueError(f"{path}:{number}: claim record lacks {sorted(missing)}")
+                raise ValueError(f"{path}:{line_number}: claim record lacks {sorted(missing)}")
             topic = row.get("topic", "")
             claims.append(Claim(row["id"], row["claim"], bool(row["label"]), row["pair"], topic))
     return claims
@@ -302,6 +304,7 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    size = integer("batch_size", size)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -397,6 +400,32 @@ def residuals(
 # --- direction ------------------------------------------------------------------------------------
 
 
+def _check_vectors(vectors: Tensor, layers: Sequence[int] | None = None) -> None:
+    """Refuse a direction the projection loss cannot use: NaN or infinite values would reach
+    the weights, and the cosine to a zero vector is 0 whatever the activations (nothing to
+    tune). ``layers`` names the first dimension in the message."""
+    bad = ~torch.isfinite(vectors)
+    if bool(bad.any()):
+        raise ValueError(
+            f"the direction holds {int(bad.sum())} NaN or infinite values (of "
+            f"{vectors.numel()}): extract it again (extract_direction) from finite activations"
+        )
+    zero = torch.linalg.vector_norm(vectors.double(), dim=-1) == 0
+    if bool(zero.any()):
+        found = zero.nonzero().tolist()[:4]
+        if zero.ndim == 0:
+            where = ""
+        elif layers is not None:
+            where = f" at (layer, position) {[(layers[i], *rest) for i, *rest in found]}"
+        else:
+            where = f" at index {found}"
+        raise ValueError(
+            f"the direction is a zero vector{where}: the cosine to it is 0 whatever the "
+            "activations, so the loss cannot tune anything there; use a direction from pairs "
+            "whose activations differ (extract_direction), or leave those layers out"
+        )
+
+
 @dataclass
 class Direction:
     """A behaviour direction per layer and position (the last ``n_positions`` prompt tokens).
@@ -420,6 +449,7 @@ class Direction:
                 f"vectors must be [layers={len(self.layers)}, positions, d_model], got "
                 f"{tuple(self.vectors.shape)}"
             )
+        _check_vectors(self.vectors, self.layers)
 
     @property
     def n_positions(self) -> int:
@@ -442,6 +472,7 @@ class Direction:
         """Add ``alpha`` times the direction at ``layers.{layer}.resid_post``: each position's
         vector at its own one of the last ``n_positions`` tokens (where the direction was
         measured and is tuned), or with ``everywhere`` the mean vector at every position."""
+        alpha = number("alpha", alpha)
         site = f"layers.{layer}.resid_post"
         if everywhere:
             return {site: iv.AddBias(self.steering_vector(layer), alpha)}
@@ -500,6 +531,26 @@ def forced_choice_margins(
     return torch.cat(out)
 
 
+def _direction_at(direction: Direction, layers: Sequence[int], model: nn.Module) -> Tensor:
+    """The direction's vectors at ``layers`` on the model's device, checked: still finite and
+    non-zero (a Direction's vectors can be changed after it is made), and as wide as the
+    model's residual stream."""
+    if not isinstance(direction, Direction):
+        raise TypeError(
+            "direction must be a reptune.Direction (from extract_direction or Direction.load), "
+            f"got {type(direction).__name__}"
+        )
+    vectors = direction.at(layers)
+    _check_vectors(vectors, layers)
+    d_model = iv.geometry(model).d_model
+    if vectors.shape[-1] != d_model:
+        raise ValueError(
+            f"the direction has width {vectors.shape[-1]}, the model's residual stream "
+            f"{d_model}: it was made for another model; extract it from this one"
+        )
+    return vectors.to(_device(model))
+
+
 def extract_direction(
     model: nn.Module,
     tokenizer,
@@ -522,8 +573,10 @@ def extract_direction(
         raise ValueError(f"method must be 'mean' or 'pca', got {method!r}")
     if not pairs:
         raise ValueError("extract_direction needs at least one pair")
-    if not layers:
-        raise ValueError("extract_direction needs at least one layer")
+    layers = indices(
+        "layers", layers, iv.geometry(model).n_layers, hint="name the layers to read, e.g. [20, 21]"
+    )
+    n_positions = integer("n_positions", n_positions)
     pairs = list(pairs)
     n_total = len(pairs)
     if only_correct:
@@ -552,6 +605,14 @@ def extract_direction(
         for prompts in ([p.positive for p in pairs], [p.negative for p in pairs])
     )
     diffs = (positive - negative).double()  # [pairs, layers, positions, d]
+    same = (diffs == 0).all(-1).all(0)  # [layers, positions]
+    if bool(same.any()):
+        where = [(layers[i], j - n_positions) for i, j in same.nonzero().tolist()[:4]]
+        raise ValueError(
+            f"the positive and negative prompts of all {len(pairs)} pairs give the same "
+            f"resid_post at (layer, position) {where}: there is no difference to take a "
+            "direction from; use pairs whose prompts differ before their last tokens"
+        )
     mean = reduce(diffs, "n l p d -> l p d", "mean")
     if method == "mean":
         vectors = mean
@@ -601,6 +662,7 @@ def projection_loss(
     if mode not in ("in", "out"):
         raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
     vectors = direction.vectors if isinstance(direction, Direction) else direction
+    _check_vectors(vectors, direction.layers if isinstance(direction, Direction) else None)
     if vectors.shape[-1] != acts.shape[-1]:
         raise ValueError(f"direction has width {vectors.shape[-1]}, activations {acts.shape[-1]}")
     try:
@@ -846,6 +908,28 @@ def _losses(
 
 
 @contextmanager
+def _restored_on_failure(
+    model: nn.Module, params: Mapping[str, nn.Parameter]
+) -> Iterator[dict[str, Tensor]]:
+    """Yields copies of ``params``. On any exception, Ctrl-C (KeyboardInterrupt) included, puts
+    back their values bit-exactly, their gradients and every module's train/eval mode, then
+    re-raises: an interrupted tuning run leaves no half-tuned weights."""
+    originals = {name: p.detach().clone() for name, p in params.items()}
+    grads = {name: p.grad for name, p in params.items()}
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        yield originals
+    except BaseException:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(originals[name])
+                param.grad = grads[name]
+        for module, training in modes:
+            module.training = training
+        raise
+
+
+@contextmanager
 def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     keep = {id(p) for p in params}
@@ -861,6 +945,7 @@ def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterato
 def _split(data: Sequence[Example], val_fraction: float, seed: int):
     if not data:
         raise ValueError("tune needs at least one example")
+    val_fraction = number("val_fraction", val_fraction, at_least=0, below=1)
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)
     n_val = round(val_fraction * len(data)) if val_fraction > 0 else 0
@@ -908,11 +993,21 @@ def tune(
     """
     if mode not in ("in", "out"):
         raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
-    if not layers:
-        raise ValueError("tune needs at least one layer for the projection loss")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    vectors = direction.at(layers).to(_device(model))
+    layers = indices(
+        "layers",
+        layers,
+        iv.geometry(model).n_layers,
+        hint="name the layers the projection loss acts at, e.g. list(direction.layers)",
+    )
+    vectors = _direction_at(direction, layers, model)
+    lr = number("lr", lr, above=0)
+    token_lr = lr if token_lr is None else number("token_lr", token_lr, above=0)
+    steps, batch_size = integer("steps", steps), integer("batch_size", batch_size)
+    warmup = integer("warmup", warmup, minimum=0)
+    eval_every, patience = integer("eval_every", eval_every), integer("patience", patience)
+    weight_decay = number("weight_decay", weight_decay, at_least=0)
+    # inf: never take a token step, a negative value: always
+    token_tolerance = number("token_tolerance", token_tolerance, infinite=True)
     lo, hi = min(layers), max(layers) + 1
     spec = f"layers.{lo}:{hi}" if hi - lo > 1 else f"layers.{lo}"
     if projection_blocks is None:
@@ -938,109 +1033,114 @@ def tune(
     if not use_tokens:
         token_params = {}
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
-    originals = {name: p.detach().clone() for name, p in tuned.items()}
-    optimizers = {
-        "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
-    }
-    if use_tokens:
-        optimizers["token"] = torch.optim.AdamW(
-            list(token_params.values()), lr=token_lr or lr, weight_decay=weight_decay
-        )
-    schedulers = {  # linear warmup over each group's own steps, then constant
-        key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-        for key, o in optimizers.items()
-    }
-    val_batches = [
-        _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
-    ]
+    with _restored_on_failure(model, tuned) as originals:
+        optimizers = {
+            "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
+        }
+        if use_tokens:
+            optimizers["token"] = torch.optim.AdamW(
+                list(token_params.values()), lr=token_lr, weight_decay=weight_decay
+            )
+        schedulers = {  # linear warmup over each group's own steps, then constant
+            key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+            for key, o in optimizers.items()
+        }
+        val_batches = [
+            _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
+        ]
 
-    def validate() -> dict[str, float]:
-        proj_sum, excess_sum = 0.0, 0.0
-        with torch.no_grad():
-            for p in val_batches:
-                proj, token, minimum = _losses(
-                    model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
-                )
-                proj_sum += float(proj)
-                excess_sum += float(token - minimum) if token is not None else 0.0
-        k = max(1, len(val_batches))
-        return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
+        def validate() -> dict[str, float]:
+            proj_sum, excess_sum = 0.0, 0.0
+            with torch.no_grad():
+                for p in val_batches:
+                    proj, token, minimum = _losses(
+                        model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
+                    )
+                    proj_sum += float(proj)
+                    excess_sum += float(token - minimum) if token is not None else 0.0
+            k = max(1, len(val_batches))
+            return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
 
-    rng = random.Random(seed)
-    order: list[int] = []
-    best, best_state, bad = math.inf, None, 0
-    bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
-    all_params = list(proj_params.values()) + list(token_params.values())
-    with _only_trainable(model, all_params), torch.enable_grad():
-        if val_batches:
-            record = {"step": 0, **validate()}
-            best = record["val_projection"] + record["val_token_excess"]
-            best_state = {k: v.clone() for k, v in originals.items()}
-            if history is not None:
-                history.append(record)
-        for step in bar:
-            if len(order) < batch_size:
-                fresh = list(range(len(train)))
-                rng.shuffle(fresh)
-                order += fresh
-            chunk = [train[i] for i in order[:batch_size]]
-            del order[:batch_size]
-            p = _prepare(tokenizer, chunk, n, vocab, device)
-            proj, token, minimum = _losses(
-                model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
-            )
-            token_step = token is not None and float((token - minimum).detach()) > token_tolerance
-            grads = torch.autograd.grad(
-                proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
-            )
-            for param, grad in zip(proj_params.values(), grads, strict=True):
-                param.grad = grad
-            if token_step:
-                grads = torch.autograd.grad(token, list(token_params.values()), allow_unused=True)
-            for param in token_params.values():
-                param.grad = None
-            optimizers["proj"].step()
-            schedulers["proj"].step()
-            for param in proj_params.values():
-                param.grad = None
-            if token_step:
-                for param, grad in zip(token_params.values(), grads, strict=True):
-                    param.grad = grad
-                optimizers["token"].step()
-                schedulers["token"].step()
-                for param in token_params.values():
-                    param.grad = None
-            record = {
-                "step": step + 1,
-                "projection": float(proj.detach()),
-                "token_excess": None if token is None else float((token - minimum).detach()),
-                "token_step": token_step,
-            }
-            if history is not None:
-                history.append(record)
-            bar.set_postfix(
-                proj=f"{record['projection']:.4f}",
-                tok="-" if token is None else f"{record['token_excess']:.3f}",
-            )
-            if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                record = {"step": step + 1, **validate()}
+        rng = random.Random(seed)
+        order: list[int] = []
+        best, best_state, bad = math.inf, None, 0
+        bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
+        all_params = list(proj_params.values()) + list(token_params.values())
+        with bar, _only_trainable(model, all_params), torch.enable_grad():
+            if val_batches:
+                record = {"step": 0, **validate()}
+                best = record["val_projection"] + record["val_token_excess"]
+                best_state = {k: v.clone() for k, v in originals.items()}
                 if history is not None:
                     history.append(record)
-                score = record["val_projection"] + record["val_token_excess"]
-                if score < best - 1e-6:
-                    best, bad = score, 0
-                    best_state = {k: tuned[k].detach().clone() for k in originals}
-                else:
-                    bad += 1
-                    if bad >= patience:
-                        break
-    bar.close()
-    if best_state is not None:
-        with torch.no_grad():
-            for name, value in best_state.items():
-                tuned[name].copy_(value)
-    changed = {name: old for name, old in originals.items() if not torch.equal(old, tuned[name])}
-    return iv.WeightDelta.from_change(model, changed)
+            for step in bar:
+                if len(order) < batch_size:
+                    fresh = list(range(len(train)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                chunk = [train[i] for i in order[:batch_size]]
+                del order[:batch_size]
+                p = _prepare(tokenizer, chunk, n, vocab, device)
+                proj, token, minimum = _losses(
+                    model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
+                )
+                token_step = (
+                    token is not None and float((token - minimum).detach()) > token_tolerance
+                )
+                grads = torch.autograd.grad(
+                    proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
+                )
+                for param, grad in zip(proj_params.values(), grads, strict=True):
+                    param.grad = grad
+                if token_step:
+                    grads = torch.autograd.grad(
+                        token, list(token_params.values()), allow_unused=True
+                    )
+                for param in token_params.values():
+                    param.grad = None
+                optimizers["proj"].step()
+                schedulers["proj"].step()
+                for param in proj_params.values():
+                    param.grad = None
+                if token_step:
+                    for param, grad in zip(token_params.values(), grads, strict=True):
+                        param.grad = grad
+                    optimizers["token"].step()
+                    schedulers["token"].step()
+                    for param in token_params.values():
+                        param.grad = None
+                record = {
+                    "step": step + 1,
+                    "projection": float(proj.detach()),
+                    "token_excess": None if token is None else float((token - minimum).detach()),
+                    "token_step": token_step,
+                }
+                if history is not None:
+                    history.append(record)
+                bar.set_postfix(
+                    proj=f"{record['projection']:.4f}",
+                    tok="-" if token is None else f"{record['token_excess']:.3f}",
+                )
+                if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                    record = {"step": step + 1, **validate()}
+                    if history is not None:
+                        history.append(record)
+                    score = record["val_projection"] + record["val_token_excess"]
+                    if score < best - 1e-6:
+                        best, bad = score, 0
+                        best_state = {k: tuned[k].detach().clone() for k in originals}
+                    else:
+                        bad += 1
+                        if bad >= patience:
+                            break
+        if best_state is not None:
+            with torch.no_grad():
+                for name, value in best_state.items():
+                    tuned[name].copy_(value)
+        changed = {
+            name: old for name, old in originals.items() if not torch.equal(old, tuned[name])
+        }
+        return iv.WeightDelta.from_change(model, changed)
 
 
 # --- block search ---------------------------------------------------------------------------------
@@ -1164,8 +1264,11 @@ def perplexity(
 ) -> float:
     """Sliding-window perplexity: windows of ``window`` tokens every ``stride`` tokens, each
     token scored once, with up to ``window - stride`` tokens of context before it."""
-    if not 0 < stride <= window:
-        raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
+    window, stride = integer("window", window, minimum=2), integer("stride", stride)
+    if stride > window:
+        raise ValueError(f"need stride <= window, got stride={stride}, window={window}")
+    if max_tokens is not None:
+        max_tokens = integer("max_tokens", max_tokens, minimum=2)
     ids = torch.tensor(_encode(tokenizer, text))
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -1239,8 +1342,9 @@ def cosine_to_direction(
     """Per layer: mean cosine and mean |cosine| of ``resid_post`` at the last prompt tokens to
     the direction (over prompts and positions)."""
     layers = list(direction.layers if layers is None else layers)
+    vectors = _direction_at(direction, layers, model).cpu()
     acts = residuals(model, tokenizer, prompts, layers, direction.n_positions, batch_size)
-    cos = cosine(acts, direction.at(layers))  # [n, layers, positions]
+    cos = cosine(acts, vectors)  # [n, layers, positions]
     return {
         layer: {"cos": float(cos[:, i].mean()), "abs_cos": float(cos[:, i].abs().mean())}
         for i, layer in enumerate(layers)
@@ -1261,6 +1365,10 @@ def steerability(
     ``layers.{layer}.resid_post`` (``direction.steering_plan``: each of the last positions its
     own vector); ``slope`` is the least-squares change of margin per unit alpha (how steerable
     the model is by this direction)."""
+    _direction_at(direction, [layer], model)
+    alphas = [number(f"alphas[{i}]", a) for i, a in enumerate(alphas)]
+    if len(set(alphas)) < 2:
+        raise ValueError(f"steerability needs at least two different alphas, got {alphas}")
     means = []
     for alpha in alphas:
         plan = direction.steering_plan(layer, alpha)

@@ -14,6 +14,7 @@ import interventions as iv
 from interventions.models import tiny
 from interventions.recipes import alphaedit as ae
 
+METHODS = ("alphaedit", "memit")
 TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
 
 
@@ -435,6 +436,26 @@ def test_a_failed_edit_leaves_the_model_and_editor_unchanged(monkeypatch):
     assert editor.past == {} and editor.n_edits == 0
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_an_interrupted_edit_leaves_the_model_and_editor_unchanged(method, untouched, interrupt):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [0, 1])
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=2)
+    editor = ae.Editor(model, tok, stats, method=method, hparams=hp)
+    check = untouched(model)
+    layer_0 = current_weight(model, 0).clone()
+
+    def layer_0_written(_: int) -> bool:  # Ctrl-C in the next forward, with its hooks on
+        return not torch.equal(current_weight(model, 0), layer_0)
+
+    calls = interrupt(model, 0, layer_0_written)
+    with pytest.raises(KeyboardInterrupt):
+        ae.edit(model, tok, [REQUEST], editor=editor)
+    assert calls[-1]  # it fired
+    check()
+    assert editor.past == {} and editor.n_edits == 0
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -453,6 +474,98 @@ def test_bad_requests_raise_before_any_weight_changes(change, message):
     with pytest.raises(ae.RequestError, match=message):
         ae.edit(model, tok, [dict(REQUEST, **change)], stats=stats, prefixes=[])
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"target_new": ""}, r"requests\[1\]: target_new is empty \(''\): give the word\(s\)"),
+        ({"target_new": " "}, r"requests\[1\]: target_new is empty \(' '\): give .* 'Rome'"),
+        ({"target_true": "\t "}, r"requests\[1\]: target_true is empty \('\\t '\): give"),
+        ({"prompt": "The old tower of north harbour stands in"},
+         r"requests\[1\]: .*exactly one '\{\}' .*write '\{\}' in place of 'north harbour'"),
+        ({"subject": 7}, r"requests\[1\]: field 'subject' must be a string, got 7"),
+    ],
+)  # fmt: skip
+def test_a_bad_request_is_refused_with_its_index_and_the_fix(untouched, change, message):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [1])
+    check = untouched(model)
+    requests = [REQUEST, dict(REQUEST, **change)]
+    with pytest.raises(ae.RequestError, match=message):
+        ae.edit(model, tok, requests, stats=stats, prefixes=[])
+    as_values = [ae.as_request(REQUEST), ae.Request(**dict(REQUEST, **change))]  # not dicts
+    with pytest.raises(ae.RequestError, match=message):
+        ae.edit(model, tok, as_values, stats=stats, prefixes=[])
+    check()
+
+
+def test_scoring_names_the_pair_or_request_whose_target_gives_no_token(untouched):
+    model, tok = make("gpt2")
+    check = untouched(model)
+    with pytest.raises(ae.RequestError, match=r"pairs\[1\]: the target ' ' of .* no contiguous"):
+        ae.target_logprobs(model, tok, [("The sky is", "blue"), ("The sea is", " ")])
+    with pytest.raises(ae.RequestError, match=r"requests\[0\]: target_true is empty"):
+        ae.evaluate(model, tok, [dict(REQUEST, target_true=" ")], fluency=False)
+    check()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"v_lr": float("nan")}, ValueError, r"v_lr must be a finite number > 0, got nan"),
+        ({"v_lr": 0.0}, ValueError, r"v_lr must be a finite number > 0, got 0.0"),
+        ({"v_lr": float("inf")}, ValueError, r"v_lr must be a finite number > 0, got inf"),
+        ({"v_num_grad_steps": True}, TypeError, r"v_num_grad_steps must be an integer >= 0"),
+        ({"v_num_grad_steps": 2.5}, TypeError, r"v_num_grad_steps must be an integer >= 0"),
+        ({"n_prefixes": -1}, ValueError, r"n_prefixes must be an integer >= 0, got -1"),
+        ({"seed": 0.5}, TypeError, r"seed must be an integer, got 0.5"),
+        ({"L2": float("nan")}, ValueError, r"L2 must be a finite number >= 0, got nan"),
+        ({"mom2_update_weight": float("inf")}, ValueError, r"mom2_update_weight must be a finite"),
+        ({"kl_factor": -1.0}, ValueError, r"kl_factor must be a finite number >= 0, got -1.0"),
+        ({"clamp_norm_factor": 0.0}, ValueError, r"clamp_norm_factor must be a finite number > 0"),
+        (
+            {"nullspace_threshold": float("nan")},
+            ValueError,
+            r"nullspace_threshold must be a finite",
+        ),
+        ({"early_stop_loss": float("nan")}, ValueError, r"early_stop_loss must be a finite"),
+        ({"layers": (True,)}, TypeError, r"layers\[0\] must be an integer >= 0, got True"),
+        ({"layers": (1, 1)}, ValueError, r"layers must be non-empty without repeats"),
+    ],
+)
+def test_hparams_refuse_nonsense_numbers(options, error, message):
+    with pytest.raises(error, match=message):
+        ae.HParams(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"layers": []}, ValueError,
+         r"^layers is empty: pass the layers to edit, e.g. default_layers\(n_layers\)$"),
+        ({"layers": [1, 1]}, ValueError, r"layers repeats layer \[1\]: give each layer once"),
+        ({"layers": [3]}, ValueError, r"layers: layer index \[3\] out of range: the model has 3"),
+        ({"layers": [-1]}, ValueError, r"layers: layer index \[-1\] out of range"),
+        ({"layers": [True]}, TypeError, r"layers\[0\] must be an integer, got True"),
+        ({"corpus": []}, ValueError, r"the corpus gave no text .*: pass a list of texts"),
+        ({"corpus": ["", "  ", "one"]}, ValueError, r"no text of two or more tokens"),
+        ({"max_length": 1}, ValueError, r"max_length must be an integer >= 2, got 1"),
+        ({"max_tokens": True}, TypeError, r"max_tokens must be an integer >= 1, got True"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+    ],
+)  # fmt: skip
+def test_key_stats_refuse_empty_repeated_or_foreign_layers_and_empty_corpora(
+    tmp_path, untouched, options, error, message
+):
+    model, tok = make("llama")
+    check = untouched(model)
+    arguments = {"corpus": CORPUS, "layers": [1], **options}
+    with pytest.raises(error, match=message):
+        ae.key_stats(model, tok, arguments.pop("corpus"), arguments.pop("layers"),
+                     cache_dir=tmp_path, progress=False, **arguments)  # fmt: skip
+    check()
+    assert list(tmp_path.iterdir()) == []  # nothing cached
 
 
 def test_editor_checks_its_inputs(offload, lora):

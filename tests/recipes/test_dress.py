@@ -1,6 +1,7 @@
 """DRESS recipe and batched probes (issue 4 acceptance 1-3, at test size)."""
 
 import json
+import warnings
 import zlib
 from importlib import resources
 
@@ -97,6 +98,68 @@ def test_bundled_triples():
         dress.load_triples("dev")
 
 
+def _triples(n: int = 6) -> list[dict]:
+    return [{"question": t.question, "styled": t.styled, "plain": t.plain} for t in TRIPLES[:n]]
+
+
+@pytest.mark.parametrize(
+    ("broken", "error", "message"),
+    [
+        ({"question": "Why?", "styled": "Thou art."}, ValueError,
+         r"triples\[2\] has no key 'plain': a triple dict needs the keys "
+         r"\['question', 'styled', 'plain'\], got \['question', 'styled'\]"),
+        ({"question": "Why?", "plain": "It is."}, ValueError, r"triples\[2\] has no key 'styled'"),
+        ({"question": "Why?", "styled": 3, "plain": "It is."}, TypeError,
+         r"triples\[2\].styled must be a string, got 3 \(int\)"),
+        (("Why?", "Thou art.", None), TypeError, r"triples\[2\].plain must be a string, got None"),
+        (dress.Triple("Why?", ["Thou"], "It is."), TypeError, r"triples\[2\].styled must be"),
+        (("Why?", "Thou art."), TypeError, r"triples\[2\] must be a Triple, a dict"),
+    ],
+)  # fmt: skip
+def test_a_broken_triple_is_named_with_its_index_and_the_fields_expected(
+    untouched, broken, error, message
+):
+    model = make_model()
+    check = untouched(model)
+    triples = _triples()
+    triples[2] = broken
+    with pytest.raises(error, match=message):
+        dress.fit(model, WordTokenizer(), triples, num_heads=2, progress=False)
+    check()
+
+
+def test_identical_styled_and_plain_answers_are_refused_or_warned_about(untouched):
+    model, tok = make_model(), WordTokenizer()
+    check = untouched(model)
+    same = [dict(t, styled=t["plain"]) for t in _triples(8)]
+    with pytest.raises(ValueError, match="identical in all 8 triples: DRESS learns the diff"):
+        dress.fit(model, tok, same, num_heads=2, progress=False)
+    # different texts that give the same tokens: the activations show it
+    spaced = [dict(t, styled=t["plain"].replace(" ", "  ")) for t in _triples(8)]
+    with pytest.raises(ValueError, match=r"same mean at every head \(zero mean-difference"):
+        dress.fit(model, tok, spaced, num_heads=2, progress=False)
+    check()
+    some = _triples(TRIPLES.__len__())[:60]
+    some[3] = dict(some[3], styled=some[3]["plain"])
+    with pytest.warns(UserWarning, match=r"1 of 60 triples have identical .* \(triples \[3\]\)"):
+        dress.fit(model, tok, some, num_heads=2, progress=False)
+
+
+def test_probes_at_chance_warn_that_the_heads_are_arbitrary():
+    generator = torch.Generator().manual_seed(0)
+    plain = torch.randn(50, 2, 3, 4, generator=generator)
+    styled = plain + 1.0  # a clear difference on the training pairs ...
+    _, val = split_pairs(50, 0.2, 42)
+    styled[val] = plain[val]  # ... but none on the validation pairs: every probe scores 0.5
+    with pytest.warns(UserWarning, match=r"best probe's validation accuracy is 0.500 on 20 "):
+        fit = dress.fit_activations(styled, plain, 2, rank=1)
+    assert float(fit.scores["val_accuracy"].max()) == 0.5
+    styled[val] = plain[val] + 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dress.fit_activations(styled, plain, 2, rank=1)  # separable: no warning
+
+
 # --- probes ---------------------------------------------------------------------------------------
 
 
@@ -182,6 +245,12 @@ def test_probe_errors():
         fit_logistic(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="empty"):
         split_pairs(3, 0.1)
+    x, y = torch.randn(4, 1, 2), torch.tensor([0, 1, 0, 1])
+    for c in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="c must be a finite number > 0"):
+            fit_logistic(x, y, c=c)
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1, got True"):
+        fit_logistic(x, y, max_iter=True)
 
 
 # --- fitting: equal to direct numpy computations --------------------------------------------------
@@ -459,6 +528,79 @@ def test_clear_errors(tiny_fit):
         dress.fit_activations(fit.activations[0][:, 0], fit.activations[1][:, 0], 3)
     with pytest.raises(TypeError, match="question, styled, plain"):
         dress.fit(model, WordTokenizer(), [("only", "two")] * 6)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"alpha": INF}, ValueError, r"alpha must be a finite number, got inf"),
+        ({"alpha": NAN}, ValueError, r"alpha must be a finite number, got nan"),
+        ({"beta": -0.5}, ValueError, r"beta must be a finite number >= 0, got -0.5"),
+        ({"beta": NAN}, ValueError, r"beta must be a finite number >= 0"),
+        ({"num_heads": 0}, ValueError, r"num_heads must be an integer >= 1, got 0"),
+        ({"num_heads": 13}, ValueError, r"num_heads must be in 1..12 \(layers x heads"),
+        ({"num_heads": True}, TypeError, r"num_heads must be an integer >= 1, got True \(bool"),
+        ({"num_heads": 2.0}, TypeError, r"num_heads must be an integer >= 1, got 2.0 \(float"),
+        ({"clamp": (NAN, 2.0)}, ValueError, r"clamp\[0\] \(low\) must be a number, got nan"),
+        ({"clamp": (2.0, 1.0)}, ValueError, r"clamp must be \(low, high\) with low <= high"),
+        ({"clamp": 2.0}, TypeError, r"clamp must be None or \(low, high\)"),
+        ({"rank": True}, TypeError, r"rank must be a Rank or an integer count, got True"),
+        ({"rank": 0}, ValueError, r"Rank count must be an integer >= 1, got 0"),
+        ({"vectors": "pca"}, ValueError, r"vectors must be one of"),
+        ({"val_ratio": NAN}, ValueError, r"val_ratio must be a finite number > 0 and < 1"),
+        ({"val_ratio": 1.0}, ValueError, r"val_ratio must be a finite number > 0 and < 1"),
+        ({"probe_c": 0.0}, ValueError, r"probe_c must be a finite number > 0, got 0.0"),
+        ({"probe_c": INF}, ValueError, r"probe_c must be a finite number > 0, got inf"),
+        ({"seed": 1.5}, TypeError, r"seed must be an integer, got 1.5"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": True}, TypeError, r"batch_size must be an integer >= 1, got True"),
+    ],
+)
+def test_fit_refuses_nonsense_numbers_before_any_forward(untouched, options, error, message):
+    model = make_model()
+    check = untouched(model)
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(error, match=message):
+        dress.fit(model, WordTokenizer(), TRIPLES[:20], **{"num_heads": 2, "progress": False,
+                                                            **options})  # fmt: skip
+    assert forwards == []  # refused before the activations are captured
+    model._forward_pre_hooks.clear()
+    check()
+
+
+def test_fitted_edits_refuse_nonsense_numbers(tiny_fit):
+    model, fit = tiny_fit
+    styled, plain = fit.activations
+    with pytest.raises(ValueError, match="alpha must be a finite number, got inf"):
+        fit.with_alpha(INF)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got nan"):
+        fit.adaptive_plan(beta=NAN)
+    with pytest.raises(ValueError, match="low <= high"):
+        fit.adaptive_plan(clamp=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"Rank fraction \(a share in \(0, 1\]\) must be"):
+        dress.Rank(fraction=NAN)
+    with pytest.raises(TypeError, match="Rank variance .* got True"):
+        dress.Rank(variance=True)
+    with pytest.raises(TypeError, match="Rank count must be an integer >= 1, got True"):
+        dress.Rank(count=True)
+    with pytest.raises(ValueError, match="styled activations hold NaN"):
+        dress.fit_activations(styled * NAN, plain, 2)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_an_interrupted_fit_leaves_the_model_and_tokenizer_as_they_were(arch, untouched, interrupt):
+    model, tok = make_model(arch), WordTokenizer()
+    check = untouched(model)
+    calls = interrupt(model, 1, lambda call: call == 3)  # Ctrl-C in the third batch's forward
+    with pytest.raises(KeyboardInterrupt):
+        dress.fit(model, tok, TRIPLES[:40], num_heads=3, batch_size=8, progress=False)
+    assert calls == [False, False, True]
+    check()
+    assert tok.padding_side == "right"
 
 
 def test_fluency_by_hand(tiny_fit):

@@ -254,6 +254,17 @@ def test_sink_options_and_first_token(tok):
     assert not np.allclose(keep.raw["out"], drop.raw["out"])
 
 
+@pytest.mark.parametrize("arch,kv", ARCHS)
+def test_an_interrupted_score_leaves_the_model_as_it_was(tok, arch, kv, untouched, interrupt):
+    model = tiny(arch, n_kv_heads=kv, n_layers=3)
+    check = untouched(model)  # also the attention implementation, switched to eager meanwhile
+    calls = interrupt(model, 2, lambda call: call == 2)  # Ctrl-C in the second batch
+    with pytest.raises(KeyboardInterrupt):
+        hs.score(model, tok, RECORDS, batch_size=3, progress=False)
+    assert calls == [False, True]
+    check()
+
+
 def test_layers_and_heads_subset(tok):
     model = tiny("llama", n_layers=3)
     full = hs.score(model, tok, RECORDS, progress=False)
@@ -265,6 +276,50 @@ def test_layers_and_heads_subset(tok):
         )
     with pytest.raises(ValueError, match=r"head index \[4\] out of range.*4 heads"):
         hs.score(model, tok, RECORDS, heads=[4], progress=False)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("records", "options", "error", "message"),
+    [
+        ([], {}, ValueError, r"no records to score: .* pass at least one"),
+        (iter([]), {}, ValueError, r"no records to score: .* pass at least one"),
+        (RECORDS, {"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1, got 0"),
+        (RECORDS, {"batch_size": -2}, ValueError, r"batch_size must be an integer >= 1, got -2"),
+        (RECORDS, {"batch_size": True}, TypeError, r"batch_size must be an integer >= 1, got True"),
+        (RECORDS, {"batch_size": 2.0}, TypeError, r"batch_size must be an integer >= 1, got 2.0"),
+        (RECORDS, {"lambda_ent": NAN}, ValueError, r"lambda_ent must be a finite number >= 0"),
+        (RECORDS, {"lambda_task": INF}, ValueError, r"lambda_task must be a finite number >= 0"),
+        (RECORDS, {"lambda_task": -1.0}, ValueError, r"lambda_task must be a finite number >= 0"),
+        (RECORDS, {"max_length": 0}, ValueError, r"max_length \(or None\) must be an integer >= 1"),
+        (RECORDS, {"max_length": True}, TypeError, r"max_length \(or None\) must be an integer"),
+        (RECORDS, {"layers": [True]}, TypeError, r"layers\[0\] must be an integer, got True"),
+        (RECORDS, {"layers": [1.5]}, TypeError, r"layers\[0\] must be an integer, got 1.5"),
+        (RECORDS, {"heads": []}, ValueError, r"heads is empty: pass None for every head"),
+        (RECORDS, {"heads": [1, 1]}, ValueError, r"heads repeats head \[1\]"),
+        (RECORDS, {"rank_scope": "model"}, ValueError, r"rank_scope must be one of"),
+    ],
+)  # fmt: skip
+def test_score_refuses_empty_records_and_nonsense_options_before_any_forward(
+    tok, untouched, records, options, error, message
+):
+    model = tiny("llama")
+    check = untouched(model)
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(error, match=message):
+        hs.score(model, tok, records, progress=False, **options)
+    assert forwards == []
+    model._forward_pre_hooks.clear()
+    check()
+
+
+def test_build_table_refuses_non_finite_weights():
+    raw = {m: np.ones((2, 3)) for m in hs.RAW_METRICS}
+    with pytest.raises(ValueError, match="lambda_ent must be a finite number >= 0, got nan"):
+        hs.build_table(raw, [0, 1], [0, 1, 2], lambda_ent=NAN)
 
 
 def test_text_records_have_no_task_span(tok):
@@ -404,6 +459,8 @@ def test_compare_refuses_other_samples_or_heads(tok):
     c = hs.score(model, tok, RECORDS, heads=[0, 1], progress=False)
     with pytest.raises(ValueError, match="different heads"):
         hs.compare(a, c)
+    with pytest.raises(TypeError, match="top must be an integer >= 0, got 2.5"):
+        hs.compare(a, a, top=2.5)
 
 
 # --- data files --------------------------------------------------------------------------------

@@ -149,8 +149,29 @@ def test_projection_loss_zero_vectors_have_finite_gradients():
         loss = rt.projection_loss(acts, torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]), mode)
         (grad,) = torch.autograd.grad(loss, acts)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
-    zero_direction = rt.projection_loss(acts.detach(), torch.zeros(1, 1, 4), "in")
-    assert float(zero_direction) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="zero vector"):  # a zero direction tunes nothing
+        rt.projection_loss(acts.detach(), torch.zeros(1, 1, 4), "in")
+
+
+ONE_ZERO = torch.tensor([[[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1.0, 0, 0]]])
+
+
+@pytest.mark.parametrize(
+    ("vectors", "as_tensor", "as_direction"),
+    [
+        (torch.zeros(1, 2, 4), r"zero vector at index \[\[0, 0\], \[0, 1\]\]",
+         r"zero vector at \(layer, position\) \[\(5, 0\), \(5, 1\)\]"),
+        (ONE_ZERO, r"zero vector at index \[\[0, 1\]\]", r"\(layer, position\) \[\(5, 1\)\]"),
+        (torch.tensor([[[1.0, float("nan"), 0, 0]]]), "1 NaN or infinite", "1 NaN or infinite"),
+        (torch.tensor([[[1.0, float("inf"), 0, 0]]]), "1 NaN or infinite", "1 NaN or infinite"),
+    ],
+)  # fmt: skip
+def test_projection_loss_refuses_zero_and_non_finite_directions(vectors, as_tensor, as_direction):
+    acts = torch.randn(2, 1, vectors.shape[1], 4)
+    with pytest.raises(ValueError, match=as_tensor):
+        rt.projection_loss(acts, vectors)
+    with pytest.raises(ValueError, match=as_direction):  # nor can a Direction hold one
+        rt.Direction(vectors, (5,))
 
 
 def test_projection_loss_errors():
@@ -441,6 +462,108 @@ def test_tune_with_a_completion_target_and_projection_only(tok, claims):
         rt.tune(model, tok, data, direction=d, layers=[0], progress=False)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"lr": INF}, ValueError, r"lr must be a finite number > 0, got inf"),
+        ({"lr": NAN}, ValueError, r"lr must be a finite number > 0, got nan"),
+        ({"lr": 0.0}, ValueError, r"lr must be a finite number > 0, got 0.0"),
+        ({"lr": -1e-3}, ValueError, r"lr must be a finite number > 0"),
+        ({"token_lr": 0.0}, ValueError, r"token_lr must be a finite number > 0"),
+        ({"token_lr": INF}, ValueError, r"token_lr must be a finite number > 0"),
+        ({"steps": True}, TypeError, r"steps must be an integer >= 1, got True \(bool\)"),
+        ({"steps": 2.5}, TypeError, r"steps must be an integer >= 1, got 2.5 \(float\)"),
+        ({"steps": 0}, ValueError, r"steps must be an integer >= 1, got 0"),
+        ({"batch_size": True}, TypeError, r"batch_size must be an integer >= 1"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be an integer >= 1"),
+        ({"warmup": -1}, ValueError, r"warmup must be an integer >= 0"),
+        ({"eval_every": 0}, ValueError, r"eval_every must be an integer >= 1"),
+        ({"patience": False}, TypeError, r"patience must be an integer >= 1"),
+        ({"weight_decay": NAN}, ValueError, r"weight_decay must be a finite number >= 0"),
+        ({"weight_decay": -0.1}, ValueError, r"weight_decay must be a finite number >= 0"),
+        ({"token_tolerance": NAN}, ValueError, r"token_tolerance must be a number, got nan"),
+        ({"val_fraction": NAN}, ValueError, r"val_fraction must be a finite number >= 0 and < 1"),
+        ({"val_fraction": -0.2}, ValueError, r"val_fraction must be a finite number >= 0 and < 1"),
+        ({"layers": []}, ValueError, r"layers is empty: name the layers .* list\(direction"),
+        ({"layers": [1, 1]}, ValueError, r"layers repeats layer \[1\]"),
+        ({"layers": [7]}, ValueError, r"layers: layer index \[7\] out of range: the model has 3"),
+        ({"layers": [True]}, TypeError, r"layers\[0\] must be an integer, got True"),
+    ],
+)
+def test_tune_refuses_nonsense_hyperparameters_and_changes_nothing(
+    tok, claims, untouched, options, error, message
+):
+    model, d, data = _tiny_setup(tok, claims, n_claims=8)
+    check = untouched(model)
+    with pytest.raises(error, match=message):
+        rt.tune(model, tok, data, **{"direction": d, "layers": [1, 2], "steps": 2,
+                                     "progress": False, **options})  # fmt: skip
+    check()
+
+
+def test_tune_refuses_zero_non_finite_and_foreign_directions(tok, claims, untouched):
+    model, d, data = _tiny_setup(tok, claims, n_claims=8)
+    check = untouched(model)
+    nan = copy.deepcopy(d)
+    nan.vectors[1, 0, 3] = float("nan")  # changed after it was made
+    zero = copy.deepcopy(d)
+    zero.vectors[0, 2] = 0.0
+    narrow = rt.Direction(d.vectors[..., :16].clone(), d.layers)
+    for direction, message in (
+        (nan, r"1 NaN or infinite values"),
+        (zero, r"zero vector at \(layer, position\) \[\(1, 2\)\]"),
+        (narrow, r"the direction has width 16, the model's residual stream 32: .*another model"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            rt.tune(model, tok, data, direction=direction, layers=[1, 2], steps=2, progress=False)
+        with pytest.raises(ValueError, match=message):
+            rt.cosine_to_direction(model, tok, [e.prompt for e in data], direction)
+        check()
+    with pytest.raises(TypeError, match="must be a reptune.Direction"):
+        rt.tune(model, tok, data, direction=d.vectors, layers=[1, 2], progress=False)
+    check()
+
+
+def test_extract_direction_refuses_pairs_without_a_difference(tok, claims, untouched):
+    model = tiny("llama", n_layers=3)
+    check = untouched(model)
+    same = [rt.Pair(p.positive, p.positive) for p in rt.honesty_pairs(claims[:4])]
+    with pytest.raises(ValueError, match=r"all 4 pairs give the same resid_post .*\(1, -3\)"):
+        rt.extract_direction(model, tok, same, layers=[1, 2], n_positions=3)
+    with pytest.raises(ValueError, match="same resid_post"):  # no arbitrary principal component
+        rt.extract_direction(model, tok, same, layers=[1], n_positions=3, method="pca")
+    pairs = rt.honesty_pairs(claims[:4])
+    with pytest.raises(ValueError, match="layers is empty"):
+        rt.extract_direction(model, tok, pairs, layers=[])
+    with pytest.raises(TypeError, match="n_positions must be an integer >= 1"):
+        rt.extract_direction(model, tok, pairs, layers=[1], n_positions=2.0)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        rt.extract_direction(model, tok, pairs, layers=[1], batch_size=0)
+    check()
+
+
+def test_evaluation_refuses_nonsense_numbers(tok, claims, untouched):
+    model, d, _ = _tiny_setup(tok, claims, n_claims=4)
+    check = untouched(model)
+    prompts = rt.claim_prompts(claims[:4])
+    with pytest.raises(ValueError, match="alpha must be a finite number, got nan"):
+        d.steering_plan(1, float("nan"))
+    with pytest.raises(ValueError, match=r"alphas\[1\] must be a finite number, got inf"):
+        rt.steerability(model, tok, prompts, d, 1, alphas=(0.0, float("inf")))
+    with pytest.raises(ValueError, match="at least two different alphas"):
+        rt.steerability(model, tok, prompts, d, 1, alphas=(1.0, 1.0))
+    with pytest.raises(TypeError, match="window must be an integer >= 2, got 8.0"):
+        rt.perplexity(model, tok, "a b c d e f g h i j", window=8.0, stride=4)
+    with pytest.raises(ValueError, match="stride must be an integer >= 1, got 0"):
+        rt.perplexity(model, tok, "a b c d e f g h i j", window=8, stride=0)
+    with pytest.raises(ValueError, match="need stride <= window"):
+        rt.perplexity(model, tok, "a b c d e f g h i j", window=4, stride=8)
+    check()
+
+
 def test_search_blocks_ranks_and_restores(tok, claims):
     model, d, data = _tiny_setup(tok, claims, n_claims=12)
     before = snapshot(model)
@@ -457,6 +580,50 @@ def test_search_blocks_ranks_and_restores(tok, claims):
     assert "rank" in search.table() and "(untuned)" in search.table()
     assert search.best.score <= search.baseline["val_projection"] + 1e-6 + search.baseline[
         "val_token_excess"]  # fmt: skip
+
+
+class FailingHistory(list):
+    """A history that fails when asked to record ``step`` (an error inside the loop)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def append(self, record: dict) -> None:
+        if record.get("step") == self.step and "projection" in record:
+            raise RuntimeError("boom")
+        super().append(record)
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_tune_leaves_the_model_exactly_as_it_was(
+    tok, claims, untouched, interrupt, failure
+):
+    model, d, data = _tiny_setup(tok, claims)
+    model.train()  # the train/eval mode of every module comes back too
+    check = untouched(model)
+    tuned = list(
+        rt.block_parameters(model, ["layers.1:3.attn.v+attn.o", "layers.1:3.mlp"]).values()
+    )
+    first = [p.detach().clone() for p in tuned]
+    history = None
+    if failure is KeyboardInterrupt:  # Ctrl-C in the forward of the step after one update
+
+        def updated(_: int) -> bool:
+            return any(not torch.equal(p, q) for p, q in zip(tuned, first, strict=True))
+
+        calls = interrupt(model, 1, updated)
+    else:  # an error after two updates (recording the second step)
+        history = FailingHistory(step=2)
+    with pytest.raises(failure):
+        rt.tune(model, tok, data, direction=d, layers=[1, 2], lr=1e-2, steps=5, batch_size=4,
+                token_tolerance=-1.0, val_fraction=0.0, progress=False,
+                history=history)  # fmt: skip
+    if failure is KeyboardInterrupt:
+        assert calls == [False, True]  # it fired in the second step, after the first tuned
+    else:
+        assert len(history) == 1
+    check()
 
 
 # --- evaluation -----------------------------------------------------------------------------------
