@@ -364,6 +364,13 @@ model (forward, or generate) back to back, the order alternating, and the pairs'
 give a median overhead with a distribution-free 95% confidence interval; the bare model paired
 with itself shows the noise floor. The goals and the ours ÷ peer quotients use these paired
 numbers.
+
+`benchmarks/test_compile.py` (results under a machine name ending in `-compile`, in the table of
+other benchmarks; every `x_` value a median of paired ratios): `torch.compile` (inductor) on the
+tiny model, `x_eager_bare` compiled bare ÷ eager bare, `x_compiled_bare` compiled steering ÷
+compiled bare, `x_eager_steer` compiled steering ÷ eager steering, `graphs` the graphs compiled
+(none during the timed calls); and the price of a capture's own copy of its records
+(`x_views`: capture of `resid_post` at every layer ÷ the same capture keeping views).
 """
 
 
