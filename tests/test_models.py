@@ -41,6 +41,12 @@ def test_load_returns_a_tokenizer_that_pads_on_the_left(tiny_folder):
     assert not model.training
 
 
+def test_load_gives_the_dtype_asked_for(tiny_folder):
+    # transformers < 4.56 names the argument torch_dtype
+    model, _ = load(str(tiny_folder), dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
 @pytest.fixture(scope="module")
 def inputs(real_model):
     _, tokenizer = real_model
