@@ -44,6 +44,9 @@ def load(
     ``name_or_path`` is an HF id, a local folder, a ``.gguf`` file, or None / ``"smollm2-135m"``
     for the bundled SmolLM2-135M-Instruct. ``arch="qwen2"`` returns the same weights as a
     ``Qwen2ForCausalLM`` (zero q/k/v biases; same logits).
+
+    The tokenizer pads on the left (so position -1 is every row's last real token, and
+    ``generate`` continues each row from its own end) and pads with EOS when it has no pad token.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,6 +68,9 @@ def load(
         model = to_qwen2(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # A decoder-only model continues from the last column: right padding would put pad tokens
+    # there for every row but the longest (tokenizers default to the right).
+    tokenizer.padding_side = "left"
     return model.to(device).eval(), tokenizer
 
 
