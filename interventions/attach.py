@@ -24,7 +24,7 @@ from interventions.ops import (
     Step,
     counts_from_end,
 )
-from interventions.sites import Site, SiteLike, expand
+from interventions.sites import HEAD_KINDS, Site, SiteLike, expand
 
 Plan = Mapping[SiteLike, Intervention]
 
@@ -147,6 +147,8 @@ class Attachment:
         self._saved_attn: str | None = None
         self._blocks = list(table.blocks(model))  # a list: ModuleList indexing costs ~3 µs
         self._counts_from_end = any(map(_counts_from_end, self.plan.values()))
+        if any(site.kind in HEAD_KINDS for site in self.plan):
+            table.check_geometry(model, geometry)
         guard_hooks_under_compile()
         try:
             self._handles.append(
@@ -236,8 +238,10 @@ class Attachment:
     def _register(self, site: Site, intervention: Intervention) -> None:
         a, kind = self.adapter, site.kind
         if kind == "attn.heads":  # first: the site most plans use, at every layer
+            a.refuse(kind)
             self._on_input(self._in_block(site, a.o_proj), self._head_editor(intervention))
             return
+        a.refuse(kind)
         if kind == "attn.pattern":
             module = self._in_block(site, a.attn)
             self._on_output(module, self._pattern_editor(intervention), _attention_weights)
@@ -255,17 +259,23 @@ class Attachment:
         elif kind == "resid_pre":
             self._on_input(self._blocks[site.layer], edit)
         elif kind == "attn.in":
-            self._on_output(self._in_block(site, a.attn_norm), edit)
+            if a.attn_norm is None:  # post-norm-only block: attention reads resid_pre itself
+                self._on_input(self._in_block(site, a.attn), edit)
+            else:
+                self._on_output(self._in_block(site, a.attn_norm), edit)
         elif kind == "attn.out":
-            self._on_output(self._in_block(site, a.o_proj), edit)
+            self._on_output(self._in_block(site, a.attn_out_path), edit)
         elif kind == "resid_mid":
             self._register_resid_mid(site.layer, edit)
         elif kind == "mlp.in":
-            self._on_output(self._in_block(site, a.mlp_norm), edit)
+            if a.mlp_norm is None:
+                self._on_input(self._in_block(site, a.mlp), edit)
+            else:
+                self._on_output(self._in_block(site, a.mlp_norm), edit)
         elif kind == "mlp.act":
             self._on_input(self._in_block(site, a.down_proj), edit)
         elif kind == "mlp.out":
-            self._on_output(self._in_block(site, a.down_proj), edit)
+            self._on_output(self._in_block(site, a.mlp_out_path), edit)
         elif kind == "resid_post":
             self._on_output(self._blocks[site.layer], edit)
         else:  # pragma: no cover - Site validates kinds
@@ -346,10 +356,12 @@ class Attachment:
             y = edit(resid_mid)
             return attn_out if y is resid_mid else y - resid_pre
 
-        attn_norm = self.adapter.submodule(block, self.adapter.attn_norm)
-        self._handles.append(attn_norm.register_forward_pre_hook(stash, with_kwargs=True))
-        attn = self.adapter.submodule(block, self.adapter.attn)
-        self._on_output(attn, edit_attn_out)
+        a = self.adapter
+        reads_resid_pre = a.submodule(block, a.attn if a.attn_norm is None else a.attn_norm)
+        self._handles.append(reads_resid_pre.register_forward_pre_hook(stash, with_kwargs=True))
+        # what attention adds to the residual: the attention module's output, or a post-norm's
+        contribution = a.submodule(block, a.attn if a.attn_out is None else a.attn_out)
+        self._on_output(contribution, edit_attn_out)
 
 
 def _counts_from_end(intervention: Intervention) -> bool:

@@ -408,6 +408,18 @@ def _check_foldable(site: Site, intervention: Intervention) -> None:
             )
 
 
+def _check_projection_output(table: Adapter, site: Site) -> None:
+    """Only a site that is the projection's own output folds into its weights."""
+    table.refuse(site.kind)
+    read_at = {"attn.out": table.attn_out, "mlp.out": table.mlp_out}.get(site.kind)
+    if read_at is not None:
+        raise NotImplementedError(
+            f"bake at {site} on {table.name}: this site is the output of {read_at!r}, not of "
+            f"the projection {_projection_path(table, site)!r}, so it cannot be folded into its "
+            "weights; bake at attn.heads, or use iv.intervene"
+        )
+
+
 def _input_affine(intervention: Intervention, n_heads: int, d_head: int) -> tuple[Tensor, Tensor]:
     """Block-diagonal ``A`` [n_heads*d_head]^2 and ``c`` of an intervention at attn.heads."""
     parts = intervention.parts if isinstance(intervention, Compose) else [intervention]
@@ -455,6 +467,7 @@ def bake(model: nn.Module, plan: Plan) -> WeightDelta:
     sites = normalize_plan(model, plan)
     for site, intervention in sites.items():
         _check_foldable(site, intervention)
+        _check_projection_output(table, site)
     layers_prefix = table.layers
     changes: dict[str, Tensor] = {}
     originals: dict[str, Tensor | None] = {}

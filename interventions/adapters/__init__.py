@@ -34,7 +34,26 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Adapter:
-    """Module paths of one architecture. Block paths are relative to one block."""
+    """Module paths of one architecture, as data. Block paths are relative to one block.
+
+    The defaults describe a pre-norm sequential block (Llama): attention reads the output of
+    ``attn_norm``, adds ``o_proj``'s output to the residual, the MLP reads the output of
+    ``mlp_norm`` and adds ``down_proj``'s output. Other blocks say where they differ:
+
+    - ``attn_out`` / ``mlp_out``: the module whose output is what attention / the MLP adds to
+      the residual stream, when it is not ``o_proj`` / ``down_proj`` (a post-norm of sandwich
+      blocks such as Gemma 2's ``post_attention_layernorm``; the whole MoE block, whose experts
+      have no down_proj module).
+    - ``attn_norm`` / ``mlp_norm`` None: no module outputs the input of attention / the MLP (a
+      post-norm-only block such as OLMo 2); ``attn.in`` / ``mlp.in`` are read where ``attn`` /
+      ``mlp`` take it.
+    - ``parallel``: attention and the MLP both read the block's input and their outputs are
+      added together (GPT-NeoX, GPT-J, Phi); there is no ``resid_mid``.
+    - ``refused``: site kind -> why it has no honest meaning here and what to use instead;
+      attaching there raises NotImplementedError with that text.
+    - ``attention_sinks``: attention rows hold mass on learned sinks that the returned pattern
+      leaves out, so its rows sum to less than 1.
+    """
 
     name: str
     layers: str  # the list of blocks, from the causal LM
@@ -42,13 +61,38 @@ class Adapter:
     final_norm: str
     unembed: str
     attn: str  # attention module: output (attn_out, weights, ...)
-    attn_norm: str  # output is `attn.in`
-    o_proj: str  # input is `attn.heads`, output is `attn.out`
-    mlp_norm: str  # output is `mlp.in`
-    down_proj: str  # input is `mlp.act`, output is `mlp.out`
+    attn_norm: str | None  # output is `attn.in` (None: the input of `attn`)
+    o_proj: str  # input is `attn.heads`
+    mlp_norm: str | None  # output is `mlp.in` (None: the input of `mlp`)
+    down_proj: str  # input is `mlp.act`
     config_keys: dict[str, tuple[str, ...]]  # geometry field -> config attributes, first found
     conv1d: bool = False  # weights stored [in, out] (GPT-2's Conv1D)
     bias_flags: dict[str, BiasFlag] = field(default_factory=dict)  # keyed by o_proj/down_proj
+    mlp: str = "mlp"  # the MLP module
+    attn_out: str | None = None  # output is `attn.out` (None: o_proj)
+    mlp_out: str | None = None  # output is `mlp.out` (None: down_proj)
+    parallel: bool = False
+    refused: dict[str, str] = field(default_factory=dict)
+    attention_sinks: bool = False
+
+    @property
+    def attn_out_path(self) -> str:
+        return self.o_proj if self.attn_out is None else self.attn_out
+
+    @property
+    def mlp_out_path(self) -> str:
+        return self.down_proj if self.mlp_out is None else self.mlp_out
+
+    def refuse(self, kind: str) -> None:
+        """Raise NotImplementedError if ``kind`` has no honest meaning in this architecture."""
+        reason = self.refused.get(kind)
+        if reason is None and kind == "resid_mid" and self.parallel:
+            reason = (
+                "its blocks are parallel: attention and the MLP both read resid_pre, so no "
+                "residual stream exists between them; use resid_pre, attn.out or mlp.out"
+            )
+        if reason is not None:
+            raise NotImplementedError(f"{kind} on {self.name}: {reason}")
 
     def geometry(self, config) -> Geometry:
         # Plain config attributes are read from __dict__: a transformers config's
@@ -75,6 +119,21 @@ class Adapter:
                 f"({type(config).__name__}); fix its config_keys"
             )
         return Geometry(**{k: int(values[k]) for k in Geometry.__dataclass_fields__})
+
+    def check_geometry(self, model: nn.Module, geometry: Geometry) -> None:
+        """Refuse a head geometry that does not split the output projection's input."""
+        o_proj = self.block_module(model, 0, self.o_proj)
+        width = getattr(o_proj, "in_features", None)
+        stored = o_proj._parameters.get("weight")
+        if width is None and stored is not None:  # shapes are known also on the meta device
+            width = stored.shape[0 if self.conv1d else 1]
+        if width is not None and width != geometry.n_heads * geometry.d_head:
+            raise ValueError(
+                f"{self.name}: {self.o_proj} takes {width} features, but the config gives "
+                f"{geometry.n_heads} heads x d_head {geometry.d_head} = "
+                f"{geometry.n_heads * geometry.d_head}; fix the adapter's config_keys (d_head "
+                "is the value head dimension)"
+            )
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return self.submodule(causal_lm(model), self.layers)
