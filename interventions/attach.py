@@ -158,7 +158,8 @@ class Attachment:
                 self._handles.append(self.model.register_forward_hook(self._end_forward))
             if any(site.kind == "attn.pattern" for site in self.plan):
                 self._use_eager_attention()
-            for site, intervention in self.plan.items():
+            # embed first: it shares the first block's input with layers.0.resid_pre
+            for site, intervention in sorted(self.plan.items(), key=lambda s: s[0].kind != "embed"):
                 self._register(site, intervention)
         except BaseException:
             self.remove()
@@ -238,10 +239,10 @@ class Attachment:
     def _register(self, site: Site, intervention: Intervention) -> None:
         a, kind = self.adapter, site.kind
         if kind == "attn.heads":  # first: the site most plans use, at every layer
-            a.refuse(kind)
+            a.refuse(kind, self.model.config)
             self._on_input(self._in_block(site, a.o_proj), self._head_editor(intervention))
             return
-        a.refuse(kind)
+        a.refuse(kind, self.model.config)
         if kind == "attn.pattern":
             module = self._in_block(site, a.attn)
             self._on_output(module, self._pattern_editor(intervention), _attention_weights)
@@ -250,12 +251,15 @@ class Attachment:
         def edit(x: Tensor) -> Tensor:
             return intervention.apply(x, self._step_for(x))
 
-        if kind == "embed":
-            self._on_output(a.module(self.model, a.embed), edit)
+        if kind == "embed":  # what the blocks receive: positions and scales included
+            self._on_input(self._blocks[0], edit)
         elif kind == "final_norm":
             self._on_output(a.module(self.model, a.final_norm), edit)
+        elif kind == "logits" and a.logits_at_output:
+            self._handles.append(self.model.register_forward_hook(_output_logits_editor(edit)))
         elif kind == "logits":
-            self._on_output(a.module(self.model, a.unembed), edit)
+            unembed = self.model.get_output_embeddings() if a.unembed is None else None
+            self._on_output(unembed or a.module(self.model, a.unembed), edit)
         elif kind == "resid_pre":
             self._on_input(self._blocks[site.layer], edit)
         elif kind == "attn.in":
@@ -362,6 +366,23 @@ class Attachment:
         # what attention adds to the residual: the attention module's output, or a post-norm's
         contribution = a.submodule(block, a.attn if a.attn_out is None else a.attn_out)
         self._on_output(contribution, edit_attn_out)
+
+
+def _output_logits_editor(edit: Callable[[Tensor], Tensor]) -> Callable[..., Any]:
+    """A forward hook on the causal LM editing the logits it returns (a ModelOutput or a tuple
+    whose first element they are)."""
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        logits = getattr(output, "logits", None)
+        if isinstance(logits, Tensor):
+            edited = edit(logits)
+            if edited is not logits:
+                output.logits = edited  # a ModelOutput keeps attribute and key in step
+            return None
+        edited = edit(output[0])
+        return None if edited is output[0] else (edited, *output[1:])
+
+    return hook
 
 
 def _counts_from_end(intervention: Intervention) -> bool:

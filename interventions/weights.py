@@ -408,9 +408,9 @@ def _check_foldable(site: Site, intervention: Intervention) -> None:
             )
 
 
-def _check_projection_output(table: Adapter, site: Site) -> None:
+def _check_projection_output(table: Adapter, site: Site, config) -> None:
     """Only a site that is the projection's own output folds into its weights."""
-    table.refuse(site.kind)
+    table.refuse(site.kind, config)
     read_at = {"attn.out": table.attn_out, "mlp.out": table.mlp_out}.get(site.kind)
     if read_at is not None:
         raise NotImplementedError(
@@ -467,7 +467,7 @@ def bake(model: nn.Module, plan: Plan) -> WeightDelta:
     sites = normalize_plan(model, plan)
     for site, intervention in sites.items():
         _check_foldable(site, intervention)
-        _check_projection_output(table, site)
+        _check_projection_output(table, site, model.config)
     layers_prefix = table.layers
     changes: dict[str, Tensor] = {}
     originals: dict[str, Tensor | None] = {}

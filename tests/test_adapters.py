@@ -42,21 +42,19 @@ def test_weights_are_out_in(model):
 
 
 def test_unsupported_architecture_says_how_to_register():
-    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+    from transformers import AutoModelForCausalLM, MambaConfig
 
     model = AutoModelForCausalLM.from_config(
-        GPTNeoXConfig(
-            vocab_size=99,
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=64,
-        )
+        MambaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, state_size=4)
     )
-    with pytest.raises(
-        NotImplementedError, match=r"no adapter for model_type 'gpt_neox'.*register"
-    ):
+    with pytest.raises(NotImplementedError, match=r"no adapter for model_type 'mamba'.*register"):
         iv.adapter(model)
+
+
+def test_an_unknown_model_type_of_a_known_class_uses_that_class_table():
+    model = tiny("llama")
+    model.config.model_type = "my_llama_finetune"  # e.g. a remote-code config around Llama
+    assert iv.adapter(model).name == "llama"
 
 
 def test_base_model_is_refused():

@@ -48,18 +48,26 @@ class Adapter:
       post-norm-only block such as OLMo 2); ``attn.in`` / ``mlp.in`` are read where ``attn`` /
       ``mlp`` take it.
     - ``parallel``: attention and the MLP both read the block's input and their outputs are
-      added together (GPT-NeoX, GPT-J, Phi); there is no ``resid_mid``.
+      added together (GPT-NeoX, GPT-J, Phi); there is no ``resid_mid``. ``parallel_flag``: the
+      config attribute that makes them so (GPT-NeoX's and StableLM's
+      ``use_parallel_residual``).
     - ``refused``: site kind -> why it has no honest meaning here and what to use instead;
       attaching there raises NotImplementedError with that text.
     - ``attention_sinks``: attention rows hold mass on learned sinks that the returned pattern
       leaves out, so its rows sum to less than 1.
+    - ``logits_at_output``: the model scales or soft-caps the logits after ``unembed`` (Gemma 2,
+      Cohere, Granite), so ``logits`` is read from the causal LM's output. ``unembed`` None: the
+      model's ``get_output_embeddings()`` (its name changed between releases).
+
+    ``embed`` is read where the first block takes it: what the blocks receive, with positions,
+    embedding scales and multipliers that some models add outside any module.
     """
 
     name: str
     layers: str  # the list of blocks, from the causal LM
-    embed: str  # module whose output is the `embed` site
+    embed: str  # the token embedding (the `embed` site is read at the first block's input)
     final_norm: str
-    unembed: str
+    unembed: str | None
     attn: str  # attention module: output (attn_out, weights, ...)
     attn_norm: str | None  # output is `attn.in` (None: the input of `attn`)
     o_proj: str  # input is `attn.heads`
@@ -72,8 +80,10 @@ class Adapter:
     attn_out: str | None = None  # output is `attn.out` (None: o_proj)
     mlp_out: str | None = None  # output is `mlp.out` (None: down_proj)
     parallel: bool = False
+    parallel_flag: str | None = None  # a config flag that makes the blocks parallel
     refused: dict[str, str] = field(default_factory=dict)
     attention_sinks: bool = False
+    logits_at_output: bool = False  # logits scaled or soft-capped after ``unembed``
 
     @property
     def attn_out_path(self) -> str:
@@ -83,10 +93,15 @@ class Adapter:
     def mlp_out_path(self) -> str:
         return self.down_proj if self.mlp_out is None else self.mlp_out
 
-    def refuse(self, kind: str) -> None:
-        """Raise NotImplementedError if ``kind`` has no honest meaning in this architecture."""
+    def is_parallel(self, config) -> bool:
+        return self.parallel or bool(self.parallel_flag and getattr(config, self.parallel_flag))
+
+    def refuse(self, kind: str, config=None) -> None:
+        """Raise NotImplementedError if ``kind`` has no honest meaning in this architecture
+        (with ``config``: in this configuration of it)."""
         reason = self.refused.get(kind)
-        if reason is None and kind == "resid_mid" and self.parallel:
+        is_parallel = self.parallel if config is None else self.is_parallel(config)
+        if reason is None and kind == "resid_mid" and is_parallel:
             reason = (
                 "its blocks are parallel: attention and the MLP both read resid_pre, so no "
                 "residual stream exists between them; use resid_pre, attn.out or mlp.out"
@@ -241,6 +256,9 @@ def adapter(model: nn.Module) -> Adapter:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
+        cls = type(causal_lm(model))
+        model_type = _model_type_of_class(cls.__name__, cls.__module__) or model_type
+    if model_type not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise NotImplementedError(
             f"no adapter for model_type {model_type!r} ({type(model).__name__}); supported: "
@@ -258,8 +276,31 @@ def adapter(model: nn.Module) -> Adapter:
     return table
 
 
+@lru_cache(maxsize=64)
+def _model_type_of_class(class_name: str, module: str) -> str | None:
+    """The registered model type whose causal-LM class is ``class_name``, preferring the one the
+    class is defined for (InternLM3 and remote-code models build a LlamaForCausalLM under a
+    model type of their own)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    known = [
+        model_type
+        for model_type, name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items()
+        if name == class_name and model_type in _REGISTRY
+    ]
+    defining = [t for t in known if f".{t}." in f"{module}."]
+    return (defining or known or [None])[0]
+
+
 def geometry(model: nn.Module) -> Geometry:
     return adapter(model).geometry(model.config)
 
 
-from interventions.adapters import gpt2, llama  # noqa: E402,F401  (registers the tables)
+from interventions.adapters import (  # noqa: E402,F401  (registers the tables)
+    classic,
+    gpt2,
+    llama,
+    moe,
+    parallel,
+    sandwich,
+)

@@ -1,4 +1,8 @@
-"""Llama-style blocks: Llama, Qwen2, Mistral (pre-norm, o_proj, gated MLP with down_proj)."""
+"""Pre-norm sequential blocks with Llama's module names: the Llama family and the many models
+that copied its layout (attention ``self_attn.o_proj``, norms ``input_layernorm`` /
+``post_attention_layernorm``, a gated MLP with ``mlp.down_proj``)."""
+
+from dataclasses import replace
 
 from interventions.adapters import Adapter, BiasFlag, register_adapter
 
@@ -25,24 +29,75 @@ _LLAMA_PATHS = dict(
     config_keys=LLAMA_CONFIG_KEYS,
 )
 
+ATTENTION_BIAS = BiasFlag(
+    "attention_bias",
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+)
+MLP_BIAS = BiasFlag("mlp_bias", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+
 LLAMA = register_adapter(
     Adapter(
         name="llama",
-        bias_flags={
-            "self_attn.o_proj": BiasFlag(
-                "attention_bias",
-                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
-            ),
-            "mlp.down_proj": BiasFlag(
-                "mlp_bias", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-            ),
-        },
+        bias_flags={"self_attn.o_proj": ATTENTION_BIAS, "mlp.down_proj": MLP_BIAS},
         **_LLAMA_PATHS,
     ),
     "llama",
 )
+# Llama's blocks under other model types (InternLM3 builds a LlamaForCausalLM)
+for model_type in ("internlm3", "arcee", "smollm3"):
+    register_adapter(replace(LLAMA, name=model_type), model_type)
 
-# Qwen2 and Mistral hard-code their o_proj / down_proj without bias: no config flag keeps a
-# created bias through save_pretrained, so save the WeightDelta instead.
+# Qwen2, Mistral, Ministral and Phi-3 hard-code their o_proj / down_proj without bias: no config
+# flag keeps a created bias through save_pretrained, so save the WeightDelta instead.
 QWEN2 = register_adapter(Adapter(name="qwen2", **_LLAMA_PATHS), "qwen2")
-MISTRAL = register_adapter(Adapter(name="mistral", **_LLAMA_PATHS), "mistral")
+MISTRAL = register_adapter(Adapter(name="mistral", **_LLAMA_PATHS), "mistral", "ministral")
+PHI3 = register_adapter(Adapter(name="phi3", **_LLAMA_PATHS), "phi3")
+
+# attention_bias switches q, k, v and o biases together, as in Llama
+for model_type in ("qwen3", "olmo", "gemma", "seed_oss"):
+    register_adapter(
+        replace(LLAMA, name=model_type, bias_flags={"self_attn.o_proj": ATTENTION_BIAS}),
+        model_type,
+    )
+
+# Helium's attention_bias leaves o_proj without one: only mlp_bias reaches a baked projection
+HELIUM = register_adapter(
+    replace(LLAMA, name="helium", bias_flags={"mlp.down_proj": MLP_BIAS}), "helium"
+)
+STABLELM = register_adapter(
+    Adapter(name="stablelm", parallel_flag="use_parallel_residual", **_LLAMA_PATHS), "stablelm"
+)
+# StarCoder2: a plain MLP (c_fc, c_proj); use_bias (default on) gives every projection a bias
+STARCODER2 = register_adapter(
+    Adapter(name="starcoder2", **{**_LLAMA_PATHS, "down_proj": "mlp.c_proj"}), "starcoder2"
+)
+# Apertus names its norms after what they feed
+APERTUS = register_adapter(
+    Adapter(
+        name="apertus",
+        bias_flags={"self_attn.o_proj": ATTENTION_BIAS},
+        **{
+            **_LLAMA_PATHS,
+            "attn_norm": "attention_layernorm",
+            "mlp_norm": "feedforward_layernorm",
+        },
+    ),
+    "apertus",
+)
+
+# Granite scales what attention and the MLP add by residual_multiplier outside any module, and
+# the embeddings and logits too: embed and logits are read where the scaled values are, and
+# resid_mid (resid_pre + residual_multiplier * attn.out) is refused rather than misnamed.
+GRANITE = register_adapter(
+    Adapter(
+        name="granite",
+        bias_flags={"self_attn.o_proj": ATTENTION_BIAS, "mlp.down_proj": MLP_BIAS},
+        logits_at_output=True,
+        refused={
+            "resid_mid": "attention's output is scaled by config.residual_multiplier before it "
+            "is added, outside any module; use resid_pre, attn.out and resid_post",
+        },
+        **_LLAMA_PATHS,
+    ),
+    "granite",
+)
