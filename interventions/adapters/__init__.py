@@ -178,6 +178,13 @@ class Adapter:
 
         Raises where that weight is not what the projection computes with (a PEFT adapter wraps
         the projection) or is not in memory (offloaded by accelerate)."""
+        if "weight" not in module._parameters and "base_layer" not in module._modules:
+            fused = [n for n, p in module.named_parameters(recurse=False) if p.ndim == 3]
+            raise NotImplementedError(
+                f"{type(module).__name__} in {self.name} has no weight matrix"
+                + (f" (its experts are fused 3-D parameters: {', '.join(fused)})" if fused else "")
+                + ": no single projection to read or edit; use iv.intervene at a site instead"
+            )
         if "weight" not in module._parameters:
             kind = f"{type(module).__module__}.{type(module).__qualname__}"
             raise ValueError(
