@@ -7,6 +7,7 @@ found from its spec), and loads with ``gguf`` and ``accelerate`` installed.
 """
 
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -126,23 +127,269 @@ def to_qwen2(llama: nn.Module) -> nn.Module:
     return qwen.to(next(llama.parameters()).device).eval()
 
 
-def tiny(model_type: str, *, n_kv_heads: int | None = None, n_layers: int = 2, seed: int = 0):
-    """A tiny random causal LM from config (vocab 99, hidden 32, 4 heads): for tests/examples."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+@dataclass(frozen=True)
+class TinySpec:
+    """How one model type's config spells the tiny sizes: its keywords (beyond the layer and
+    KV-head counts), and the keywords of those two counts."""
 
-    torch.manual_seed(seed)
-    common = dict(vocab_size=99, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if model_type == "gpt2":
-        config = GPT2Config(n_embd=32, n_layer=n_layers, n_head=4, n_positions=128, **common)
-    else:
-        cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[model_type]
-        config = cls(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=n_kv_heads or 4,
-            max_position_embeddings=128,
-            **common,
+    config: dict[str, object] = field(default_factory=dict)
+    layers_key: str = "num_hidden_layers"
+    kv_heads_key: str | None = "num_key_value_heads"  # None: the type has no grouped-query option
+    since: str | None = None  # the first transformers release whose model works in float32
+
+
+# vocab 99 with bos 1, eos 2, pad 0 (the test tokenizers'), 4 heads, 128 positions
+_TOKENS = dict(vocab_size=99, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_LLAMA = dict(
+    hidden_size=32, intermediate_size=64, num_attention_heads=4, max_position_embeddings=128
+)
+# MoE: 4 experts of width 16, two per token; `intermediate_size` is then the expert width
+_MOE = dict(_LLAMA, intermediate_size=16, num_experts_per_tok=2)
+# d_head 8 where the config has its own (large) default for it
+_HEAD_8 = dict(_LLAMA, head_dim=8)
+# shorter than prompt + generated tokens in the tests, so sliding windows really slide
+_WINDOW = 8
+
+TINY_CONFIGS: dict[str, TinySpec] = {
+    "llama": TinySpec(_LLAMA),
+    "qwen2": TinySpec(_LLAMA),
+    "qwen3": TinySpec(_HEAD_8),
+    "qwen2_moe": TinySpec(
+        dict(
+            _LLAMA,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
         )
-    return AutoModelForCausalLM.from_config(config).eval()
+    ),
+    "qwen3_moe": TinySpec(
+        dict(
+            _HEAD_8,
+            moe_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )
+    ),
+    "mistral": TinySpec(dict(_HEAD_8, sliding_window=_WINDOW)),
+    "ministral": TinySpec(dict(_HEAD_8, sliding_window=_WINDOW)),
+    "mixtral": TinySpec(dict(_MOE, num_local_experts=4)),
+    # head_dim 16: 4 heads x 16 = 64 != hidden 32, as in Gemma 7B (16 x 256 != 3072)
+    "gemma": TinySpec(dict(_LLAMA, head_dim=16)),
+    "gemma2": TinySpec(
+        dict(_HEAD_8, query_pre_attn_scalar=8, sliding_window=_WINDOW)  # soft-caps as released
+    ),
+    "gemma3_text": TinySpec(
+        dict(
+            _LLAMA,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=_WINDOW,
+            sliding_window_pattern=2,
+        )  # one sliding and one global layer
+    ),
+    "phi": TinySpec(_LLAMA),
+    "phi3": TinySpec(_LLAMA),
+    "olmo": TinySpec(_LLAMA),
+    "olmo2": TinySpec(_LLAMA),
+    "olmo3": TinySpec(dict(_LLAMA, sliding_window=_WINDOW)),
+    "olmoe": TinySpec(dict(_MOE, num_experts=4)),
+    # GPT-2 as before: d_mlp 4 x 32 (n_inner None)
+    "gpt2": TinySpec(dict(n_embd=32, n_head=4, n_positions=128), "n_layer", None),
+    "gpt_neox": TinySpec(_LLAMA, kv_heads_key=None),
+    "gptj": TinySpec(
+        dict(n_embd=32, n_head=4, n_inner=64, n_positions=128, rotary_dim=4), "n_layer", None
+    ),
+    # Falcon-7B's block: parallel attention and MLP after one norm, one KV head (multi-query)
+    "falcon": TinySpec(
+        dict(
+            hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, max_position_embeddings=128
+        ),
+        kv_heads_key=None,
+    ),
+    "stablelm": TinySpec(_LLAMA),
+    "starcoder2": TinySpec(_LLAMA),
+    # multipliers away from 1, so that a site that forgets one is seen to
+    "granite": TinySpec(
+        dict(
+            _LLAMA,
+            embedding_multiplier=2.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.125,
+            logits_scaling=4.0,
+        )
+    ),
+    "cohere": TinySpec(_LLAMA),  # logit_scale 0.0625 as released
+    "smollm3": TinySpec(dict(_LLAMA, no_rope_layer_interval=2)),  # layer 1 has no RoPE
+    "internlm3": TinySpec(_HEAD_8),
+    "helium": TinySpec(_HEAD_8),
+    "glm4": TinySpec(_HEAD_8),
+    "exaone4": TinySpec(dict(_LLAMA, sliding_window=_WINDOW, sliding_window_pattern=2)),
+    # Llama 3 RoPE scaling as released, scaled to 128 positions (16 x 8)
+    "apertus": TinySpec(
+        dict(
+            _LLAMA,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                original_max_position_embeddings=16,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+            ),
+        )
+    ),
+    # MLA (value heads 8 wide) and a dense first layer before the MoE ones, as released
+    "deepseek_v3": TinySpec(
+        dict(
+            _LLAMA,
+            moe_intermediate_size=16,
+            n_routed_experts=4,
+            n_shared_experts=1,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            first_k_dense_replace=1,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=4,
+            v_head_dim=8,
+        ),
+        kv_heads_key=None,
+    ),
+    # attention sinks, alternating sliding and global layers, YaRN scaled to 128 positions (4 x 32)
+    "gpt_oss": TinySpec(
+        dict(
+            _MOE,
+            head_dim=8,
+            num_local_experts=4,
+            sliding_window=_WINDOW,
+            rope_scaling=dict(
+                rope_type="yarn",
+                factor=32.0,
+                beta_fast=32.0,
+                beta_slow=1.0,
+                truncate=False,
+                original_max_position_embeddings=4,
+            ),
+        )
+    ),
+    "opt": TinySpec(
+        dict(
+            hidden_size=32,
+            word_embed_proj_dim=32,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+        ),
+        kv_heads_key=None,
+    ),
+    "bloom": TinySpec(dict(hidden_size=32, n_head=4), "n_layer", None),  # d_mlp 4 x hidden
+    # a dense layer, then an MoE layer (with its shared expert); layer 1 has no RoPE
+    "llama4_text": TinySpec(
+        dict(
+            _HEAD_8,
+            intermediate_size=16,
+            intermediate_size_mlp=64,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            interleave_moe_layer_step=2,
+            no_rope_layer_interval=2,
+        ),
+        # 4.52's Llama 4 forward makes a bfloat16 KV cache whatever the model's dtype
+        since="4.53",
+    ),
+}
+TINY_TYPES: tuple[str, ...] = tuple(TINY_CONFIGS)
+_N_HEADS = 4
+# ~20k parameters per layer: far more means a size keyword was ignored by this release
+_MAX_PARAMETERS = 200_000
+
+
+def available_tiny_types() -> list[str]:
+    """The model types of ``TINY_TYPES`` that the installed transformers knows."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return [
+        t
+        for t in TINY_TYPES
+        if t in CONFIG_MAPPING
+        and t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and _works_in_this_release(TINY_CONFIGS[t])
+    ]
+
+
+def _works_in_this_release(spec: TinySpec) -> bool:
+    import transformers
+    from packaging.version import Version
+
+    return spec.since is None or Version(transformers.__version__) >= Version(spec.since)
+
+
+def tiny_config(model_type: str, *, n_kv_heads: int | None = None, n_layers: int = 2):
+    """The config of ``tiny(model_type, ...)``."""
+    from transformers import AutoConfig
+
+    spec = _tiny_spec(model_type)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
+        raise ValueError(f"n_layers must be an int >= 1, got {n_layers!r}")
+    counts = {spec.layers_key: n_layers}
+    if n_kv_heads is not None:
+        if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, int):
+            raise TypeError(f"n_kv_heads must be an int or None, got {n_kv_heads!r}")
+        if n_kv_heads < 1 or _N_HEADS % n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads must divide the {_N_HEADS} attention heads (1, 2 or 4), got "
+                f"{n_kv_heads}"
+            )
+        if spec.kv_heads_key is None and n_kv_heads != _N_HEADS:
+            raise ValueError(
+                f"{model_type} has no grouped-query option: its tiny model has one KV layout; "
+                f"leave n_kv_heads=None (got {n_kv_heads})"
+            )
+    if spec.kv_heads_key is not None:
+        counts[spec.kv_heads_key] = _N_HEADS if n_kv_heads is None else n_kv_heads
+    return AutoConfig.for_model(model_type, **_TOKENS, **spec.config, **counts)
+
+
+def tiny(model_type: str, *, n_kv_heads: int | None = None, n_layers: int = 2, seed: int = 0):
+    """A tiny random causal LM from config, in eval mode and float32: for tests and examples.
+
+    Vocab 99, hidden 32, 4 attention heads, MLP width 64 (MoE: 4 experts of width 16, two per
+    token), 128 positions. ``n_kv_heads`` None gives as many KV heads as attention heads (or the
+    architecture's only layout, e.g. Falcon-7B's multi-query); 2 gives grouped-query attention.
+    ``model_type`` is one of ``available_tiny_types()``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    config = tiny_config(model_type, n_kv_heads=n_kv_heads, n_layers=n_layers)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    n_parameters = sum(p.numel() for p in model.parameters())
+    if n_parameters > _MAX_PARAMETERS:
+        raise RuntimeError(
+            f"tiny({model_type!r}) has {n_parameters} parameters: this transformers release "
+            f"ignored a size keyword of TINY_CONFIGS[{model_type!r}]; fix its keywords"
+        )
+    return model
+
+
+def _tiny_spec(model_type: str) -> TinySpec:
+    if model_type not in TINY_CONFIGS:
+        raise ValueError(f"tiny() builds one of {list(TINY_TYPES)}, got model_type {model_type!r}")
+    if model_type not in available_tiny_types():
+        import transformers
+
+        raise ValueError(
+            f"transformers {transformers.__version__} has no working model type "
+            f"{model_type!r} (needs {TINY_CONFIGS[model_type].since or 'a newer release'}); "
+            f"this release builds {available_tiny_types()}"
+        )
+    return TINY_CONFIGS[model_type]

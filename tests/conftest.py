@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from interventions.models import tiny
+from interventions.models import TINY_CONFIGS, tiny
 
 ARCHS = {
     "llama-mha": ("llama", 4),
@@ -30,6 +30,22 @@ def model(arch):
 @pytest.fixture
 def llama():
     return tiny("llama", n_kv_heads=2, n_layers=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Returns ``get(model_type)``: the tiny model of that type (2 layers; 2 KV heads where the
+    type has grouped-query attention), built once per test session and shared, so a test that
+    edits it must put it back exactly (or edit a copy)."""
+    built = {}
+
+    def get(model_type: str):
+        if model_type not in built:
+            grouped = TINY_CONFIGS[model_type].kv_heads_key is not None
+            built[model_type] = tiny(model_type, n_kv_heads=2 if grouped else None, n_layers=2)
+        return built[model_type]
+
+    return get
 
 
 @pytest.fixture

@@ -1,0 +1,501 @@
+"""Every architecture with an adapter, one check battery: sites mean what their names say.
+
+Each check is its own test, parametrised over the model types that the installed transformers
+builds (``available_tiny_types()``) and that have an adapter. A check is skipped only where the
+adapter refuses the site kind (``table.refused``) or the check does not apply (parallel blocks
+have no resid_mid). The tiny models are built once per session (``tiny_models`` in conftest).
+"""
+
+import copy
+import re
+import warnings
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import interventions as iv
+from interventions.adapters import _REGISTRY
+from interventions.models import (
+    TINY_CONFIGS,
+    TINY_TYPES,
+    available_tiny_types,
+    tiny,
+    tiny_config,
+)
+from interventions.sites import LAYER_KINDS, MODEL_KINDS
+
+# model types checked here: computed at collection, so a table registered in adapters/ joins
+COVERED = [t for t in available_tiny_types() if t in _REGISTRY]
+UNCOVERED = [t for t in available_tiny_types() if t not in _REGISTRY]
+NEW = 6  # generated tokens: prompt 9 + 6 > the tiny models' sliding windows (8)
+ATOL = 1e-5
+
+over_covered = pytest.mark.parametrize("model_type", COVERED)
+
+
+@pytest.fixture
+def built(model_type, tiny_models):
+    """(model, adapter table, geometry) of ``model_type``'s shared tiny model."""
+    model = tiny_models(model_type)
+    table = iv.adapter(model)
+    return model, table, table.geometry(model.config)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def refused(table, kind: str) -> bool:
+    try:
+        table.refuse(kind)
+    except NotImplementedError:
+        return True
+    return False
+
+
+def site_names(table, n_layers: int, kinds) -> list[str]:
+    names = [k for k in kinds if k in MODEL_KINDS and not refused(table, k)]
+    for layer in range(n_layers):
+        names += [
+            f"layers.{layer}.{k}" for k in kinds if k in LAYER_KINDS and not refused(table, k)
+        ]
+    return names
+
+
+def require(table, *kinds: str) -> None:
+    """Skip where the adapter refuses one of ``kinds`` (the check has nothing to compare)."""
+    for kind in kinds:
+        if refused(table, kind):
+            pytest.skip(f"{table.name} refuses {kind}")
+
+
+def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def captured(model, sites, ids: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    with torch.no_grad(), iv.capture(model, sites) as cache:
+        logits = model(ids).logits
+    return {name: cache[name] for name in cache}, logits
+
+
+@contextmanager
+def recorded(modules, *, inputs: bool = False):
+    """Record what each module returns (or, with ``inputs``, the hidden states it receives)
+    with plain torch hooks: the reference the sites are compared with."""
+    records: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for record, module in zip(records, modules, strict=True):
+        if inputs:
+
+            def hook(mod, args, kwargs, record=record):
+                record.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        else:
+
+            def hook(mod, args, output, record=record):
+                out = output if isinstance(output, torch.Tensor) else output[0]
+                record.append(out.detach().clone())
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def eager_attention(model):
+    """The model's own eager attention, as ``attn.pattern`` switches to it."""
+    config = model.config
+    saved = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = saved
+
+
+def n_hooks(model) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in model.modules()
+    )
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=ATOL, msg=lambda m: f"{what}: {m}")
+
+
+# --- the builder ------------------------------------------------------------------------------
+MOE_LAYERS = {  # which layers of the 2-layer tiny model have experts
+    "qwen2_moe": [0, 1],
+    "qwen3_moe": [0, 1],
+    "mixtral": [0, 1],
+    "olmoe": [0, 1],
+    "gpt_oss": [0, 1],
+    "deepseek_v3": [1],  # a dense first layer, as released (first_k_dense_replace)
+    "llama4_text": [1],  # dense and MoE layers interleaved, as released
+}
+
+
+def expert_counts(block: torch.nn.Module) -> list[int]:
+    """How many experts each expert container of a block holds (a ModuleList of experts, or
+    fused expert weights with the experts on the first axis)."""
+    counts = []
+    for name, module in block.named_modules():
+        if not name.endswith("experts"):
+            continue
+        if isinstance(module, torch.nn.ModuleList):
+            counts.append(len(module))
+        else:
+            counts += [p.shape[0] for p in module.parameters(recurse=False) if p.ndim == 3]
+    return counts
+
+
+@pytest.mark.parametrize("model_type", available_tiny_types())
+def test_tiny_builds_a_small_float32_model_that_runs_and_generates(model_type, tiny_models, ids):
+    model = tiny_models(model_type)
+    assert model.config.model_type == model_type and not model.training
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert sum(p.numel() for p in model.parameters()) < 60_000
+    logits = logits_of(model, ids)
+    assert logits.shape == (2, 9, 99) and bool(logits.isfinite().all())
+    tokens = model.generate(
+        ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0
+    )
+    assert tokens.shape == (2, 13)
+
+
+@pytest.mark.parametrize("model_type", [t for t in MOE_LAYERS if t in available_tiny_types()])
+def test_tiny_moe_models_have_four_small_experts_where_the_architecture_has_them(
+    model_type, tiny_models
+):
+    model = tiny_models(model_type)
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)][0]
+    for layer, block in enumerate(blocks):
+        counts = expert_counts(block)
+        if layer in MOE_LAYERS[model_type]:
+            assert counts and set(counts) == {4}, f"layer {layer}: {counts}"
+            routed = [p for n, p in block.named_parameters() if re.search(r"(^|\.)experts\.", n)]
+            # width 16 (a fused gate-and-up projection is 2 x 16), nothing of the dense width
+            assert any(16 in p.shape for p in routed), "experts 16 wide"
+            assert max(max(p.shape[1:]) for p in routed) <= 32, "experts 16 wide"
+        else:
+            assert counts == [], f"layer {layer} should be dense, has experts {counts}"
+
+
+@pytest.mark.skipif("qwen2_moe" not in available_tiny_types(), reason="no qwen2_moe")
+def test_tiny_qwen2_moe_has_its_shared_expert(tiny_models):
+    mlp = tiny_models("qwen2_moe").model.layers[0].mlp
+    assert mlp.shared_expert.down_proj.in_features == 16 and mlp.shared_expert_gate is not None
+
+
+def test_tiny_gemma_heads_are_wider_than_hidden_over_heads(tiny_models):
+    attention = tiny_models("gemma").model.layers[0].self_attn
+    assert attention.o_proj.in_features == 4 * 16 != 32
+
+
+def test_tiny_keeps_its_old_defaults():
+    # existing tests compare tiny("llama") (multi-head) with n_kv_heads=2 (grouped-query)
+    assert tiny_config("llama").num_key_value_heads == 4
+    assert tiny_config("llama", n_kv_heads=2).num_key_value_heads == 2
+    assert tiny_config("gpt2", n_layers=3).n_layer == 3
+    assert tiny_config("gpt2").n_inner is None  # d_mlp 4 x 32, as before
+
+
+def test_tiny_types_are_all_listed_and_the_installed_release_builds_them():
+    assert len(TINY_TYPES) == 36 and set(TINY_TYPES) == set(TINY_CONFIGS)
+    assert {"llama", "qwen2", "mistral", "gpt2", "gemma", "falcon"} <= set(available_tiny_types())
+
+
+def test_tiny_refuses_a_type_the_installed_release_cannot_build(monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.52.1")
+    assert "llama4_text" not in available_tiny_types()
+    with pytest.raises(ValueError, match="transformers 4.52.1 .*'llama4_text' .*4.53"):
+        tiny("llama4_text")
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        (dict(model_type="bert"), ValueError, "tiny.. builds one of"),
+        (dict(model_type="llama", n_kv_heads=3), ValueError, "must divide the 4 attention heads"),
+        (dict(model_type="llama", n_kv_heads=2.0), TypeError, "n_kv_heads must be an int"),
+        (dict(model_type="llama", n_kv_heads=True), TypeError, "n_kv_heads must be an int"),
+        (dict(model_type="gpt2", n_kv_heads=2), ValueError, "gpt2 has no grouped-query option"),
+        (dict(model_type="llama", n_layers=0), ValueError, "n_layers must be an int >= 1"),
+        (dict(model_type="llama", n_layers=True), ValueError, "n_layers must be an int >= 1"),
+        (dict(model_type="llama", seed=1.5), TypeError, "seed must be an int"),
+    ],
+)
+def test_tiny_refuses_bad_arguments(arguments, error, message):
+    model_type = arguments.pop("model_type")
+    with pytest.raises(error, match=message):
+        tiny(model_type, **arguments)
+
+
+# --- which architectures are covered --------------------------------------------------------------
+def test_the_battery_covers_the_first_architectures_and_every_registered_one():
+    assert {"llama", "qwen2", "mistral", "gpt2"} <= set(COVERED)
+    assert set(COVERED) | set(UNCOVERED) == set(available_tiny_types())
+
+
+@pytest.mark.parametrize("model_type", UNCOVERED)
+def test_a_type_without_a_table_is_refused_by_name(model_type, tiny_models):
+    with pytest.raises(NotImplementedError, match=f"no adapter for model_type '{model_type}'"):
+        iv.adapter(tiny_models(model_type))
+
+
+# --- the battery -------------------------------------------------------------------------------
+@over_covered
+def test_empty_plan_gives_bit_identical_logits(built, ids):
+    model, _, _ = built
+    bare = logits_of(model, ids)
+    with iv.intervene(model, {}):
+        assert torch.equal(logits_of(model, ids), bare)
+
+
+@over_covered
+def test_capturing_every_site_leaves_the_logits_bit_identical(built, ids):
+    model, table, g = built
+    kinds = [k for k in (*MODEL_KINDS, *LAYER_KINDS) if k != "attn.pattern"]
+    bare = logits_of(model, ids)
+    cache, logits = captured(model, site_names(table, g.n_layers, kinds), ids)
+    assert torch.equal(logits, bare)
+    assert len(cache) == len(site_names(table, g.n_layers, kinds))
+    if refused(table, "attn.pattern"):
+        return
+    with eager_attention(model):  # attn.pattern switches to eager attention
+        bare_eager = logits_of(model, ids)
+    attention = model.config._attn_implementation
+    cache, logits = captured(model, site_names(table, g.n_layers, (*kinds, "attn.pattern")), ids)
+    assert torch.equal(logits, bare_eager)
+    assert model.config._attn_implementation == attention  # switched back
+
+
+@over_covered
+def test_heads_through_the_output_projection_are_its_output(built, ids):
+    model, table, g = built
+    require(table, "attn.heads")
+    projections = [table.block_module(model, i, table.o_proj) for i in range(g.n_layers)]
+    sites = site_names(table, g.n_layers, ("attn.heads", "attn.out"))
+    with recorded(projections) as outputs:
+        cache, _ = captured(model, sites, ids)
+    for i, projection in enumerate(projections):
+        heads = cache[f"layers.{i}.attn.heads"]
+        assert heads.shape == (*ids.shape, g.n_heads, g.d_head)
+        through = heads.flatten(2) @ table.weight(projection).T
+        if projection.bias is not None:
+            through = through + projection.bias
+        close(through, outputs[i][0], f"layer {i}: heads @ {table.o_proj}")
+        if table.attn_out is None and f"layers.{i}.attn.out" in cache:
+            close(cache[f"layers.{i}.attn.out"], outputs[i][0], f"layer {i}: attn.out")
+
+
+@over_covered
+def test_mlp_act_through_the_down_projection_is_its_output(built, ids):
+    model, table, g = built
+    require(table, "mlp.act")
+    projections = [table.block_module(model, i, table.down_proj) for i in range(g.n_layers)]
+    sites = site_names(table, g.n_layers, ("mlp.act", "mlp.out"))
+    with recorded(projections) as outputs:
+        cache, _ = captured(model, sites, ids)
+    for i, projection in enumerate(projections):
+        act = cache[f"layers.{i}.mlp.act"]
+        assert act.shape == (*ids.shape, g.d_mlp)
+        through = act @ table.weight(projection).T
+        if projection.bias is not None:
+            through = through + projection.bias
+        close(through, outputs[i][0], f"layer {i}: mlp.act @ {table.down_proj}")
+        if table.mlp_out is None and f"layers.{i}.mlp.out" in cache:
+            close(cache[f"layers.{i}.mlp.out"], outputs[i][0], f"layer {i}: mlp.out")
+
+
+@over_covered
+def test_the_residual_stream_adds_up(built, ids):
+    model, table, g = built
+    require(table, "resid_pre", "attn.out", "mlp.out", "resid_post")
+    kinds = ("resid_pre", "attn.out", "mlp.out", "resid_post")
+    if not table.parallel:
+        require(table, "resid_mid")
+        kinds += ("resid_mid",)
+    cache, _ = captured(model, site_names(table, g.n_layers, kinds), ids)
+    for i in range(g.n_layers):
+        site = {k: cache[f"layers.{i}.{k}"] for k in kinds}
+        if table.parallel:
+            close(
+                site["resid_post"],
+                site["resid_pre"] + site["attn.out"] + site["mlp.out"],
+                f"layer {i}: resid_post = resid_pre + attn.out + mlp.out (parallel block)",
+            )
+        else:
+            close(
+                site["resid_mid"],
+                site["resid_pre"] + site["attn.out"],
+                f"layer {i}: resid_mid = resid_pre + attn.out",
+            )
+            close(
+                site["resid_post"],
+                site["resid_mid"] + site["mlp.out"],
+                f"layer {i}: resid_post = resid_mid + mlp.out",
+            )
+
+
+@over_covered
+def test_each_block_reads_what_the_previous_one_wrote(built, ids):
+    model, table, g = built
+    require(table, "resid_pre", "resid_post")
+    cache, _ = captured(model, site_names(table, g.n_layers, ("resid_pre", "resid_post")), ids)
+    for i in range(g.n_layers - 1):
+        close(cache[f"layers.{i}.resid_post"], cache[f"layers.{i + 1}.resid_pre"], f"layer {i}")
+
+
+@over_covered
+@pytest.mark.parametrize("part", ["attn", "mlp"])
+def test_attn_in_and_mlp_in_are_what_attention_and_the_mlp_receive(built, part, ids):
+    model, table, g = built
+    kind = f"{part}.in"
+    require(table, kind)
+    path = table.attn if part == "attn" else table.mlp
+    modules = [table.block_module(model, i, path) for i in range(g.n_layers)]
+    with recorded(modules, inputs=True) as inputs:
+        cache, _ = captured(model, site_names(table, g.n_layers, (kind,)), ids)
+    for i in range(g.n_layers):
+        close(
+            cache[f"layers.{i}.{kind}"], inputs[i][0], f"layer {i}: {kind} vs what {path} receives"
+        )
+
+
+@over_covered
+def test_embed_is_the_first_block_input(built, ids):
+    model, table, _ = built
+    require(table, "embed", "resid_pre")
+    cache, _ = captured(model, ["embed", "layers.0.resid_pre"], ids)
+    close(cache["embed"], cache["layers.0.resid_pre"], "embed vs layers.0.resid_pre")
+
+
+@over_covered
+def test_the_logits_site_is_the_output_logits(built, ids):
+    model, table, _ = built
+    require(table, "logits")
+    cache, logits = captured(model, ["logits"], ids)
+    close(cache["logits"], logits, "logits site vs output logits")
+
+
+@over_covered
+def test_attention_pattern_rows_are_distributions(built, ids):
+    model, table, g = built
+    require(table, "attn.pattern")
+    cache, _ = captured(model, site_names(table, g.n_layers, ("attn.pattern",)), ids)
+    for i in range(g.n_layers):
+        pattern = cache[f"layers.{i}.attn.pattern"]
+        assert pattern.shape == (ids.shape[0], g.n_heads, ids.shape[1], ids.shape[1])
+        assert bool((pattern >= 0).all())
+        rows = pattern.sum(-1)
+        if table.attention_sinks:  # mass on the sinks is not in the returned pattern
+            assert bool((rows <= 1 + ATOL).all()), f"layer {i}: rows sum to {rows.max()}"
+        else:
+            close(rows, torch.ones_like(rows), f"layer {i}: pattern rows")
+
+
+def generate(model, ids, plan, *, use_cache: bool):
+    with iv.intervene(model, plan):
+        out = model.generate(
+            ids,
+            max_new_tokens=NEW,
+            min_new_tokens=NEW,
+            do_sample=False,
+            use_cache=use_cache,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+    return out.sequences, torch.stack(out.logits, dim=1)
+
+
+@over_covered
+@pytest.mark.parametrize("positions", [-1, None])
+def test_cached_generate_equals_uncached_under_a_head_bias(built, positions, ids):
+    model, table, g = built
+    require(table, "attn.heads")
+    vector = 4 * torch.randn(g.d_head, generator=torch.Generator().manual_seed(3))
+    plan = {"layers.1.attn.heads": iv.AddBias(vector, positions=positions)}
+    _, bare_logits = generate(model, ids, {}, use_cache=True)
+    tokens, logits = generate(model, ids, plan, use_cache=True)
+    re_tokens, re_logits = generate(model, ids, plan, use_cache=False)
+    assert not torch.allclose(logits, bare_logits, atol=1e-4), "the bias must change something"
+    assert torch.equal(tokens, re_tokens)
+    close(logits, re_logits, "cached vs uncached generate")
+
+
+def foldable_plan(table, g) -> dict:
+    generator = torch.Generator().manual_seed(4)
+    plan = {
+        "layers.0.attn.heads": iv.Compose(
+            iv.AddBias(torch.randn(g.n_heads, g.d_head, generator=generator)), iv.Rescale(1.5)
+        )
+    }
+    for kind, read_at in (("attn.out", table.attn_out), ("mlp.out", table.mlp_out)):
+        if read_at is None and not refused(table, kind):  # the projection's own output
+            plan[f"layers.1.{kind}"] = iv.Compose(
+                iv.AddBias(torch.randn(g.d_model, generator=generator)),
+                iv.Rescale(0.5, direction=torch.randn(g.d_model, generator=generator)),
+            )
+    return plan
+
+
+@over_covered
+def test_bake_equals_runtime_and_revert_is_bit_exact(built, ids):
+    shared, table, g = built
+    require(table, "attn.heads")
+    model = copy.deepcopy(shared)  # a failed revert must not leak into the other checks
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config_before = model.config.to_dict()
+    plan = foldable_plan(table, g)
+    bare = logits_of(model, ids)
+    with iv.intervene(model, plan):
+        runtime = logits_of(model, ids)
+    assert not torch.allclose(runtime, bare, atol=1e-4), "the plan must change something"
+    with warnings.catch_warnings():  # a bias with no config flag to keep it: fine in memory
+        warnings.simplefilter("ignore", UserWarning)
+        delta = iv.bake(model, plan)
+    close(logits_of(model, ids), runtime, f"baked vs runtime ({sorted(plan)})")
+    delta.revert(model)
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert model.config.to_dict() == config_before
+
+
+@over_covered
+def test_every_refused_site_is_refused_at_attach_time_by_name(built):
+    model, table, _ = built
+    kinds = sorted({*table.refused, *(["resid_mid"] if table.parallel else [])})
+    if not kinds:
+        pytest.skip(f"{table.name} refuses no site")
+    hooks, attention = n_hooks(model), model.config._attn_implementation
+    for kind in kinds:
+        site = kind if kind in MODEL_KINDS else f"layers.0.{kind}"
+        with pytest.raises(NotImplementedError, match=re.escape(table.name)):
+            iv.attach(model, {site: iv.Capture()})
+        with (
+            pytest.raises(NotImplementedError, match=re.escape(table.name)),
+            iv.capture(model, ["layers.0.resid_pre", site]),
+        ):
+            pass
+    assert n_hooks(model) == hooks and model.config._attn_implementation == attention
+
+
+@over_covered
+def test_geometry_splits_the_output_projection(built):
+    model, table, g = built
+    assert g.n_layers == len(table.blocks(model)) == 2
+    assert g.d_vocab == 99 and g.d_model == 32
+    for i in range(g.n_layers):
+        projection = table.block_module(model, i, table.o_proj)
+        width = projection.weight.shape[0 if table.conv1d else 1]
+        assert g.n_heads * g.d_head == width, f"layer {i}: {table.o_proj} takes {width}"
