@@ -685,6 +685,23 @@ def _chunks(
     return chunks
 
 
+def require_editable_mlp(model: nn.Module) -> iv.Adapter:
+    """The model's adapter, if its MLPs are what AlphaEdit edits: a down projection whose input
+    is ``mlp.act`` and whose output is what the MLP adds to the residual stream."""
+    table = iv.adapter(model)
+    try:
+        table.refuse("mlp.act", model.config)
+    except NotImplementedError as error:
+        raise NotImplementedError(f"AlphaEdit / MEMIT edit a down projection: {error}") from None
+    if table.mlp_out is not None:
+        raise NotImplementedError(
+            f"AlphaEdit / MEMIT on {table.name}: what the MLP adds to the residual stream is the "
+            f"output of {table.mlp_out!r}, not of the down projection {table.down_proj!r}, so "
+            "the closed-form update of down_proj would not move the residual stream linearly"
+        )
+    return table
+
+
 def key_stats(
     model: nn.Module,
     tokenizer: Any,
@@ -709,6 +726,7 @@ def key_stats(
     of the model's weights that feed that layer, the exact token ids used and the options; only
     missing layers are computed. Nothing is written with ``cache=False``.
     """
+    require_editable_mlp(model)
     n_layers = iv.geometry(model).n_layers
     if layers is None:
         layers = default_layers(n_layers)
@@ -878,7 +896,7 @@ class Editor:
         self.model, self.tokenizer = model, tokenizer
         self.method: Method = method
         self.hparams = hparams or HParams()
-        self.table = iv.adapter(model)
+        self.table = require_editable_mlp(model)
         self.geometry = iv.geometry(model)
         layers = self.hparams.layers
         if layers is None and stats is not None:

@@ -690,3 +690,22 @@ def test_real_edits_flip_facts_and_keep_neighbours(real_model, tmp_path):
     finally:
         delta.revert(model)
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "model_type, reason",
+    [
+        ("gemma2", "output of 'post_feedforward_layernorm', not of the down projection"),
+        ("qwen2_moe", "experts are fused 3-D parameters"),
+    ],
+)
+def test_edit_and_key_stats_refuse_mlps_that_are_not_one_down_projection(
+    model_type, reason, untouched
+):
+    model, tok = tiny(model_type, n_kv_heads=2), WordTokenizer()
+    check = untouched(model)
+    with pytest.raises(NotImplementedError, match=reason):
+        ae.key_stats(model, tok, ["a b c d e f"], layers=[1], cache=False)
+    with pytest.raises(NotImplementedError, match=reason):
+        ae.Editor(model, tok, None)
+    check()

@@ -26,6 +26,8 @@ ARCHS = {
     "llama-gqa": ("llama", 2),
     "qwen2": ("qwen2", 2),
     "gpt2": ("gpt2", None),
+    "gemma2": ("gemma2", 2),  # sandwich norms
+    "qwen2_moe": ("qwen2_moe", 2),  # fused-expert MoE
 }
 
 

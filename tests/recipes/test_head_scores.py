@@ -63,7 +63,15 @@ RECORDS = [
     mc("Why turn on a lamp at night, when it is dark?", "to see", "to cool down"),
 ]
 
-ARCHS = [("llama", None), ("llama", 2), ("qwen2", 2), ("gpt2", None)]
+# gemma2: sandwich norms; qwen2_moe: fused-expert MoE
+ARCHS = [
+    ("llama", None),
+    ("llama", 2),
+    ("qwen2", 2),
+    ("gpt2", None),
+    ("gemma2", 2),
+    ("qwen2_moe", 2),
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +86,11 @@ def _prompts():
 def _query_positions(length, mode, exclude_first):
     positions = [length - 1] if mode == "last_token" else list(range(length))
     return [q for q in positions if not (exclude_first and q == 0)]
+
+
+def _log(p):
+    """log p where p > 0, else 0: 0·log 0 = 0 (keys outside a sliding window get no mass)."""
+    return np.log(np.where(p > 0, p, 1.0))
 
 
 def _hand_scores(model, tok, prompts, mode, exclude_first):
@@ -109,10 +122,10 @@ def _hand_scores(model, tok, prompts, mode, exclude_first):
                     sums["out"][layer, h] += y[q, h].norm().item()
                     sums["out_resid"][layer, h] += (w[h] @ y[q, h]).norm().item()
                     p = pattern[h, q, : q + 1].numpy()
-                    full = -(p * np.log(p)).sum() / math.log(q + 1)
+                    full = -(p * _log(p)).sum() / math.log(q + 1)
                     rest = p[1:] / p[1:].sum()
                     if q >= 2:
-                        sums["ent"][layer, h] += -(rest * np.log(rest)).sum() / math.log(q)
+                        sums["ent"][layer, h] += -(rest * _log(rest)).sum() / math.log(q)
                     sums["ent_all"][layer, h] += full
                     sums["sink"][layer, h] += p[0]
                     if q >= span[1]:
