@@ -5,6 +5,7 @@ the adapter names and returns a handle; ``intervene`` and ``capture`` are contex
 remove every hook on exit, also after an exception.
 """
 
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -245,6 +246,11 @@ class Attachment:
         a.refuse(kind, self.model.config)
         if kind == "attn.pattern":
             module = self._in_block(site, a.attn)
+            if _takes_keyword(module, "output_attentions"):
+                # before transformers 4.52 attention returns probabilities only when asked
+                self._handles.append(
+                    module.register_forward_pre_hook(_ask_for_weights, with_kwargs=True)
+                )
             self._on_output(module, self._pattern_editor(intervention), _attention_weights)
             return
 
@@ -366,6 +372,15 @@ class Attachment:
         # what attention adds to the residual: the attention module's output, or a post-norm's
         contribution = a.submodule(block, a.attn if a.attn_out is None else a.attn_out)
         self._on_output(contribution, edit_attn_out)
+
+
+def _takes_keyword(module: nn.Module, name: str) -> bool:
+    parameters = inspect.signature(module.forward).parameters
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _ask_for_weights(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    return args, {**kwargs, "output_attentions": True}
 
 
 def _output_logits_editor(edit: Callable[[Tensor], Tensor]) -> Callable[..., Any]:

@@ -158,7 +158,17 @@ class Adapter:
 
     @staticmethod
     def submodule(root: nn.Module, path: str) -> nn.Module:
-        """``root.get_submodule(path)`` at a fifth of its cost ("" is ``root``)."""
+        """``root.get_submodule(path)`` at a fifth of its cost ("" is ``root``).
+
+        ``"mlp|block_sparse_moe"``: the first of several paths that exists, for a module that
+        transformers renamed between releases (newest name first)."""
+        if "|" in path:
+            for alternative in path.split("|"):
+                try:
+                    return Adapter.submodule(root, alternative)
+                except AttributeError:
+                    continue
+            raise AttributeError(f"{type(root).__name__} has none of the modules {path!r}")
         module = root
         for name in _path_parts(path):
             # a child module straight from _modules: getattr goes through the slow

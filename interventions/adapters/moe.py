@@ -33,7 +33,18 @@ MOE = Adapter(
     refused={"mlp.act": FUSED_EXPERTS},
 )
 
-MIXTRAL = register_adapter(replace(MOE, name="mixtral"), "mixtral")
+# transformers 4.x named Mixtral's MoE block block_sparse_moe
+_MIXTRAL_MOE = "mlp|block_sparse_moe"
+MIXTRAL = register_adapter(
+    replace(
+        MOE,
+        name="mixtral",
+        mlp=_MIXTRAL_MOE,
+        mlp_out=_MIXTRAL_MOE,
+        down_proj="mlp.experts|block_sparse_moe.experts",
+    ),
+    "mixtral",
+)
 QWEN2_MOE = register_adapter(replace(MOE, name="qwen2_moe"), "qwen2_moe")
 for model_type in ("qwen3_moe", "olmoe"):
     register_adapter(
