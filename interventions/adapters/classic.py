@@ -8,6 +8,8 @@
 """
 
 from interventions.adapters import Adapter, register_adapter
+from interventions.adapters.gpt2 import GPT2_CONFIG_KEYS
+from interventions.adapters.llama import LLAMA_CONFIG_KEYS
 
 _OPT_FLAT = (
     "its MLP runs on flattened tokens [batch*seq, d] inside the decoder layer, so positions "
@@ -26,15 +28,7 @@ OPT = register_adapter(
         mlp_norm="final_layer_norm",
         down_proj="fc2",
         mlp="fc1",
-        config_keys={
-            "n_layers": ("num_hidden_layers",),
-            "n_heads": ("num_attention_heads",),
-            "n_kv_heads": (),
-            "d_head": (),
-            "d_model": ("hidden_size",),
-            "d_mlp": ("ffn_dim",),
-            "d_vocab": ("vocab_size",),
-        },
+        config_keys={**LLAMA_CONFIG_KEYS, "n_kv_heads": (), "d_head": (), "d_mlp": ("ffn_dim",)},
         refused={"mlp.in": _OPT_FLAT, "mlp.act": _OPT_FLAT, "mlp.out": _OPT_FLAT},
     ),
     "opt",
@@ -53,15 +47,7 @@ BLOOM = register_adapter(
         attn_out="self_attention.dense",  # the attention module returns resid_mid itself
         mlp_norm="post_attention_layernorm",
         down_proj="mlp.dense_4h_to_h",
-        config_keys={
-            "n_layers": ("n_layer",),
-            "n_heads": ("n_head",),
-            "n_kv_heads": (),
-            "d_head": (),
-            "d_model": ("hidden_size",),
-            "d_mlp": (),
-            "d_vocab": ("vocab_size",),
-        },
+        config_keys={**GPT2_CONFIG_KEYS, "d_model": ("hidden_size",), "d_mlp": ()},
     ),
     "bloom",
 )

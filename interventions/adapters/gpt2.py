@@ -2,6 +2,16 @@
 
 from interventions.adapters import Adapter, register_adapter
 
+GPT2_CONFIG_KEYS = {
+    "n_layers": ("n_layer",),
+    "n_heads": ("n_head",),
+    "n_kv_heads": (),
+    "d_head": (),
+    "d_model": ("n_embd",),
+    "d_mlp": ("n_inner",),
+    "d_vocab": ("vocab_size",),
+}
+
 GPT2 = register_adapter(
     Adapter(
         name="gpt2",
@@ -14,15 +24,7 @@ GPT2 = register_adapter(
         o_proj="attn.c_proj",
         mlp_norm="ln_2",
         down_proj="mlp.c_proj",
-        config_keys={
-            "n_layers": ("n_layer",),
-            "n_heads": ("n_head",),
-            "n_kv_heads": (),
-            "d_head": (),
-            "d_model": ("n_embd",),
-            "d_mlp": ("n_inner",),
-            "d_vocab": ("vocab_size",),
-        },
+        config_keys=GPT2_CONFIG_KEYS,
         conv1d=True,
     ),
     "gpt2",

@@ -16,7 +16,7 @@ LLAMA_CONFIG_KEYS = {
     "d_vocab": ("vocab_size",),
 }
 
-_LLAMA_PATHS = dict(
+LLAMA_PATHS = dict(
     layers="model.layers",
     embed="model.embed_tokens",
     final_norm="model.norm",
@@ -39,7 +39,7 @@ LLAMA = register_adapter(
     Adapter(
         name="llama",
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS, "mlp.down_proj": MLP_BIAS},
-        **_LLAMA_PATHS,
+        **LLAMA_PATHS,
     ),
     "llama",
 )
@@ -49,9 +49,9 @@ for model_type in ("internlm3", "arcee", "smollm3"):
 
 # Qwen2, Mistral, Ministral and Phi-3 hard-code their o_proj / down_proj without bias: no config
 # flag keeps a created bias through save_pretrained, so save the WeightDelta instead.
-QWEN2 = register_adapter(Adapter(name="qwen2", **_LLAMA_PATHS), "qwen2")
-MISTRAL = register_adapter(Adapter(name="mistral", **_LLAMA_PATHS), "mistral", "ministral")
-PHI3 = register_adapter(Adapter(name="phi3", **_LLAMA_PATHS), "phi3")
+QWEN2 = register_adapter(Adapter(name="qwen2", **LLAMA_PATHS), "qwen2")
+MISTRAL = register_adapter(Adapter(name="mistral", **LLAMA_PATHS), "mistral", "ministral")
+PHI3 = register_adapter(Adapter(name="phi3", **LLAMA_PATHS), "phi3")
 
 # attention_bias switches q, k, v and o biases together, as in Llama
 for model_type in ("qwen3", "olmo", "gemma", "seed_oss"):
@@ -65,11 +65,11 @@ HELIUM = register_adapter(
     replace(LLAMA, name="helium", bias_flags={"mlp.down_proj": MLP_BIAS}), "helium"
 )
 STABLELM = register_adapter(
-    Adapter(name="stablelm", parallel_flag="use_parallel_residual", **_LLAMA_PATHS), "stablelm"
+    Adapter(name="stablelm", parallel_flag="use_parallel_residual", **LLAMA_PATHS), "stablelm"
 )
 # StarCoder2: a plain MLP (c_fc, c_proj); use_bias (default on) gives every projection a bias
 STARCODER2 = register_adapter(
-    Adapter(name="starcoder2", **{**_LLAMA_PATHS, "down_proj": "mlp.c_proj"}), "starcoder2"
+    Adapter(name="starcoder2", **{**LLAMA_PATHS, "down_proj": "mlp.c_proj"}), "starcoder2"
 )
 # Apertus names its norms after what they feed
 APERTUS = register_adapter(
@@ -77,7 +77,7 @@ APERTUS = register_adapter(
         name="apertus",
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS},
         **{
-            **_LLAMA_PATHS,
+            **LLAMA_PATHS,
             "attn_norm": "attention_layernorm",
             "mlp_norm": "feedforward_layernorm",
         },
@@ -97,7 +97,7 @@ GRANITE = register_adapter(
             "resid_mid": "attention's output is scaled by config.residual_multiplier before it "
             "is added, outside any module; use resid_pre, attn.out and resid_post",
         },
-        **_LLAMA_PATHS,
+        **LLAMA_PATHS,
     ),
     "granite",
 )

@@ -10,7 +10,7 @@ head's slice of o_proj's input).
 from dataclasses import replace
 
 from interventions.adapters import Adapter, register_adapter
-from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_CONFIG_KEYS
+from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_CONFIG_KEYS, LLAMA_PATHS
 
 FUSED_EXPERTS = (
     "its experts are fused 3-D parameters with no down_proj module, so no single tensor is the "
@@ -19,17 +19,8 @@ FUSED_EXPERTS = (
 
 MOE = Adapter(
     name="moe",
-    layers="model.layers",
-    embed="model.embed_tokens",
-    final_norm="model.norm",
-    unembed="lm_head",
-    attn="self_attn",
-    attn_norm="input_layernorm",
-    o_proj="self_attn.o_proj",
-    mlp_norm="post_attention_layernorm",
-    down_proj="mlp.experts",
+    **{**LLAMA_PATHS, "down_proj": "mlp.experts"},
     mlp_out="mlp",
-    config_keys=LLAMA_CONFIG_KEYS,
     refused={"mlp.act": FUSED_EXPERTS},
 )
 

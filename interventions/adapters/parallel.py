@@ -6,17 +6,8 @@ GPT-NeoX (and StableLM, in llama.py) are parallel only when the config's
 """
 
 from interventions.adapters import Adapter, BiasFlag, register_adapter
-from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_CONFIG_KEYS
-
-_GPTJ_CONFIG_KEYS = {
-    "n_layers": ("n_layer",),
-    "n_heads": ("n_head",),
-    "n_kv_heads": (),
-    "d_head": (),
-    "d_model": ("n_embd",),
-    "d_mlp": ("n_inner",),
-    "d_vocab": ("vocab_size",),
-}
+from interventions.adapters.gpt2 import GPT2_CONFIG_KEYS
+from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_CONFIG_KEYS, LLAMA_PATHS
 
 PHI = register_adapter(
     Adapter(
@@ -71,7 +62,7 @@ GPTJ = register_adapter(
         o_proj="attn.out_proj",
         mlp_norm="ln_1",
         down_proj="mlp.fc_out",
-        config_keys=_GPTJ_CONFIG_KEYS,
+        config_keys=GPT2_CONFIG_KEYS,
         parallel=True,
     ),
     "gptj",
@@ -104,16 +95,7 @@ FALCON = register_adapter(
 COHERE = register_adapter(
     Adapter(
         name="cohere",
-        layers="model.layers",
-        embed="model.embed_tokens",
-        final_norm="model.norm",
-        unembed="lm_head",
-        attn="self_attn",
-        attn_norm="input_layernorm",
-        o_proj="self_attn.o_proj",
-        mlp_norm="input_layernorm",
-        down_proj="mlp.down_proj",
-        config_keys=LLAMA_CONFIG_KEYS,
+        **{**LLAMA_PATHS, "mlp_norm": "input_layernorm"},  # one norm feeds both
         parallel=True,
         logits_at_output=True,  # scaled by logit_scale after lm_head
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS},

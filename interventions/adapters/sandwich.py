@@ -7,28 +7,16 @@ post-norm's output, not o_proj's / down_proj's.
 """
 
 from interventions.adapters import Adapter, register_adapter
-from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_CONFIG_KEYS
+from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_PATHS
 
-_COMMON = dict(
-    layers="model.layers",
-    embed="model.embed_tokens",
-    final_norm="model.norm",
-    unembed="lm_head",
-    attn="self_attn",
-    o_proj="self_attn.o_proj",
-    down_proj="mlp.down_proj",
-    config_keys=LLAMA_CONFIG_KEYS,
-)
-
-_GEMMA_SANDWICH = dict(
-    attn_norm="input_layernorm",
-    attn_out="post_attention_layernorm",
-    mlp_norm="pre_feedforward_layernorm",
-    mlp_out="post_feedforward_layernorm",
-    bias_flags={"self_attn.o_proj": ATTENTION_BIAS},
-    logits_at_output=True,  # Gemma 2 soft-caps the logits after lm_head
-    **_COMMON,
-)
+_GEMMA_SANDWICH = {
+    **LLAMA_PATHS,
+    "attn_out": "post_attention_layernorm",
+    "mlp_norm": "pre_feedforward_layernorm",
+    "mlp_out": "post_feedforward_layernorm",
+    "bias_flags": {"self_attn.o_proj": ATTENTION_BIAS},
+    "logits_at_output": True,  # Gemma 2 soft-caps the logits after lm_head
+}
 GEMMA2 = register_adapter(Adapter(name="gemma2", **_GEMMA_SANDWICH), "gemma2")
 GEMMA3 = register_adapter(Adapter(name="gemma3_text", **_GEMMA_SANDWICH), "gemma3_text")
 
@@ -36,22 +24,20 @@ GEMMA3 = register_adapter(Adapter(name="gemma3_text", **_GEMMA_SANDWICH), "gemma
 GLM4 = register_adapter(
     Adapter(
         name="glm4",
-        attn_norm="input_layernorm",
+        **LLAMA_PATHS,
         attn_out="post_self_attn_layernorm",
-        mlp_norm="post_attention_layernorm",
         mlp_out="post_mlp_layernorm",
-        **_COMMON,
     ),
     "glm4",
 )
 
-_POST_NORM_ONLY = dict(
-    attn_norm=None,
-    attn_out="post_attention_layernorm",
-    mlp_norm=None,
-    mlp_out="post_feedforward_layernorm",
-    **_COMMON,
-)
+_POST_NORM_ONLY = {
+    **LLAMA_PATHS,
+    "attn_norm": None,
+    "attn_out": "post_attention_layernorm",
+    "mlp_norm": None,
+    "mlp_out": "post_feedforward_layernorm",
+}
 for model_type in ("olmo2", "olmo3"):
     register_adapter(
         Adapter(
