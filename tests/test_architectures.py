@@ -168,6 +168,17 @@ def test_tiny_builds_a_small_float32_model_that_runs_and_generates(model_type, t
     assert tokens.shape == (2, 13)
 
 
+@pytest.mark.parametrize("model_type", available_tiny_types())
+def test_tiny_eager_attention_computes_what_the_default_one_does(model_type, tiny_models, ids):
+    # attn.pattern switches to eager attention: a config that only the default attention
+    # tolerates (DeepSeek-V3's eager path divides heads by num_key_value_heads) shows here
+    model = tiny_models(model_type)
+    default = logits_of(model, ids)
+    with eager_attention(model):
+        eager = logits_of(model, ids)
+    close(eager, default, f"{model_type}: eager vs {model.config._attn_implementation} attention")
+
+
 @pytest.mark.parametrize("model_type", [t for t in MOE_LAYERS if t in available_tiny_types()])
 def test_tiny_moe_models_have_four_small_experts_where_the_architecture_has_them(
     model_type, tiny_models
