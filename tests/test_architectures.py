@@ -71,6 +71,10 @@ _REVERT_ADDS_CONFIG_FLAG = (
     "down_proj's bias and WeightDelta.revert leaves config.mlp_bias = False instead of removing "
     "the attribute it added"
 )
+_FALCON_KV_HEADS = (
+    "Falcon-7B's layout (multi_query, not new_decoder_architecture) has one KV head, but its "
+    "config's num_kv_heads defaults to num_attention_heads: n_kv_heads reads 4 instead of 1"
+)
 _PATTERN_DEFECTS = {
     **{t: (before_5, True, _PATTERN_AT_LOAD) for t in ("qwen2_moe", "olmoe", "stablelm", "opt")},
     **{t: (before_4_57, False, _PATTERN_OUTPUT_ATTENTIONS) for t in ("gptj", "falcon", "bloom")},
@@ -84,6 +88,7 @@ KNOWN_DEFECTS: dict[str, dict[str, tuple[bool, bool, str]]] = {
     },
     "mlp.in": {"mixtral": (before_5, True, _MIXTRAL_4X)},
     "bake": {"smollm3": (before_4_57, False, _REVERT_ADDS_CONFIG_FLAG)},
+    "geometry": {"falcon": (True, True, _FALCON_KV_HEADS)},
 }
 
 
@@ -601,6 +606,16 @@ def test_every_refused_site_is_refused_at_attach_time_by_name(subject):
     assert n_hooks(model) == hooks and model.config._attn_implementation == attention
 
 
+def kv_heads_of(attention: nn.Module, n_heads: int) -> int | None:
+    """The KV heads an attention module computes with, where it says (None: it does not)."""
+    for name in ("num_kv_heads", "num_key_value_heads"):  # Falcon; Phi-3, StableLM, ...
+        value = getattr(attention, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    groups = getattr(attention, "num_key_value_groups", None)
+    return n_heads // groups if isinstance(groups, int) and groups > 0 else None
+
+
 @over_covered("geometry")
 def test_geometry_splits_the_output_projection(subject):
     model, table, g = subject
@@ -610,3 +625,5 @@ def test_geometry_splits_the_output_projection(subject):
         projection = table.block_module(model, i, table.o_proj)
         width = projection.weight.shape[0 if table.conv1d else 1]
         assert g.n_heads * g.d_head == width, f"layer {i}: {table.o_proj} takes {width}"
+        kv_heads = kv_heads_of(table.block_module(model, i, table.attn), g.n_heads)
+        assert kv_heads in (None, g.n_kv_heads), f"layer {i}: attention has {kv_heads} KV heads"
