@@ -258,6 +258,7 @@ TINY_CONFIGS: dict[str, TinySpec] = {
             qk_rope_head_dim=4,
             qk_nope_head_dim=4,
             v_head_dim=8,
+            num_key_value_heads=4,  # one per query head, as released (eager attention divides)
         ),
         kv_heads_key=None,
     ),

@@ -4,18 +4,24 @@ Each check is its own test, parametrised over the model types that the installed
 builds (``available_tiny_types()``) and that have an adapter. A check is skipped only where the
 adapter refuses the site kind (``table.refused``) or the check does not apply (parallel blocks
 have no resid_mid). The tiny models are built once per session (``tiny_models`` in conftest).
+Defects that the battery finds in adapters/ or attach.py are listed in KNOWN_DEFECTS: xfails
+with the reason, shown in every run's summary.
 """
 
 import copy
 import re
 import warnings
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
+from torch import nn
 
 import interventions as iv
-from interventions.adapters import _REGISTRY
+from interventions.adapters import _REGISTRY, Adapter, Geometry
 from interventions.models import (
     TINY_CONFIGS,
     TINY_TYPES,
@@ -31,42 +37,114 @@ UNCOVERED = [t for t in available_tiny_types() if t not in _REGISTRY]
 NEW = 6  # generated tokens: prompt 9 + 6 > the tiny models' sliding windows (8)
 ATOL = 1e-5
 
-over_covered = pytest.mark.parametrize("model_type", COVERED)
+release = Version(transformers.__version__)
+before_5 = release.major < 5
+before_4_57 = release.release < (4, 57)
+
+# Defects of adapters/ and attach.py that this battery finds (not of the battery), for whoever
+# fixes them: check -> model type -> (applies to the installed transformers, strict, what is
+# wrong). Each is an xfail listed in every run's summary (-ra); a strict one turns red once
+# fixed, until its entry here goes (in the fixing commit). Not strict: the release that fixed it
+# is not known.
+_PATTERN_AT_LOAD = (
+    "transformers 4.x builds this attention's class for the implementation chosen at load "
+    "(sdpa), so attach's switch of config._attn_implementation to eager gives no probabilities "
+    "(RuntimeError at the forward): refuse attn.pattern at attach time unless the model was "
+    "loaded with attn_implementation='eager'"
+)
+_PATTERN_OUTPUT_ATTENTIONS = (
+    "before 4.57 (seen on 4.52 and 4.53) this attention returns probabilities only with "
+    "output_attentions=True, and attach.py's _attention_weights falls back to output[1], the KV "
+    "cache (einops: 'Tensor type unknown'): raise the clear 'not returned' error, or refuse"
+)
+_MIXTRAL_4X = (
+    "transformers 4.x names Mixtral's MoE block block_sparse_moe (mlp in 5.x): the table's "
+    "mlp / mlp_out path 'mlp' does not exist there"
+)
+_GRANITE_MULTIPLIER = (
+    "Granite's block adds o_proj's and down_proj's outputs times config.residual_multiplier, "
+    "outside any module, so attn.out / mlp.out read at the projections are not what attention "
+    "and the MLP add to the residual stream: refuse them, or read the scaled contributions"
+)
+_REVERT_ADDS_CONFIG_FLAG = (
+    "before 4.57 (seen on 4.53) SmolLM3's config has no mlp_bias; bake sets the flag to create "
+    "down_proj's bias and WeightDelta.revert leaves config.mlp_bias = False instead of removing "
+    "the attribute it added"
+)
+_FALCON_KV_HEADS = (
+    "Falcon-7B's layout (multi_query, not new_decoder_architecture) has one KV head, but its "
+    "config's num_kv_heads defaults to num_attention_heads: n_kv_heads reads 4 instead of 1"
+)
+_PATTERN_DEFECTS = {
+    **{t: (before_5, True, _PATTERN_AT_LOAD) for t in ("qwen2_moe", "olmoe", "stablelm", "opt")},
+    **{t: (before_4_57, False, _PATTERN_OUTPUT_ATTENTIONS) for t in ("gptj", "falcon", "bloom")},
+}
+KNOWN_DEFECTS: dict[str, dict[str, tuple[bool, bool, str]]] = {
+    "capture all": {**_PATTERN_DEFECTS, "mixtral": (before_5, True, _MIXTRAL_4X)},
+    "pattern": _PATTERN_DEFECTS,
+    "residual": {
+        "mixtral": (before_5, True, _MIXTRAL_4X),
+        "granite": (True, True, _GRANITE_MULTIPLIER),
+    },
+    "mlp.in": {"mixtral": (before_5, True, _MIXTRAL_4X)},
+    "bake": {"smollm3": (before_4_57, False, _REVERT_ADDS_CONFIG_FLAG)},
+    "geometry": {"falcon": (True, True, _FALCON_KV_HEADS)},
+}
+
+
+def over_covered(check: str):
+    """Parametrise a check over COVERED, each known defect of it an xfail."""
+    defects = KNOWN_DEFECTS.get(check, {})
+    params = []
+    for model_type in COVERED:
+        applies, strict, why = defects.get(model_type, (False, False, ""))
+        marks = [pytest.mark.xfail(strict=strict, reason=why)] if applies else []
+        params.append(pytest.param(model_type, marks=marks))
+    return pytest.mark.parametrize("model_type", params)
+
+
+class Arch(NamedTuple):
+    """One model type's shared tiny model, its adapter table and geometry."""
+
+    model: nn.Module
+    table: Adapter
+    g: Geometry
+
+    @property
+    def parallel(self) -> bool:  # in this configuration (GPT-NeoX: use_parallel_residual)
+        return self.table.is_parallel(self.model.config)
+
+    def refused(self, kind: str) -> bool:
+        try:
+            self.table.refuse(kind, self.model.config)
+        except NotImplementedError:
+            return True
+        return False
+
+    def sites(self, kinds) -> list[str]:
+        """Every site of ``kinds`` (all layers) that the adapter does not refuse."""
+        names = [k for k in kinds if k in MODEL_KINDS and not self.refused(k)]
+        for layer in range(self.g.n_layers):
+            names += [
+                f"layers.{layer}.{k}" for k in kinds if k in LAYER_KINDS and not self.refused(k)
+            ]
+        return names
+
+    def require(self, *kinds: str) -> None:
+        """Skip where the adapter refuses one of ``kinds`` (the check has nothing to compare)."""
+        for kind in kinds:
+            if self.refused(kind):
+                pytest.skip(f"{self.table.name} refuses {kind}")
 
 
 @pytest.fixture
-def built(model_type, tiny_models):
-    """(model, adapter table, geometry) of ``model_type``'s shared tiny model."""
+def subject(model_type, tiny_models) -> Arch:
     model = tiny_models(model_type)
     table = iv.adapter(model)
-    return model, table, table.geometry(model.config)
+    return Arch(model, table, table.geometry(model.config))
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def refused(table, kind: str) -> bool:
-    try:
-        table.refuse(kind)
-    except NotImplementedError:
-        return True
-    return False
-
-
-def site_names(table, n_layers: int, kinds) -> list[str]:
-    names = [k for k in kinds if k in MODEL_KINDS and not refused(table, k)]
-    for layer in range(n_layers):
-        names += [
-            f"layers.{layer}.{k}" for k in kinds if k in LAYER_KINDS and not refused(table, k)
-        ]
-    return names
-
-
-def require(table, *kinds: str) -> None:
-    """Skip where the adapter refuses one of ``kinds`` (the check has nothing to compare)."""
-    for kind in kinds:
-        if refused(table, kind):
-            pytest.skip(f"{table.name} refuses {kind}")
-
-
 def logits_of(model, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids).logits
@@ -168,6 +246,17 @@ def test_tiny_builds_a_small_float32_model_that_runs_and_generates(model_type, t
     assert tokens.shape == (2, 13)
 
 
+@pytest.mark.parametrize("model_type", available_tiny_types())
+def test_tiny_eager_attention_computes_what_the_default_one_does(model_type, tiny_models, ids):
+    # attn.pattern switches to eager attention: a config that only the default attention
+    # tolerates (DeepSeek-V3's eager path divides heads by num_key_value_heads) shows here
+    model = tiny_models(model_type)
+    default = logits_of(model, ids)
+    with eager_attention(model):
+        eager = logits_of(model, ids)
+    close(eager, default, f"{model_type}: eager vs {model.config._attn_implementation} attention")
+
+
 @pytest.mark.parametrize("model_type", [t for t in MOE_LAYERS if t in available_tiny_types()])
 def test_tiny_moe_models_have_four_small_experts_where_the_architecture_has_them(
     model_type, tiny_models
@@ -251,38 +340,38 @@ def test_a_type_without_a_table_is_refused_by_name(model_type, tiny_models):
 
 
 # --- the battery -------------------------------------------------------------------------------
-@over_covered
-def test_empty_plan_gives_bit_identical_logits(built, ids):
-    model, _, _ = built
+@over_covered("empty plan")
+def test_empty_plan_gives_bit_identical_logits(subject, ids):
+    model, _, _ = subject
     bare = logits_of(model, ids)
     with iv.intervene(model, {}):
         assert torch.equal(logits_of(model, ids), bare)
 
 
-@over_covered
-def test_capturing_every_site_leaves_the_logits_bit_identical(built, ids):
-    model, table, g = built
+@over_covered("capture all")
+def test_capturing_every_site_leaves_the_logits_bit_identical(subject, ids):
+    model, table, g = subject
     kinds = [k for k in (*MODEL_KINDS, *LAYER_KINDS) if k != "attn.pattern"]
     bare = logits_of(model, ids)
-    cache, logits = captured(model, site_names(table, g.n_layers, kinds), ids)
+    cache, logits = captured(model, subject.sites(kinds), ids)
     assert torch.equal(logits, bare)
-    assert len(cache) == len(site_names(table, g.n_layers, kinds))
-    if refused(table, "attn.pattern"):
+    assert len(cache) == len(subject.sites(kinds))
+    if subject.refused("attn.pattern"):
         return
     with eager_attention(model):  # attn.pattern switches to eager attention
         bare_eager = logits_of(model, ids)
     attention = model.config._attn_implementation
-    cache, logits = captured(model, site_names(table, g.n_layers, (*kinds, "attn.pattern")), ids)
+    cache, logits = captured(model, subject.sites((*kinds, "attn.pattern")), ids)
     assert torch.equal(logits, bare_eager)
     assert model.config._attn_implementation == attention  # switched back
 
 
-@over_covered
-def test_heads_through_the_output_projection_are_its_output(built, ids):
-    model, table, g = built
-    require(table, "attn.heads")
+@over_covered("heads")
+def test_heads_through_the_output_projection_are_its_output(subject, ids):
+    model, table, g = subject
+    subject.require("attn.heads")
     projections = [table.block_module(model, i, table.o_proj) for i in range(g.n_layers)]
-    sites = site_names(table, g.n_layers, ("attn.heads", "attn.out"))
+    sites = subject.sites(("attn.heads", "attn.out"))
     with recorded(projections) as outputs:
         cache, _ = captured(model, sites, ids)
     for i, projection in enumerate(projections):
@@ -296,12 +385,12 @@ def test_heads_through_the_output_projection_are_its_output(built, ids):
             close(cache[f"layers.{i}.attn.out"], outputs[i][0], f"layer {i}: attn.out")
 
 
-@over_covered
-def test_mlp_act_through_the_down_projection_is_its_output(built, ids):
-    model, table, g = built
-    require(table, "mlp.act")
+@over_covered("mlp.act")
+def test_mlp_act_through_the_down_projection_is_its_output(subject, ids):
+    model, table, g = subject
+    subject.require("mlp.act")
     projections = [table.block_module(model, i, table.down_proj) for i in range(g.n_layers)]
-    sites = site_names(table, g.n_layers, ("mlp.act", "mlp.out"))
+    sites = subject.sites(("mlp.act", "mlp.out"))
     with recorded(projections) as outputs:
         cache, _ = captured(model, sites, ids)
     for i, projection in enumerate(projections):
@@ -315,24 +404,23 @@ def test_mlp_act_through_the_down_projection_is_its_output(built, ids):
             close(cache[f"layers.{i}.mlp.out"], outputs[i][0], f"layer {i}: mlp.out")
 
 
-@over_covered
-def test_the_residual_stream_adds_up(built, ids):
-    model, table, g = built
-    require(table, "resid_pre", "attn.out", "mlp.out", "resid_post")
+@over_covered("residual")
+def test_the_residual_stream_adds_up(subject, ids):
+    model, _, g = subject
+    subject.require("resid_pre", "attn.out", "mlp.out", "resid_post")
     kinds = ("resid_pre", "attn.out", "mlp.out", "resid_post")
-    if not table.parallel:
-        require(table, "resid_mid")
-        kinds += ("resid_mid",)
-    cache, _ = captured(model, site_names(table, g.n_layers, kinds), ids)
+    # sequential blocks (parallel ones have none; Granite refuses it) also have resid_mid
+    has_mid = not subject.parallel and not subject.refused("resid_mid")
+    kinds += ("resid_mid",) if has_mid else ()
+    cache, _ = captured(model, subject.sites(kinds), ids)
     for i in range(g.n_layers):
         site = {k: cache[f"layers.{i}.{k}"] for k in kinds}
-        if table.parallel:
-            close(
-                site["resid_post"],
-                site["resid_pre"] + site["attn.out"] + site["mlp.out"],
-                f"layer {i}: resid_post = resid_pre + attn.out + mlp.out (parallel block)",
-            )
-        else:
+        close(
+            site["resid_post"],
+            site["resid_pre"] + site["attn.out"] + site["mlp.out"],
+            f"layer {i}: resid_post = resid_pre + attn.out + mlp.out",
+        )
+        if has_mid:
             close(
                 site["resid_mid"],
                 site["resid_pre"] + site["attn.out"],
@@ -345,52 +433,79 @@ def test_the_residual_stream_adds_up(built, ids):
             )
 
 
-@over_covered
-def test_each_block_reads_what_the_previous_one_wrote(built, ids):
-    model, table, g = built
-    require(table, "resid_pre", "resid_post")
-    cache, _ = captured(model, site_names(table, g.n_layers, ("resid_pre", "resid_post")), ids)
+@over_covered("blocks chain")
+def test_each_block_reads_what_the_previous_one_wrote(subject, ids):
+    model, table, g = subject
+    subject.require("resid_pre", "resid_post")
+    cache, _ = captured(model, subject.sites(("resid_pre", "resid_post")), ids)
     for i in range(g.n_layers - 1):
         close(cache[f"layers.{i}.resid_post"], cache[f"layers.{i + 1}.resid_pre"], f"layer {i}")
 
 
-@over_covered
-@pytest.mark.parametrize("part", ["attn", "mlp"])
-def test_attn_in_and_mlp_in_are_what_attention_and_the_mlp_receive(built, part, ids):
-    model, table, g = built
-    kind = f"{part}.in"
-    require(table, kind)
-    path = table.attn if part == "attn" else table.mlp
+def check_input_site(subject: Arch, kind: str, path: str, ids: torch.Tensor) -> None:
+    """``kind`` at every layer equals the hidden states the block's module ``path`` receives."""
+    model, table, g = subject
+    subject.require(kind)
     modules = [table.block_module(model, i, path) for i in range(g.n_layers)]
     with recorded(modules, inputs=True) as inputs:
-        cache, _ = captured(model, site_names(table, g.n_layers, (kind,)), ids)
+        cache, _ = captured(model, subject.sites((kind,)), ids)
     for i in range(g.n_layers):
         close(
             cache[f"layers.{i}.{kind}"], inputs[i][0], f"layer {i}: {kind} vs what {path} receives"
         )
 
 
-@over_covered
-def test_embed_is_the_first_block_input(built, ids):
-    model, table, _ = built
-    require(table, "embed", "resid_pre")
+@over_covered("attn.in")
+def test_attn_in_is_what_attention_receives(subject, ids):
+    check_input_site(subject, "attn.in", subject.table.attn, ids)
+
+
+@over_covered("mlp.in")
+def test_mlp_in_is_what_the_mlp_receives(subject, ids):
+    check_input_site(subject, "mlp.in", subject.table.mlp, ids)
+
+
+@over_covered("reads")
+def test_attention_reads_resid_pre_and_the_mlp_reads_what_the_block_says(subject, ids):
+    # attn.in is attn_norm(resid_pre); mlp.in is mlp_norm(resid_mid) in a sequential block and
+    # mlp_norm(resid_pre) in a parallel one (the residual sums alone cannot tell them apart)
+    model, table, g = subject
+    subject.require("resid_pre", "attn.in")
+    mlp_reads = "resid_pre" if subject.parallel else "resid_mid"
+    reads = [("attn.in", table.attn_norm, "resid_pre")]
+    if not subject.refused("mlp.in") and not subject.refused(mlp_reads):  # Granite: no resid_mid
+        reads.append(("mlp.in", table.mlp_norm, mlp_reads))
+    kinds = {k for kind, _, stream in reads for k in (kind, stream)}
+    cache, _ = captured(model, subject.sites(kinds), ids)
+    for i in range(g.n_layers):
+        for kind, norm, stream in reads:
+            x = cache[f"layers.{i}.{stream}"]
+            with torch.no_grad():
+                expected = x if norm is None else table.block_module(model, i, norm)(x)
+            close(cache[f"layers.{i}.{kind}"], expected, f"layer {i}: {kind} = {norm}({stream})")
+
+
+@over_covered("embed")
+def test_embed_is_the_first_block_input(subject, ids):
+    model, table, _ = subject
+    subject.require("embed", "resid_pre")
     cache, _ = captured(model, ["embed", "layers.0.resid_pre"], ids)
     close(cache["embed"], cache["layers.0.resid_pre"], "embed vs layers.0.resid_pre")
 
 
-@over_covered
-def test_the_logits_site_is_the_output_logits(built, ids):
-    model, table, _ = built
-    require(table, "logits")
+@over_covered("logits")
+def test_the_logits_site_is_the_output_logits(subject, ids):
+    model, table, _ = subject
+    subject.require("logits")
     cache, logits = captured(model, ["logits"], ids)
     close(cache["logits"], logits, "logits site vs output logits")
 
 
-@over_covered
-def test_attention_pattern_rows_are_distributions(built, ids):
-    model, table, g = built
-    require(table, "attn.pattern")
-    cache, _ = captured(model, site_names(table, g.n_layers, ("attn.pattern",)), ids)
+@over_covered("pattern")
+def test_attention_pattern_rows_are_distributions(subject, ids):
+    model, table, g = subject
+    subject.require("attn.pattern")
+    cache, _ = captured(model, subject.sites(("attn.pattern",)), ids)
     for i in range(g.n_layers):
         pattern = cache[f"layers.{i}.attn.pattern"]
         assert pattern.shape == (ids.shape[0], g.n_heads, ids.shape[1], ids.shape[1])
@@ -417,11 +532,11 @@ def generate(model, ids, plan, *, use_cache: bool):
     return out.sequences, torch.stack(out.logits, dim=1)
 
 
-@over_covered
+@over_covered("generate")
 @pytest.mark.parametrize("positions", [-1, None])
-def test_cached_generate_equals_uncached_under_a_head_bias(built, positions, ids):
-    model, table, g = built
-    require(table, "attn.heads")
+def test_cached_generate_equals_uncached_under_a_head_bias(subject, positions, ids):
+    model, table, g = subject
+    subject.require("attn.heads")
     vector = 4 * torch.randn(g.d_head, generator=torch.Generator().manual_seed(3))
     plan = {"layers.1.attn.heads": iv.AddBias(vector, positions=positions)}
     _, bare_logits = generate(model, ids, {}, use_cache=True)
@@ -432,7 +547,8 @@ def test_cached_generate_equals_uncached_under_a_head_bias(built, positions, ids
     close(logits, re_logits, "cached vs uncached generate")
 
 
-def foldable_plan(table, g) -> dict:
+def foldable_plan(subject: Arch) -> dict:
+    _, table, g = subject
     generator = torch.Generator().manual_seed(4)
     plan = {
         "layers.0.attn.heads": iv.Compose(
@@ -440,7 +556,7 @@ def foldable_plan(table, g) -> dict:
         )
     }
     for kind, read_at in (("attn.out", table.attn_out), ("mlp.out", table.mlp_out)):
-        if read_at is None and not refused(table, kind):  # the projection's own output
+        if read_at is None and not subject.refused(kind):  # the projection's own output
             plan[f"layers.1.{kind}"] = iv.Compose(
                 iv.AddBias(torch.randn(g.d_model, generator=generator)),
                 iv.Rescale(0.5, direction=torch.randn(g.d_model, generator=generator)),
@@ -448,14 +564,14 @@ def foldable_plan(table, g) -> dict:
     return plan
 
 
-@over_covered
-def test_bake_equals_runtime_and_revert_is_bit_exact(built, ids):
-    shared, table, g = built
-    require(table, "attn.heads")
+@over_covered("bake")
+def test_bake_equals_runtime_and_revert_is_bit_exact(subject, ids):
+    shared, table, g = subject
+    subject.require("attn.heads")
     model = copy.deepcopy(shared)  # a failed revert must not leak into the other checks
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     config_before = model.config.to_dict()
-    plan = foldable_plan(table, g)
+    plan = foldable_plan(subject)
     bare = logits_of(model, ids)
     with iv.intervene(model, plan):
         runtime = logits_of(model, ids)
@@ -471,10 +587,10 @@ def test_bake_equals_runtime_and_revert_is_bit_exact(built, ids):
     assert model.config.to_dict() == config_before
 
 
-@over_covered
-def test_every_refused_site_is_refused_at_attach_time_by_name(built):
-    model, table, _ = built
-    kinds = sorted({*table.refused, *(["resid_mid"] if table.parallel else [])})
+@over_covered("refused")
+def test_every_refused_site_is_refused_at_attach_time_by_name(subject):
+    model, table, _ = subject
+    kinds = sorted({*table.refused, *(["resid_mid"] if subject.parallel else [])})
     if not kinds:
         pytest.skip(f"{table.name} refuses no site")
     hooks, attention = n_hooks(model), model.config._attn_implementation
@@ -490,12 +606,24 @@ def test_every_refused_site_is_refused_at_attach_time_by_name(built):
     assert n_hooks(model) == hooks and model.config._attn_implementation == attention
 
 
-@over_covered
-def test_geometry_splits_the_output_projection(built):
-    model, table, g = built
+def kv_heads_of(attention: nn.Module, n_heads: int) -> int | None:
+    """The KV heads an attention module computes with, where it says (None: it does not)."""
+    for name in ("num_kv_heads", "num_key_value_heads"):  # Falcon; Phi-3, StableLM, ...
+        value = getattr(attention, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    groups = getattr(attention, "num_key_value_groups", None)
+    return n_heads // groups if isinstance(groups, int) and groups > 0 else None
+
+
+@over_covered("geometry")
+def test_geometry_splits_the_output_projection(subject):
+    model, table, g = subject
     assert g.n_layers == len(table.blocks(model)) == 2
     assert g.d_vocab == 99 and g.d_model == 32
     for i in range(g.n_layers):
         projection = table.block_module(model, i, table.o_proj)
         width = projection.weight.shape[0 if table.conv1d else 1]
         assert g.n_heads * g.d_head == width, f"layer {i}: {table.o_proj} takes {width}"
+        kv_heads = kv_heads_of(table.block_module(model, i, table.attn), g.n_heads)
+        assert kv_heads in (None, g.n_kv_heads), f"layer {i}: attention has {kv_heads} KV heads"
