@@ -86,17 +86,19 @@ APERTUS = register_adapter(
 )
 
 # Granite scales what attention and the MLP add by residual_multiplier outside any module, and
-# the embeddings and logits too: embed and logits are read where the scaled values are, and
-# resid_mid (resid_pre + residual_multiplier * attn.out) is refused rather than misnamed.
+# the embeddings and logits too: embed and logits are read where the scaled values are, and the
+# sites that would miss the multiplier are refused rather than misnamed.
+_GRANITE_SCALED = (
+    "the block multiplies attention's and the MLP's outputs by config.residual_multiplier "
+    "outside any module before adding them, so no module outputs what they add; use "
+    "attn.heads, mlp.act, resid_pre and resid_post"
+)
 GRANITE = register_adapter(
     Adapter(
         name="granite",
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS, "mlp.down_proj": MLP_BIAS},
         logits_at_output=True,
-        refused={
-            "resid_mid": "attention's output is scaled by config.residual_multiplier before it "
-            "is added, outside any module; use resid_pre, attn.out and resid_post",
-        },
+        refused={kind: _GRANITE_SCALED for kind in ("attn.out", "resid_mid", "mlp.out")},
         **LLAMA_PATHS,
     ),
     "granite",
