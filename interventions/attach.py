@@ -17,14 +17,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from interventions.adapters import Adapter, Geometry, adapter, causal_lm
-from interventions.ops import (
-    Capture,
-    Intervention,
-    Positions,
-    Reducer,
-    Step,
-    counts_from_end,
-)
+from interventions.ops import Capture, Intervention, Positions, Reducer, Step
 from interventions.sites import HEAD_KINDS, Site, SiteLike, expand
 
 Plan = Mapping[SiteLike, Intervention]
@@ -147,7 +140,7 @@ class Attachment:
         self._resid_pre: dict[int, Tensor] = {}
         self._saved_attn: str | None = None
         self._blocks = list(table.blocks(model))  # a list: ModuleList indexing costs ~3 µs
-        self._counts_from_end = any(map(_counts_from_end, self.plan.values()))
+        self._counts_from_end = any(i.counts_from_end for i in self.plan.values())
         if any(site.kind in HEAD_KINDS for site in self.plan):
             table.check_geometry(model, geometry)
         guard_hooks_under_compile()
@@ -239,11 +232,10 @@ class Attachment:
     # --- hooks -----------------------------------------------------------------------------------
     def _register(self, site: Site, intervention: Intervention) -> None:
         a, kind = self.adapter, site.kind
+        a.refuse(kind, self.model.config)
         if kind == "attn.heads":  # first: the site most plans use, at every layer
-            a.refuse(kind, self.model.config)
             self._on_input(self._in_block(site, a.o_proj), self._head_editor(intervention))
             return
-        a.refuse(kind, self.model.config)
         if kind == "attn.pattern":
             module = self._in_block(site, a.attn)
             if _takes_keyword(module, "output_attentions"):
@@ -264,24 +256,21 @@ class Attachment:
         elif kind == "logits" and a.logits_at_output:
             self._handles.append(self.model.register_forward_hook(_output_logits_editor(edit)))
         elif kind == "logits":
-            unembed = self.model.get_output_embeddings() if a.unembed is None else None
-            self._on_output(unembed or a.module(self.model, a.unembed), edit)
+            if a.unembed is None:  # renamed between releases: the model knows its own
+                unembed = self.model.get_output_embeddings()
+            else:
+                unembed = a.module(self.model, a.unembed)
+            self._on_output(unembed, edit)
         elif kind == "resid_pre":
             self._on_input(self._blocks[site.layer], edit)
         elif kind == "attn.in":
-            if a.attn_norm is None:  # post-norm-only block: attention reads resid_pre itself
-                self._on_input(self._in_block(site, a.attn), edit)
-            else:
-                self._on_output(self._in_block(site, a.attn_norm), edit)
+            self._on_what_reads(site, a.attn_norm, a.attn, edit)
         elif kind == "attn.out":
             self._on_output(self._in_block(site, a.attn_out_path), edit)
         elif kind == "resid_mid":
             self._register_resid_mid(site.layer, edit)
         elif kind == "mlp.in":
-            if a.mlp_norm is None:
-                self._on_input(self._in_block(site, a.mlp), edit)
-            else:
-                self._on_output(self._in_block(site, a.mlp_norm), edit)
+            self._on_what_reads(site, a.mlp_norm, a.mlp, edit)
         elif kind == "mlp.act":
             self._on_input(self._in_block(site, a.down_proj), edit)
         elif kind == "mlp.out":
@@ -290,6 +279,16 @@ class Attachment:
             self._on_output(self._blocks[site.layer], edit)
         else:  # pragma: no cover - Site validates kinds
             raise ValueError(f"no hook for site kind {kind!r}")
+
+    def _on_what_reads(
+        self, site: Site, norm: str | None, reader: str, edit: Callable[[Tensor], Tensor]
+    ) -> None:
+        """``attn.in`` / ``mlp.in``: the output of the pre-norm, or where ``reader`` takes its
+        input in a block without one (post-norm only)."""
+        if norm is None:
+            self._on_input(self._in_block(site, reader), edit)
+        else:
+            self._on_output(self._in_block(site, norm), edit)
 
     def _in_block(self, site: Site, path: str) -> nn.Module:
         return self.adapter.submodule(self._blocks[site.layer], path)
@@ -398,13 +397,6 @@ def _output_logits_editor(edit: Callable[[Tensor], Tensor]) -> Callable[..., Any
         return None if edited is output[0] else (edited, *output[1:])
 
     return hook
-
-
-def _counts_from_end(intervention: Intervention) -> bool:
-    parts = getattr(intervention, "parts", None)
-    if isinstance(parts, nn.ModuleList):
-        return any(map(_counts_from_end, parts))
-    return counts_from_end(intervention.positions)
 
 
 def _right_padded_ends(mask: Any, length: int) -> tuple[int, ...] | None:

@@ -21,7 +21,6 @@ one ``generate`` call (cached or not):
   to skip padding).
 """
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from interventions.adapters import Geometry
+from interventions.checks import number
 from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, Site
 
 Positions = int | slice | str | Sequence[int] | Tensor | None
@@ -267,6 +267,12 @@ class Intervention(nn.Module):
 
     reads_only = False
 
+    @property
+    def counts_from_end(self) -> bool:
+        """Whether its positions are read from the end of the tokens (per row where padding is
+        on the right)."""
+        return counts_from_end(self.positions)
+
     def start_sequence(self) -> None:
         """Called when a new sequence starts (a forward that continues no earlier one)."""
 
@@ -318,17 +324,6 @@ class Intervention(nn.Module):
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)  # True is an int in Python
-
-
-def finite_number(owner: str, name: str, value: object) -> float:
-    """``value`` as a float, refusing bools, non-numbers, NaN and infinities."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if not (isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool):
-            raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
-        value = value.item()
-    if not math.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
-    return float(value)
 
 
 def finite_tensor(owner: str, name: str, value: object) -> Tensor:
@@ -396,7 +391,7 @@ class AddBias(Intervention):
             self.vector = nn.Parameter(vector.detach().clone())
         else:
             self.register_buffer("vector", vector.detach().clone())
-        self.alpha = finite_number("AddBias", "alpha", alpha)
+        self.alpha = number("AddBias: alpha", alpha)
 
     def check_width(self, site: Site, geometry: Geometry) -> None:
         _check_vector(self, "vector", self.vector, site, geometry)
@@ -418,7 +413,7 @@ class Rescale(Intervention):
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
-        self.factor = finite_number("Rescale", "factor", factor)
+        self.factor = number("Rescale: factor", factor)
         if direction is None:
             self.direction = None
         else:
@@ -484,6 +479,10 @@ class Compose(Intervention):
     @property
     def reads_only(self) -> bool:  # type: ignore[override]
         return all(part.reads_only for part in self.parts)
+
+    @property
+    def counts_from_end(self) -> bool:  # type: ignore[override]
+        return any(part.counts_from_end for part in self.parts)
 
     def check(self, site: Site, geometry: Geometry) -> None:
         for part in self.parts:

@@ -60,8 +60,7 @@ class WeightDelta:
         with torch.no_grad():
             for name, new in self.changes.items():
                 if self.originals[name] is None:
-                    module_name, _, attr = name.rpartition(".")
-                    module = model.get_submodule(module_name)
+                    module, attr = _owner(model, name)
                     reference = next(module.parameters())
                     # a copy: a Parameter sharing storage with ``changes`` would make later
                     # in-place edits of it look like this delta's values to ``revert``
@@ -87,8 +86,8 @@ class WeightDelta:
         with torch.no_grad():
             for name, original in self.originals.items():
                 if original is None:
-                    module_name, _, attr = name.rpartition(".")
-                    model.get_submodule(module_name).register_parameter(attr, None)
+                    module, attr = _owner(model, name)
+                    module.register_parameter(attr, None)
                 else:
                     model.get_parameter(name).copy_(original)
         for attr, (old_value, _) in self.config.items():
@@ -100,14 +99,7 @@ class WeightDelta:
             _require_finite(name, new)
             original = self.originals[name]
             if original is None:
-                module_name, _, attr = name.rpartition(".")
-                try:
-                    module = model.get_submodule(module_name)
-                except AttributeError as error:
-                    raise ValueError(
-                        f"this WeightDelta creates {name}, but the model has no module "
-                        f"{module_name!r}: it was made for another architecture"
-                    ) from error
+                module, attr = _owner(model, name)
                 if getattr(module, attr, None) is not None:
                     raise ValueError(
                         f"this WeightDelta creates {name}, but the model already has it: it was "
@@ -236,16 +228,22 @@ def _parameter(model: nn.Module, name: str) -> Tensor:
         ) from error
 
 
-def _created_parameter(model: nn.Module, name: str) -> Tensor:
-    """A parameter the delta created, which must still be there to be removed."""
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds (or is to hold) parameter ``name``, and the attribute's name; a
+    ValueError saying the delta was made for another architecture when there is no such module."""
     module_name, _, attr = name.rpartition(".")
     try:
-        module = model.get_submodule(module_name)
+        return model.get_submodule(module_name), attr
     except AttributeError as error:
         raise ValueError(
-            f"this WeightDelta created {name}, but the model ({type(model).__name__}) has no "
+            f"this WeightDelta creates {name}, but the model ({type(model).__name__}) has no "
             f"module {module_name!r}: it was made for another architecture"
         ) from error
+
+
+def _created_parameter(model: nn.Module, name: str) -> Tensor:
+    """A parameter the delta created, which must still be there to be removed."""
+    module, attr = _owner(model, name)
     current = getattr(module, attr, None)
     if not isinstance(current, Tensor):
         raise ValueError(

@@ -342,40 +342,40 @@ def test_capturing_every_site_leaves_the_logits_bit_identical(subject, ids):
     assert model.config._attn_implementation == attention  # switched back
 
 
-@over_covered("heads", needs=("attn.heads",))
-def test_heads_through_the_output_projection_are_its_output(subject, ids):
+def check_through_projection(
+    subject: Arch, ids: torch.Tensor, kind: str, out_kind: str, path: str, shape: tuple[int, ...]
+) -> None:
+    """``kind`` (the projection's input, ``shape`` per token) through the projection at ``path``
+    gives its output, and ``out_kind`` is that output where the table reads it there."""
     model, table, g = subject
-    projections = [table.block_module(model, i, table.o_proj) for i in range(g.n_layers)]
-    sites = subject.sites(("attn.heads", "attn.out"))
+    projections = [table.block_module(model, i, path) for i in range(g.n_layers)]
+    read_elsewhere = {"attn.out": table.attn_out, "mlp.out": table.mlp_out}[out_kind]
     with recorded(projections) as outputs:
-        cache, _ = captured(model, sites, ids)
+        cache, _ = captured(model, subject.sites((kind, out_kind)), ids)
     for i, projection in enumerate(projections):
-        heads = cache[f"layers.{i}.attn.heads"]
-        assert heads.shape == (*ids.shape, g.n_heads, g.d_head)
-        through = heads.flatten(2) @ table.weight(projection).T
+        x = cache[f"layers.{i}.{kind}"]
+        assert x.shape == (*ids.shape, *shape)
+        through = x.flatten(2) @ table.weight(projection).T  # heads: [b, t, h, d] -> [b, t, h*d]
         if projection.bias is not None:
             through = through + projection.bias
-        close(through, outputs[i][0], f"layer {i}: heads @ {table.o_proj}")
-        if table.attn_out is None and f"layers.{i}.attn.out" in cache:
-            close(cache[f"layers.{i}.attn.out"], outputs[i][0], f"layer {i}: attn.out")
+        close(through, outputs[i][0], f"layer {i}: {kind} @ {path}")
+        if read_elsewhere is None and f"layers.{i}.{out_kind}" in cache:
+            close(cache[f"layers.{i}.{out_kind}"], outputs[i][0], f"layer {i}: {out_kind}")
+
+
+@over_covered("heads", needs=("attn.heads",))
+def test_heads_through_the_output_projection_are_its_output(subject, ids):
+    g = subject.g
+    check_through_projection(
+        subject, ids, "attn.heads", "attn.out", subject.table.o_proj, (g.n_heads, g.d_head)
+    )
 
 
 @over_covered("mlp.act", needs=("mlp.act",))
 def test_mlp_act_through_the_down_projection_is_its_output(subject, ids):
-    model, table, g = subject
-    projections = [table.block_module(model, i, table.down_proj) for i in range(g.n_layers)]
-    sites = subject.sites(("mlp.act", "mlp.out"))
-    with recorded(projections) as outputs:
-        cache, _ = captured(model, sites, ids)
-    for i, projection in enumerate(projections):
-        act = cache[f"layers.{i}.mlp.act"]
-        assert act.shape == (*ids.shape, g.d_mlp)
-        through = act @ table.weight(projection).T
-        if projection.bias is not None:
-            through = through + projection.bias
-        close(through, outputs[i][0], f"layer {i}: mlp.act @ {table.down_proj}")
-        if table.mlp_out is None and f"layers.{i}.mlp.out" in cache:
-            close(cache[f"layers.{i}.mlp.out"], outputs[i][0], f"layer {i}: mlp.out")
+    check_through_projection(
+        subject, ids, "mlp.act", "mlp.out", subject.table.down_proj, (subject.g.d_mlp,)
+    )
 
 
 @over_covered("residual", needs=("resid_pre", "attn.out", "mlp.out", "resid_post"))

@@ -140,11 +140,23 @@ def test_interventions_work_as_modules_before_their_containers_exist():
     [
         (lambda: iv.AddBias(torch.tensor([1.0, float("nan"), 0.0])), ValueError, "non-finite"),
         (lambda: iv.AddBias(torch.full((3,), float("inf"))), ValueError, "non-finite"),
-        (lambda: iv.AddBias(torch.ones(3), alpha=float("inf")), ValueError, "alpha must be finite"),
-        (lambda: iv.AddBias(torch.ones(3), alpha="2"), TypeError, "alpha must be a number"),
-        (lambda: iv.AddBias(torch.ones(3), alpha=True), TypeError, "alpha must be a number"),
+        (
+            lambda: iv.AddBias(torch.ones(3), alpha=float("inf")),
+            ValueError,
+            "alpha must be a finite number, got inf",
+        ),
+        (
+            lambda: iv.AddBias(torch.ones(3), alpha="2"),
+            TypeError,
+            "alpha must be a finite number, got '2'",
+        ),
+        (
+            lambda: iv.AddBias(torch.ones(3), alpha=True),
+            TypeError,
+            "alpha must be a finite number, got True",
+        ),
         (lambda: iv.AddBias(torch.ones(3) > 0), TypeError, "real tensor"),
-        (lambda: iv.Rescale(float("nan")), ValueError, "factor must be finite"),
+        (lambda: iv.Rescale(float("nan")), ValueError, "factor must be a finite number, got nan"),
         (lambda: iv.Rescale(2.0, torch.tensor([1.0, float("nan")])), ValueError, "non-finite"),
         (lambda: iv.Project(torch.tensor([[1.0, float("inf")]])), ValueError, "non-finite"),
         (lambda: iv.Project(torch.eye(2), keep="yes"), TypeError, "keep must be True or False"),

@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
-from interventions.recipes._checks import indices, integer, number
+from interventions.checks import indices, integer, number
 
 log = logging.getLogger("interventions.alphaedit")
 

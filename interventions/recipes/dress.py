@@ -68,9 +68,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions.checks import integer, number
 from interventions.ops import Positions
 from interventions.probes import LogisticProbes, Ties, fit_logistic, probe_pairs
-from interventions.recipes._checks import integer, number
 
 _FORMAT = "interventions.dress/1"
 TRIPLE_FIELDS = ("question", "styled", "plain")

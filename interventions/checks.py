@@ -1,4 +1,5 @@
-"""Argument checks shared by the recipes, so that every refusal reads the same way: the
+"""Argument checks shared by the interventions and the recipes, so that every refusal reads the
+same way: the
 argument, what it must be and the value received. A bool is not an integer (``True`` is not one
 step) and a float is not an integer; NaN and infinities are never silently used."""
 
