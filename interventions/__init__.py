@@ -31,7 +31,7 @@ from interventions.ops import (
     Step,
 )
 from interventions.sites import Site, all_sites, expand, layer_range, parse
-from interventions.weights import WeightDelta, bake
+from interventions.weights import WeightDelta, bake, parameters
 
 __version__ = "0.1.0"
 
@@ -64,6 +64,7 @@ __all__ = [
     "intervene",
     "layer_range",
     "normalize_plan",
+    "parameters",
     "parse",
     "register_adapter",
 ]

@@ -17,6 +17,7 @@ no longer hold what the delta wrote (stacked edits revert newest first).
 import difflib
 import json
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from interventions.adapters import Adapter, adapter, causal_lm, require_in_memory
 from interventions.attach import Plan, normalize_plan
 from interventions.ops import AddBias, Compose, Intervention, Project, Rescale
-from interventions.sites import Site
+from interventions.sites import Site, layer_range
 
 FOLDABLE_KINDS = ("attn.heads", "attn.out", "mlp.out")
 _FORMAT = "interventions.WeightDelta/1"
@@ -650,6 +651,197 @@ def _holds(current: Tensor, written: Tensor) -> bool:
         return False
     as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (current, expected)]
     return torch.equal(*as_bytes)
+
+
+# --- parameters: weight names -------------------------------------------------------------------
+
+# weight kind -> the adapter field giving its module's path in a block
+PROJECTIONS = {
+    "attn.q_proj": "q_proj",
+    "attn.k_proj": "k_proj",
+    "attn.v_proj": "v_proj",
+    "attn.o_proj": "o_proj",
+    "mlp.gate_proj": "gate_proj",
+    "mlp.up_proj": "up_proj",
+    "mlp.down_proj": "down_proj",
+}
+# a whole sub-layer: the adapter field of its module, and the projections that belong to it
+# (OPT has no MLP module: its MLP is fc1 and fc2)
+GROUPS = {
+    "attn": ("attn", ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj")),
+    "mlp": ("mlp", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),
+}
+WEIGHT_KINDS = (*GROUPS, *PROJECTIONS)
+_WEIGHT_NAME = re.compile(r"^layers\.(?P<layers>[^.]+)(?:\.(?P<kind>.+))?$")
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"}
+_FUSED |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+_FUSED_WHAT = {
+    "qkv_proj": "queries, keys and values",
+    "gate_up_proj": "the gate and up projections",
+}
+
+
+def parameters(model: nn.Module, pattern: str | Iterable[str]) -> dict[str, nn.Parameter]:
+    """The parameters that weight names resolve to, keyed by the causal LM's parameter names
+    (as its ``named_parameters()`` gives them, also when ``model`` is a PEFT model, whose
+    adapter weights of a wrapped projection come with it).
+
+    A weight name is ``layers.{i}`` (the whole block), ``layers.{i}.attn`` / ``layers.{i}.mlp``
+    (all of attention / the MLP) or ``layers.{i}.{projection}``, projection one of
+    ``attn.q_proj``, ``attn.k_proj``, ``attn.v_proj``, ``attn.o_proj``, ``mlp.gate_proj``,
+    ``mlp.up_proj``, ``mlp.down_proj`` (weight and bias); ``{i}`` is a layer, ``*`` or a range
+    ``3:8`` as sites write them. ``pattern`` is one name or an iterable of them::
+
+        iv.parameters(model, ["layers.8:12.attn.v_proj", "layers.*.mlp.down_proj"])
+
+    A projection the architecture does not have alone (GPT-2's fused ``attn.c_attn`` computes
+    q, k and v) raises NotImplementedError naming what it has instead; a bad name raises
+    ValueError listing close valid names. Offloaded (meta) parameters are returned as they are:
+    what edits them refuses them.
+    """
+    table = adapter(model)
+    n_layers = table.geometry(model.config).n_layers
+    found: dict[str, nn.Parameter] = {}
+    for name in _weight_names(pattern):
+        kind, layers = _parse_weight_name(name, n_layers)
+        for layer in layers:
+            found.update(_layer_parameters(model, table, layer, kind))
+    return found
+
+
+def _weight_names(pattern: object) -> list[str]:
+    names = [pattern] if isinstance(pattern, str) else pattern
+    if isinstance(names, (bytes, Mapping, Tensor)) or not isinstance(names, Iterable):
+        raise TypeError(
+            "parameters: pattern must be a weight name such as 'layers.3.mlp.down_proj' or an "
+            f"iterable of them, got {type(pattern).__name__}"
+        )
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"parameters: weight names are str, such as 'layers.3.attn.v_proj', got "
+                f"{name!r} ({type(name).__name__})"
+            )
+    if not names:
+        raise ValueError(
+            "parameters: pattern is empty; pass weight names such as 'layers.3.mlp' or "
+            "'layers.*.attn.o_proj'"
+        )
+    return names
+
+
+def _parse_weight_name(name: str, n_layers: int) -> tuple[str | None, list[int]]:
+    """``(kind, layers)``: kind None for the whole block."""
+    match = _WEIGHT_NAME.match(name)
+    if match is None or (match["kind"] is not None and match["kind"] not in WEIGHT_KINDS):
+        spec = match["layers"] if match is not None else "{i}"
+        valid = [f"layers.{spec}"] + [f"layers.{spec}.{kind}" for kind in WEIGHT_KINDS]
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown weight name {name!r}.{hint} Weight names are layers.{{i}} (the block) or "
+            f"layers.{{i}}.{{kind}}, kind one of {', '.join(WEIGHT_KINDS)}; {{i}} is a layer, "
+            "'*' or 'start:stop'"
+        )
+    try:
+        layers = layer_range(match["layers"], n_layers)
+    except ValueError as error:
+        raise ValueError(f"weight name {name!r}: {error}") from None
+    return match["kind"], layers
+
+
+def _layer_parameters(
+    model: nn.Module, table: Adapter, layer: int, kind: str | None
+) -> dict[str, nn.Parameter]:
+    block = table.blocks(model)[layer]
+    prefix = f"{table.layers}.{layer}"
+    if kind is None:
+        return dict(block.named_parameters(prefix=prefix))
+    if kind in PROJECTIONS:
+        path, module = _projection(table, block, layer, kind)
+        return dict(module.named_parameters(prefix=f"{prefix}.{path}"))
+    field_name, members = GROUPS[kind]
+    modules = [_resolved(block, getattr(table, field_name))]
+    for member in members:  # those outside the group's module (OPT's fc2), deduplicated below
+        path = getattr(table, PROJECTIONS[member])
+        modules.append(_resolved(block, path) if path is not None else None)
+    found: dict[str, nn.Parameter] = {}
+    for resolved in modules:
+        if resolved is not None:
+            path, module = resolved
+            found.update(module.named_parameters(prefix=f"{prefix}.{path}" if path else prefix))
+    return found
+
+
+def _projection(table: Adapter, block: nn.Module, layer: int, kind: str) -> tuple[str, nn.Module]:
+    """``(path, module)`` of projection ``kind`` in ``block``; NotImplementedError where the
+    architecture has no such module alone."""
+    group = kind.partition(".")[0]
+    instead = f"use layers.{layer}.{group} (all of {'attention' if group == 'attn' else 'the MLP'})"
+    path = getattr(table, PROJECTIONS[kind])
+    resolved = None if path is None else _resolved(block, path)
+    if resolved is None:
+        reason = _why_absent(table, block, layer, kind)
+        raise NotImplementedError(f"{kind} on {table.name}: {reason}; {instead}")
+    path, module = resolved
+    if "weight" not in module._parameters and "base_layer" not in module._modules:
+        fused = [n for n, p in module.named_parameters(recurse=False) if p.ndim == 3]
+        raise NotImplementedError(
+            f"{kind} on {table.name}: {path!r} has no weight matrix"
+            + (f" (its experts are fused 3-D parameters: {', '.join(fused)})" if fused else "")
+            + f"; {instead}"
+        )
+    return path, module
+
+
+_UNLIKE = (
+    "a layer unlike those the table describes, e.g. a dense layer of a mixture-of-experts model"
+)
+
+
+def _why_absent(table: Adapter, block: nn.Module, layer: int, kind: str) -> str:
+    """Why ``block`` has no module for projection ``kind``: fused, not gated, or not there."""
+    field_name = PROJECTIONS[kind]
+    path = getattr(table, field_name)
+    if path is not None:
+        return f"layer {layer} has no module {path!r}, the table's {kind} ({_UNLIKE})"
+    fused_field = _FUSED.get(field_name)
+    fused = None if fused_field is None else getattr(table, fused_field)
+    if fused is not None:
+        together = _FUSED_WHAT[fused_field]
+        if _resolved(block, fused) is None:
+            return (
+                f"the table's {field_name} is None, and layer {layer} has no {fused!r}, the "
+                f"fused module computing {together} together ({_UNLIKE})"
+            )
+        return f"one fused module, {fused!r}, computes {together} together"
+    if field_name == "gate_proj" and table.up_proj is not None:
+        return f"its MLP is not gated (its up projection is {table.up_proj!r})"
+    owner = _resolved(block, getattr(table, GROUPS[kind.partition(".")[0]][0]))
+    names = [] if owner is None else _projection_names(owner[1])
+    there = f"; the projections there: {', '.join(names)}" if names else ""
+    return f"no module is {kind} alone (the table's {field_name} is None{there})"
+
+
+def _resolved(block: nn.Module, path: str) -> tuple[str, nn.Module] | None:
+    """``(path, module)`` for the first alternative of ``path`` (``"mlp|block_sparse_moe"``)
+    that ``block`` has, the path as parameter names spell it; None when it has none."""
+    for alternative in path.split("|"):
+        try:
+            return alternative, Adapter.submodule(block, alternative)
+        except AttributeError:
+            continue
+    return None
+
+
+def _projection_names(module: nn.Module) -> list[str]:
+    """The children of ``module`` that hold a weight matrix."""
+    return [
+        name
+        for name, child in module.named_children()
+        if getattr(child, "weight", None) is not None and child.weight.ndim == 2
+    ]
 
 
 # --- bake ------------------------------------------------------------------------------------

@@ -572,3 +572,131 @@ def test_combine_refuses_deltas_that_are_not_one_sequence(llama):
         iv.WeightDelta.combine(first)
     with pytest.raises(TypeError, match=r"deltas\[1\] is a dict"):
         iv.WeightDelta.combine([first, {}])
+
+
+# --- iv.parameters ------------------------------------------------------------------------------
+
+
+def reptune_blocks(model, layers, kind):
+    """What reptune's ``block_parameters`` returned (its string surgery on the table's paths,
+    frozen here), the reference ``iv.parameters`` must equal for reptune to switch to it."""
+    table = iv.adapter(model)
+    path = {
+        "block": "",
+        "attn": table.attn,
+        "attn.o": table.o_proj,
+        "mlp.down": table.down_proj,
+        "mlp": table.down_proj.rpartition(".")[0],
+        "attn.q": f"{table.attn}.q_proj",
+        "attn.k": f"{table.attn}.k_proj",
+        "attn.v": f"{table.attn}.v_proj",
+    }[kind]
+    found = {}
+    for layer in layers:
+        module = table.block_module(model, layer, path)
+        prefix = ".".join(part for part in (table.layers, str(layer), path) if part)
+        found.update(module.named_parameters(prefix=prefix))
+    return found
+
+
+REPTUNE_KINDS = {
+    "block": "",
+    "attn": ".attn",
+    "attn.q": ".attn.q_proj",
+    "attn.k": ".attn.k_proj",
+    "attn.v": ".attn.v_proj",
+    "attn.o": ".attn.o_proj",
+    "mlp": ".mlp",
+    "mlp.down": ".mlp.down_proj",
+}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", list(REPTUNE_KINDS))
+def test_parameters_equal_what_reptune_block_parameters_gave(model_type, kind, lora):
+    from interventions.models import tiny
+
+    model = tiny(model_type, n_layers=3)
+    wrapped = lora(model, [iv.adapter(model).o_proj])
+    fused = model_type == "gpt2" and kind in ("attn.q", "attn.k", "attn.v")
+    for subject in (model, wrapped):
+        for spec, layers in (("*", [0, 1, 2]), ("1:3", [1, 2]), ("1", [1])):
+            name = f"layers.{spec}{REPTUNE_KINDS[kind]}"
+            if fused:
+                with pytest.raises(NotImplementedError, match="'attn.c_attn', computes queries"):
+                    iv.parameters(subject, name)
+                continue
+            got, expected = iv.parameters(subject, name), reptune_blocks(subject, layers, kind)
+            assert list(got) == list(expected), name
+            assert all(got[n] is expected[n] for n in got), name
+
+
+def test_parameters_keys_are_the_causal_lm_names_also_under_peft(llama, lora):
+    wrapped = lora(llama, ["self_attn.v_proj"])
+    got = iv.parameters(wrapped, "layers.2.attn.v_proj")
+    assert set(got) == {
+        f"model.layers.2.self_attn.v_proj.{p}"
+        for p in ("base_layer.weight", "lora_A.default.weight", "lora_B.default.weight")
+    }
+    causal = dict(wrapped.get_base_model().named_parameters())
+    assert all(causal[name] is param for name, param in got.items())
+
+
+def test_parameters_join_names_and_layers(llama):
+    both = iv.parameters(
+        llama, ["layers.0:2.mlp.down_proj", "layers.1.mlp", "layers.0.attn.q_proj"]
+    )
+    assert list(both) == [
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+    ]
+    assert iv.parameters(llama, ("layers.2",)) == dict(
+        llama.model.layers[2].named_parameters(prefix="model.layers.2")
+    )
+
+
+def test_parameters_of_opt_mlp_are_fc1_and_fc2():
+    from interventions.models import tiny
+
+    opt = tiny("opt", n_layers=2)
+    assert list(iv.parameters(opt, "layers.1.mlp")) == [
+        f"model.decoder.layers.1.{m}.{p}" for m in ("fc1", "fc2") for p in ("weight", "bias")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "error", "message"),
+    [
+        ("layers.1.attn.v_prj", ValueError, "unknown weight name .* Did you mean: layers.1.attn"),
+        ("layers.1.attn.heads", ValueError, "unknown weight name 'layers.1.attn.heads'"),
+        ("mlp", ValueError, r"unknown weight name 'mlp'.* layers.\{i\}.\{kind\}"),
+        ("layers.2:5.mlp", ValueError, "weight name 'layers.2:5.mlp': layers '2:5' is out of"),
+        ("layers.2:1.mlp", ValueError, "empty layer range"),
+        ("layers.-1.mlp", ValueError, "cannot be negative"),
+        ([], ValueError, "pattern is empty"),
+        (3, TypeError, "pattern must be a weight name .* got int"),
+        (["layers.1.mlp", None], TypeError, "weight names are str, .* got None"),
+    ],
+)
+def test_parameters_refuse_bad_names(llama, pattern, error, message):
+    with pytest.raises(error, match=message):
+        iv.parameters(llama, pattern)
+
+
+def test_parameters_refuse_projections_the_architecture_fuses():
+    from interventions.models import tiny
+
+    cases = [
+        ("gpt2", "attn.k_proj", "one fused module, 'attn.c_attn', computes queries, keys"),
+        ("gpt2", "mlp.gate_proj", "its MLP is not gated \\(its up projection is 'mlp.c_fc'\\)"),
+        ("phi3", "mlp.up_proj", "one fused module, 'mlp.gate_up_proj', computes the gate and up"),
+        ("qwen2_moe", "mlp.down_proj", "'mlp.experts' has no weight matrix .* fused 3-D"),
+        ("deepseek_v3", "attn.q_proj", "no module is attn.q_proj alone .* q_a_proj, q_b_proj"),
+    ]
+    for model_type, kind, message in cases:
+        model = tiny(model_type, n_layers=2)
+        with pytest.raises(NotImplementedError, match=f"{kind} on {model_type}: {message}"):
+            iv.parameters(model, f"layers.1.{kind}")
