@@ -268,6 +268,7 @@ class Recording:
     before; an empty delta when nothing changed)."""
 
     def __init__(self, model: nn.Module, names: str | Iterable[str]) -> None:
+        self._root = model  # a PEFT wrapper's own train/eval mode is restored too
         self._model = causal_lm(model)
         self._params = _recorded_parameters(self._model, names)
         self.originals: dict[str, Tensor] = {}
@@ -278,7 +279,7 @@ class Recording:
         if self._entered:
             raise RuntimeError("this recording was already used; call WeightDelta.recording again")
         self._entered = True
-        self._modes = [(module, module.training) for module in self._model.modules()]
+        self._modes = [(module, module.training) for module in self._root.modules()]
         self._state = {
             name: (p.requires_grad, None if p.grad is None else p.grad.detach().clone())
             for name, p in self._params.items()

@@ -458,7 +458,9 @@ def assert_same_state(model, before):
 
 
 def train_step(model, ids, names):
-    params = [model.get_parameter(name) for name in names]
+    from interventions.adapters import causal_lm
+
+    params = [causal_lm(model).get_parameter(name) for name in names]
     grads = torch.autograd.grad(model(ids).logits.square().mean(), params)
     with torch.no_grad():
         for p, grad in zip(params, grads, strict=True):
@@ -700,3 +702,16 @@ def test_parameters_refuse_projections_the_architecture_fuses():
         model = tiny(model_type, n_layers=2)
         with pytest.raises(NotImplementedError, match=f"{kind} on {model_type}: {message}"):
             iv.parameters(model, f"layers.1.{kind}")
+
+
+def test_recording_a_peft_model_uses_causal_lm_names_and_restores_the_wrapper(llama, ids, lora):
+    wrapped = lora(llama, ["self_attn.v_proj"]).eval()
+    names = list(iv.parameters(wrapped, "layers.1.attn.v_proj"))
+    assert "model.layers.1.self_attn.v_proj.lora_B.default.weight" in names
+    before = parameter_state(wrapped)
+    with pytest.raises(KeyboardInterrupt), iv.WeightDelta.recording(wrapped, names):
+        wrapped.train()
+        train_step(wrapped, ids, [n for n in names if "lora_" in n])  # the base is frozen
+        raise KeyboardInterrupt
+    assert_same_state(wrapped, before)
+    assert not wrapped.training
