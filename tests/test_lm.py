@@ -97,6 +97,20 @@ def test_final_hidden_is_the_final_norm_and_never_runs_the_unembedding(model, mo
     assert no_hooks(model)
 
 
+def test_final_hidden_and_unembed_same_as_alphaedit(model):
+    from interventions.recipes import alphaedit
+
+    tok = WordTokenizer(bos=True)
+    rows = [tok.encode("a b c d"), tok.encode("e f")]
+    batch = text.pad(rows, 0, "right")
+    real = batch.attention_mask.bool()  # padding columns have other position ids there
+    with torch.no_grad():
+        old = alphaedit._final_hidden(model, alphaedit.collate(rows, 0), {})[real]
+        new = lm.final_hidden(model, batch)[real]
+    assert torch.equal(new, old)
+    assert torch.equal(lm.unembed(model, new).float(), alphaedit._unembed(model, old))
+
+
 def test_final_hidden_keeps_the_graph_to_train_an_intervention(llama, ids):
     shift = iv.AddBias(torch.zeros(iv.geometry(llama).d_model), trainable=True)
     hidden = lm.final_hidden(
@@ -181,7 +195,7 @@ def test_continuation_logprobs_same_as_alphaedit_target_logprobs(model):
     pairs = [("The old tower of north harbour stands in", "valley"), ("Rain falls on ", "mills")]
     old = alphaedit.target_logprobs(model, tok, pairs)
     new = lm.continuation_logprobs(model, tok, [(p.rstrip(), " " + t.strip()) for p, t in pairs])
-    torch.testing.assert_close(new, torch.tensor(old), atol=1e-6, rtol=0)
+    assert torch.equal(new, torch.tensor(old))  # bit for bit
 
 
 def test_continuation_logprobs_same_as_dress_fluency(llama):
@@ -192,7 +206,7 @@ def test_continuation_logprobs_same_as_dress_fluency(llama):
     old = dress.fluency(llama, tok, questions, answers, batch_size=2)
     pairs = [(dress.format_prompt(tok, q), a) for q, a in zip(questions, answers, strict=True)]
     new = 1 / (1 - lm.continuation_logprobs(llama, tok, pairs, batch_size=2))
-    torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-6)
+    assert torch.equal(new, old)
 
 
 # --- choice_margin --------------------------------------------------------------------------------
@@ -237,7 +251,7 @@ def test_choice_margin_same_as_reptune_forced_choice_margins(model, tok):
     for p in (None, plan):
         old = reptune.forced_choice_margins(model, tok, PROMPTS, CHOICES, 2, p)
         new = lm.choice_margin(model, tok, PROMPTS, CHOICES, batch_size=2, plan=p)
-        torch.testing.assert_close(new, old, atol=1e-6, rtol=0)
+        assert torch.equal(new, old)
 
 
 # --- perplexity, token loss, logits ---------------------------------------------------------------
