@@ -73,22 +73,30 @@ def encode(tokenizer: Any, text: str, *, special: bool = True) -> Encoded:
 
 
 def _offsets_from_prefixes(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[int, int]]:
-    """Offsets of a tokenizer without them: token k covers what decoding ``ids[:k + 1]`` adds
-    to decoding ``ids[:k]``. A prefix that does not decode to a prefix of ``text`` (a character
-    split over several byte tokens) is joined to the next one that does."""
+    """Offsets of a tokenizer without them: a token covers what decoding the tokens up to it
+    adds to decoding those before it. Special tokens written in the text (a chat template's)
+    decode to themselves; one the tokenizer added (a BOS) decodes to nothing of the text and
+    gets an empty span. A prefix that does not decode to a prefix of ``text`` (a character split
+    over several byte tokens) is joined to the next one that does."""
     decode = getattr(tokenizer, "decode", None)
     if decode is None:
         raise TypeError(_unmappable(tokenizer, "it has neither offsets nor a decode method"))
+    added = set(getattr(tokenizer, "all_special_ids", None) or ())
     offsets: list[tuple[int, int]] = []
+    kept: list[int] = []  # the ids whose decoding is part of the text
     done = 0  # characters of text covered by the tokens so far
     pending = 0  # tokens since the last prefix that decoded to a prefix of text
-    for k in range(1, len(ids) + 1):
-        decoded = decode(ids[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        if not text.startswith(decoded) or len(decoded) < done:
+    for token in ids:
+        decoded = decode([*kept, token], clean_up_tokenization_spaces=False)
+        if text.startswith(decoded) and len(decoded) >= done:
+            offsets += [(done, len(decoded))] * (pending + 1)
+            done, pending = len(decoded), 0
+            kept.append(token)
+        elif token in added and not pending:
+            offsets.append((done, done))
+        else:
             pending += 1
-            continue
-        offsets += [(done, len(decoded))] * (pending + 1)
-        done, pending = len(decoded), 0
+            kept.append(token)
     if pending:
         raise TypeError(
             _unmappable(

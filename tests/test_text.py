@@ -289,3 +289,24 @@ def test_same_as_the_recipes_tokenizing_and_padding():
     assert list(text.batches(items, 3)) == list(dress._batches(items, 3, "d", False))
     for recipe in (alphaedit, head_scores, reptune):
         assert recipe._pad_id(tok) == text.pad_id(tok)
+
+
+@pytest.mark.real
+def test_prefix_offsets_on_smollm2_give_the_fast_tokenizers_spans(real_model):
+    """Byte-level BPE with merges, split characters and a chat template's special tokens."""
+    import re
+
+    _, tokenizer = real_model
+    chat = [{"role": "user", "content": "Hi there?"}]
+    texts = [
+        "The Eiffel Tower is located in Paris.",
+        "café au lait — naïve 東京",
+        "  spaces  and\nnew lines\n\n",
+        tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True),
+    ]
+    for s in texts:
+        fast, slow = text.encode(tokenizer, s), text.encode(WithoutOffsets(tokenizer), s)
+        assert slow.ids == fast.ids
+        for word in re.finditer(r"\S+", s):
+            assert text.token_span(slow, word.span()) == text.token_span(fast, word.span()), word
+    assert fast.offsets == slow.offsets  # the chat template: special tokens map to their text
