@@ -158,17 +158,17 @@ def continuation_logprobs(
         for part in batches(encoded, batch_size):
             batch = pad([e.ids[:-1] for e, _ in part], pad_with, "right").to(model)
             hidden = final_hidden(model, batch, plan)
-            on = hidden.device
-            rows = torch.tensor([i for i, (_, span) in enumerate(part) for _ in span], device=on)
-            columns = torch.tensor([j - 1 for _, span in part for j in span], device=on)
-            tokens = torch.tensor([e.ids[j] for e, span in part for j in span], device=on)
+            rows = [i for i, (_, span) in enumerate(part) for _ in span]
+            columns = [j - 1 for _, span in part for j in span]  # the column predicting token j
+            tokens = [e.ids[j] for e, span in part for j in span]
             logp = unembed(model, hidden[rows, columns]).float().log_softmax(-1)
-            logp = logp.gather(1, tokens.to(logp.device)[:, None])[:, 0]
-            total = torch.zeros(len(part), device=logp.device).index_add(
-                0, rows.to(logp.device), logp
+            on = logp.device
+            logp = logp.gather(1, torch.tensor(tokens, device=on)[:, None])[:, 0]
+            total = torch.zeros(len(part), device=on).index_add(
+                0, torch.tensor(rows, device=on), logp
             )
             if reduce == "mean":
-                total = total / torch.tensor([len(span) for _, span in part], device=logp.device)
+                total = total / torch.tensor([len(span) for _, span in part], device=on)
             out.append(total.cpu())
     return torch.cat(out) if out else torch.zeros(0)
 

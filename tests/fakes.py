@@ -7,6 +7,9 @@ a list of them, ``add_special_tokens`` (a BOS with ``bos=True``), ``return_offse
 ``padding`` / ``padding_side``, ``return_tensors="pt"``, ``encode``, ``decode`` and
 ``batch_decode``, pad / BOS / EOS ids and ``chat_template = None``.
 
+``collapse_spaces=True``: the whitespace before a word is one space to the vocabulary (``"a  b"``
+gives the tokens of ``"a b"``, and decodes to it), as a tokenizer splitting on whitespace does.
+
 ``offsets=False`` (or ``tok.slow()``, which shares the vocabulary) is a slow tokenizer: asking it
 for offsets raises NotImplementedError, as transformers' Python tokenizers do.
 
@@ -53,10 +56,12 @@ class WordTokenizer:
         chars: bool = False,
         bos: bool = False,
         offsets: bool = True,
+        collapse_spaces: bool = False,
         vocab: Iterable[str] = (),
     ):
         self.chars = chars
         self.bos = bos
+        self.collapse_spaces = collapse_spaces
         self.is_fast = offsets
         self.padding_side = "right"
         self.vocab: dict[str, int] = {}
@@ -65,7 +70,9 @@ class WordTokenizer:
 
     def slow(self) -> "WordTokenizer":
         """The same tokenizer (sharing its vocabulary) without offsets."""
-        twin = WordTokenizer(chars=self.chars, bos=self.bos, offsets=False)
+        twin = WordTokenizer(
+            chars=self.chars, bos=self.bos, offsets=False, collapse_spaces=self.collapse_spaces
+        )
         twin.vocab = self.vocab
         return twin
 
@@ -83,6 +90,8 @@ class WordTokenizer:
         return list(re.finditer(r"(?s)." if self.chars else r"\s*\S+", text))
 
     def _id(self, token: str) -> int:
+        if self.collapse_spaces:
+            token = re.sub(r"^\s+", " ", token)
         if token not in self.vocab:
             self.vocab[token] = FIRST_ID + len(self.vocab) % (VOCAB_SIZE - FIRST_ID)
         return self.vocab[token]

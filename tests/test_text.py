@@ -49,6 +49,15 @@ def test_fake_pads_batches_on_its_padding_side():
         tok(["a b", "c"], return_tensors="pt")
 
 
+def test_fake_can_see_any_whitespace_before_a_word_as_one_space():
+    tok = WordTokenizer(collapse_spaces=True)
+    assert tok.encode("a  b\nb") == tok.encode("a b b") == [3, 4, 4]
+    assert tok.decode(tok.encode("a  b")) == "a b"
+    assert text.encode(tok.slow(), "a b").offsets == [(0, 1), (1, 3)]
+    with pytest.raises(TypeError, match="does not give the text back"):  # it normalises
+        text.encode(tok.slow(), "a  b")
+
+
 def test_fake_ids_stay_in_the_tiny_vocabulary_and_the_slow_twin_shares_them():
     tok = WordTokenizer(vocab=[" True", " False"])
     assert tok.encode(" True False") == [3, 4]
