@@ -8,7 +8,8 @@ so ``W' = A W`` and ``b' = A b + c``. ``A`` and ``c`` are read off the intervent
 running it on the zero vector and the unit vectors (in float64).
 
 A ``WeightDelta`` keeps the new values and the originals of every parameter it touches:
-``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, ``apply`` refuses
+``revert`` restores them bit-exactly, ``save``/``load`` use safetensors (``save_tensors`` /
+``load_tensors``, the one file format of the package: atomic, format-checked), ``apply`` refuses
 a model whose parameters are not the ones it was made from, and ``revert`` one whose parameters
 no longer hold what the delta wrote (stacked edits revert newest first).
 """
@@ -18,7 +19,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,31 +139,16 @@ class WeightDelta:
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Save as one safetensors file (written to a temporary file, then moved: an interrupted
-        save leaves the previous file, and no temporary file or new folder, behind)."""
-        path = Path(path)
-        tensors = {f"new/{name}": t.detach().cpu().contiguous() for name, t in self.changes.items()}
+        """Save as one safetensors file (atomic: see ``save_tensors``)."""
+        tensors = {f"new/{name}": t for name, t in self.changes.items()}
         for name, original in self.originals.items():
             if original is not None:
-                tensors[f"old/{name}"] = original.detach().cpu().contiguous()
+                tensors[f"old/{name}"] = original
         metadata = {
-            "format": _FORMAT,
             "created": json.dumps([n for n, o in self.originals.items() if o is None]),
             "config": json.dumps({k: list(v) for k, v in self.config.items()}),
         }
-        new_folders = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            for folder in new_folders:  # deepest first
-                folder.rmdir()
-            raise
-        return path
+        return save_tensors(path, tensors, format=_FORMAT, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WeightDelta":
@@ -171,9 +157,7 @@ class WeightDelta:
         A missing file raises FileNotFoundError; a file that is not a complete WeightDelta file
         (truncated, another format, damaged metadata) raises ValueError naming it."""
         path = Path(path)
-        metadata, tensors = _read_safetensors(path)
-        if metadata.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a WeightDelta file (no {_FORMAT!r} metadata)")
+        tensors, metadata = load_tensors(path, format=_FORMAT)
         created = _metadata_json(metadata, "created", path)
         config = _metadata_json(metadata, "config", path)
         if not isinstance(created, list) or not all(isinstance(n, str) for n in created):
@@ -214,6 +198,187 @@ class WeightDelta:
     @property
     def names(self) -> list[str]:
         return list(self.changes)
+
+    # --- recording and combining ------------------------------------------------------------------
+    @staticmethod
+    def recording(model: nn.Module, names: str | Iterable[str]) -> "Recording":
+        """A context manager that records what happens to the parameters ``names`` inside it.
+
+        ``names`` are parameter names of the causal LM (also when ``model`` is a PEFT model), one
+        name or several, e.g. the keys of ``iv.parameters(model, "layers.3.mlp")``. On entry the
+        parameters are copied; if the block raises anything (KeyboardInterrupt included), their
+        values, ``requires_grad``, gradients and every module's train/eval mode are put back
+        bit-exactly and the exception goes on. On success, ``.delta`` is the applied
+        ``WeightDelta`` of the parameters that changed::
+
+            with iv.WeightDelta.recording(model, iv.parameters(model, "layers.3.mlp")) as rec:
+                train(model)
+            rec.delta.revert(model)
+        """
+        return Recording(model, names)
+
+    @classmethod
+    def combine(cls, deltas: Iterable["WeightDelta"]) -> "WeightDelta":
+        """One delta from deltas made one after another on one model, oldest first: each
+        parameter's first original and last new value (config changes likewise).
+
+        Applying it writes what applying them in order writes; reverting it restores what
+        reverting them all restores (revert either the combined delta or its parts, not both).
+        Refuses deltas that are not such a sequence: a delta made from values of a parameter
+        other than those the delta before it wrote (another model, another order, an edit in
+        between), of another shape, creating a parameter an earlier one wrote, or applied and
+        not applied ones mixed."""
+        deltas = _delta_list(deltas)
+        applied = {delta.applied for delta in deltas}
+        if len(applied) > 1:
+            states = [delta.applied for delta in deltas]
+            raise ValueError(
+                f"combine: some deltas are applied and some are not (applied: {states}); combine "
+                "deltas that are all applied (or all reverted)"
+            )
+        changes: dict[str, Tensor] = {}
+        originals: dict[str, Tensor | None] = {}
+        config: dict[str, tuple[object, object]] = {}
+        writer: dict[str, int] = {}  # the delta that wrote each parameter last
+        for i, delta in enumerate(deltas):
+            for name, new in delta.changes.items():
+                original = delta.originals.get(name)
+                if name in changes:
+                    _check_follows(name, original, changes[name], i, writer[name])
+                else:
+                    originals[name] = original
+                changes[name], writer[name] = new, i
+            for attr, (old, new_value) in delta.config.items():
+                if attr in config and config[attr][1] != old:
+                    raise ValueError(
+                        f"combine: deltas[{i}] changes config {attr} from {old!r}, but an earlier "
+                        f"delta set it to {config[attr][1]!r}: pass deltas made one after "
+                        "another, oldest first"
+                    )
+                config[attr] = (config[attr][0] if attr in config else old, new_value)
+        return cls(changes=changes, originals=originals, config=config, applied=applied.pop())
+
+
+class Recording:
+    """What ``WeightDelta.recording(model, names)`` returns: use it in a ``with`` block.
+
+    ``originals`` (name -> copy taken on entry; read them, do not change them) and, after a block
+    that ended without an exception, ``delta``: the applied WeightDelta of what changed (None
+    before; an empty delta when nothing changed)."""
+
+    def __init__(self, model: nn.Module, names: str | Iterable[str]) -> None:
+        self._model = causal_lm(model)
+        self._params = _recorded_parameters(self._model, names)
+        self.originals: dict[str, Tensor] = {}
+        self.delta: WeightDelta | None = None
+        self._entered = False
+
+    def __enter__(self) -> "Recording":
+        if self._entered:
+            raise RuntimeError("this recording was already used; call WeightDelta.recording again")
+        self._entered = True
+        self._modes = [(module, module.training) for module in self._model.modules()]
+        self._state = {
+            name: (p.requires_grad, None if p.grad is None else p.grad.detach().clone())
+            for name, p in self._params.items()
+        }
+        self.originals = {name: p.detach().clone() for name, p in self._params.items()}
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        if error_type is not None:
+            self._restore()
+            return False  # re-raise
+        changes, originals = {}, {}
+        for name, original in self.originals.items():
+            current = self._model.get_parameter(name)  # the block may have replaced it
+            if current.shape != original.shape:
+                self._restore()
+                raise ValueError(
+                    f"recording: parameter {name} changed shape inside the block, from "
+                    f"{tuple(original.shape)} to {tuple(current.shape)}; a WeightDelta records "
+                    "changes of values only, so the parameters were put back as they were"
+                )
+            if not _holds(current, original):
+                changes[name] = current.detach().clone()
+                originals[name] = original
+        self.delta = WeightDelta(changes=changes, originals=originals, applied=True)
+        return False
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for name, param in self._params.items():
+                module, attr = _owner(self._model, name)
+                if module._parameters.get(attr) is not param:  # replaced inside the block
+                    module._parameters[attr] = param
+                param.copy_(self.originals[name])
+                requires_grad, grad = self._state[name]
+                param.requires_grad_(requires_grad)
+                param.grad = grad
+        for module, training in self._modes:
+            module.training = training
+
+
+def _recorded_parameters(model: nn.Module, names: object) -> dict[str, nn.Parameter]:
+    """The causal LM's parameters named in ``names`` (one name or an iterable of names)."""
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, Tensor)):
+        raise TypeError(
+            "recording: names must be parameter names (a str, or an iterable of them such as "
+            f"iv.parameters(model, ...)), got {type(names).__name__}"
+        )
+    params: dict[str, nn.Parameter] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"recording: names must be parameter names (str), got {name!r} "
+                f"({type(name).__name__})"
+            )
+        param = _named_parameter(model, name, "recording")
+        require_in_memory(f"parameter {name}", param)
+        params[name] = param
+    if not params:
+        raise ValueError(
+            "recording: names is empty; pass the names of the parameters the block may change, "
+            "e.g. iv.parameters(model, 'layers.3.mlp')"
+        )
+    return params
+
+
+def _delta_list(deltas: object) -> list[WeightDelta]:
+    if isinstance(deltas, WeightDelta) or not isinstance(deltas, Iterable):
+        raise TypeError(
+            f"combine takes an iterable of WeightDelta (oldest first), got {type(deltas).__name__}"
+        )
+    deltas = list(deltas)
+    for i, delta in enumerate(deltas):
+        if not isinstance(delta, WeightDelta):
+            raise TypeError(f"combine: deltas[{i}] is a {type(delta).__name__}, not a WeightDelta")
+    if not deltas:
+        raise ValueError("combine: no deltas to combine; pass at least one WeightDelta")
+    return deltas
+
+
+def _check_follows(name: str, original: Tensor | None, written: Tensor, i: int, j: int) -> None:
+    """Refuse ``deltas[i]`` unless it was made from the values of ``name`` that ``deltas[j]``
+    (the last earlier delta writing it) wrote."""
+    if original is None:
+        raise ValueError(
+            f"combine: deltas[{i}] creates {name}, but deltas[{j}] before it already wrote it: "
+            "pass deltas made one after another on one model, oldest first"
+        )
+    if original.shape != written.shape:
+        raise ValueError(
+            f"combine: {name} has shape {tuple(original.shape)} in deltas[{i}] but "
+            f"{tuple(written.shape)} in deltas[{j}]: these deltas are for different models"
+        )
+    if not _holds(original, written):
+        raise ValueError(
+            f"combine: deltas[{i}] was made from values of {name} other than those deltas[{j}] "
+            "wrote (another model, another order, or an edit in between): pass deltas made one "
+            "after another on one model, oldest first"
+        )
 
 
 def _parameter(model: nn.Module, name: str) -> Tensor:
@@ -265,6 +430,20 @@ def _require_finite(name: str, new: Tensor) -> None:
             )
 
 
+def _named_parameter(model: nn.Module, name: str, caller: str) -> nn.Parameter:
+    """``model.get_parameter(name)``; a ValueError listing close names when there is none."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_parameters()]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"{caller}: the model ({type(model).__name__}) has no parameter {name!r}.{hint} "
+            "Name parameters as the causal LM's named_parameters() does"
+        ) from None
+
+
 def _changed_parameter(model: nn.Module, name: object, original: object) -> Tensor:
     """The parameter ``name`` that ``original`` (a copy from before the change) belongs to."""
     if not isinstance(name, str):
@@ -274,16 +453,7 @@ def _changed_parameter(model: nn.Module, name: object, original: object) -> Tens
             f"from_change: originals[{name!r}] must be a tensor (a copy of the parameter taken "
             f"before the change), got {type(original).__name__}"
         )
-    try:
-        current = model.get_parameter(name)
-    except AttributeError:
-        names = [n for n, _ in model.named_parameters()]
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"from_change: the model ({type(model).__name__}) has no parameter {name!r}.{hint} "
-            "Name parameters as the causal LM's named_parameters() does"
-        ) from None
+    current = _named_parameter(model, name, "from_change")
     require_in_memory(f"parameter {name}", current)
     if original.shape != current.shape:
         raise ValueError(
@@ -300,21 +470,138 @@ def _changed_parameter(model: nn.Module, name: object, original: object) -> Tens
     return current
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+# --- files ---------------------------------------------------------------------------------------
+
+
+def save_tensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Tensor],
+    *,
+    format: str,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``tensors`` to one safetensors file at ``path``, tagged with ``format``; returns it.
+
+    Atomic: the file is written to a temporary file in the same folder, then moved over
+    ``path``, so a failed or interrupted save (KeyboardInterrupt included) leaves any existing
+    file byte for byte as it was, and no temporary file or newly made folder behind.
+    ``metadata`` holds strings (JSON-encode anything else); ``"format"`` is reserved for
+    ``format``, which ``load_tensors`` checks. Tensors are stored detached, on the CPU.
+    """
+    path = Path(path)
+    _check_format(format)
+    metadata = _checked_metadata(metadata, path)
+    stored = _storable(tensors, path)
+    new_folders = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(stored, tmp, metadata={**metadata, "format": format})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        for folder in new_folders:  # deepest first
+            folder.rmdir()
+        raise
+    return path
+
+
+def load_tensors(
+    path: str | os.PathLike, *, format: str
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a file ``save_tensors`` wrote with this ``format``.
+
+    ``metadata`` is what was saved (without ``"format"``); tensors are on the CPU. A missing
+    file raises FileNotFoundError; a folder, a file that is not safetensors (or is truncated)
+    and a file of another format raise ValueError naming the path and what was found.
+    """
+    path = Path(path)
+    _check_format(format)
     if not path.exists():
-        raise FileNotFoundError(f"WeightDelta file {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist (expected a {format!r} file)")
     if not path.is_file():
-        raise ValueError(f"{path} is not a file; pass the .safetensors file WeightDelta.save wrote")
+        raise ValueError(f"{path} is not a file; pass the .safetensors file a {format} save wrote")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            metadata = dict(f.metadata() or {})
+            found = metadata.pop("format", None)
+            if found != format:  # before reading the tensors: the file may be large
+                raise ValueError(_format_mismatch(path, format, found))
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
     except SafetensorError as error:
         raise ValueError(
             f"{path} is not a readable safetensors file ({error}): it is truncated or in another "
-            "format; save the WeightDelta again"
+            f"format; save the {format} file again"
         ) from None
-    return metadata, tensors
+    return tensors, metadata
+
+
+def _check_format(format: object) -> None:
+    if not isinstance(format, str) or not format.strip():
+        raise TypeError(
+            "format must be a non-empty string naming the file's kind and version, such as "
+            f"'interventions.WeightDelta/1', got {format!r} ({type(format).__name__})"
+        )
+
+
+def _format_mismatch(path: Path, expected: str, found: str | None) -> str:
+    if found is None:
+        return (
+            f"{path} is a safetensors file without a 'format' entry, not a {expected!r} file: it "
+            "was not written by interventions; pass the file its save wrote"
+        )
+    return f"{path} is a {found!r} file, not a {expected!r} file: load it with what saved it"
+
+
+def _checked_metadata(metadata: object, path: Path) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"save_tensors({path}): metadata must map strings to strings, got "
+            f"{type(metadata).__name__}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"save_tensors({path}): metadata must map strings to strings (json.dumps other "
+                f"values), got {key!r}: {value!r} ({type(value).__name__})"
+            )
+    if "format" in metadata:
+        raise ValueError(
+            f"save_tensors({path}): metadata key 'format' is reserved; pass format=... instead"
+        )
+    return dict(metadata)
+
+
+def _storable(tensors: object, path: Path) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors, none sharing memory (safetensors refuses shared
+    storage, e.g. two views of one tensor, so a repeated storage is copied)."""
+    if not isinstance(tensors, Mapping):
+        kind = type(tensors).__name__
+        raise TypeError(f"save_tensors({path}): tensors must map names to tensors, got {kind}")
+    stored: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, Tensor):
+            raise TypeError(
+                f"save_tensors({path}): tensors must map names (str) to tensors, got {name!r}: "
+                f"{type(tensor).__name__}"
+            )
+        if tensor.is_meta:
+            raise ValueError(
+                f"save_tensors({path}): tensor {name!r} is on the meta device (offloaded or "
+                "not loaded): it has no values to save"
+            )
+        value = tensor.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in storages:
+            value = value.clone()
+            storage = value.untyped_storage().data_ptr()
+        storages.add(storage)
+        stored[name] = value
+    return stored
 
 
 def _metadata_json(metadata: Mapping[str, str], key: str, path: Path) -> object:
