@@ -19,7 +19,7 @@ from interventions.adapters import (
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
 from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
 from interventions.sites import Site, all_sites, expand, layer_range, parse
-from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment
+from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.weights import WeightDelta, bake
 
 __version__ = "0.1.0"
@@ -55,4 +55,5 @@ __all__ = [
     "normalize_plan",
     "parse",
     "register_adapter",
+    "tally",
 ]
