@@ -17,20 +17,9 @@ from interventions.adapters import (
     register_adapter,
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
-from interventions.ops import (
-    AddBias,
-    Capture,
-    Compose,
-    Intervention,
-    Mean,
-    MeanNorm,
-    Project,
-    Reducer,
-    Rescale,
-    SecondMoment,
-    Step,
-)
+from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
 from interventions.sites import Site, all_sites, expand, layer_range, parse
+from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.weights import WeightDelta, bake, parameters
 
 __version__ = "0.1.0"
@@ -67,4 +56,5 @@ __all__ = [
     "parameters",
     "parse",
     "register_adapter",
+    "tally",
 ]

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
@@ -319,10 +318,8 @@ class Attachment:
         return edit_heads
 
     def _pattern_editor(self, intervention: Intervention) -> Callable[[Tensor], Tensor]:
-        def edit_pattern(x: Tensor) -> Tensor:
-            by_query = rearrange(x, "b h q k -> b q h k")
-            y = intervention.apply(by_query, self._step_for(x))
-            return x if y is by_query else rearrange(y, "b q h k -> b h q k")
+        def edit_pattern(x: Tensor) -> Tensor:  # [b, h, q, k]: tokens (queries) on dim 2
+            return intervention.apply(x, self._step_for(x), token_dim=2, head_dim=1)
 
         return edit_pattern
 
@@ -424,7 +421,7 @@ class _Stopped(BaseException):
         self.attachment = attachment
 
 
-def _last_in_forward(sites: Iterable[Site]) -> Site:
+def last_in_forward(sites: Iterable[Site]) -> Site:
     """The site computed last in a forward (the order of ``sites.all_sites``)."""
 
     def order(site: Site) -> tuple[int, int, int]:
@@ -521,8 +518,9 @@ def _ending_at_stop(handle: Attachment) -> Iterator[None]:
 class Cache(Mapping[str, Tensor]):
     """Captured activations keyed by site name (``cache["layers.3.attn.heads"]``)."""
 
-    def __init__(self, captures: dict[Site, Capture]):
+    def __init__(self, captures: dict[Site, Capture], n_layers: int | None = None):
         self.captures = captures
+        self.n_layers = n_layers  # the model's: what ``layers.*`` expands to
         self._names: dict[str, Capture] | None = None  # built on first use: not every call reads
 
     @property
@@ -551,9 +549,27 @@ class Cache(Mapping[str, Tensor]):
         return self._capture(key).values
 
     def stack(self, pattern: SiteLike | Iterable[SiteLike], dim: int = 0) -> Tensor:
-        """Stack the values of several sites, in the given order (e.g. all layers)."""
-        geometry_layers = max((s.layer or 0) for s in self.captures) + 1
-        return torch.stack([self[s] for s in expand(pattern, geometry_layers)], dim=dim)
+        """Stack the values of several sites, in the given order (e.g. all layers).
+
+        ``layers.*.x`` is every captured layer of ``x``; names and ranges (``layers.2:5.x``)
+        must have been captured each."""
+        items = [pattern] if isinstance(pattern, (str, Site)) else list(pattern)
+        sites: list[Site] = []
+        for item in items:
+            named = expand(item, self._layer_count())
+            if isinstance(item, str) and "*" in item:
+                named = [site for site in named if site in self.captures]
+                if not named:
+                    raise KeyError(f"{item!r} matches no captured site; captured: {list(self)}")
+            sites += named
+        return torch.stack([self[site] for site in sites], dim=dim)
+
+    def _layer_count(self) -> int:
+        if self.n_layers is not None:
+            return self.n_layers
+        # a Cache built without the model: ``*`` keeps only captured sites, so the captured
+        # layers are all it can match
+        return max((site.layer or 0) for site in self.captures) + 1
 
 
 @contextmanager
@@ -609,10 +625,10 @@ def capture(
     for site, cap in captures.items():
         cap.check(site, geometry)
         combined[site] = cap if site not in combined else _compose(combined[site], cap)
-    last = _last_in_forward(captures) if stop else None
+    last = last_in_forward(captures) if stop else None
     handle = Attachment._of_checked(model, table, geometry, combined, last)
     with _ending_at_stop(handle):
-        yield Cache(captures)
+        yield Cache(captures, geometry.n_layers)
 
 
 def _compose(first: Intervention, then: Intervention) -> Intervention:

@@ -556,3 +556,57 @@ def test_a_stopped_capture_under_generate_keeps_the_prompt(model, ids):
         model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert torch.equal(cache["layers.1.resid_post"], full["layers.1.resid_post"])
     assert hooks_on(model) == 0
+
+
+def test_pattern_selectors_pick_queries_and_heads_in_the_sites_own_layout(model, ids):
+    with iv.capture(model, "layers.1.attn.pattern") as full:
+        model(ids)
+    pattern = full["layers.1.attn.pattern"]  # [b, h, q, k]
+    rows = torch.zeros(2, 9, dtype=torch.bool)
+    rows[0, 3], rows[1, 5:7] = True, True
+    selected = {
+        "last": (dict(positions=-1, heads=[1, 3]), pattern[:, [1, 3], -1]),
+        "slice": (dict(positions=slice(2, 5)), pattern[:, :, 2:5]),
+        "mask": (dict(positions=rows, heads=[2]), pattern.movedim(2, 1)[rows][:, [2]]),
+    }
+    for name, (selectors, expected) in selected.items():
+        with iv.capture(model, "layers.1.attn.pattern", **selectors) as cache:
+            model(ids)
+        assert torch.equal(cache["layers.1.attn.pattern"], expected), name
+    with iv.capture(model, "layers.1.attn.pattern", reduce=iv.Mean) as mean:
+        model(ids)
+    by_query = pattern.movedim(2, 1).reshape(-1, *pattern.shape[1::2])  # [b q, h, k]
+    torch.testing.assert_close(mean["layers.1.attn.pattern"], by_query.mean(0))
+
+
+class SeesShape(iv.Intervention):
+    reads_only = True
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x
+
+
+def test_an_intervention_at_the_pattern_sees_the_sites_layout(llama, ids):
+    seen = SeesShape()
+    with iv.intervene(llama, {"layers.0.attn.pattern": seen}):
+        llama(ids)
+    assert seen.shapes == [(2, 4, 9, 9)]  # [batch, heads, queries, keys]
+
+
+def test_stack_takes_the_captured_layers_a_wildcard_matches(llama, ids):
+    with iv.capture(llama, ["layers.1:3.resid_post", "layers.0.mlp.out"]) as cache:
+        llama(ids)
+    stacked = cache.stack("layers.*.resid_post", dim=1)
+    assert torch.equal(stacked[:, 0], cache["layers.1.resid_post"])
+    assert torch.equal(stacked[:, 1], cache["layers.2.resid_post"])
+    assert stacked.shape == (2, 2, 9, 32)
+    assert cache.stack(["layers.2.resid_post", "layers.0.mlp.out"]).shape == (2, 2, 9, 32)
+    with pytest.raises(KeyError, match="'layers.0.resid_post' was not captured"):
+        cache.stack("layers.0:2.resid_post")  # a range names each layer
+    with pytest.raises(KeyError, match="matches no captured site"):
+        cache.stack("layers.*.attn.out")
