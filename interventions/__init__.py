@@ -22,6 +22,8 @@ from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.weights import WeightDelta, bake, parameters
 
+from interventions import lm, stats, text  # noqa: E402  (modules: iv.text.pad, iv.lm.perplexity)
+
 __version__ = "0.1.0"
 
 __all__ = [

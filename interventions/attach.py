@@ -13,15 +13,18 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from interventions.adapters import Adapter, Geometry, adapter, causal_lm
-from interventions.ops import Capture, Intervention, Positions, Reducer, Step
+from interventions.ops import Capture, Intervention, Positions, Step, is_reducer
 from interventions.sites import HEAD_KINDS, LAYER_KINDS, MODEL_KINDS, Site, SiteLike, expand, parse
+
+if TYPE_CHECKING:  # stats builds on attach (tally captures)
+    from interventions.stats import Reducer
 
 Plan = Mapping[SiteLike, Intervention]
 
@@ -581,7 +584,7 @@ def capture(
     heads: list[int] | None = None,
     keep_grad: bool = False,
     device: str | torch.device | None = None,
-    reduce: Callable[[], Reducer] | None = None,
+    reduce: "Callable[[], Reducer] | None" = None,
     plan: Plan | None = None,
     stop: bool = False,
 ) -> Iterator[Cache]:
@@ -604,7 +607,7 @@ def capture(
     names = expand(sites, geometry.n_layers)
     if not names:
         raise ValueError("capture() got no sites: name at least one, e.g. 'layers.*.resid_post'")
-    if reduce is not None and (isinstance(reduce, Reducer) or not callable(reduce)):
+    if reduce is not None and (is_reducer(reduce) or not callable(reduce)):
         raise TypeError(
             f"capture(reduce=...) takes a factory called once per site, such as iv.Mean (the "
             f"class, not iv.Mean()), got {reduce!r}: one instance would mix every site's values"

@@ -24,7 +24,7 @@ one ``generate`` call (cached or not):
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
@@ -33,7 +33,9 @@ from torch import Tensor, nn
 from interventions.adapters import Geometry
 from interventions.checks import number
 from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, Site
-from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment
+
+if TYPE_CHECKING:  # stats builds on ops (tally captures); at run time ops needs only the duck type
+    from interventions.stats import Reducer
 
 Positions = int | slice | str | Sequence[int] | Tensor | None
 POSITION_WORDS = ("prompt", "generated")
@@ -520,6 +522,17 @@ def _replaying() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def is_reducer(value: object) -> bool:
+    """Whether ``value`` is a reducer instance (an ``iv.Reducer``: ``update(x)`` and ``value``),
+    not a class or factory."""
+    return (
+        not isinstance(value, type)
+        and callable(getattr(value, "update", None))
+        and callable(getattr(value, "reset", None))
+        and hasattr(type(value), "value")
+    )
+
+
 class Capture(Intervention):
     """Record the activation (returns it unchanged, so a plan of captures is bit-exact).
 
@@ -535,12 +548,12 @@ class Capture(Intervention):
         *,
         keep_grad: bool = False,
         device: str | torch.device | None = None,
-        reduce: Reducer | None = None,
+        reduce: "Reducer | None" = None,
         heads: Sequence[int] | None = None,
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
-        if reduce is not None and not isinstance(reduce, Reducer):
+        if reduce is not None and not is_reducer(reduce):
             raise TypeError(
                 f"Capture(reduce=...) takes a Reducer instance such as iv.Mean(), got {reduce!r}"
             )
@@ -636,14 +649,11 @@ __all__ = [
     "Capture",
     "Compose",
     "Intervention",
-    "Mean",
-    "MeanNorm",
     "Positions",
     "Project",
-    "Reducer",
     "Rescale",
-    "SecondMoment",
     "Step",
+    "is_reducer",
     "resolve",
     "site_width",
 ]

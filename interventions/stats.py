@@ -24,7 +24,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interventions.adapters import adapter, causal_lm
+from interventions.attach import intervene, last_in_forward
+from interventions.ops import Capture
 from interventions.sites import Site, SiteLike, parse
+from interventions.text import device_of
+from interventions.weights import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +181,6 @@ def tally(
     when present; the sites missing are computed together, in one pass. Files are written
     after the pass: an interrupted or failed tally writes none, and leaves the reducers empty.
     """
-    from interventions.weights import save_tensors  # see _reduce: imported when it runs
-
     sites = _checked_reducers(model, reducers)
     _check_flag("skip_first_token", skip_first_token)
     _check_flag("progress", progress)
@@ -308,8 +310,6 @@ def _options(reducer: Reducer, skip_first_token: bool) -> str:
 
 def _load_cached(reducer: Reducer, path: Path, site: Site) -> bool:
     """Fill ``reducer`` from the file at ``path`` if it holds this site's statistic."""
-    from interventions.weights import load_tensors  # see _reduce: imported when it runs
-
     if not path.is_file():
         return False
     try:
@@ -336,12 +336,7 @@ def _reduce(
     progress: bool,
     desc: str | None,
 ) -> None:
-    # attach and weights import ops, which imports the reducers from here: the modules tally
-    # runs on are imported when it runs
-    from interventions.attach import intervene, last_in_forward
-    from interventions.ops import Capture
-
-    device = _input_device(model)
+    device = device_of(model)
     last = last_in_forward(sites)
     total = None
     if isinstance(batches, Sequence):
@@ -429,14 +424,6 @@ def _inputs(model: nn.Module, batch: Any) -> dict[str, Tensor]:
         if value is not None:
             inputs[name] = value
     return inputs
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    """Where the model takes its inputs: its input embedding's device (the CPU when offloaded)."""
-    weight = getattr(model.get_input_embeddings(), "weight", None)
-    if not isinstance(weight, Tensor):
-        weight = next(model.parameters())
-    return torch.device("cpu") if weight.is_meta else weight.device
 
 
 # --- keys --------------------------------------------------------------------------------------
