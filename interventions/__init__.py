@@ -8,6 +8,7 @@ with iv.intervene(model, {"layers.12.attn.heads": iv.AddBias(v, heads=[3])}):
     model.generate(**inputs)
 """
 
+from interventions import lm, stats, text  # modules: iv.text.pad, iv.lm.perplexity, ...
 from interventions.adapters import (
     Adapter,
     BiasFlag,
@@ -21,8 +22,6 @@ from interventions.ops import AddBias, Capture, Compose, Intervention, Project, 
 from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.weights import WeightDelta, bake, parameters
-
-from interventions import lm, stats, text  # noqa: E402  (modules: iv.text.pad, iv.lm.perplexity)
 
 __version__ = "0.1.0"
 
@@ -54,9 +53,12 @@ __all__ = [
     "geometry",
     "intervene",
     "layer_range",
+    "lm",
     "normalize_plan",
     "parameters",
     "parse",
     "register_adapter",
+    "stats",
     "tally",
+    "text",
 ]

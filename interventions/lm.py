@@ -27,7 +27,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from interventions.adapters import adapter, causal_lm
+from interventions.adapters import Adapter, adapter, causal_lm
 from interventions.attach import capture, intervene
 from interventions.checks import integer, number
 from interventions.ops import Intervention
@@ -80,28 +80,25 @@ def unembed(model: nn.Module, hidden: Float[Tensor, "*rows d_model"]) -> Float[T
     else:
         head = table.module(model, table.unembed)
     logits = head(hidden)
-    return _after_unembed(model.config, logits) if table.logits_at_output else logits
+    return _after_unembed(table, model.config, logits)
 
 
-def _after_unembed(config: Any, logits: Tensor) -> Tensor:
-    # A stop-gap until the adapters describe these as data: the config attributes that the
-    # causal LMs whose table says logits_at_output apply after lm_head (in their order of ops).
-    known = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-    if not any(hasattr(config, name) for name in known):
-        raise NotImplementedError(
-            f"the adapter of {config.model_type!r} says its logits are changed after the "
-            f"unembedding, but its config has none of {known}: lm.unembed does not know how; "
-            "read the logits from the model's output instead"
-        )
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    scale = getattr(config, "logit_scale", None)
-    if scale is not None:
-        logits = logits * scale
-    scaling = getattr(config, "logits_scaling", None)
-    if scaling is not None:
-        logits = logits / scaling
+def _after_unembed(table: Adapter, config: Any, logits: Tensor) -> Tensor:
+    for operation, attribute in table.logits_after:
+        value = getattr(config, attribute, None)
+        if value is None:
+            continue
+        if operation == "softcap":
+            logits = torch.tanh(logits / value) * value
+        elif operation == "multiply":
+            logits = logits * value
+        elif operation == "divide":
+            logits = logits / value
+        else:
+            raise NotImplementedError(
+                f"the adapter {table.name!r} asks for {operation!r} after the unembedding; "
+                "lm.unembed knows softcap, multiply and divide"
+            )
     return logits
 
 

@@ -55,8 +55,11 @@ class Adapter:
       attaching there raises NotImplementedError with that text.
     - ``attention_sinks``: attention rows hold mass on learned sinks that the returned pattern
       leaves out, so its rows sum to less than 1.
-    - ``logits_at_output``: the model scales or soft-caps the logits after ``unembed`` (Gemma 2,
-      Cohere, Granite), so ``logits`` is read from the causal LM's output. ``unembed`` None: the
+    - ``logits_after``: what the model does to the logits after ``unembed``, in order, as
+      ``(operation, config attribute)`` pairs: ``"softcap"`` (``tanh(x / c) * c``, Gemma 2),
+      ``"multiply"`` (Cohere's ``logit_scale``), ``"divide"`` (Granite's ``logits_scaling``); an
+      attribute that is None skips its step. Where there are any (``logits_at_output``), the
+      ``logits`` site is read from the causal LM's output. ``unembed`` None: the
       model's ``get_output_embeddings()`` (its name changed between releases).
 
     ``embed`` is read where the first block takes it: what the blocks receive, with positions,
@@ -89,7 +92,7 @@ class Adapter:
     parallel_flag: str | None = None  # a config flag that makes the blocks parallel
     refused: dict[str, str] = field(default_factory=dict)
     attention_sinks: bool = False
-    logits_at_output: bool = False  # logits scaled or soft-capped after ``unembed``
+    logits_after: tuple[tuple[str, str], ...] = ()  # (operation, config attribute), in order
     q_proj: str | None = None  # attention's input projections (None: fused or absent)
     k_proj: str | None = None
     v_proj: str | None = None
@@ -105,6 +108,11 @@ class Adapter:
     @property
     def mlp_out_path(self) -> str:
         return self.down_proj if self.mlp_out is None else self.mlp_out
+
+    @property
+    def logits_at_output(self) -> bool:
+        """The model changes its logits after ``unembed``: read them from its output."""
+        return bool(self.logits_after)
 
     def is_parallel(self, config) -> bool:
         return self.parallel or bool(self.parallel_flag and getattr(config, self.parallel_flag))

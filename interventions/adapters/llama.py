@@ -116,7 +116,7 @@ GRANITE = register_adapter(
     Adapter(
         name="granite",
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS, "mlp.down_proj": MLP_BIAS},
-        logits_at_output=True,
+        logits_after=(("divide", "logits_scaling"),),
         refused={kind: _GRANITE_SCALED for kind in ("attn.out", "resid_mid", "mlp.out")},
         **LLAMA_PATHS,
     ),

@@ -109,7 +109,7 @@ COHERE = register_adapter(
         name="cohere",
         **{**LLAMA_PATHS, "mlp_norm": "input_layernorm"},  # one norm feeds both
         parallel=True,
-        logits_at_output=True,  # scaled by logit_scale after lm_head
+        logits_after=(("multiply", "logit_scale"),),
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS},
     ),
     "cohere",

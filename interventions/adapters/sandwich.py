@@ -15,7 +15,7 @@ _GEMMA_SANDWICH = {
     "mlp_norm": "pre_feedforward_layernorm",
     "mlp_out": "post_feedforward_layernorm",
     "bias_flags": {"self_attn.o_proj": ATTENTION_BIAS},
-    "logits_at_output": True,  # Gemma 2 soft-caps the logits after lm_head
+    "logits_after": (("softcap", "final_logit_softcapping"),),
 }
 GEMMA2 = register_adapter(Adapter(name="gemma2", **_GEMMA_SANDWICH), "gemma2")
 GEMMA3 = register_adapter(Adapter(name="gemma3_text", **_GEMMA_SANDWICH), "gemma3_text")
