@@ -17,6 +17,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import transformers
+from generation import generate
 from packaging.version import Version
 from torch import nn
 
@@ -34,7 +35,6 @@ from interventions.sites import LAYER_KINDS, MODEL_KINDS
 # model types checked here: computed at collection, so a table registered in adapters/ joins
 COVERED = [t for t in available_tiny_types() if t in _REGISTRY]
 UNCOVERED = [t for t in available_tiny_types() if t not in _REGISTRY]
-NEW = 6  # generated tokens: prompt 9 + 6 > the tiny models' sliding windows (8)
 ATOL = 1e-5
 
 release = Version(transformers.__version__)
@@ -482,21 +482,6 @@ def test_attention_pattern_rows_are_distributions(subject, ids):
             assert bool((rows <= 1 + ATOL).all()), f"layer {i}: rows sum to {rows.max()}"
         else:
             close(rows, torch.ones_like(rows), f"layer {i}: pattern rows")
-
-
-def generate(model, ids, plan, *, use_cache: bool):
-    with iv.intervene(model, plan):
-        out = model.generate(
-            ids,
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-            use_cache=use_cache,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 @over_covered("generate", needs=("attn.heads",))
