@@ -141,10 +141,16 @@ def split_claims(
     if not 0 < held_out < 1:
         raise ValueError(f"held_out is a fraction in (0, 1), got {held_out}")
     pairs = sorted({c.pair for c in claims})
-    random.Random(seed).shuffle(pairs)
-    test_pairs = set(pairs[: max(1, round(held_out * len(pairs)))])
+    test_pairs = set(_held_out(pairs, max(1, round(held_out * len(pairs))), seed)[1])
     train = [c for c in claims if c.pair not in test_pairs]
     return train, [c for c in claims if c.pair in test_pairs]
+
+
+def _held_out(items: Sequence, n_held: int, seed: int) -> tuple[list, list]:
+    """(kept, held): the first ``n_held`` items of a seeded shuffle are held out."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[n_held:], shuffled[:n_held]
 
 
 # --- prompts --------------------------------------------------------------------------------------
@@ -646,6 +652,12 @@ def cosine(
     return dot / norms.clamp_min(eps)
 
 
+def _mode(mode: object) -> str:
+    if mode not in ("in", "out"):
+        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    return mode
+
+
 def projection_loss(
     acts: Float[Tensor, "b l p d"],
     direction: Direction | Float[Tensor, "l p d"],
@@ -659,8 +671,7 @@ def projection_loss(
     the layers of ``acts`` (use ``direction.at(layers)``); a tensor broadcasts against
     ``acts[0]``. Zero vectors count as orthogonal.
     """
-    if mode not in ("in", "out"):
-        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    mode = _mode(mode)
     vectors = direction.vectors if isinstance(direction, Direction) else direction
     _check_vectors(vectors, direction.layers if isinstance(direction, Direction) else None)
     if vectors.shape[-1] != acts.shape[-1]:
@@ -680,10 +691,11 @@ def projection_loss(
 
 
 def soft_target_cross_entropy(
-    logits: Float[Tensor, "*batch vocab"], targets: Float[Tensor, "*batch vocab"]
-) -> Float[Tensor, ""]:
-    """``-sum(targets * log_softmax(logits))`` averaged over the batch. Its minimum is the
-    entropy of ``targets`` (``target_entropy``); one-hot targets give the plain token loss."""
+    logits: Float[Tensor, "*batch vocab"], targets: Float[Tensor, "*batch vocab"], mean: bool = True
+) -> Float[Tensor, "*b"]:
+    """``-sum(targets * log_softmax(logits))`` averaged over the batch (per row unless
+    ``mean``). Its minimum is the entropy of ``targets`` (``target_entropy``); one-hot targets
+    give the plain token loss."""
     if logits.shape != targets.shape:
         try:
             targets = targets.expand_as(logits)
@@ -692,13 +704,18 @@ def soft_target_cross_entropy(
                 f"targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}"
             ) from error
     log_p = torch.log_softmax(logits.float(), dim=-1)
-    return -(targets.float() * log_p).sum(-1).mean()
+    loss = -(targets.float() * log_p).sum(-1)
+    return loss.mean() if mean else loss
 
 
-def target_entropy(targets: Float[Tensor, "*batch vocab"]) -> Float[Tensor, ""]:
-    """Mean entropy of target distributions: the minimum of ``soft_target_cross_entropy``."""
+def target_entropy(
+    targets: Float[Tensor, "*batch vocab"], mean: bool = True
+) -> Float[Tensor, "*b"]:
+    """Mean (or per-row) entropy of target distributions: the minimum of
+    ``soft_target_cross_entropy``."""
     t = targets.float()
-    return -(t * torch.log(t.clamp_min(1e-30))).sum(-1).mean()
+    entropy = -(t * torch.log(t.clamp_min(1e-30))).sum(-1)
+    return entropy.mean() if mean else entropy
 
 
 def token_cross_entropy(
@@ -821,7 +838,7 @@ class _Prepared:
     proj_mask: Bool[Tensor, "b t"]
     soft: Float[Tensor, "b vocab"] | None  # rows without a soft target are zero
     soft_rows: Bool[Tensor, " b"]
-    own_split: Bool[Tensor, " b"]  # AnyOf rows: ``soft`` is a 0/1 mask of the choices
+    any_of: Bool[Tensor, " b"]  # AnyOf rows: ``soft`` is a 0/1 mask of the choices
     labels: Int[Tensor, "b k"] | None  # completion labels for the last k columns
     keep: int  # logits_to_keep
 
@@ -835,21 +852,10 @@ def _prepare(
     soft_rows = torch.tensor(
         [isinstance(e.target, (Mapping, AnyOf)) for e in examples], device=device
     )
-    own_split = torch.tensor([isinstance(e.target, AnyOf) for e in examples], device=device)
+    any_of = torch.tensor([isinstance(e.target, AnyOf) for e in examples], device=device)
     soft = None
     if bool(soft_rows.any()):
-        rows = []
-        for e in examples:
-            if isinstance(e.target, AnyOf):
-                rows.append(
-                    (
-                        soft_targets(tokenizer, dict.fromkeys(e.target.choices, 1.0), vocab) > 0
-                    ).float()
-                )
-            elif isinstance(e.target, Mapping):
-                rows.append(soft_targets(tokenizer, e.target, vocab))
-            else:
-                rows.append(torch.zeros(vocab))
+        rows = [_next_token_target(tokenizer, e.target, vocab) for e in examples]
         soft = torch.stack(rows).to(device)
     lengths = (width - batch.prompt_end).tolist()  # completion tokens per row
     keep = max([n + 1 for n in lengths if n] + [1 if soft is not None else 0])
@@ -860,7 +866,16 @@ def _prepare(
             if n:  # logit column width-1-n .. width-2 predicts tokens width-n .. width-1
                 labels[row, keep - 1 - n : keep - 1] = batch.input_ids[row, width - n :]
     mask = batch.last_prompt_tokens(n_positions)
-    return _Prepared(batch, mask, soft, soft_rows, own_split, labels, keep)
+    return _Prepared(batch, mask, soft, soft_rows, any_of, labels, keep)
+
+
+def _next_token_target(tokenizer, target: object, vocab: int) -> Float[Tensor, " vocab"]:
+    """A row of ``_Prepared.soft``: the distribution, a 0/1 mask of AnyOf's choices, or zeros."""
+    if isinstance(target, AnyOf):
+        return (soft_targets(tokenizer, dict.fromkeys(target.choices, 1.0), vocab) > 0).float()
+    if isinstance(target, Mapping):
+        return soft_targets(tokenizer, target, vocab)
+    return torch.zeros(vocab)
 
 
 def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -868,15 +883,12 @@ def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
     losses, minima = [], []
     if p.soft is not None:
         last = logits[:, -1].float()
-        fixed = p.soft_rows & ~p.own_split
-        any_of = p.own_split
+        fixed, any_of = p.soft_rows & ~p.any_of, p.any_of
         row_loss = torch.zeros(len(last), device=last.device)
         row_min = torch.zeros(len(last), device=last.device)
         if bool(fixed.any()):
-            log_p = torch.log_softmax(last[fixed], -1)
-            row_loss[fixed] = -(p.soft[fixed] * log_p).sum(-1)
-            t = p.soft[fixed]
-            row_min[fixed] = -(t * torch.log(t.clamp_min(1e-30))).sum(-1)
+            row_loss[fixed] = soft_target_cross_entropy(last[fixed], p.soft[fixed], mean=False)
+            row_min[fixed] = target_entropy(p.soft[fixed], mean=False)
         if bool(any_of.any()):
             row_loss[any_of] = format_loss(last[any_of], p.soft[any_of] > 0, mean=False)
         losses.append(row_loss[p.soft_rows].mean())
@@ -946,12 +958,10 @@ def _split(data: Sequence[Example], val_fraction: float, seed: int):
     if not data:
         raise ValueError("tune needs at least one example")
     val_fraction = number("val_fraction", val_fraction, at_least=0, below=1)
-    order = list(range(len(data)))
-    random.Random(seed).shuffle(order)
-    n_val = round(val_fraction * len(data)) if val_fraction > 0 else 0
+    n_val = round(val_fraction * len(data))
     if n_val >= len(data):
         raise ValueError(f"val_fraction={val_fraction} leaves no training examples")
-    return [data[i] for i in order[n_val:]], [data[i] for i in order[:n_val]]
+    return _held_out(data, n_val, seed)
 
 
 def tune(
@@ -991,8 +1001,7 @@ def tune(
     ``patience`` evaluations without improvement. ``history``, when given, receives one dict per
     step and per evaluation. The model stays in eval mode (no dropout).
     """
-    if mode not in ("in", "out"):
-        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    mode = _mode(mode)
     layers = indices(
         "layers",
         layers,
@@ -1008,8 +1017,7 @@ def tune(
     weight_decay = number("weight_decay", weight_decay, at_least=0)
     # inf: never take a token step, a negative value: always
     token_tolerance = number("token_tolerance", token_tolerance, infinite=True)
-    lo, hi = min(layers), max(layers) + 1
-    spec = f"layers.{lo}:{hi}" if hi - lo > 1 else f"layers.{lo}"
+    spec = _layer_spec(min(layers), max(layers) + 1)
     if projection_blocks is None:
         projection_blocks = [f"{spec}.{default_projection_kind(model)}"]
     proj_params = block_parameters(model, projection_blocks)
@@ -1018,29 +1026,38 @@ def tune(
     )
     if not proj_params:
         raise ValueError("the projection group is empty: name at least one block")
-    if val_data is None:
-        train, val = _split(data, val_fraction, seed)
-    else:
-        train, val = list(data), list(val_data)
-    use_tokens = bool(token_params) and any(e.target is not None for e in train)
+    train, val = (
+        _split(data, val_fraction, seed) if val_data is None else (list(data), list(val_data))
+    )
+    if not any(e.target is not None for e in train):
+        token_params = {}
+    # A parameter named in both groups is the token loss's alone (the projection loss never
+    # moves what keeps the output coherent).
+    proj_params = {name: p for name, p in proj_params.items() if name not in token_params}
+    if not proj_params:
+        raise ValueError(
+            "every parameter of projection_blocks is also in token_blocks, which only the token "
+            "loss updates: name projection blocks outside the token group (or token_blocks=[])"
+        )
+    groups = {"proj": (proj_params, lr)}
+    if token_params:
+        groups["token"] = (token_params, token_lr)
     # Validation always measures the token loss when there is one, so that runs with and
     # without a token group (block search) are scored alike.
     val_tokens = any(e.target is not None for e in val)
-    vocab = iv.geometry(model).d_vocab
-    device = _device(model)
-    n = direction.n_positions
-
-    if not use_tokens:
-        token_params = {}
+    vocab, device, n = iv.geometry(model).d_vocab, _device(model), direction.n_positions
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
+
+    def log(record: dict) -> dict:
+        if history is not None:
+            history.append(record)
+        return record
+
     with _restored_on_failure(model, tuned) as originals:
         optimizers = {
-            "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
+            key: torch.optim.AdamW(list(params.values()), lr=rate, weight_decay=weight_decay)
+            for key, (params, rate) in groups.items()
         }
-        if use_tokens:
-            optimizers["token"] = torch.optim.AdamW(
-                list(token_params.values()), lr=token_lr, weight_decay=weight_decay
-            )
         schedulers = {  # linear warmup over each group's own steps, then constant
             key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
             for key, o in optimizers.items()
@@ -1049,7 +1066,8 @@ def tune(
             _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
         ]
 
-        def validate() -> dict[str, float]:
+        def validate(step: int) -> float:
+            """Logs the validation losses; returns their sum (lower is better)."""
             proj_sum, excess_sum = 0.0, 0.0
             with torch.no_grad():
                 for p in val_batches:
@@ -1059,20 +1077,20 @@ def tune(
                     proj_sum += float(proj)
                     excess_sum += float(token - minimum) if token is not None else 0.0
             k = max(1, len(val_batches))
-            return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
+            record = {
+                "step": step,
+                "val_projection": proj_sum / k,
+                "val_token_excess": excess_sum / k,
+            }
+            log(record)
+            return record["val_projection"] + record["val_token_excess"]
 
-        rng = random.Random(seed)
-        order: list[int] = []
+        rng, order = random.Random(seed), []
         best, best_state, bad = math.inf, None, 0
         bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
-        all_params = list(proj_params.values()) + list(token_params.values())
-        with bar, _only_trainable(model, all_params), torch.enable_grad():
+        with bar, _only_trainable(model, tuned.values()), torch.enable_grad():
             if val_batches:
-                record = {"step": 0, **validate()}
-                best = record["val_projection"] + record["val_token_excess"]
-                best_state = {k: v.clone() for k, v in originals.items()}
-                if history is not None:
-                    history.append(record)
+                best, best_state = validate(0), dict(originals)
             for step in bar:
                 if len(order) < batch_size:
                     fresh = list(range(len(train)))
@@ -1082,53 +1100,40 @@ def tune(
                 del order[:batch_size]
                 p = _prepare(tokenizer, chunk, n, vocab, device)
                 proj, token, minimum = _losses(
-                    model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
+                    model, p, vectors, layers, mode, flip, bool(token_params), keep_grad=True
                 )
-                token_step = (
-                    token is not None and float((token - minimum).detach()) > token_tolerance
-                )
-                grads = torch.autograd.grad(
-                    proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
-                )
-                for param, grad in zip(proj_params.values(), grads, strict=True):
-                    param.grad = grad
-                if token_step:
-                    grads = torch.autograd.grad(
-                        token, list(token_params.values()), allow_unused=True
+                excess = None if token is None else float((token - minimum).detach())
+                token_step = excess is not None and excess > token_tolerance
+                losses = {"proj": proj, "token": token} if token_step else {"proj": proj}
+                # every gradient before any step: the token loss's graph holds the old weights
+                grads = {
+                    key: torch.autograd.grad(
+                        loss,
+                        list(groups[key][0].values()),
+                        retain_graph=key == "proj" and token_step,
+                        allow_unused=True,
                     )
-                for param in token_params.values():
-                    param.grad = None
-                optimizers["proj"].step()
-                schedulers["proj"].step()
-                for param in proj_params.values():
-                    param.grad = None
-                if token_step:
-                    for param, grad in zip(token_params.values(), grads, strict=True):
-                        param.grad = grad
-                    optimizers["token"].step()
-                    schedulers["token"].step()
-                    for param in token_params.values():
-                        param.grad = None
-                record = {
-                    "step": step + 1,
-                    "projection": float(proj.detach()),
-                    "token_excess": None if token is None else float((token - minimum).detach()),
-                    "token_step": token_step,
+                    for key, loss in losses.items()
                 }
-                if history is not None:
-                    history.append(record)
+                for key, group_grads in grads.items():
+                    params = list(groups[key][0].values())
+                    for param, grad in zip(params, group_grads, strict=True):
+                        param.grad = grad
+                    optimizers[key].step()
+                    schedulers[key].step()
+                    for param in params:
+                        param.grad = None
+                log({"step": step + 1, "projection": float(proj.detach()),
+                     "token_excess": excess, "token_step": token_step})  # fmt: skip
                 bar.set_postfix(
-                    proj=f"{record['projection']:.4f}",
-                    tok="-" if token is None else f"{record['token_excess']:.3f}",
+                    proj=f"{float(proj.detach()):.4f}",
+                    tok="-" if excess is None else f"{excess:.3f}",
                 )
                 if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                    record = {"step": step + 1, **validate()}
-                    if history is not None:
-                        history.append(record)
-                    score = record["val_projection"] + record["val_token_excess"]
+                    score = validate(step + 1)
                     if score < best - 1e-6:
                         best, bad = score, 0
-                        best_state = {k: tuned[k].detach().clone() for k in originals}
+                        best_state = {name: p.detach().clone() for name, p in tuned.items()}
                     else:
                         bad += 1
                         if bad >= patience:
@@ -1195,8 +1200,13 @@ def candidate_blocks(
     for (a, b), module in itertools.product(layer_ranges, modules):
         if b <= a:
             raise ValueError(f"empty layer range ({a}, {b})")
-        out.append((f"layers.{a}:{b}.{module}" if b - a > 1 else f"layers.{a}.{module}",))
+        out.append((f"{_layer_spec(a, b)}.{module}",))
     return out
+
+
+def _layer_spec(start: int, stop: int) -> str:
+    """``layers.a:b`` (b excluded), or ``layers.a`` for one layer."""
+    return f"layers.{start}:{stop}" if stop - start > 1 else f"layers.{start}"
 
 
 def search_blocks(
@@ -1223,10 +1233,13 @@ def search_blocks(
     train, val = _split(data, val_fraction, seed)
     rows = []
     baseline: dict[str, float] | None = None
+    proj_candidates = [tuple(c) for c in projection_candidates]
+    token_candidates = [tuple(c) for c in token_candidates]
+    names = {c: set(block_parameters(model, c)) for c in [*proj_candidates, *token_candidates]}
     combos = [
-        (tuple(a), tuple(b))
-        for a, b in itertools.product(projection_candidates, token_candidates)
-        if not set(block_parameters(model, a)) & set(block_parameters(model, b))
+        (a, b)
+        for a, b in itertools.product(proj_candidates, token_candidates)
+        if not names[a] & names[b]
     ]
     if not combos:
         raise ValueError("no combination of projection and token blocks is disjoint")
