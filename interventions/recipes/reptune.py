@@ -9,41 +9,26 @@ orthogonal to it ("out"), while a token loss keeps the output coherent.
 
 Algorithm
 ---------
-1. Direction: from paired prompts (the same claim answered honestly vs dishonestly), take the
-   ``resid_post`` activations at the last N prompt tokens of every chosen layer; the direction is
-   the mean of the paired differences (or their first principal component), per layer and
-   position. Optionally only the pairs the model answers "correctly" (the positive prompt gets its
-   answer, the negative prompt its own) are used.
-2. Losses: ``projection_loss`` is the cosine of each activation to the direction, ``(1 - cos)/2``
-   to tune it in, ``|cos|`` to tune it out, averaged over batch, layers and positions;
-   ``soft_target_cross_entropy`` is the cross entropy against a target distribution (e.g. 50 %
-   " True", 50 % " False"), whose minimum is the target's entropy; ``token_cross_entropy`` is
-   the plain token loss on a completion; ``format_loss`` (the ``AnyOf`` target, the default
-   here) keeps the answer among the choices without preferring one, so the token loss guards
-   coherence and the projection loss alone decides the behaviour.
-3. Tuning: one forward captures the activations (``iv.capture(..., keep_grad=True)``) and the
-   logits (or stops right after the last tuned layer when there is no token loss); the projection
-   loss updates only its parameter group, the token loss only its own (gradients are taken with
-   ``torch.autograd.grad`` for each group separately). The token step is skipped while the token
-   loss is within ``token_tolerance`` of its minimum. AdamW with linear warmup, early stopping on a
-   validation split (the best weights are kept), a tqdm progress bar. The change is returned as an
-   ``iv.WeightDelta`` of the changed parameters (revert it for the bit-exact original; save it:
-   new and old values of the touched blocks only). A run that fails or is interrupted (Ctrl-C)
-   puts the tuned parameters back bit-exactly before the error propagates.
-4. Block search: short runs over parameter blocks (layer ranges x modules such as the attention
-   v/o projections or the MLP) for each loss, ranked by validation loss.
-5. Evaluation: sliding-window perplexity, forced-choice answers on held-out claims, the cosine
-   to the direction before and after, and steerability (how much adding the direction at
-   inference moves the answers).
+1. Direction: the mean (or first principal component) of paired ``resid_post`` differences
+   (e.g. a claim after an honest vs a lying context) at the last N prompt tokens, per layer and
+   position; optionally only the pairs the model answers as each prompt expects.
+2. Losses: ``projection_loss`` is ``(1 - cos)/2`` to tune the direction in, ``|cos|`` to tune it
+   out; the token loss is the plain loss on a completion, the cross entropy against a target
+   distribution, or ``format_loss`` (``AnyOf``, the default: keep the answer among the choices
+   without preferring one, so that the projection loss alone decides the behaviour).
+3. Tuning: one forward captures the activations with their graph (and the logits, or stops after
+   the last tuned layer when there is no token loss); each loss updates only its own parameter
+   group (``torch.autograd.grad`` per group), the token step is skipped while the token loss is
+   within ``token_tolerance`` of its minimum; AdamW with warmup, early stopping on a validation
+   split (the best weights kept). The result is the ``iv.WeightDelta`` of what changed; a failed
+   or interrupted run puts every tuned parameter back bit-exactly.
+4. Block search: short runs over parameter blocks (layer ranges x modules), ranked by
+   validation loss. Evaluation: perplexity, forced choice, cosine to the direction, steerability.
 
-Prompts are left-padded and given explicit position ids, so "the last N tokens" is the same
-columns for every row and padding never changes a real token's position. Position 0 (the
-attention sink, whose residual norm is ~25,000 in SmolLM2's middle layers) is never used: the
-last N tokens must leave it out.
-
-Small models need larger learning rates than the paper's 1e-6 / 1e-5 on Llama-2-13B: SmolLM2-135M
-moves at 3e-4 to 1e-3 (20 steps of 8 prompts; perplexity +3 to +6 %), while 3e-3 raises its
-perplexity by 35 % (measured, docs/reptune.md).
+Prompts are left-padded with position ids from the mask, so the last N tokens are the same
+columns in every row; they may never include position 0 (the attention sink, with a residual norm
+of ~25,000 in SmolLM2's middle layers). Small models need larger learning rates than the paper's
+1e-6 / 1e-5 on Llama-2-13B: SmolLM2-135M moves at 3e-4 to 1e-3 (docs/reptune.md).
 
 Usage
 -----
@@ -1039,9 +1024,6 @@ def tune(
             "every parameter of projection_blocks is also in token_blocks, which only the token "
             "loss updates: name projection blocks outside the token group (or token_blocks=[])"
         )
-    groups = {"proj": (proj_params, lr)}
-    if token_params:
-        groups["token"] = (token_params, token_lr)
     # Validation always measures the token loss when there is one, so that runs with and
     # without a token group (block search) are scored alike.
     val_tokens = any(e.target is not None for e in val)
@@ -1053,80 +1035,50 @@ def tune(
             history.append(record)
         return record
 
+    def validate(step: int) -> float:
+        """Logs the mean validation losses; returns their sum (lower is better)."""
+        proj_sum, excess_sum = 0.0, 0.0
+        with torch.no_grad():
+            for p in val_batches:
+                proj, token, minimum = _losses(
+                    model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
+                )
+                proj_sum += float(proj)
+                excess_sum += float(token - minimum) if token is not None else 0.0
+        k = max(1, len(val_batches))
+        record = log({"step": step, "val_projection": proj_sum / k,
+                      "val_token_excess": excess_sum / k})  # fmt: skip
+        return record["val_projection"] + record["val_token_excess"]
+
     with _restored_on_failure(model, tuned) as originals:
-        optimizers = {
-            key: torch.optim.AdamW(list(params.values()), lr=rate, weight_decay=weight_decay)
-            for key, (params, rate) in groups.items()
-        }
-        schedulers = {  # linear warmup over each group's own steps, then constant
-            key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-            for key, o in optimizers.items()
-        }
+        proj_group = _Group.of(proj_params, lr, weight_decay, warmup)
+        token_group = _Group.of(token_params, token_lr, weight_decay, warmup)
         val_batches = [
             _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
         ]
-
-        def validate(step: int) -> float:
-            """Logs the validation losses; returns their sum (lower is better)."""
-            proj_sum, excess_sum = 0.0, 0.0
-            with torch.no_grad():
-                for p in val_batches:
-                    proj, token, minimum = _losses(
-                        model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
-                    )
-                    proj_sum += float(proj)
-                    excess_sum += float(token - minimum) if token is not None else 0.0
-            k = max(1, len(val_batches))
-            record = {
-                "step": step,
-                "val_projection": proj_sum / k,
-                "val_token_excess": excess_sum / k,
-            }
-            log(record)
-            return record["val_projection"] + record["val_token_excess"]
-
-        rng, order = random.Random(seed), []
+        chunks = _cycled(train, batch_size, seed)
         best, best_state, bad = math.inf, None, 0
         bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
         with bar, _only_trainable(model, tuned.values()), torch.enable_grad():
             if val_batches:
                 best, best_state = validate(0), dict(originals)
             for step in bar:
-                if len(order) < batch_size:
-                    fresh = list(range(len(train)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                chunk = [train[i] for i in order[:batch_size]]
-                del order[:batch_size]
-                p = _prepare(tokenizer, chunk, n, vocab, device)
+                p = _prepare(tokenizer, next(chunks), n, vocab, device)
                 proj, token, minimum = _losses(
                     model, p, vectors, layers, mode, flip, bool(token_params), keep_grad=True
                 )
                 excess = None if token is None else float((token - minimum).detach())
                 token_step = excess is not None and excess > token_tolerance
-                losses = {"proj": proj, "token": token} if token_step else {"proj": proj}
-                # every gradient before any step: the token loss's graph holds the old weights
-                grads = {
-                    key: torch.autograd.grad(
-                        loss,
-                        list(groups[key][0].values()),
-                        retain_graph=key == "proj" and token_step,
-                        allow_unused=True,
-                    )
-                    for key, loss in losses.items()
-                }
-                for key, group_grads in grads.items():
-                    params = list(groups[key][0].values())
-                    for param, grad in zip(params, group_grads, strict=True):
-                        param.grad = grad
-                    optimizers[key].step()
-                    schedulers[key].step()
-                    for param in params:
-                        param.grad = None
-                log({"step": step + 1, "projection": float(proj.detach()),
-                     "token_excess": excess, "token_step": token_step})  # fmt: skip
+                # both gradients before either step: the token loss's graph holds the old weights
+                proj_grads = proj_group.grads(proj, retain_graph=token_step)
+                token_grads = token_group.grads(token) if token_step else None
+                proj_group.step(proj_grads)
+                if token_step:
+                    token_group.step(token_grads)
+                record = log({"step": step + 1, "projection": float(proj.detach()),
+                              "token_excess": excess, "token_step": token_step})  # fmt: skip
                 bar.set_postfix(
-                    proj=f"{float(proj.detach()):.4f}",
+                    proj=f"{record['projection']:.4f}",
                     tok="-" if excess is None else f"{excess:.3f}",
                 )
                 if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
@@ -1134,10 +1086,8 @@ def tune(
                     if score < best - 1e-6:
                         best, bad = score, 0
                         best_state = {name: p.detach().clone() for name, p in tuned.items()}
-                    else:
-                        bad += 1
-                        if bad >= patience:
-                            break
+                    elif (bad := bad + 1) >= patience:
+                        break
         if best_state is not None:
             with torch.no_grad():
                 for name, value in best_state.items():
@@ -1146,6 +1096,48 @@ def tune(
             name: old for name, old in originals.items() if not torch.equal(old, tuned[name])
         }
         return iv.WeightDelta.from_change(model, changed)
+
+
+@dataclass
+class _Group:
+    """A parameter group with its own AdamW and linear warmup (over its own steps)."""
+
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+
+    @classmethod
+    def of(cls, params: Mapping[str, nn.Parameter], lr: float, decay: float, warmup: int):
+        if not params:
+            return cls([], None, None)
+        optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=decay)
+        warm = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
+        )
+        return cls(list(params.values()), optimizer, warm)
+
+    def grads(self, loss: Tensor, retain_graph: bool = False) -> tuple[Tensor | None, ...]:
+        return torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+
+    def step(self, grads: Sequence[Tensor | None]) -> None:
+        for param, grad in zip(self.params, grads, strict=True):
+            param.grad = grad
+        self.optimizer.step()
+        self.scheduler.step()
+        for param in self.params:
+            param.grad = None
+
+
+def _cycled(items: Sequence, batch_size: int, seed: int) -> Iterator[list]:
+    """Batches of ``items`` from a seeded order, reshuffled whenever it runs short."""
+    rng, order = random.Random(seed), []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(len(items)))
+            rng.shuffle(fresh)
+            order += fresh
+        yield [items[i] for i in order[:batch_size]]
+        del order[:batch_size]
 
 
 # --- block search ---------------------------------------------------------------------------------
