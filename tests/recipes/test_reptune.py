@@ -398,6 +398,24 @@ def test_tune_in_and_out_on_held_out_prompts_and_revert(tok, claims, tmp_path):
     assert_same(model, before)
 
 
+def test_a_parameter_in_both_groups_is_the_token_groups(tok, claims, untouched):
+    model, d, data = _tiny_setup(tok, claims)
+    shared = set(rt.block_parameters(model, "layers.2.mlp"))
+    before = snapshot(model)
+    delta = rt.tune(model, tok, data, direction=d, layers=[2], projection_blocks=["layers.2.block"],
+                    token_blocks=["layers.2.mlp"], lr=1e-2, steps=2, batch_size=4,
+                    val_fraction=0.0, token_tolerance=math.inf, progress=False)  # fmt: skip
+    moved = set(delta.names)
+    assert moved and moved.isdisjoint(shared)  # no token step: the shared MLP stays as it was
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in shared)
+    delta.revert(model)
+    check = untouched(model)
+    with pytest.raises(ValueError, match="every parameter of projection_blocks is also in"):
+        rt.tune(model, tok, data, direction=d, layers=[2], projection_blocks=["layers.2.mlp"],
+                token_blocks=["layers.2.mlp"], steps=1, progress=False)  # fmt: skip
+    check()
+
+
 def test_tune_a_lora_model_names_parameters_of_the_causal_lm(tok, claims, lora):
     model, d, data = _tiny_setup(tok, claims)
     wrapped = lora(model, ["self_attn.v_proj"])
