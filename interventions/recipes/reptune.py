@@ -735,8 +735,9 @@ def soft_targets(
     tokenizer, distribution: Mapping[str, float], vocab_size: int
 ) -> Float[Tensor, " vocab"]:
     """A distribution over the first token of each string, e.g. ``{" True": .5, " False": .5}``."""
-    total = sum(distribution.values())
-    if total <= 0 or any(p < 0 for p in distribution.values()):
+    weights = [number(f"target[{key!r}]", p, at_least=0) for key, p in distribution.items()]
+    total = sum(weights)
+    if total <= 0:
         raise ValueError(f"target probabilities must be >= 0 with a positive sum: {distribution}")
     target = torch.zeros(vocab_size)
     for text, p in distribution.items():

@@ -223,6 +223,19 @@ def test_soft_targets_from_strings(tok):
         rt.soft_targets(tok, {" True": 0.0}, 99)
 
 
+@pytest.mark.parametrize(
+    ("distribution", "message"),
+    [
+        ({" True": float("nan")}, r"target\[' True'\] must be a finite number >= 0, got nan"),
+        ({" True": 1.0, " False": -0.5}, r"target\[' False'\] must be a finite number >= 0"),
+        ({" True": float("inf")}, r"target\[' True'\] must be a finite number >= 0, got inf"),
+    ],
+)
+def test_soft_targets_refuse_non_finite_and_negative_probabilities(tok, distribution, message):
+    with pytest.raises(ValueError, match=message):
+        rt.soft_targets(tok, distribution, 99)
+
+
 # --- batching, residuals, direction ---------------------------------------------------------------
 
 
