@@ -568,29 +568,12 @@ def extract_direction(
         "layers", layers, iv.geometry(model).n_layers, hint="name the layers to read, e.g. [20, 21]"
     )
     n_positions = integer("n_positions", n_positions)
-    pairs = list(pairs)
-    n_total = len(pairs)
-    if only_correct:
-        if any(p.positive_answer is None or p.negative_answer is None for p in pairs):
-            raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
-        for p in pairs:
-            for answer in (p.positive_answer, p.negative_answer):
-                if answer not in choices:
-                    raise ValueError(f"answer {answer!r} is not one of choices {choices!r}")
-        prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
-        margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size)
-        said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
-        n = len(pairs)
-        pairs = [
-            p
-            for i, p in enumerate(pairs)
-            if said[i] == p.positive_answer and said[n + i] == p.negative_answer
-        ]
-        if not pairs:
-            raise ValueError(
-                f"none of the {n} pairs is answered as expected (positive and negative); "
-                "use only_correct=False or other prompts"
-            )
+    offered = list(pairs)
+    pairs = (
+        _answered_as_expected(model, tokenizer, offered, choices, batch_size)
+        if only_correct
+        else offered
+    )
     positive, negative = (
         residuals(model, tokenizer, prompts, layers, n_positions, batch_size)
         for prompts in ([p.positive for p in pairs], [p.negative for p in pairs])
@@ -620,8 +603,36 @@ def extract_direction(
         tuple(layers),
         method,
         len(pairs),
-        {"pairs_offered": n_total, "only_correct": only_correct},
+        {"pairs_offered": len(offered), "only_correct": only_correct},
     )
+
+
+def _answered_as_expected(
+    model: nn.Module, tokenizer, pairs: list[Pair], choices: tuple[str, str], batch_size: int
+) -> list[Pair]:
+    """The pairs whose positive prompt the model answers ``positive_answer`` and negative prompt
+    ``negative_answer`` (forced choice between ``choices``)."""
+    answers = [answer for p in pairs for answer in (p.positive_answer, p.negative_answer)]
+    if None in answers:
+        raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
+    wrong = [answer for answer in answers if answer not in choices]
+    if wrong:
+        raise ValueError(f"answer {wrong[0]!r} is not one of choices {choices!r}")
+    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size)
+    said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
+    n = len(pairs)
+    kept = [
+        p
+        for i, p in enumerate(pairs)
+        if said[i] == p.positive_answer and said[n + i] == p.negative_answer
+    ]
+    if not kept:
+        raise ValueError(
+            f"none of the {n} pairs is answered as expected (positive and negative); "
+            "use only_correct=False or other prompts"
+        )
+    return kept
 
 
 # --- losses ---------------------------------------------------------------------------------------
