@@ -746,14 +746,18 @@ def soft_targets(
     tokenizer, distribution: Mapping[str, float], vocab_size: int
 ) -> Float[Tensor, " vocab"]:
     """A distribution over the first token of each string, e.g. ``{" True": .5, " False": .5}``."""
-    weights = [number(f"target[{key!r}]", p, at_least=0) for key, p in distribution.items()]
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError(f"target probabilities must be >= 0 with a positive sum: {distribution}")
+    total = sum(_probabilities(distribution))
     target = torch.zeros(vocab_size)
     for text, p in distribution.items():
         target[_first_token(tokenizer, text)] += p / total
     return target
+
+
+def _probabilities(distribution: Mapping[str, float]) -> list[float]:
+    weights = [number(f"target[{key!r}]", p, at_least=0) for key, p in distribution.items()]
+    if sum(weights) <= 0:
+        raise ValueError(f"target probabilities must be >= 0 with a positive sum: {distribution}")
+    return weights
 
 
 # --- parameter blocks -----------------------------------------------------------------------------
@@ -1026,6 +1030,9 @@ def tune(
     train, val = (
         _split(data, val_fraction, seed) if val_data is None else (list(data), list(val_data))
     )
+    for example in [*train, *val]:  # refused before anything runs
+        if isinstance(example.target, Mapping):
+            _probabilities(example.target)
     if not any(e.target is not None for e in train):
         token_params = {}
     # A parameter named in both groups is the token loss's alone (the projection loss never

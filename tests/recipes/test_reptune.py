@@ -535,6 +535,15 @@ def test_tune_refuses_nonsense_hyperparameters_and_changes_nothing(
     check()
 
 
+def test_tune_refuses_a_non_finite_target_before_anything_runs(tok, claims, untouched):
+    model, d, data = _tiny_setup(tok, claims, n_claims=8)
+    check = untouched(model)
+    bad = [*data, rt.Example(data[0].prompt, {" True": float("nan"), " False": 1.0})]
+    with pytest.raises(ValueError, match=r"target\[' True'\] must be a finite number >= 0"):
+        rt.tune(model, tok, bad, direction=d, layers=[1, 2], steps=2, progress=False)
+    check()
+
+
 def test_tune_refuses_zero_non_finite_and_foreign_directions(tok, claims, untouched):
     model, d, data = _tiny_setup(tok, claims, n_claims=8)
     check = untouched(model)
