@@ -56,7 +56,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -65,13 +65,15 @@ from pathlib import Path
 import torch
 from einops import rearrange, reduce
 from jaxtyping import Bool, Float, Int
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions import lm, text
 from interventions.checks import indices, integer, number
+from interventions.lm import perplexity as perplexity  # re-exported: reptune.perplexity(...)
+from interventions.lm import token_cross_entropy
+from interventions.weights import load_tensors, save_tensors
 
 CHOICES = (" True", " False")
 _FORMAT = "interventions.reptune.Direction/1"
@@ -226,43 +228,29 @@ def tuning_examples(
 
 
 @dataclass
-class Batch:
-    """Left-padded tokens with explicit position ids (so padding never shifts a real token)."""
+class Batch(text.Batch):
+    """Left-padded prompts, each followed by its completion (if any); ``prompt_end`` is the
+    column just after each prompt (== t without completions)."""
 
-    input_ids: Int[Tensor, "b t"]
-    attention_mask: Int[Tensor, "b t"]
-    position_ids: Int[Tensor, "b t"]
-    prompt_end: Int[Tensor, " b"]  # column just after each prompt (== t without completions)
+    prompt_end: Int[Tensor, " b"]
 
-    def model_inputs(self) -> dict[str, Tensor]:
-        return dict(
-            input_ids=self.input_ids,
-            attention_mask=self.attention_mask,
-            position_ids=self.position_ids,
-        )
+    def to(self, where: torch.device | str | nn.Module) -> "Batch":
+        moved = super().to(where)
+        end = self.prompt_end.to(moved.input_ids.device)
+        return Batch(moved.input_ids, moved.attention_mask, moved.position_ids, end)
 
     def last_prompt_tokens(self, n: int) -> Bool[Tensor, "b t"]:
         """Mask of the last ``n`` prompt tokens of each row (refusing position 0)."""
         start = self.prompt_end - n
-        first_real = self.input_ids.shape[1] - self.attention_mask.sum(-1)
+        first_real = self.first_real()
         if bool((start <= first_real).any()):
             short = int((self.prompt_end - first_real).min())
             raise ValueError(
                 f"a prompt has only {short} tokens: the last {n} would include its first token "
                 "(the attention sink, an outlier in norm); use fewer positions or longer prompts"
             )
-        columns = torch.arange(self.input_ids.shape[1])
+        columns = torch.arange(self.input_ids.shape[1], device=start.device)
         return (columns >= start[:, None]) & (columns < self.prompt_end[:, None])
-
-
-def _pad_id(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
-    return 0 if pad is None else int(pad)
-
-
-def _encode(tokenizer, text: str, special: bool = True) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 def make_batch(
@@ -271,102 +259,48 @@ def make_batch(
     """Tokenize prompts (and completions appended to them), pad on the left."""
     rows, ends = [], []
     for i, prompt in enumerate(prompts):
-        ids = _encode(tokenizer, prompt)
-        end = len(ids)
+        ids = text.token_ids(tokenizer, prompt)
+        ends.append(len(ids))
         if completions is not None and completions[i]:
-            ids += _encode(tokenizer, completions[i], special=False)
+            ids += text.token_ids(tokenizer, completions[i], special=False)
         rows.append(ids)
-        ends.append(end)
-    width = max(len(r) for r in rows)
-    pad = _pad_id(tokenizer)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    prompt_end = torch.tensor([width - len(r) + e for r, e in zip(rows, ends, strict=True)])
-    return Batch(ids, mask, positions, prompt_end)
+    padded = text.pad(rows, text.pad_id(tokenizer), "left")
+    width = padded.input_ids.shape[1]
+    end = torch.tensor([width - len(r) + e for r, e in zip(rows, ends, strict=True)])
+    return Batch(padded.input_ids, padded.attention_mask, padded.position_ids, end)
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    ids, mask, positions, end = (
-        t.to(device)
-        for t in (batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_end)
-    )
-    return Batch(ids, mask, positions, end)
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    size = integer("batch_size", size)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _first_token(tokenizer, text: str) -> int:
-    ids = _encode(tokenizer, text, special=False)
+def _first_token(tokenizer, string: str) -> int:
+    ids = text.token_ids(tokenizer, string, special=False)
     if not ids:
-        raise ValueError(f"{text!r} encodes to no token")
+        raise ValueError(f"{string!r} encodes to no token")
     return ids[0]
 
 
-# --- capturing the residual stream (forwards stop after the last layer needed) --------------------
-
-
-class _StopForward(Exception):
-    pass
-
-
-class _Stop(iv.Intervention):
-    """Ends the forward: nothing after the last captured layer is computed."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        raise _StopForward
-
-
-def _stop_site(model: nn.Module, last_layer: int) -> str:
-    n_layers = iv.geometry(model).n_layers
-    return f"layers.{last_layer + 1}.resid_pre" if last_layer + 1 < n_layers else "final_norm"
-
-
-@contextmanager
-def _residuals(
+def _resid_post(
     model: nn.Module,
+    batch: Batch,
     layers: Sequence[int],
     positions: Bool[Tensor, "b t"],
     keep_grad: bool,
-    stop: bool,
-) -> Iterator[Callable[[], Float[Tensor, "b l n d"]]]:
-    """Capture ``resid_post`` at ``layers`` and the marked positions (the same count per row);
-    yields a function that returns them as ``[batch, layers, positions, d_model]``."""
+    keep_logits: int = 0,
+) -> tuple[Float[Tensor, "b l n d"], Tensor | None]:
+    """``resid_post`` at ``layers`` and the marked positions (the same count per row), as
+    ``[batch, layers, positions, d_model]``, and the logits of the last ``keep_logits`` columns;
+    without logits the forward stops after the last of ``layers``."""
     sites = [f"layers.{i}.resid_post" for i in layers]
-    plan = {_stop_site(model, max(layers)): _Stop()} if stop else None
     per_row = positions.sum(-1)
     if bool((per_row != per_row[0]).any()):
         raise ValueError("every row must mark the same number of positions")
-    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, plan=plan) as cache:
-
-        def stacked() -> Float[Tensor, "b l n d"]:
-            acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
-            return rearrange(acts, "l (b n) d -> b l n d", n=int(per_row[0]))
-
-        yield stacked
-
-
-def _run(model: nn.Module, batch: Batch, logits_to_keep: int = 0) -> Tensor | None:
-    """Forward; returns the logits, or None when a stop intervention ended the forward early."""
-    try:
-        if not logits_to_keep:
-            return model(**batch.model_inputs()).logits
-        try:
-            return model(**batch.model_inputs(), logits_to_keep=logits_to_keep).logits
-        except TypeError as error:  # older models compute every column's logits
-            if "logits_to_keep" not in str(error):
-                raise
-            return model(**batch.model_inputs()).logits[:, -logits_to_keep:]
-    except _StopForward:
-        return None
+    logits = None
+    stop = not keep_logits
+    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, stop=stop) as cache:
+        if stop:
+            model(**batch.inputs(model))  # ends the block: nothing after the last layer runs
+        else:
+            logits = lm.logits(model, batch, keep=keep_logits)
+    acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
+    return rearrange(acts, "l (b n) d -> b l n d", n=int(per_row[0])), logits
 
 
 def residuals(
@@ -378,13 +312,12 @@ def residuals(
     batch_size: int = 16,
 ) -> Float[Tensor, "n l p d"]:
     """``resid_post`` at ``layers`` and the last ``n_positions`` tokens of each prompt (no grad)."""
-    device, out = _device(model), []
-    for chunk in _chunks(list(prompts), batch_size):
-        batch = _to(make_batch(tokenizer, chunk), device)
+    out = []
+    for chunk in text.batches(list(prompts), batch_size):
+        batch = make_batch(tokenizer, chunk).to(model)
         mask = batch.last_prompt_tokens(n_positions)
-        with torch.no_grad(), _residuals(model, layers, mask, False, stop=True) as acts:
-            _run(model, batch)
-            out.append(acts().float().cpu())
+        with torch.no_grad():
+            out.append(_resid_post(model, batch, layers, mask, keep_grad=False)[0].float().cpu())
     return torch.cat(out)
 
 
@@ -473,53 +406,16 @@ class Direction:
         return {site: iv.Compose(*parts)}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            "format": _FORMAT,
-            "layers": json.dumps(list(self.layers)),
-            "method": self.method,
-            "n_pairs": str(self.n_pairs),
-            "meta": json.dumps(self.meta),
-        }
-        save_file({"vectors": self.vectors.detach().cpu().contiguous()}, str(path), metadata)
-        return path
+        """One safetensors file, written atomically (a failed save leaves an old file intact)."""
+        metadata = {"layers": json.dumps(list(self.layers)), "method": self.method,
+                    "n_pairs": str(self.n_pairs), "meta": json.dumps(self.meta)}  # fmt: skip
+        return save_tensors(path, {"vectors": self.vectors}, format=_FORMAT, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Direction":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a reptune direction (no {_FORMAT!r} metadata)")
-            vectors = f.get_tensor("vectors")
-        return cls(
-            vectors,
-            tuple(json.loads(metadata["layers"])),
-            metadata["method"],
-            int(metadata["n_pairs"]),
-            json.loads(metadata["meta"]),
-        )
-
-
-def forced_choice_margins(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    choices: tuple[str, str] = CHOICES,
-    batch_size: int = 16,
-    plan: Mapping[str, iv.Intervention] | None = None,
-) -> Float[Tensor, " n"]:
-    """``log p(choices[0]) - log p(choices[1])`` for the next token after each prompt."""
-    a, b = (_first_token(tokenizer, c) for c in choices)
-    if a == b:
-        raise ValueError(f"choices {choices!r} start with the same token")
-    device, out = _device(model), []
-    for chunk in _chunks(list(prompts), batch_size):
-        batch = _to(make_batch(tokenizer, chunk), device)
-        with torch.no_grad(), iv.intervene(model, plan or {}):
-            logits = _run(model, batch, logits_to_keep=1)[:, -1].float()
-        out.append((logits[:, a] - logits[:, b]).cpu())
-    return torch.cat(out)
+        tensors, m = load_tensors(path, format=_FORMAT)
+        layers, meta = tuple(json.loads(m["layers"])), json.loads(m["meta"])
+        return cls(tensors["vectors"], layers, m["method"], int(m["n_pairs"]), meta)
 
 
 def _direction_at(direction: Direction, layers: Sequence[int], model: nn.Module) -> Tensor:
@@ -539,7 +435,7 @@ def _direction_at(direction: Direction, layers: Sequence[int], model: nn.Module)
             f"the direction has width {vectors.shape[-1]}, the model's residual stream "
             f"{d_model}: it was made for another model; extract it from this one"
         )
-    return vectors.to(_device(model))
+    return vectors.to(text.device_of(model))
 
 
 def extract_direction(
@@ -619,7 +515,7 @@ def _answered_as_expected(
     if wrong:
         raise ValueError(f"answer {wrong[0]!r} is not one of choices {choices!r}")
     prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
-    margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size)
+    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size)
     said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
     n = len(pairs)
     kept = [
@@ -714,17 +610,6 @@ def target_entropy(
     return entropy.mean() if mean else entropy
 
 
-def token_cross_entropy(
-    logits: Float[Tensor, "b t vocab"], labels: Int[Tensor, "b t"], ignore_index: int = -100
-) -> Float[Tensor, ""]:
-    """The plain token loss: ``labels[:, j]`` is the token that follows column ``j``."""
-    return nn.functional.cross_entropy(
-        rearrange(logits.float(), "b t v -> (b t) v"),
-        rearrange(labels, "b t -> (b t)"),
-        ignore_index=ignore_index,
-    )
-
-
 def format_loss(
     logits: Float[Tensor, "b vocab"], choices: Bool[Tensor, "b vocab"], mean: bool = True
 ) -> Float[Tensor, "*b"]:
@@ -748,8 +633,8 @@ def soft_targets(
     """A distribution over the first token of each string, e.g. ``{" True": .5, " False": .5}``."""
     total = sum(_probabilities(distribution))
     target = torch.zeros(vocab_size)
-    for text, p in distribution.items():
-        target[_first_token(tokenizer, text)] += p / total
+    for string, p in distribution.items():
+        target[_first_token(tokenizer, string)] += p / total
     return target
 
 
@@ -762,31 +647,18 @@ def _probabilities(distribution: Mapping[str, float]) -> list[float]:
 
 # --- parameter blocks -----------------------------------------------------------------------------
 
-MODULE_KINDS = ("attn", "attn.q", "attn.k", "attn.v", "attn.o", "mlp", "mlp.down", "block")
-_ATTN_CHILD = {"attn.q": "q_proj", "attn.k": "k_proj", "attn.v": "v_proj"}
-
-
-def _module_path(table: iv.Adapter, kind: str) -> str:
-    if kind == "block":
-        return ""
-    if kind == "attn":
-        return table.attn
-    if kind == "attn.o":
-        return table.o_proj
-    if kind == "mlp.down":
-        return table.down_proj
-    if kind == "mlp":
-        return table.down_proj.rpartition(".")[0]
-    if kind in _ATTN_CHILD:
-        return f"{table.attn}.{_ATTN_CHILD[kind]}"
-    raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(MODULE_KINDS)}")
+# the recipe's block kinds as iv.parameters names their weights ("" is the whole block)
+_WEIGHTS = {"attn": ".attn", "attn.q": ".attn.q_proj", "attn.k": ".attn.k_proj",
+            "attn.v": ".attn.v_proj", "attn.o": ".attn.o_proj", "mlp": ".mlp",
+            "mlp.down": ".mlp.down_proj", "block": ""}  # fmt: skip
+MODULE_KINDS = tuple(_WEIGHTS)
 
 
 def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str, nn.Parameter]:
     """Parameters of blocks named ``"layers.{i|a:b|*}.{kind}"``, kind one of ``MODULE_KINDS``
     (``attn.v`` is the value projection, ``attn.o`` the output projection, ``mlp`` the whole
-    MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds."""
-    table = iv.adapter(model)
+    MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds. Keys are the
+    causal LM's parameter names (``iv.parameters``), also when a PEFT model wraps it."""
     n_layers = iv.geometry(model).n_layers
     found: dict[str, nn.Parameter] = {}
     for block in [blocks] if isinstance(blocks, str) else list(blocks):
@@ -796,30 +668,25 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                 f"bad block {block!r}: expected 'layers.{{i|a:b|*}}.{{kind}}' with kind in "
                 f"{', '.join(MODULE_KINDS)}, e.g. 'layers.8:12.attn.v+attn.o'"
             )
+        unknown = [kind for kind in parts[2].split("+") if kind not in _WEIGHTS]
+        if unknown:
+            raise ValueError(
+                f"unknown module kind {unknown[0]!r} in block {block!r}; expected one of "
+                f"{', '.join(MODULE_KINDS)}"
+            )
         try:
             layers = iv.layer_range(parts[1], n_layers)
-        except ValueError as error:
+            for layer in layers:
+                for kind in parts[2].split("+"):
+                    found.update(iv.parameters(model, f"layers.{layer}{_WEIGHTS[kind]}"))
+        except (ValueError, NotImplementedError) as error:  # e.g. GPT-2's fused c_attn
             raise ValueError(f"block {block!r}: {error}") from error
-        for layer in layers:
-            for kind in parts[2].split("+"):
-                path = _module_path(table, kind)
-                try:
-                    module = table.block_module(model, layer, path)
-                except AttributeError as error:
-                    raise ValueError(
-                        f"block {block!r}: {table.name} has no module {path!r} (kind {kind!r}); "
-                        f"fused projections such as GPT-2's c_attn only exist as 'attn'"
-                    ) from error
-                # names from the causal LM down, also when a PEFT model wraps it
-                prefix = ".".join(part for part in (table.layers, str(layer), path) if part)
-                for name, param in module.named_parameters(prefix=prefix):
-                    if param.is_meta:
-                        raise ValueError(
-                            f"block {block!r}: {name} is offloaded (accelerate keeps it on the "
-                            "meta device), so it cannot be trained: load the model with its "
-                            "weights in memory (no CPU or disk offload)"
-                        )
-                    found[name] = param
+    offloaded = [name for name, param in found.items() if param.is_meta]
+    if offloaded:
+        raise ValueError(
+            f"{offloaded[0]} is offloaded (accelerate keeps it on the meta device), so it cannot "
+            "be trained: load the model with its weights in memory (no CPU or disk offload)"
+        )
     return found
 
 
@@ -848,7 +715,7 @@ def _prepare(
     tokenizer, examples: Sequence[Example], n_positions: int, vocab: int, device: torch.device
 ) -> _Prepared:
     completions = [e.target if isinstance(e.target, str) else "" for e in examples]
-    batch = _to(make_batch(tokenizer, [e.prompt for e in examples], completions), device)
+    batch = make_batch(tokenizer, [e.prompt for e in examples], completions).to(device)
     width = batch.input_ids.shape[1]
     soft_rows = torch.tensor(
         [isinstance(e.target, (Mapping, AnyOf)) for e in examples], device=device
@@ -910,36 +777,13 @@ def _losses(
     with_tokens: bool,
     keep_grad: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    with_tokens = with_tokens and p.keep > 0  # this batch may hold no token target
-    with _residuals(model, layers, p.proj_mask, keep_grad, stop=not with_tokens) as acts:
-        logits = _run(model, p.batch, logits_to_keep=p.keep if with_tokens else 0)
-        proj = projection_loss(acts(), direction, mode, flip)
-    if not with_tokens or logits is None:
+    keep = p.keep if with_tokens else 0  # this batch may hold no token target (keep 0)
+    acts, logits = _resid_post(model, p.batch, layers, p.proj_mask, keep_grad, keep)
+    proj = projection_loss(acts, direction, mode, flip)
+    if logits is None:
         return proj, None, None
     token, minimum = _token_loss(p, logits)
     return proj, token, minimum
-
-
-@contextmanager
-def _restored_on_failure(
-    model: nn.Module, params: Mapping[str, nn.Parameter]
-) -> Iterator[dict[str, Tensor]]:
-    """Yields copies of ``params``. On any exception, Ctrl-C (KeyboardInterrupt) included, puts
-    back their values bit-exactly, their gradients and every module's train/eval mode, then
-    re-raises: an interrupted tuning run leaves no half-tuned weights."""
-    originals = {name: p.detach().clone() for name, p in params.items()}
-    grads = {name: p.grad for name, p in params.items()}
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield originals
-    except BaseException:
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(originals[name])
-                param.grad = grads[name]
-        for module, training in modes:
-            module.training = training
-        raise
 
 
 @contextmanager
@@ -1046,7 +890,7 @@ def tune(
     # Validation always measures the token loss when there is one, so that runs with and
     # without a token group (block search) are scored alike.
     val_tokens = any(e.target is not None for e in val)
-    vocab, device, n = iv.geometry(model).d_vocab, _device(model), direction.n_positions
+    vocab, device, n = iv.geometry(model).d_vocab, text.device_of(model), direction.n_positions
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
 
     def log(record: dict) -> dict:
@@ -1069,11 +913,13 @@ def tune(
                       "val_token_excess": excess_sum / k})  # fmt: skip
         return record["val_projection"] + record["val_token_excess"]
 
-    with _restored_on_failure(model, tuned) as originals:
+    # a failed or interrupted run (Ctrl-C too) puts every tuned parameter back bit-exactly
+    with iv.WeightDelta.recording(model, tuned) as recording:
+        originals = recording.originals
         proj_group = _Group.of(proj_params, lr, weight_decay, warmup)
         token_group = _Group.of(token_params, token_lr, weight_decay, warmup)
         val_batches = [
-            _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
+            _prepare(tokenizer, chunk, n, vocab, device) for chunk in text.batches(val, batch_size)
         ]
         chunks = _cycled(train, batch_size, seed)
         best, best_state, bad = math.inf, None, 0
@@ -1111,10 +957,7 @@ def tune(
             with torch.no_grad():
                 for name, value in best_state.items():
                     tuned[name].copy_(value)
-        changed = {
-            name: old for name, old in originals.items() if not torch.equal(old, tuned[name])
-        }
-        return iv.WeightDelta.from_change(model, changed)
+    return recording.delta
 
 
 @dataclass
@@ -1277,46 +1120,6 @@ def search_blocks(
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def perplexity(
-    model: nn.Module,
-    tokenizer,
-    text: str,
-    *,
-    window: int = 256,
-    stride: int = 128,
-    max_tokens: int | None = None,
-) -> float:
-    """Sliding-window perplexity: windows of ``window`` tokens every ``stride`` tokens, each
-    token scored once, with up to ``window - stride`` tokens of context before it."""
-    window, stride = integer("window", window, minimum=2), integer("stride", stride)
-    if stride > window:
-        raise ValueError(f"need stride <= window, got stride={stride}, window={window}")
-    if max_tokens is not None:
-        max_tokens = integer("max_tokens", max_tokens, minimum=2)
-    ids = torch.tensor(_encode(tokenizer, text))
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("perplexity needs a text of at least two tokens")
-    device = _device(model)
-    nll, count, scored_to = 0.0, 0, 0
-    for begin in range(0, len(ids) - 1, stride):
-        end = min(begin + window, len(ids))
-        chunk = ids[begin:end][None].to(device)
-        labels = chunk.clone()
-        labels[:, : max(scored_to - begin, 1)] = -100  # score only new tokens (never column 0)
-        with torch.no_grad():
-            logits = model(input_ids=chunk).logits
-        n_new = int((labels[:, 1:] != -100).sum())
-        if n_new:
-            nll += float(token_cross_entropy(logits[:, :-1], labels[:, 1:])) * n_new
-            count += n_new
-        scored_to = end
-        if end == len(ids):
-            break
-    return math.exp(nll / count)
-
-
 @dataclass
 class ForcedChoice:
     """Forced choice between two answers: margins are ``log p(first) - log p(second)``."""
@@ -1351,7 +1154,7 @@ def forced_choice(
 ) -> ForcedChoice:
     """Which of ``choices`` the model prefers after each prompt (``plan`` steers meanwhile);
     ``labels[i]`` True means ``choices[0]`` is right."""
-    margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size, plan)
+    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan)
     return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
 
 
@@ -1396,7 +1199,9 @@ def steerability(
     means = []
     for alpha in alphas:
         plan = direction.steering_plan(layer, alpha)
-        margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size, plan)
+        margins = lm.choice_margin(
+            model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan
+        )
         means.append(float(margins.mean()))
     a = torch.tensor(list(alphas), dtype=torch.float64)
     m = torch.tensor(means, dtype=torch.float64)
