@@ -881,7 +881,7 @@ def tune(
         token_params = {}
     # A parameter named in both groups is the token loss's alone (the projection loss never
     # moves what keeps the output coherent).
-    proj_params = {name: p for name, p in proj_params.items() if name not in token_params}
+    proj_params = {k: param for k, param in proj_params.items() if k not in token_params}
     if not proj_params:
         raise ValueError(
             "every parameter of projection_blocks is also in token_blocks, which only the token "
@@ -950,7 +950,7 @@ def tune(
                     score = validate(step + 1)
                     if score < best - 1e-6:
                         best, bad = score, 0
-                        best_state = {name: p.detach().clone() for name, p in tuned.items()}
+                        best_state = {k: param.detach().clone() for k, param in tuned.items()}
                     elif (bad := bad + 1) >= patience:
                         break
         if best_state is not None:
