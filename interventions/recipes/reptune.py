@@ -195,20 +195,17 @@ def honesty_pairs(claims: Iterable[Claim], choices: tuple[str, str] = CHOICES) -
 
 @dataclass(frozen=True)
 class AnyOf:
-    """A target that keeps the answer format but not the answer: the next token should be one
-    of ``choices``, in any proportion. The loss is ``format_loss``, ``-log p(choices)`` (its
-    minimum is 0), with one shared gradient for the choices' logits, so it never pulls the
-    answer toward either choice."""
+    """A target that keeps the answer format but not the answer: the next token is one of
+    ``choices``, in any proportion (``format_loss``, minimum 0)."""
 
     choices: tuple[str, ...] = CHOICES
 
 
 @dataclass(frozen=True)
 class Example:
-    """One tuning example: the projection loss acts at the last prompt tokens; ``target`` is a
-    completion (plain token loss on its tokens), a distribution over next tokens such as
-    ``{" True": 0.5, " False": 0.5}`` or ``AnyOf((" True", " False"))`` (soft-target loss at the
-    last prompt token), or None (no token loss)."""
+    """The projection loss acts at the prompt's last tokens; ``target`` is a completion (plain
+    token loss), a next-token distribution such as ``{" True": 0.5, " False": 0.5}``, an
+    ``AnyOf`` (both at the last prompt token), or None (no token loss)."""
 
     prompt: str
     target: str | Mapping[str, float] | AnyOf | None = None
@@ -219,8 +216,8 @@ def tuning_examples(
     target: str | Mapping[str, float] | AnyOf | None = AnyOf(CHOICES),
     honest: bool | None = None,
 ) -> list[Example]:
-    """Claim prompts (both contexts by default), each with ``target``: by default ``AnyOf``
-    the two answers (keep answering " True" or " False", in whatever proportion)."""
+    """Claim prompts (both contexts by default), each with ``target`` (by default: keep
+    answering " True" or " False", in whatever proportion)."""
     return [Example(p, target) for p in claim_prompts(claims, honest)]
 
 
