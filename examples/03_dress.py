@@ -118,11 +118,11 @@ def main() -> None:
                 sweep[split].append({"alpha": alpha, "kind": kind, **row})
 
     sweep_on("dev", dev, args.alphas, ["adaptive"])
-    dev_base = sweep["dev"][0]["fluency"]
+    dev_base = sweep["dev"][0][FLUENCY]
     ok = [
         r["alpha"]
         for r in sweep["dev"]
-        if r["kind"] == "adaptive" and r["fluency"] >= dev_base - args.fluency_budget
+        if r["kind"] == "adaptive" and r[FLUENCY] >= dev_base - args.fluency_budget
     ]
     alpha = max(ok) if ok else min(args.alphas)
     print(f"\nchosen alpha on dev (adaptive fluency within {args.fluency_budget}): {alpha}")
@@ -194,6 +194,7 @@ def main() -> None:
 
 
 KINDS = ["static", "adaptive"]
+FLUENCY = "inverse_log_perplexity"  # the paper's "Fluency" column: 1 / (1 + ln PPL)
 
 
 def _fit(model, tokenizer, train, args) -> dress.DressFit:
@@ -300,8 +301,7 @@ def _markdown(rows: list[dict], alpha: float) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['style_intensity']:.3f} | {r['semantic']:.3f} | "
-            f"{r['fluency']:.3f} |"
+            f"| {r['name']} | {r['style_intensity']:.3f} | {r['semantic']:.3f} | {r[FLUENCY]:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -319,18 +319,18 @@ def _plot(sweep: list[dict], rows: list[dict], path: Path, positions: str) -> No
     base = sweep[0]
     for kind, marker in (("static", "s"), ("adaptive", "o")):
         points = [r for r in sweep if r["kind"] == kind]
-        xs = [base["fluency"]] + [r["fluency"] for r in points]
+        xs = [base[FLUENCY]] + [r[FLUENCY] for r in points]
         ys = [base["style_intensity"]] + [r["style_intensity"] for r in points]
         where = "baked, all positions" if kind == "static" else f"positions={positions}"
         ax.plot(xs, ys, marker=marker, label=f"DRESS {kind} ({where})")
         for r in points:
-            ax.annotate(f"α={r['alpha']:g}", (r["fluency"], r["style_intensity"]), fontsize=7,
+            ax.annotate(f"α={r['alpha']:g}", (r[FLUENCY], r["style_intensity"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")  # fmt: skip
     for r in rows:
         if r["name"] == "prompting":
-            ax.scatter([r["fluency"]], [r["style_intensity"]], marker="*", s=120, c="k",
+            ax.scatter([r[FLUENCY]], [r["style_intensity"]], marker="*", s=120, c="k",
                        label="prompting", zorder=3)  # fmt: skip
-    ax.axvline(base["fluency"] - 0.05, color="grey", ls=":", lw=1, label="unsteered − 0.05")
+    ax.axvline(base[FLUENCY] - 0.05, color="grey", ls=":", lw=1, label="unsteered − 0.05")
     ax.set_xlabel("Fluency 1/(1+ln PPL) under the unedited model")
     ax.set_ylabel("Style Intensity (share judged Shakespearean)")
     ax.set_title("DRESS alpha sweep, SmolLM2-135M-Instruct, held-out questions", fontsize=10)

