@@ -287,9 +287,8 @@ def style_subspace(
 def _directions(
     styled: Float[Tensor, "pairs k d"], plain: Float[Tensor, "pairs k d"], kind: str
 ) -> Float[Tensor, "k d"]:
-    """Unscaled steering vectors (alpha multiplies them later)."""
-    if kind not in VECTOR_KINDS:
-        raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {kind!r}")
+    """Unscaled steering vectors (alpha multiplies them later); ``kind`` is checked by
+    ``_checked_options``."""
     diff = styled.double().mean(0) - plain.double().mean(0)
     if kind == "mean_diff":
         return diff.float()
@@ -739,7 +738,6 @@ def fit(
         num_heads, alpha, beta, clamp, rank, vectors, (val_ratio, seed, probe_c),
         g.n_layers * g.n_heads,
     )  # fmt: skip
-    integer("batch_size", batch_size)
     prompts = [format_prompt(tokenizer, t.question) for t in triples]
     styled = head_activations(
         model,
