@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from interventions.checks import integer
+from interventions import lm, text
 from interventions.probes import LogisticProbes, fit_logistic
 
 
@@ -55,11 +55,10 @@ class Embedder:
 
     @torch.no_grad()
     def __call__(self, texts: list[str], batch_size: int = 64) -> Float[Tensor, "n dim"]:
-        batch_size = integer("batch_size", batch_size)
         rows = []
-        for start in range(0, len(texts), batch_size):
+        for chunk in text.batches(texts, batch_size):
             batch = self.tokenizer(
-                texts[start : start + batch_size],
+                chunk,
                 padding=True,
                 truncation=True,
                 max_length=256,
@@ -117,7 +116,6 @@ def _paired(names: str, *texts: Sequence[str]) -> None:
         raise ValueError(f"{names} must pair up one to one, got lengths {lengths}")
 
 
-@torch.no_grad()
 def inverse_log_perplexity(
     model: nn.Module,
     tokenizer,
@@ -125,41 +123,25 @@ def inverse_log_perplexity(
     answers: list[str],
     *,
     batch_size: int = 16,
+    special: bool = True,
 ) -> Float[Tensor, " n"]:
     """``1 / (1 + ln PPL)`` of each answer given its prompt, under ``model`` as it is: call it
     on the unedited model. ``ln PPL`` is the mean negative log-likelihood of the answer's
-    tokens. An empty answer scores 0."""
+    tokens (``lm.continuation_logprobs``). An empty answer scores 0. ``special``: add the
+    tokenizer's special tokens (False for prompts from a chat template, which writes them)."""
     _paired("prompts and answers", prompts, answers)
-    batch_size = integer("batch_size", batch_size)
     scores = torch.zeros(len(answers))
-    items = [(i, p, a) for i, (p, a) in enumerate(zip(prompts, answers, strict=True)) if a]
-    device = next(model.parameters()).device
-    special = not getattr(tokenizer, "chat_template", None)  # a template writes its own
-    saved = getattr(tokenizer, "padding_side", "right")
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        texts = [p + a for _, p, a in chunk]
-        tokenizer.padding_side = "left"
-        try:
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
-            prompt_lengths = tokenizer(
-                [p for _, p, _ in chunk],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=special,
-            )["attention_mask"].sum(-1)
-        finally:
-            tokenizer.padding_side = saved
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # [b, t-1]: log p(ids[j+1])
-        first = ids.shape[1] - mask.sum(-1).cpu() + prompt_lengths  # first answer token
-        for row, (index, _, _) in enumerate(chunk):
-            answer_logp = token_logp[row, int(first[row]) - 1 :]
-            if answer_logp.numel() > 0:
-                scores[index] = 1.0 / (1.0 + float(-answer_logp.mean()))
+    scored = [i for i, answer in enumerate(answers) if answer]
+    if scored:
+        logp = lm.continuation_logprobs(
+            model,
+            tokenizer,
+            [(prompts[i], answers[i]) for i in scored],
+            batch_size=batch_size,
+            special=special,
+            names=[f"answers[{i}]" for i in scored],
+        )
+        scores[scored] = 1.0 / (1.0 - logp)
     return scores
 
 
@@ -185,6 +167,8 @@ def score_answers(
     prompts: list[str],
     answers: list[str],
     references: list[str],
+    *,
+    special: bool = True,
 ) -> Scores:
     """Style intensity, semantic preservation (to ``references``) and inverse log-perplexity
     of ``answers`` given ``prompts`` (the plain prompts; ``model`` must be the unedited one)."""
@@ -193,7 +177,7 @@ def score_answers(
         raise ValueError("score_answers needs at least one answer, got none")
     styled = judge.is_styled(answers).float()
     semantic = semantic_preservation(judge.embedder, answers, references)
-    fluent = inverse_log_perplexity(model, tokenizer, prompts, answers)
+    fluent = inverse_log_perplexity(model, tokenizer, prompts, answers, special=special)
     return Scores(
         style_intensity=float(styled.mean()),
         semantic=float(semantic.mean()),

@@ -62,19 +62,20 @@ from pathlib import Path
 import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions import lm, text
 from interventions.checks import integer, number
 from interventions.evals import style
 from interventions.evals.style import Embedder, Scores, StyleJudge, semantic_preservation
 from interventions.ops import Positions
 from interventions.probes import Ties, probe_pairs
+from interventions.weights import load_tensors, save_tensors
 
 _FORMAT = "interventions.dress/1"
+_SAVED_TENSORS = ("direction", "basis", "styled_mean")  # and the probe scores
+_SAVED_FIELDS = ("heads", "ranks", "alpha", "beta", "clamp", "geometry", "config")  # and ties
 TRIPLE_FIELDS = ("question", "styled", "plain")
 STYLE_INSTRUCTION = (
     "Answer in the style of Shakespeare, in Early Modern English (thee, thou, doth, hath)."
@@ -176,34 +177,12 @@ def format_prompt(tokenizer, question: str, *, instruction: str | None = None) -
     return f"Question: {content}\nAnswer:"
 
 
-@contextmanager
-def _left_padding(tokenizer) -> Iterator[None]:
-    saved = getattr(tokenizer, "padding_side", "right")
-    tokenizer.padding_side = "left"  # so position -1 is every row's last real token
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = saved
+def _special(tokenizer) -> bool:
+    """Add the tokenizer's special tokens, except to a chat template's text (it has its own)."""
+    return not getattr(tokenizer, "chat_template", None)
 
 
-def _encode(tokenizer, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-padded ``(input_ids, attention_mask)``; no special tokens if a chat template is used
-    (the template writes them)."""
-    special = not bool(getattr(tokenizer, "chat_template", None))
-    with _left_padding(tokenizer):
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
-    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
-def _batches(items: list, size: int, desc: str, progress: bool) -> Iterator[list]:
-    size = integer("batch_size", size)
-    starts = range(0, len(items), size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        yield items[start : start + size]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+HEADS = "layers.*.attn.heads"
 
 
 @torch.no_grad()
@@ -215,13 +194,15 @@ def head_activations(
     batch_size: int = 16,
     progress: bool = True,
 ) -> Float[Tensor, "n layers heads d_head"]:
-    """``layers.*.attn.heads`` at each text's last token (float32, CPU)."""
-    rows = []
-    for chunk in _batches(texts, batch_size, "attn.heads", progress):
-        ids, mask = _encode(tokenizer, chunk, _device(model))
-        with iv.capture(model, "layers.*.attn.heads", positions=-1, device="cpu") as cache:
-            model(input_ids=ids, attention_mask=mask)
-        rows.append(cache.stack("layers.*.attn.heads", dim=1).float())
+    """``layers.*.attn.heads`` at each text's last token (float32, CPU): left-padded batches,
+    each forward stopped once the last layer's heads are captured."""
+    rows, pad_with = [], text.pad_id(tokenizer)
+    for chunk in text.batches(texts, batch_size, desc="attn.heads", progress=progress):
+        ids = [text.token_ids(tokenizer, t, special=_special(tokenizer)) for t in chunk]
+        batch = text.pad(ids, pad_with, "left").to(model)
+        with iv.capture(model, HEADS, positions=-1, device="cpu", stop=True) as cache:
+            model(**batch.inputs(model))
+        rows.append(cache.stack(HEADS, dim=1).float())
     return torch.cat(rows, dim=0)
 
 
@@ -535,28 +516,11 @@ class DressFit:
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """One safetensors file: tensors plus the configuration as JSON metadata."""
-        path = Path(path)
-        tensors = {
-            "direction": self.direction,
-            "basis": self.basis,
-            "styled_mean": self.styled_mean,
-            **{f"scores/{k}": v for k, v in self.scores.items()},
-        }
-        meta = {
-            "heads": self.heads,
-            "ranks": self.ranks,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "clamp": self.clamp,
-            "geometry": self.geometry,
-            "ties": vars(self.ties),
-            "config": self.config,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(path), metadata={"format": _FORMAT, "dress": json.dumps(meta)})
-        return path
+        """One safetensors file (written atomically): the tensors, and the rest as JSON."""
+        tensors = {name: getattr(self, name) for name in _SAVED_TENSORS}
+        tensors |= {f"scores/{k}": v for k, v in self.scores.items()}
+        meta = {name: getattr(self, name) for name in _SAVED_FIELDS} | {"ties": vars(self.ties)}
+        return save_tensors(path, tensors, format=_FORMAT, metadata={"dress": json.dumps(meta)})
 
     def summary(self) -> str:
         acc = self.scores["val_accuracy"]
@@ -576,25 +540,18 @@ class DressFit:
 
 def load(path: str | os.PathLike) -> DressFit:
     """Load a fit saved with ``DressFit.save``."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a DRESS file (no {_FORMAT!r} metadata)")
-    tensors = load_file(str(path))
+    tensors, metadata = load_tensors(path, format=_FORMAT)
     meta = json.loads(metadata["dress"])
+    scores = {k.removeprefix("scores/"): v for k, v in tensors.items() if k.startswith("scores/")}
+    fields = {name: meta[name] for name in _SAVED_FIELDS} | {
+        "heads": [tuple(h) for h in meta["heads"]],  # JSON gives lists back
+        "clamp": None if meta["clamp"] is None else tuple(meta["clamp"]),
+    }
     return DressFit(
-        heads=[tuple(h) for h in meta["heads"]],
-        direction=tensors["direction"],
-        basis=tensors["basis"],
-        ranks=list(meta["ranks"]),
-        styled_mean=tensors["styled_mean"],
-        alpha=meta["alpha"],
-        beta=meta["beta"],
-        clamp=None if meta["clamp"] is None else tuple(meta["clamp"]),
-        geometry=meta["geometry"],
-        scores={k[len("scores/") :]: v for k, v in tensors.items() if k.startswith("scores/")},
+        **fields,
+        **{name: tensors[name] for name in _SAVED_TENSORS},
+        scores=scores,
         ties=Ties(**meta["ties"]),
-        config=meta["config"],
     )
 
 
@@ -802,8 +759,16 @@ def random_heads(fit: DressFit, seed: int = 0) -> DressFit:
 # --- the paper's separate-forward variant ---------------------------------------------------------
 
 
-def _position_ids(mask: Int[Tensor, "b t"]) -> Int[Tensor, "b t"]:
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+def _decode_step(
+    model: nn.Module, new: Int[Tensor, "b s"], mask: Int[Tensor, "b t"], past: object
+) -> object:
+    """One cached forward over the newest tokens, positions counted from the mask (as
+    ``text.pad`` counts them), so that left padding does not shift them."""
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1] :]
+    return model(
+        input_ids=new, attention_mask=mask, position_ids=positions, past_key_values=past,
+        use_cache=True,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -829,39 +794,24 @@ def generate_separate(
     their own KV cache. Returns prompt + generated tokens like ``generate``.
     """
     fit.check_model(model)
-    device = _device(model)
+    device = text.device_of(model)
     ids = input_ids.to(device)
     mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)
-    src = ids if source_ids is None else source_ids.to(device)
     if source_ids is None:
-        src_mask = mask
+        src, src_mask = ids, mask
     else:
+        src = source_ids.to(device)
         src_mask = torch.ones_like(src) if source_mask is None else source_mask.to(device)
     plan = fit.adaptive_plan(beta=beta, clamp=clamp, positions=None)
-    sites = list(plan)
-    new_src, new_ids = src, ids
-    past_src = past = None
+    new_src, new_ids, past_src, past = src, ids, None, None
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        with iv.capture(model, sites, positions=-1) as cache:
-            out = model(
-                input_ids=new_src,
-                attention_mask=src_mask,
-                position_ids=_position_ids(src_mask)[:, -new_src.shape[1] :],
-                past_key_values=past_src,
-                use_cache=True,
-            )
-        past_src = out.past_key_values
+        with iv.capture(model, list(plan), positions=-1) as cache:
+            past_src = _decode_step(model, new_src, src_mask, past_src).past_key_values
         for site, steer in plan.items():
             steer.source = cache[site][:, list(steer.heads)]
         with iv.intervene(model, plan):
-            out = model(
-                input_ids=new_ids,
-                attention_mask=mask,
-                position_ids=_position_ids(mask)[:, -new_ids.shape[1] :],
-                past_key_values=past,
-                use_cache=True,
-            )
+            out = _decode_step(model, new_ids, mask, past)
         past = out.past_key_values
         token = out.logits[:, -1].argmax(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
@@ -880,7 +830,6 @@ def generate_separate(
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def generate_answers(
     model: nn.Module,
     tokenizer,
@@ -891,23 +840,18 @@ def generate_answers(
     batch_size: int = 20,
     progress: bool = True,
 ) -> list[str]:
-    """Greedy answers (left-padded batches), decoded without special tokens."""
-    answers = []
-    for chunk in _batches(questions, batch_size, "generate", progress):
-        prompts = [format_prompt(tokenizer, q, instruction=instruction) for q in chunk]
-        ids, mask = _encode(tokenizer, prompts, _device(model))
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        answers += [
-            tokenizer.decode(row, skip_special_tokens=True).strip()
-            for row in out[:, ids.shape[1] :]
-        ]
-    return answers
+    """Greedy answers to ``questions`` in DRESS's prompt (``format_prompt``), stripped."""
+    prompts = [format_prompt(tokenizer, q, instruction=instruction) for q in questions]
+    answers = lm.generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        special=_special(tokenizer),
+        progress=progress,
+    )
+    return [a.strip() for a in answers]
 
 
 def score_answers(
@@ -921,7 +865,9 @@ def score_answers(
     """``evals.style.score_answers`` of answers to ``questions``, each scored given its plain
     prompt (``format_prompt``, no instruction); ``model`` must be unedited."""
     prompts = [format_prompt(tokenizer, q) for q in questions]
-    return style.score_answers(model, tokenizer, judge, prompts, answers, references)
+    return style.score_answers(
+        model, tokenizer, judge, prompts, answers, references, special=_special(tokenizer)
+    )
 
 
 __all__ = [

@@ -8,34 +8,10 @@ from importlib import resources
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import WordTokenizer
 
 from interventions.evals import style
 from interventions.models import tiny
-
-
-class WordTokenizer:
-    """A word-level hashing tokenizer for the tiny models (vocab 99, pad 0)."""
-
-    chat_template = None
-    pad_token_id = 0
-    eos_token_id = 2
-    padding_side = "right"
-
-    @staticmethod
-    def encode(text: str) -> list[int]:
-        return [3 + zlib.crc32(word.encode()) % 96 for word in text.split()]
-
-    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=True):
-        rows = [self.encode(text) for text in texts]
-        width = max(map(len, rows))
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            cols = (
-                slice(width - len(row), width) if self.padding_side == "left" else slice(len(row))
-            )
-            ids[i, cols], mask[i, cols] = torch.tensor(row), 1
-        return {"input_ids": ids, "attention_mask": mask}
 
 
 def bag_of_words(texts: list[str]) -> torch.Tensor:
@@ -102,7 +78,9 @@ def test_score_answers_is_the_mean_of_each_metric(model):
     judge = style.StyleJudge.fit(bag_of_words, STYLED, PLAIN)
     assert judge.is_styled(STYLED).all() and not judge.is_styled(PLAIN).any()
     prompts = [f"Question: {q}\nAnswer:" for q in ("Who?", "When?", "Where?")]
-    answers, references = [STYLED[0], PLAIN[1], STYLED[2]], [PLAIN[0], PLAIN[1], PLAIN[2]]
+    # a space before each answer: the fake tokenizer would merge "Answer:" with "Thou"
+    answers = [" " + a for a in (STYLED[0], PLAIN[1], STYLED[2])]
+    references = [" " + a for a in PLAIN[:3]]
     scores = style.score_answers(model, tok, judge, prompts, answers, references)
     assert scores.style_intensity == pytest.approx(2 / 3)
     semantic = style.semantic_preservation(bag_of_words, answers, references)

@@ -3,12 +3,12 @@ the style metrics tests/evals/test_style.py."""
 
 import json
 import warnings
-import zlib
 from importlib import resources
 
 import numpy as np
 import pytest
 import torch
+from fakes import WordTokenizer
 
 import interventions as iv
 from interventions.evals.style import inverse_log_perplexity
@@ -24,31 +24,6 @@ ARCHS = {
     "gemma2": ("gemma2", 2),  # sandwich norms
     "qwen2_moe": ("qwen2_moe", 2),  # fused-expert MoE
 }
-
-
-class WordTokenizer:
-    """A word-level hashing tokenizer for the tiny models (vocab 99, pad 0)."""
-
-    chat_template = None
-    pad_token_id = 0
-    eos_token_id = 2
-    padding_side = "right"
-
-    @staticmethod
-    def encode(text: str) -> list[int]:
-        return [3 + zlib.crc32(word.encode()) % 96 for word in text.split()]
-
-    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=True):
-        rows = [self.encode(text) for text in texts]
-        width = max(map(len, rows))
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            cols = (
-                slice(width - len(row), width) if self.padding_side == "left" else slice(len(row))
-            )
-            ids[i, cols], mask[i, cols] = torch.tensor(row), 1
-        return {"input_ids": ids, "attention_mask": mask}
 
 
 TRIPLES = dress.load_triples("train")  # 217 pairs: 43 validation pairs, 86 samples
@@ -132,7 +107,7 @@ def test_identical_styled_and_plain_answers_are_refused_or_warned_about(untouche
     with pytest.raises(ValueError, match="identical in all 8 triples: DRESS learns the diff"):
         dress.fit(model, tok, same, num_heads=2, progress=False)
     # different texts that give the same tokens: the activations show it
-    spaced = [dict(t, styled=t["plain"].replace(" ", "  ")) for t in _triples(8)]
+    spaced = [dict(t, styled=t["plain"] + " ") for t in _triples(8)]  # trailing space: no token
     with pytest.raises(ValueError, match=r"same mean at every head \(zero mean-difference"):
         dress.fit(model, tok, spaced, num_heads=2, progress=False)
     check()
@@ -172,6 +147,36 @@ def test_activations_are_last_real_token_of_unpadded_forwards(tiny_fit):
         expected = cache.stack("layers.*.attn.heads", dim=1)[0, :, -1]
         torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fit.activations[0][:3], batched, atol=1e-6, rtol=1e-6)
+
+
+def test_padded_rows_keep_their_positions_on_an_absolute_position_model():
+    # GPT-2 adds a position embedding: a left-padded row read at positions shifted by its
+    # padding (no position ids from the mask) differs from the same text alone
+    model, tok = make_model("gpt2"), WordTokenizer()
+    texts = [dress.format_prompt(tok, t.question) + t.styled for t in TRIPLES[:3]]
+    assert len({len(tok.encode(t)) for t in texts}) == 3, "rows of three lengths: padding"
+    batched = dress.head_activations(model, tok, texts, batch_size=3, progress=False)
+    for i, text in enumerate(texts):
+        with torch.no_grad(), iv.capture(model, "layers.*.attn.heads", positions=-1) as cache:
+            model(torch.tensor([tok.encode(text)]))
+        expected = cache.stack("layers.*.attn.heads", dim=1)[0]
+        torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_answers_are_greedy_continuations_of_the_dress_prompt(tiny_fit):
+    model, fit = tiny_fit
+    tok = WordTokenizer()
+    questions = [t.question for t in TRIPLES[:3]]
+    with fit.with_alpha(50.0).adaptive(model):  # steered: generation runs inside the block
+        answers = dress.generate_answers(
+            model, tok, questions, max_new_tokens=4, batch_size=2, progress=False
+        )
+        for question, answer in zip(questions, answers, strict=True):
+            ids = torch.tensor([tok.encode(dress.format_prompt(tok, question))])
+            out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            assert answer == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    plain = dress.generate_answers(model, tok, questions, max_new_tokens=4, progress=False)
+    assert answers != plain, "the steering changed them"
 
 
 def test_selection_vectors_and_subspaces_equal_numpy(tiny_fit):
@@ -411,6 +416,21 @@ def test_save_and_load_round_trip(tiny_fit, tmp_path):
     (tmp_path / "other.safetensors").write_bytes(b"")
     with pytest.raises(Exception):  # noqa: B017 - safetensors' own error for a non-file
         dress.load(tmp_path / "other.safetensors")
+
+
+def test_a_failed_save_leaves_the_file_there_as_it_was(tiny_fit, tmp_path, monkeypatch):
+    _, fit = tiny_fit
+    path = fit.save(tmp_path / "dress.safetensors")
+    before = path.read_bytes()
+
+    def broken(*_, metadata=None):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+
+    monkeypatch.setattr("interventions.weights.save_file", broken)
+    with pytest.raises(KeyboardInterrupt):
+        fit.with_alpha(9.0).save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dress.safetensors"]
 
 
 def test_random_heads_control_has_matched_norms(tiny_fit):
