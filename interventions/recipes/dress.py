@@ -1,50 +1,38 @@
 """DRESS: steer a few attention heads towards a style, with an adaptive per-token strength.
 
-Paper
------
-Ma et al., "DRESSing Up LLM: Efficient Stylized Question-Answering via Style Subspace Editing",
-ICLR 2025. It builds on Inference-Time Intervention (ITI; Li et al., 2023, "Inference-Time
-Intervention: Eliciting Truthful Answers from a Language Model").
+Paper: Ma et al., "DRESSing Up LLM: Efficient Stylized Question-Answering via Style Subspace
+Editing", ICLR 2025; on top of Inference-Time Intervention (ITI; Li et al., 2023).
 
-Algorithm
----------
-Given triples (question, styled answer, plain answer):
+Algorithm, from triples (question, styled answer, plain answer):
 
-1. Activations: ``layers.*.attn.heads`` at the last token of "prompt(question) + answer", for the
-   styled and the plain answer of every triple (batched, left-padded).
-2. Head selection: split the *pairs* (``val_ratio`` 0.2, ``seed`` 42); one logistic-regression
-   probe per head, all heads at once (``interventions.probes``); rank by validation accuracy,
-   ties broken by validation log-loss then effect size; keep the top ``num_heads``.
-3. Steering vector per head: ``v = alpha · (mean styled − mean plain)`` over all pairs
-   (``vectors="iti"``: ITI's unit mass-mean direction × alpha × std of the projections).
-4. Static edit: ``v`` added at every position, baked into ``o_proj.bias = W_o · v``
-   (``fit.bake``); or added at run time, e.g. to the generated tokens only (``fit.static``).
-5. Style subspace per head: the top-K right singular vectors ``V`` (``[K, d_head]``) of the
-   matrix of per-pair differences ``styled_i − plain_i``; K is a count, a fraction of d_head or
-   an explained-variance threshold (``Rank``).
-6. Adaptive strength, at every position of every forward, per head, in subspace coordinates:
-   ``w = V v``, ``w_cur = V a_cur``, ``w_tgt = V mean(styled)``,
-   ``w ← w ⊙ (1 + β · sign(w) ⊙ (w_tgt − w_cur))`` (β = 0.5, optional clamp of the factor),
-   and the head gets ``a_cur + Vᵀ w``. ``a_cur`` is the head's own activation before steering,
-   read in the same forward, so generation is one forward per token and uses the KV cache.
-   ``generate_separate`` is the paper's variant that reads ``a_cur`` from a separate unsteered
-   forward (over the question alone, or the same prompt) at each step.
+1. ``layers.*.attn.heads`` at the last token of "prompt(question) + answer", styled and plain.
+2. Split the *pairs* (``val_ratio`` 0.2, ``seed`` 42); one logistic probe per head, all heads
+   at once (``interventions.probes``); rank by validation accuracy, then validation log-loss,
+   then effect size; keep the top ``num_heads``.
+3. Vector per head ``v = alpha · (mean styled − mean plain)`` (``vectors="iti"``: ITI's unit
+   mass-mean direction × alpha × std of the projections).
+4. Static edit: ``v`` baked into ``o_proj.bias = W_o · v`` (``fit.bake``), or added at run time
+   at chosen positions (``fit.static``).
+5. Style subspace per head: the top-K right singular vectors ``V`` of the per-pair differences
+   ``styled_i − plain_i``; K a count, a fraction of d_head or a variance share (``Rank``).
+6. Adaptive rule per head and position: ``w = V v``, ``w_cur = V a_cur``, ``w_tgt = V
+   mean(styled)``, ``w ← w ⊙ (1 + β · sign(w) ⊙ (w_tgt − w_cur))`` (optional clamp), and the
+   head gets ``a_cur + Vᵀ w``. ``a_cur`` is read before steering in the same forward (one
+   forward per token, KV cache on); ``generate_separate`` is the paper's variant that reads it
+   from a separate unsteered forward.
 
-Usage
------
+Usage::
+
     from interventions.recipes import dress
     triples = dress.load_triples("train")                      # bundled Shakespeare set
     fit = dress.fit(model, tokenizer, triples, num_heads=16, alpha=3.0)
-    delta = fit.bake(model)                                      # static edit in o_proj.bias
-    delta.revert(model)
-    with fit.adaptive(model):                                    # per-token subspace rule
+    delta = fit.bake(model); delta.revert(model)               # static edit in o_proj.bias
+    with fit.adaptive(model):                                  # per-token subspace rule
         model.generate(**inputs)
     fit.save("dress.safetensors"); fit = dress.load("dress.safetensors")
 
-The paper's metrics (style intensity, semantic preservation, ``1 / (1 + ln PPL)``) live in
-``interventions.evals.style``; ``Embedder``, ``StyleJudge``, ``Scores`` and
-``semantic_preservation`` are re-exported here, and ``score_answers`` scores answers to
-questions given the plain prompts DRESS formats.
+The paper's metrics are ``interventions.evals.style`` (``Embedder``, ``StyleJudge``, ``Scores``
+and ``semantic_preservation`` are re-exported here; ``score_answers`` here takes questions).
 """
 
 import json
@@ -53,8 +41,8 @@ import numbers
 import os
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -63,6 +51,7 @@ import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 import interventions as iv
 from interventions import lm, text
@@ -81,6 +70,7 @@ STYLE_INSTRUCTION = (
     "Answer in the style of Shakespeare, in Early Modern English (thee, thou, doth, hath)."
 )
 VECTOR_KINDS = ("mean_diff", "iti")
+SCORES = ("val_accuracy", "val_loss", "effect", "train_accuracy")  # per head, of the probes
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -102,20 +92,18 @@ def load_triples(split: str = "train", path: str | os.PathLike | None = None) ->
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if path is None:
-        text = resources.files("interventions.data").joinpath("dress_shakespeare.jsonl").read_text()
-    else:
-        text = Path(path).read_text()
+    bundled = resources.files("interventions.data").joinpath("dress_shakespeare.jsonl")
+    content = bundled.read_text() if path is None else Path(path).read_text()
     triples = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)
-        missing = {"question", "styled", "plain"} - set(row)
+        missing = set(TRIPLE_FIELDS) - set(row)
         if missing:
             raise ValueError(f"line {line_number} of the triples file lacks {sorted(missing)}")
         if split == "all" or row.get("split", "train") == split:
-            triples.append(Triple(row["question"], row["styled"], row["plain"]))
+            triples.append(Triple(*(row[k] for k in TRIPLE_FIELDS)))
     return triples
 
 
@@ -434,9 +422,9 @@ class DressFit:
         """``layer -> (head indices, rows of the per-head tensors)``, layers ascending."""
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for row, (layer, head) in enumerate(self.heads):
-            groups.setdefault(layer, ([], []))
-            groups[layer][0].append(head)
-            groups[layer][1].append(row)
+            heads, rows = groups.setdefault(layer, ([], []))
+            heads.append(head)
+            rows.append(row)
         return dict(sorted(groups.items()))
 
     def check_model(self, model: nn.Module) -> None:
@@ -463,15 +451,13 @@ class DressFit:
         self.check_model(model)
         return iv.bake(model, self.plan())
 
-    @contextmanager
     def static(
         self, model: nn.Module, positions: Positions = "generated"
-    ) -> Iterator[iv.Attachment]:
+    ) -> AbstractContextManager[iv.Attachment]:
         """The static edit at run time; by default on generated tokens only (the prompt is
         read unsteered, unlike the baked edit, which acts at every position)."""
         self.check_model(model)
-        with iv.intervene(model, self.plan(positions)) as handle:
-            yield handle
+        return iv.intervene(model, self.plan(positions))
 
     # --- adaptive edit ----------------------------------------------------------------------------
     def adaptive_plan(
@@ -498,7 +484,6 @@ class DressFit:
             for layer, (heads, rows) in self.by_layer().items()
         }
 
-    @contextmanager
     def adaptive(
         self,
         model: nn.Module,
@@ -506,13 +491,11 @@ class DressFit:
         beta: float | None = None,
         clamp: tuple[float, float] | None = None,
         positions: Positions = None,
-    ) -> Iterator[iv.Attachment]:
+    ) -> AbstractContextManager[iv.Attachment]:
         """Attach the adaptive rule (``positions=None``: every position, like the paper's bias;
         ``"generated"``: generated tokens only). Works with ``generate`` and the KV cache."""
         self.check_model(model)
-        plan = self.adaptive_plan(beta=beta, clamp=clamp, positions=positions)
-        with iv.intervene(model, plan) as handle:
-            yield handle
+        return iv.intervene(model, self.adaptive_plan(beta=beta, clamp=clamp, positions=positions))
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -565,11 +548,8 @@ def _subspaces(
     diffs = styled - plain
     mean_diff = diffs.mean(0)
     bases = [style_subspace(diffs[:, j], rank, d, mean_diff[j]) for j in range(styled.shape[1])]
-    ranks = [b.shape[0] for b in bases]
-    padded = torch.zeros(len(bases), max(ranks), d)
-    for j, b in enumerate(bases):
-        padded[j, : b.shape[0]] = b
-    return padded, ranks
+    # zero rows pad the smaller subspaces: they contribute nothing
+    return pad_sequence(bases, batch_first=True), [b.shape[0] for b in bases]
 
 
 def _check_differences(
@@ -649,12 +629,7 @@ def fit_activations(
         beta=beta,
         clamp=clamp,
         geometry={"n_layers": n_layers, "n_heads": n_heads, "d_head": d_head},
-        scores={
-            "val_accuracy": grid(ranking.val_accuracy),
-            "val_loss": grid(ranking.val_loss),
-            "effect": grid(ranking.effect),
-            "train_accuracy": grid(ranking.train_accuracy),
-        },
+        scores={name: grid(getattr(ranking, name)) for name in SCORES},
         ties=ranking.ties(num_heads),
         config={
             "num_heads": num_heads,
@@ -696,19 +671,15 @@ def fit(
         g.n_layers * g.n_heads,
     )  # fmt: skip
     prompts = [format_prompt(tokenizer, t.question) for t in triples]
-    styled = head_activations(
-        model,
-        tokenizer,
-        [p + t.styled for p, t in zip(prompts, triples, strict=True)],
-        batch_size=batch_size,
-        progress=progress,
-    )
-    plain = head_activations(
-        model,
-        tokenizer,
-        [p + t.plain for p, t in zip(prompts, triples, strict=True)],
-        batch_size=batch_size,
-        progress=progress,
+    styled, plain = (
+        head_activations(
+            model,
+            tokenizer,
+            [p + getattr(t, side) for p, t in zip(prompts, triples, strict=True)],
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for side in ("styled", "plain")
     )
     return fit_activations(
         styled,

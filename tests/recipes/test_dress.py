@@ -589,9 +589,13 @@ def test_real_model_adaptive_steering_favours_the_style(real_model, real_fit):
     fit, test = real_fit, dress.load_triples("test")[:8]
     prompts = [dress.format_prompt(tok, t.question) for t in test]
 
+    def inverse_ppl(prompts: list[str], answers: list[str]) -> torch.Tensor:
+        # special=False: the chat template wrote the special tokens
+        return inverse_log_perplexity(model, tok, prompts, answers, special=False)
+
     def styled_minus_plain_nll() -> float:
         nll = [
-            1 / inverse_log_perplexity(model, tok, prompts, [getattr(t, kind) for t in test]) - 1
+            1 / inverse_ppl(prompts, [getattr(t, kind) for t in test]) - 1
             for kind in ("plain", "styled")
         ]
         return float((nll[0] - nll[1]).mean())  # > 0: the styled answer is the likelier one
