@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from interventions import text
 from interventions.models import load
 from interventions.recipes import dress
 
@@ -253,28 +254,27 @@ def _separate_row(fit, model, tokenizer, judge, test, new_tokens, batch_size=20)
     """The paper's variant: a_cur from a separate unsteered forward over the question alone."""
     t0 = time.time()
     answers: list[str] = []
-    saved, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(test), batch_size):
-            chunk = test[start : start + batch_size]
-            prompts = [dress.format_prompt(tokenizer, t.question) for t in chunk]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            source = tokenizer([t.question for t in chunk], return_tensors="pt", padding=True)
-            out = dress.generate_separate(
-                fit,
-                model,
-                batch.input_ids,
-                batch.attention_mask,
-                source_ids=source.input_ids,
-                source_mask=source.attention_mask,
-                max_new_tokens=new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = out[:, batch.input_ids.shape[1] :]
-            answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
-    finally:
-        tokenizer.padding_side = saved
+    pad_id = text.pad_id(tokenizer)
+    for chunk in text.batches(test, batch_size):
+        prompts = [dress.format_prompt(tokenizer, t.question) for t in chunk]
+        # the chat template writes the prompt's special tokens; the bare question gets them
+        batch = text.pad(
+            [text.token_ids(tokenizer, p, special=False) for p in prompts], pad_id, "left"
+        )
+        source = text.pad([text.token_ids(tokenizer, t.question) for t in chunk], pad_id, "left")
+        out = dress.generate_separate(
+            fit,
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            source_ids=source.input_ids,
+            source_mask=source.attention_mask,
+            max_new_tokens=new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+        )
+        new = out[:, batch.input_ids.shape[1] :]
+        answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
     questions = [t.question for t in test]
     scores = dress.score_answers(
         model, tokenizer, judge, questions, answers, [t.plain for t in test]
