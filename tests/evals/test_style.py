@@ -95,6 +95,8 @@ def test_score_answers_is_the_mean_of_each_metric(model):
     )
     with pytest.raises(ValueError, match=r"prompts, answers and references .* \[3, 3, 2\]"):
         style.score_answers(model, tok, judge, prompts, answers, references[:2])
+    with pytest.raises(ValueError, match=r"answers and references must pair up .* \[3, 2\]"):
+        style.semantic_preservation(bag_of_words, answers, references[:2])
     with pytest.raises(ValueError, match="at least one answer"):
         style.score_answers(model, tok, judge, [], [], [])
 
