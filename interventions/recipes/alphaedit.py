@@ -74,11 +74,24 @@ from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions.checks import indices, integer, number
+from interventions.evals import counterfact
+from interventions.evals.counterfact import (
+    BUNDLED_REQUESTS,
+    Request,
+    RequestError,
+    Scores,
+    SequentialRun,
+    as_request,
+    as_requests,
+    evaluate,
+    filter_known,
+    load_requests,
+    scores_from_records,
+)
 
 log = logging.getLogger("interventions.alphaedit")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-BUNDLED_REQUESTS = DATA / "counterfact_small.json"
 BUNDLED_CORPUS = (DATA / "prose.txt", DATA / "encyclopedia.txt")
 METHODS = ("alphaedit", "memit")
 THRESHOLD_MODES = ("absolute", "relative", "energy")
@@ -152,132 +165,7 @@ def default_layers(n_layers: int) -> list[int]:
     return list(range(start, start + 5))
 
 
-# --- requests ----------------------------------------------------------------------------------
-
-
-class RequestError(ValueError):
-    """A request that cannot be edited or scored; the message names the request and field."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One fact to rewrite, CounterFact style.
-
-    ``prompt`` holds one ``{}`` for the subject; paraphrase and neighbourhood prompts are full
-    strings. Targets are words; the separating space is added when the text is built.
-    """
-
-    prompt: str
-    subject: str
-    target_new: str
-    target_true: str | None = None
-    paraphrase_prompts: tuple[str, ...] = ()
-    neighborhood_prompts: tuple[str, ...] = ()
-    generation_prompts: tuple[str, ...] = ()
-    case_id: int | str | None = None
-
-    @property
-    def text(self) -> str:
-        """The prompt with the subject filled in."""
-        return self.prompt.replace("{}", self.subject, 1)
-
-    @property
-    def subject_start(self) -> int:
-        return self.prompt.index("{}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
-def as_request(record: Any, where: str = "request") -> Request:
-    """Validate one request: a ``Request``, a flat dict, or a CounterFact record
-    (``requested_rewrite`` with ``target_new: {"str": ...}``)."""
-    if isinstance(record, Request):
-        _check_request(record, where)
-        return record
-    if not isinstance(record, Mapping):
-        raise RequestError(f"{where}: expected a dict or Request, got {type(record).__name__}")
-    rewrite = record.get("requested_rewrite", record)
-    if not isinstance(rewrite, Mapping):
-        raise RequestError(f"{where}: 'requested_rewrite' must be a dict")
-
-    def text(source: Mapping, key: str, required: bool) -> str | None:
-        value = source.get(key)
-        if isinstance(value, Mapping):  # CounterFact {"str": ..., "id": ...}
-            value = value.get("str")
-        if value is None:
-            if required:
-                raise RequestError(f"{where}: field {key!r} is missing")
-            return None
-        if not isinstance(value, str):
-            raise RequestError(f"{where}: field {key!r} must be a string, got {value!r}")
-        return value
-
-    def strings(key: str) -> tuple[str, ...]:
-        value = record.get(key, rewrite.get(key, ()))
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise RequestError(f"{where}: field {key!r} must be a list of strings")
-        return tuple(value)
-
-    request = Request(
-        prompt=text(rewrite, "prompt", True),
-        subject=text(rewrite, "subject", True),
-        target_new=text(rewrite, "target_new", True),
-        target_true=text(rewrite, "target_true", False),
-        paraphrase_prompts=strings("paraphrase_prompts"),
-        neighborhood_prompts=strings("neighborhood_prompts"),
-        generation_prompts=strings("generation_prompts"),
-        case_id=record.get("case_id"),
-    )
-    _check_request(request, where)
-    return request
-
-
-def _check_request(r: Request, where: str) -> None:
-    for name in ("prompt", "subject", "target_new", "target_true"):
-        value = getattr(r, name)
-        if not isinstance(value, str) and (value is not None or name != "target_true"):
-            raise RequestError(f"{where}: field {name!r} must be a string, got {value!r}")
-    if r.prompt.count("{}") != 1:
-        fix = ""
-        if r.subject.strip() and r.subject in r.prompt:
-            fix = f" (it holds the subject itself: write '{{}}' in place of {r.subject!r})"
-        raise RequestError(
-            f"{where}: prompt {r.prompt!r} must contain exactly one '{{}}' where the subject "
-            f"goes{fix}"
-        )
-    if not r.subject.strip():
-        raise RequestError(f"{where}: subject is empty: give the text that '{{}}' stands for")
-    for name in ("target_new", "target_true"):
-        target = getattr(r, name)
-        if target is not None and not target.strip():
-            raise RequestError(
-                f"{where}: {name} is empty ({target!r}): give the word(s) that should follow "
-                "the prompt, e.g. 'Rome' (the space before them is added)"
-            )
-    if r.target_true is not None and r.target_true.strip() == r.target_new.strip():
-        raise RequestError(f"{where}: target_new and target_true are both {r.target_new!r}")
-
-
-def as_requests(records: Iterable[Any]) -> list[Request]:
-    if isinstance(records, (str, Path, Mapping, Request)):
-        raise TypeError("requests is a list of requests; read a file with load_requests(path)")
-    requests = [as_request(record, f"requests[{i}]") for i, record in enumerate(records)]
-    if not requests:
-        raise RequestError("no requests given")
-    return requests
-
-
-def load_requests(path: str | os.PathLike | None = None) -> list[Request]:
-    """Read requests from a JSON array (default: the bundled ``counterfact_small.json``)."""
-    path = Path(path) if path is not None else BUNDLED_REQUESTS
-    if not path.is_file():
-        raise FileNotFoundError(f"request file {path} does not exist")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, list):
-        raise RequestError(f"{path}: expected a JSON array of requests")
-    return [as_request(record, f"{path}[{i}]") for i, record in enumerate(data)]
+# --- the corpus of preserved knowledge -----------------------------------------------------------
 
 
 def load_corpus(path: str | os.PathLike | None = None) -> list[str]:
@@ -1346,7 +1234,35 @@ def combine(deltas: Sequence[iv.WeightDelta]) -> iv.WeightDelta:
     return iv.WeightDelta(changes=changes, originals=originals, applied=deltas[-1].applied)
 
 
-# --- evaluation ------------------------------------------------------------------------------
+def sequential(
+    model: nn.Module,
+    tokenizer: Any,
+    records: Iterable[Any],
+    *,
+    stats: KeyStats,
+    method: Method = "alphaedit",
+    batch_size: int = 10,
+    hparams: HParams | None = None,
+    fluency: bool = False,
+    progress: bool = True,
+) -> SequentialRun:
+    """Edit ``records`` in batches of ``batch_size`` with one editor; after each batch, score all
+    edits so far (``counterfact.sequential``). The model stays edited:
+    ``run.delta.revert(model)`` undoes every batch."""
+    editor = Editor(model, tokenizer, stats, method=method, hparams=hparams)
+    return counterfact.sequential(
+        model,
+        tokenizer,
+        records,
+        editor,
+        batch_size=batch_size,
+        fluency=fluency,
+        progress=progress,
+        label=method,
+    )
+
+
+# --- scoring and generation ------------------------------------------------------------------
 
 
 def target_logprobs(
@@ -1434,178 +1350,6 @@ def generate_texts(
     return texts
 
 
-@dataclass
-class Scores:
-    """CounterFact metrics. Rates are fractions in [0, 1]; ``*_diff`` are mean probability
-    differences (new − true for efficacy / paraphrase, true − new for neighbourhood)."""
-
-    per_record: list[dict[str, Any]]
-    efficacy: float
-    paraphrase: float
-    neighborhood: float
-    efficacy_diff: float
-    paraphrase_diff: float
-    neighborhood_diff: float
-    fluency: float | None
-    n: int
-
-    def summary(self) -> dict[str, float | int | None]:
-        return {k: v for k, v in asdict(self).items() if k != "per_record"}
-
-    def head(self, n: int) -> "Scores":
-        """The scores of the first ``n`` records alone (e.g. the unedited model on the edits made
-        so far, to compare with ``sequential``'s rows)."""
-        if not 0 < n <= self.n:
-            raise ValueError(f"n must be in 1..{self.n}, got {n}")
-        return scores_from_records(self.per_record[:n], fluency=self.fluency is not None)
-
-
-def evaluate(
-    model: nn.Module,
-    tokenizer: Any,
-    records: Iterable[Any],
-    *,
-    fluency: bool = True,
-    max_new_tokens: int = 40,
-    batch_size: int = 16,
-    seed: int = 0,
-) -> Scores:
-    """Efficacy (P(new) > P(true) after the prompt), paraphrase (same on the paraphrases),
-    neighbourhood specificity (P(true) > P(new) on other subjects' prompts with the same true
-    answer), probability differences, and fluency (n-gram entropy of sampled continuations of the
-    generation prompts, or of the prompt). P is the per-token mean probability of a target."""
-    requests = as_requests(records)
-    missing = [i for i, r in enumerate(requests) if r.target_true is None]
-    if missing:
-        raise RequestError(f"requests {missing[:5]} have no target_true: cannot score them")
-    integer("max_new_tokens", max_new_tokens)
-    integer("seed", seed, minimum=None)
-    pairs: list[tuple[str, str]] = []
-    names: list[str] = []
-    index: list[tuple[int, str]] = []
-    for i, r in enumerate(requests):
-        groups = (
-            ("rewrite", [r.text]),
-            ("paraphrase", list(r.paraphrase_prompts)),
-            ("neighborhood", list(r.neighborhood_prompts)),
-        )
-        for kind, prompts in groups:
-            for prompt in prompts:
-                pairs += [(prompt, r.target_new), (prompt, r.target_true)]
-                names += [
-                    f"requests[{i}] ({kind}, target_new)",
-                    f"requests[{i}] ({kind}, target_true)",
-                ]
-                index.append((i, kind))
-    scores = target_logprobs(model, tokenizer, pairs, batch_size=batch_size, names=names)
-    per = [
-        {"case_id": r.case_id, "rewrite": [], "paraphrase": [], "neighborhood": []}
-        for r in requests
-    ]
-    for k, (i, kind) in enumerate(index):
-        new, true = scores[2 * k], scores[2 * k + 1]
-        per[i][kind].append((new, true))
-    if fluency:
-        prompts = [p for r in requests for p in (r.generation_prompts or (r.text,))]
-        owners = [i for i, r in enumerate(requests) for _ in (r.generation_prompts or (r.text,))]
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-        for i, text in zip(owners, texts, strict=True):
-            per[i].setdefault("generations", []).append(text)
-        for record in per:
-            record["fluency"] = sum(n_gram_entropy(t) for t in record["generations"]) / len(
-                record["generations"]
-            )
-
-    return scores_from_records(per, fluency=fluency)
-
-
-def _rate(per: Sequence[Mapping[str, Any]], kind: str, new_wins: bool) -> tuple[float, float]:
-    hits, diffs = [], []
-    for record in per:
-        for new, true in record[kind]:
-            pn, pt = math.exp(new), math.exp(true)
-            hits.append(float((new > true) == new_wins))
-            diffs.append(pn - pt if new_wins else pt - pn)
-    return (sum(hits) / len(hits), sum(diffs) / len(diffs)) if hits else (math.nan, math.nan)
-
-
-def scores_from_records(per: list[dict[str, Any]], *, fluency: bool) -> Scores:
-    """The metrics of ``evaluate`` from its per-record log-probabilities (and fluencies)."""
-    efficacy, efficacy_diff = _rate(per, "rewrite", True)
-    paraphrase, paraphrase_diff = _rate(per, "paraphrase", True)
-    neighborhood, neighborhood_diff = _rate(per, "neighborhood", False)
-    mean_fluency = sum(r["fluency"] for r in per) / len(per) if fluency and per else None
-    return Scores(
-        per,
-        efficacy,
-        paraphrase,
-        neighborhood,
-        efficacy_diff,
-        paraphrase_diff,
-        neighborhood_diff,
-        mean_fluency,
-        len(per),
-    )
-
-
-def filter_known(model: nn.Module, tokenizer: Any, records: Iterable[Any]) -> list[Request]:
-    """The requests whose rewrite prompt the model answers with target_true over target_new
-    (how the bundled data set was filtered)."""
-    requests = as_requests(records)
-    pairs = [(r.text, t) for r in requests for t in (r.target_true, r.target_new)]
-    scores = target_logprobs(model, tokenizer, pairs)
-    return [r for i, r in enumerate(requests) if scores[2 * i] > scores[2 * i + 1]]
-
-
-# --- sequential editing ----------------------------------------------------------------------
-
-
-@dataclass
-class SequentialRun:
-    """Metrics after each batch (on all edits so far), the editor, and the combined delta."""
-
-    rows: list[dict[str, Any]]
-    editor: Editor
-    delta: iv.WeightDelta
-
-
-def sequential(
-    model: nn.Module,
-    tokenizer: Any,
-    records: Iterable[Any],
-    *,
-    stats: KeyStats,
-    method: Method = "alphaedit",
-    batch_size: int = 10,
-    hparams: HParams | None = None,
-    fluency: bool = False,
-    progress: bool = True,
-) -> SequentialRun:
-    """Edit ``records`` in batches of ``batch_size`` with one editor; after each batch, score all
-    edits so far. The model stays edited: ``run.delta.revert(model)`` undoes every batch."""
-    batch_size = integer("batch_size", batch_size)
-    requests = as_requests(records)
-    editor = Editor(model, tokenizer, stats, method=method, hparams=hparams)
-    deltas: list[iv.WeightDelta] = []
-    rows = []
-    started = time.perf_counter()
-    batches = range(0, len(requests), batch_size)
-    try:
-        for start in tqdm(batches, desc=f"{method} batches", disable=not progress):
-            deltas.append(editor.edit(requests[start : start + batch_size]))
-            scores = evaluate(model, tokenizer, requests[: start + batch_size], fluency=fluency)
-            rows.append(
-                {"edits": editor.n_edits, "seconds": time.perf_counter() - started}
-                | scores.summary()
-            )
-            log.info("%s after %d edits: %s", method, editor.n_edits, rows[-1])
-    except BaseException:
-        for delta in reversed(deltas):
-            delta.revert(model)
-        raise
-    return SequentialRun(rows, editor, combine(deltas))
-
-
 # --- files -------------------------------------------------------------------------------------
 
 
@@ -1647,6 +1391,7 @@ __all__ = [
     "ZResult",
     "alphaedit_update",
     "as_request",
+    "as_requests",
     "combine",
     "default_layers",
     "edit",
