@@ -254,6 +254,16 @@ def encode(
     return Encoded(ids[: positions[-1] + 1], subject, [ids[i] for i in positions], first)
 
 
+def _subject_row(
+    tokenizer: Any, context: str, prompt: str, subject: str, target: str | None = None
+) -> Encoded:
+    """``prompt`` with ``subject`` in its ``{}``, put in the ``{}`` of ``context``, encoded with
+    the subject's last token (and ``target``'s tokens)."""
+    start = context.index("{}") + prompt.index("{}")
+    text = context.replace("{}", prompt.replace("{}", subject, 1))
+    return encode(tokenizer, text, subject_span=(start, start + len(subject)), target=target)
+
+
 @dataclass
 class Batch:
     """Right-padded rows (real tokens never attend to padding in a causal model).
@@ -793,10 +803,7 @@ class Editor:
             layers = sorted(projectors)
         if layers is None:
             raise ValueError("give key statistics (stats=...), projectors=... or hparams.layers")
-        self.layers: list[int] = sorted(layers)
-        bad = [layer for layer in self.layers if not 0 <= layer < self.geometry.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range: the model has {self.geometry.n_layers}")
+        self.layers: list[int] = sorted(indices("layers", layers, self.geometry.n_layers))
         for layer in self.layers:  # refuses weights it cannot edit (offloaded, PEFT-wrapped)
             self.table.weight(self._down_proj(layer))
         d_mlp = self.geometry.d_mlp
@@ -929,8 +936,7 @@ class Editor:
         if model.training:
             raise RuntimeError("put the model in eval mode (model.eval()) before editing")
         contexts = self.contexts()
-        rows = self._key_rows(requests, contexts)  # validates subjects
-        rewrites = self._rewrite_rows(requests, contexts)  # validates targets
+        rows, rewrites = self._rows(requests, contexts)
         started = time.perf_counter()
         # read from the modules, not by name: a PEFT model wrapping the causal LM names them
         # differently
@@ -997,48 +1003,31 @@ class Editor:
         )
 
     # --- rows -------------------------------------------------------------------------------------
-    def _key_rows(self, requests: list[Request], contexts: list[str]) -> list[Encoded]:
-        """Prompt rows (request-major, context-minor) with the subject's last token."""
-        rows = []
-        for n, r in enumerate(requests):
-            for c in contexts:
-                text = c.replace("{}", r.text)
-                start = c.index("{}") + r.subject_start
-                try:
-                    row = encode(self.tokenizer, text, subject_span=(start, start + len(r.subject)))
-                except RequestError as error:
-                    raise RequestError(f"requests[{n}]: {error}") from None
-                if row.subject == 0 and c == "{}":
-                    raise RequestError(
-                        f"requests[{n}]: the subject {r.subject!r} ends on the first token of "
-                        f"{text!r}, an attention sink in most models: put text before it"
-                    )
-                rows.append(row)
-        return rows
-
-    def _rewrite_rows(
+    def _rows(
         self, requests: list[Request], contexts: list[str]
-    ) -> list[tuple[list[Encoded], Encoded]]:
-        out = []
+    ) -> tuple[list[Encoded], list[tuple[list[Encoded], Encoded]]]:
+        """Key rows (request-major, context-minor: the prompt in each context, with the subject's
+        last token) and, per request, its rows with target_new and its KL row. Every request is
+        checked here, before anything runs."""
+        keys, rewrites = [], []
         for n, r in enumerate(requests):
             try:
-                rewrites = []
-                for c in contexts:
-                    text = c.replace("{}", r.text)
-                    start = c.index("{}") + r.subject_start
-                    span = (start, start + len(r.subject))
-                    rewrites.append(
-                        encode(self.tokenizer, text, subject_span=span, target=r.target_new)
+                rows = [_subject_row(self.tokenizer, c, r.prompt, r.subject) for c in contexts]
+                if rows[0].subject == 0:
+                    raise RequestError(
+                        f"the subject {r.subject!r} ends on the first token of {r.text!r}, an "
+                        "attention sink in most models: put text before it"
                     )
-                kl_text = KL_PROMPT.replace("{}", r.subject)
-                kl_start = KL_PROMPT.index("{}")
-                kl = encode(
-                    self.tokenizer, kl_text, subject_span=(kl_start, kl_start + len(r.subject))
-                )
+                targets = [
+                    _subject_row(self.tokenizer, c, r.prompt, r.subject, r.target_new)
+                    for c in contexts
+                ]
+                kl = _subject_row(self.tokenizer, "{}", KL_PROMPT, r.subject)
             except RequestError as error:
                 raise RequestError(f"requests[{n}]: {error}") from None
-            out.append((rewrites, kl))
-        return out
+            keys += rows
+            rewrites.append((targets, kl))
+        return keys, rewrites
 
     def _keys_and_values(
         self, rows: list[Encoded], layer: int, n_requests: int, n_contexts: int
@@ -1082,7 +1071,7 @@ class Editor:
         one batch; each δ acts only on its own rows, so this equals separate optimisations)."""
         hp = self.hparams
         if rewrites is None:
-            rewrites = self._rewrite_rows(requests, self.contexts())
+            rewrites = self._rows(requests, self.contexts())[1]
         device = _device(self.model)
         n = len(requests)
         rows: list[Encoded] = []
