@@ -17,21 +17,12 @@ from interventions.adapters import (
     register_adapter,
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
-from interventions.ops import (
-    AddBias,
-    Capture,
-    Compose,
-    Intervention,
-    Mean,
-    MeanNorm,
-    Project,
-    Reducer,
-    Rescale,
-    SecondMoment,
-    Step,
-)
+from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
 from interventions.sites import Site, all_sites, expand, layer_range, parse
-from interventions.weights import WeightDelta, bake
+from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
+from interventions.weights import WeightDelta, bake, parameters
+
+from interventions import lm, stats, text  # noqa: E402  (modules: iv.text.pad, iv.lm.perplexity)
 
 __version__ = "0.1.0"
 
@@ -64,6 +55,8 @@ __all__ = [
     "intervene",
     "layer_range",
     "normalize_plan",
+    "parameters",
     "parse",
     "register_adapter",
+    "tally",
 ]

@@ -61,6 +61,12 @@ class Adapter:
 
     ``embed`` is read where the first block takes it: what the blocks receive, with positions,
     embedding scales and multipliers that some models add outside any module.
+
+    Weights (``iv.parameters``) also need the attention's input projections ``q_proj`` /
+    ``k_proj`` / ``v_proj`` and the MLP's ``gate_proj`` / ``up_proj``; None where the module does
+    not exist alone: ``qkv_proj`` / ``gate_up_proj`` then name the fused module that computes
+    them together (GPT-2's ``attn.c_attn``, Phi-3's ``mlp.gate_up_proj``, fused MoE experts). An
+    MLP with ``up_proj`` and neither ``gate_proj`` nor ``gate_up_proj`` is not gated.
     """
 
     name: str
@@ -84,6 +90,13 @@ class Adapter:
     refused: dict[str, str] = field(default_factory=dict)
     attention_sinks: bool = False
     logits_at_output: bool = False  # logits scaled or soft-capped after ``unembed``
+    q_proj: str | None = None  # attention's input projections (None: fused or absent)
+    k_proj: str | None = None
+    v_proj: str | None = None
+    qkv_proj: str | None = None  # one module computing queries, keys and values together
+    gate_proj: str | None = None  # the MLP's input projections (None: fused or absent)
+    up_proj: str | None = None
+    gate_up_proj: str | None = None  # one module (or fused experts) computing gate and up
 
     @property
     def attn_out_path(self) -> str:

@@ -7,7 +7,7 @@ post-norm's output, not o_proj's / down_proj's.
 """
 
 from interventions.adapters import Adapter, register_adapter
-from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_PATHS
+from interventions.adapters.llama import ATTENTION_BIAS, FUSED_GATE_UP, LLAMA_PATHS
 
 _GEMMA_SANDWICH = {
     **LLAMA_PATHS,
@@ -24,7 +24,7 @@ GEMMA3 = register_adapter(Adapter(name="gemma3_text", **_GEMMA_SANDWICH), "gemma
 GLM4 = register_adapter(
     Adapter(
         name="glm4",
-        **LLAMA_PATHS,
+        **{**LLAMA_PATHS, **FUSED_GATE_UP},
         attn_out="post_self_attn_layernorm",
         mlp_out="post_mlp_layernorm",
     ),
