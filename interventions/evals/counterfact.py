@@ -21,20 +21,19 @@ import json
 import logging
 import math
 import os
-import re
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions import lm
 from interventions.checks import integer
+from interventions.text import encode_continuation
 
 log = logging.getLogger("interventions.evals.counterfact")
 
@@ -171,43 +170,10 @@ def load_requests(path: str | os.PathLike | None = None) -> list[Request]:
     return [as_request(record, f"{path}[{i}]") for i, record in enumerate(data)]
 
 
-# --- language-model pieces (temporary: interventions.lm replaces them) ---------------------------
+# --- scoring targets -----------------------------------------------------------------------------
 
 
-def _target_tokens(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int], int]:
-    """Ids of ``prompt`` + " " + ``target`` up to the last target token, the target's ids and
-    where they start, by character offsets."""
-    prompt = prompt.rstrip()
-    full = f"{prompt} {target.strip()}"
-    try:
-        encoding = tokenizer(full, return_offsets_mapping=True)
-        offsets = [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
-    except (NotImplementedError, KeyError, TypeError) as error:
-        raise TypeError(
-            "scoring locates targets from tokenizer offsets: use a fast tokenizer (one that "
-            "supports return_offsets_mapping=True)"
-        ) from error
-    ids = list(encoding["input_ids"])
-    positions = [i for i, (a, b) in enumerate(offsets) if b > a and a >= len(prompt)]
-    if not positions or positions != list(range(positions[0], positions[-1] + 1)):
-        raise RequestError(
-            f"the target {target!r} of {prompt!r} gives no contiguous tokens of its own: use a "
-            "target the tokenizer writes as one or more tokens after the prompt"
-        )
-    first = positions[0]
-    if first == 0 or any(b > len(prompt) for a, b in offsets[:first]):
-        raise RequestError(f"the tokenizer merges the end of {prompt!r} with target {target!r}")
-    return ids[: positions[-1] + 1], [ids[i] for i in positions], first
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(tokenizer, "eos_token_id", None)
-    return int(pad) if pad is not None else 0
-
-
-def _target_logprobs(
+def target_logprobs(
     model: nn.Module,
     tokenizer: Any,
     pairs: Sequence[tuple[str, str]],
@@ -215,96 +181,20 @@ def _target_logprobs(
     batch_size: int = 16,
     names: Sequence[str] | None = None,
 ) -> list[float]:
-    """Mean log-probability per token of each ``target`` after its ``prompt``."""
-    batch_size = integer("batch_size", batch_size)
-    encoded = []
+    """Mean log-probability per token of each ``target`` after its ``prompt`` (CounterFact's P),
+    with the text written as an edit writes it: ``prompt.rstrip() + " " + target.strip()``.
+    ``names[i]`` is how an error names pair i (default ``pairs[i]``)."""
+    continuations = []
     for i, (prompt, target) in enumerate(pairs):
-        try:
-            encoded.append(_target_tokens(tokenizer, prompt, target))
-        except RequestError as error:
-            raise RequestError(f"{names[i] if names else f'pairs[{i}]'}: {error}") from None
-    device = next(model.parameters()).device
-    table = iv.adapter(model)
-    unembed = table.module(model, table.unembed)
-    out: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            part = encoded[start : start + batch_size]
-            rows = [ids[:-1] for ids, _, _ in part]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([r + [_pad_id(tokenizer)] * (width - len(r)) for r in rows])
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-            with iv.capture(model, "final_norm") as cache:
-                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            hidden = cache["final_norm"]
-            row = torch.tensor([i for i, (_, t, _) in enumerate(part) for _ in t], device=device)
-            positions = [first - 1 + j for _, t, first in part for j in range(len(t))]
-            tokens = torch.tensor([x for _, t, _ in part for x in t], device=device)
-            lp = unembed(hidden[row, torch.tensor(positions, device=device)]).float()
-            lp = lp.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
-            sums = torch.zeros(len(part), device=device).index_add(0, row, lp)
-            counts = torch.tensor([len(t) for _, t, _ in part], device=device)
-            out += (sums / counts).tolist()
-    return out
-
-
-def _n_gram_entropy(
-    text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
-) -> float:
-    """CounterFact's fluency: weighted mean of the bi- and tri-gram entropies (bits) of words."""
-    words = re.findall(r"\w+|[^\w\s]", text.lower())
-    entropies = []
-    for n in ns:
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        total = sum(grams.values())
-        h = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
-        entropies.append(h)
-    return sum(w * h for w, h in zip(weights, entropies, strict=True)) / len(ns)
-
-
-def _generate_texts(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 40,
-    seed: int = 0,
-    batch_size: int = 16,
-) -> list[str]:
-    """Continue each prompt (top-5 sampling, fixed seed, left-padded batches)."""
-    device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
-    devices = [device] if device.type == "cuda" else []
-    texts = []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            rows = [list(tokenizer(p)["input_ids"]) for p in prompts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-            mask = torch.tensor(
-                [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device
-            )
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                top_k=5,
-                pad_token_id=pad,
-            )
-            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return texts
-
-
-def _combine(deltas: Sequence[iv.WeightDelta]) -> iv.WeightDelta:
-    """One delta from sequential ones: the first originals and the last values of each weight."""
-    changes, originals = {}, {}
-    for delta in deltas:
-        for name, value in delta.changes.items():
-            changes[name] = value
-            originals.setdefault(name, delta.originals[name])
-    return iv.WeightDelta(changes=changes, originals=originals, applied=deltas[-1].applied)
+        pair = (prompt.rstrip(), " " + target.strip())
+        try:  # the request's own error, before any forward
+            encode_continuation(tokenizer, *pair)
+        except ValueError as error:
+            name = names[i] if names else f"pairs[{i}]"
+            raise RequestError(f"{name}: the target {target!r} of {pair[0]!r}: {error}") from None
+        continuations.append(pair)
+    scores = lm.continuation_logprobs(model, tokenizer, continuations, batch_size=batch_size)
+    return scores.tolist()
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -370,7 +260,7 @@ def evaluate(
                 pairs += [(prompt, r.target_new), (prompt, r.target_true)]
                 names += [f"requests[{i}] ({kind}, {t})" for t in ("target_new", "target_true")]
                 index.append((i, kind))
-    scores = _target_logprobs(model, tokenizer, pairs, batch_size=batch_size, names=names)
+    scores = target_logprobs(model, tokenizer, pairs, batch_size=batch_size, names=names)
     per = [
         {"case_id": r.case_id, "rewrite": [], "paraphrase": [], "neighborhood": []}
         for r in requests
@@ -380,11 +270,13 @@ def evaluate(
     if fluency:
         prompts = [p for r in requests for p in (r.generation_prompts or (r.text,))]
         owners = [i for i, r in enumerate(requests) for _ in (r.generation_prompts or (r.text,))]
-        texts = _generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
+        texts = lm.generate_texts(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, sample=True, seed=seed
+        )
         for i, text in zip(owners, texts, strict=True):
             per[i].setdefault("generations", []).append(text)
         for record in per:
-            entropies = [_n_gram_entropy(t) for t in record["generations"]]
+            entropies = [lm.n_gram_entropy(t) for t in record["generations"]]
             record["fluency"] = sum(entropies) / len(entropies)
     return scores_from_records(per, fluency=fluency)
 
@@ -423,7 +315,7 @@ def filter_known(model: nn.Module, tokenizer: Any, records: Iterable[Any]) -> li
     (how the bundled data set was filtered)."""
     requests = as_requests(records)
     pairs = [(r.text, t) for r in requests for t in (r.target_true, r.target_new)]
-    scores = _target_logprobs(model, tokenizer, pairs)
+    scores = target_logprobs(model, tokenizer, pairs)
     return [r for i, r in enumerate(requests) if scores[2 * i] > scores[2 * i + 1]]
 
 
@@ -479,7 +371,7 @@ def sequential(
         for delta in reversed(deltas):
             delta.revert(model)
         raise
-    return SequentialRun(rows, editor, _combine(deltas))
+    return SequentialRun(rows, editor, iv.WeightDelta.combine(deltas))
 
 
 __all__ = [
@@ -496,4 +388,5 @@ __all__ = [
     "load_requests",
     "scores_from_records",
     "sequential",
+    "target_logprobs",
 ]

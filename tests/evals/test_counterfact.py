@@ -3,33 +3,15 @@ sequential editing with any editor."""
 
 import json
 import math
-import re
 
 import pytest
 import torch
+from fakes import WordTokenizer
 
 import interventions as iv
+from interventions import lm
 from interventions.evals import counterfact as cf
 from interventions.models import tiny
-
-
-class WordTokenizer:
-    """A stand-in fast tokenizer for tiny models: one token per word (with its leading space),
-    ids from a hash of the word, character offsets like a fast tokenizer."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-
-    def __call__(self, text: str, return_offsets_mapping: bool = False) -> dict:
-        words = list(re.finditer(r"\s*\S+", text))
-        ids = [
-            3 + sum(ord(c) * (i + 1) for i, c in enumerate(w.group().strip())) % 96 for w in words
-        ]
-        out = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-        if return_offsets_mapping:
-            out["offset_mapping"] = [w.span() for w in words]
-        return out
-
 
 REQUEST = {
     "prompt": "The old tower of {} stands in",
@@ -115,13 +97,36 @@ def test_evaluate_scores_and_fluency():
     model, tok = make()
     scores = cf.evaluate(model, tok, [REQUEST], fluency=False)
     text = cf.as_request(REQUEST).text
-    lp_new, lp_true = cf._target_logprobs(model, tok, [(text, "valley"), (text, "market")])
+    lp_new, lp_true = cf.target_logprobs(model, tok, [(text, "valley"), (text, "market")])
     assert scores.efficacy == float(lp_new > lp_true)
     assert 0 <= scores.paraphrase <= 1 and 0 <= scores.neighborhood <= 1
     assert scores.summary()["n"] == 1 and scores.fluency is None
-    assert cf._n_gram_entropy("a a a a a a") == 0.0
-    varied = cf._n_gram_entropy("the cat sat on the mat while a dog ran past the door")
-    assert varied > cf._n_gram_entropy("the cat the cat the cat the cat the cat the cat") > 0
+    assert lm.n_gram_entropy("a a a a a a") == 0.0
+    varied = lm.n_gram_entropy("the cat sat on the mat while a dog ran past the door")
+    assert varied > lm.n_gram_entropy("the cat the cat the cat the cat the cat the cat") > 0
+
+
+def test_target_logprobs_score_the_target_after_one_space_and_name_a_bad_pair():
+    model, tok = make()
+    got = cf.target_logprobs(model, tok, [("The sky is ", " blue "), ("The sea", "a b")])
+    pairs = [("The sky is", " blue"), ("The sea", " a b")]  # the text an edit writes
+    assert got == lm.continuation_logprobs(model, tok, pairs).tolist()
+    with pytest.raises(cf.RequestError, match=r"^requests\[0\] \(x\): the target ' ' of 'The sea'"):
+        cf.target_logprobs(model, tok, [("The sea", " ")], names=["requests[0] (x)"])
+
+
+def test_fluency_is_the_n_gram_entropy_of_seeded_samples():
+    model, tok = make()
+    request = REQUEST | {"generation_prompts": ["The old tower is", "People say"]}
+    scores = cf.evaluate(model, tok, [request, REQUEST], max_new_tokens=6)
+    first, second = scores.per_record
+    assert len(first["generations"]) == 2  # one per generation prompt
+    assert len(second["generations"]) == 1  # none given: the rewrite prompt
+    entropies = [lm.n_gram_entropy(t) for t in first["generations"]]
+    assert first["fluency"] == pytest.approx(sum(entropies) / 2)
+    assert scores.fluency == pytest.approx((first["fluency"] + second["fluency"]) / 2)
+    again = cf.evaluate(model, tok, [request, REQUEST], max_new_tokens=6)
+    assert again.per_record[0]["generations"] == first["generations"]  # seeded
 
 
 def test_scores_head_rescores_the_first_records():
@@ -143,7 +148,7 @@ def test_filter_known_keeps_the_requests_the_model_answers_with_the_true_target(
     swapped = REQUEST | {"target_new": "market", "target_true": "valley"}
     kept = cf.filter_known(model, tok, [REQUEST, swapped])
     text = cf.as_request(REQUEST).text
-    lp_valley, lp_market = cf._target_logprobs(model, tok, [(text, "valley"), (text, "market")])
+    lp_valley, lp_market = cf.target_logprobs(model, tok, [(text, "valley"), (text, "market")])
     assert lp_valley != lp_market
     expected = swapped if lp_valley > lp_market else REQUEST
     assert kept == [cf.as_request(expected)]

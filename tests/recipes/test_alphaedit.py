@@ -3,12 +3,12 @@ statistics in one pass, bad requests, and real edits on SmolLM2."""
 
 import importlib.util
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import WordTokenizer
 
 import interventions as iv
 from interventions.evals import counterfact
@@ -17,24 +17,6 @@ from interventions.recipes import alphaedit as ae
 
 METHODS = ("alphaedit", "memit")
 TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
-
-
-class WordTokenizer:
-    """A stand-in fast tokenizer for tiny models: one token per word (with its leading space),
-    ids from a hash of the word, character offsets like a fast tokenizer."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-
-    def __call__(self, text: str, return_offsets_mapping: bool = False) -> dict:
-        words = list(re.finditer(r"\s*\S+", text))
-        ids = [
-            3 + sum(ord(c) * (i + 1) for i, c in enumerate(w.group().strip())) % 96 for w in words
-        ]
-        out = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-        if return_offsets_mapping:
-            out["offset_mapping"] = [w.span() for w in words]
-        return out
 
 
 REQUEST = {
