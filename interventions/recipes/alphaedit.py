@@ -409,10 +409,9 @@ def key_stats(
     ``corpus``: any iterable of strings (default: the bundled corpus, ``load_corpus()``); each
     text is cut into pieces of ``max_length`` tokens, until ``max_tokens`` tokens. Padding never
     counts; ``skip_first_token`` also drops position 0 of each piece (an attention-sink outlier
-    in some models). The forward stops after the last layer needed. Each layer's moment is cached on
-    disk (default ``~/.cache/interventions/alphaedit``, or ``$XDG_CACHE_HOME``) under a key made
-    of the model's weights that feed that layer, the exact token ids used and the options; only
-    missing layers are computed. Nothing is written with ``cache=False``.
+    in some models). ``iv.tally`` caches each layer's moment (in ``cache_dir``, default
+    ``stats.default_cache_dir("alphaedit")``) under the weights that feed it, the token ids and
+    the options, and computes only the missing layers; nothing is written with ``cache=False``.
     """
     require_editable_mlp(model)
     n_layers = iv.geometry(model).n_layers
@@ -638,12 +637,9 @@ class Editor:
     def prefixes(self) -> list[str]:
         """Context prefixes: generated once by the model (fixed seed), or given."""
         if self._prefixes is None:
+            hp = self.hparams
             self._prefixes = generate_prefixes(
-                self.model,
-                self.tokenizer,
-                self.hparams.n_prefixes,
-                self.hparams.prefix_length,
-                self.hparams.seed,
+                self.model, self.tokenizer, hp.n_prefixes, hp.prefix_length, hp.seed
             )
             log.info("context prefixes: %s", self._prefixes)
         return self._prefixes

@@ -188,6 +188,7 @@ def test_the_counterfact_names_are_reexported_from_evals():
     for name in (
         "BUNDLED_REQUESTS", "Request", "RequestError", "Scores", "SequentialRun", "as_request",
         "as_requests", "evaluate", "filter_known", "load_requests", "scores_from_records",
+        "target_logprobs",
     ):  # fmt: skip
         assert getattr(ae, name) is getattr(counterfact, name), name
         assert name in ae.__all__, name
@@ -621,6 +622,24 @@ def test_key_stats_skip_first_token_and_save(tmp_path):
     stats.save(tmp_path / "stats.safetensors")
     loaded = ae.KeyStats.load(tmp_path / "stats.safetensors")
     assert loaded.count == stats.count and torch.equal(loaded.moments[1], stats.moments[1])
+
+
+def test_prefixes_are_seeded_samples_of_the_model_after_fixed_starts():
+    model, tok = make("llama")
+    state = torch.random.get_rng_state()
+    prefixes = ae.generate_prefixes(model, tok, n=6, length=4, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is untouched
+    starts = ["The", "Therefore", "Because", "I", "You", "The"]
+    for prefix, start in zip(prefixes, starts, strict=True):  # each start and what the model wrote
+        assert prefix.startswith(start) and len(prefix) > len(start)
+        assert "{" not in prefix and "}" not in prefix and prefix == " ".join(prefix.split())
+    assert ae.generate_prefixes(model, tok, n=6, length=4, seed=0) == prefixes
+    assert ae.generate_prefixes(model, tok, n=6, length=4, seed=1) != prefixes
+    assert ae.generate_prefixes(model, tok, n=0) == []
+    hp = ae.HParams(layers=(1,), n_prefixes=2, prefix_length=4)
+    editor = ae.Editor(model, tok, hparams=hp, projectors={1: torch.eye(iv.geometry(model).d_mlp)})
+    two = ae.generate_prefixes(model, tok, n=2, length=4, seed=0)  # its own draw: n is the batch
+    assert editor.contexts() == ["{}"] + [f"{p}. {{}}" for p in two]
 
 
 # --- sequential editing --------------------------------------------------------------------
