@@ -662,8 +662,8 @@ class Editor:
         started = time.perf_counter()
         keys = {layer: f"layers.{layer}.mlp.act" for layer in self.layers}
         value = f"layers.{self.layers[-1]}.resid_post"
-        names = [self._weight_name(layer) for layer in self.layers]
-        with iv.WeightDelta.recording(self.model, names) as record:  # restored on any error
+        down = iv.parameters(self.model, [f"layers.{layer}.mlp.down_proj" for layer in self.layers])
+        with iv.WeightDelta.recording(self.model, down) as record:  # restored on any error
             targets = self.compute_z(requests, rewrites)
             for i, layer in enumerate(self.layers):  # keys and values of the edited model so far
                 found = self._at_subject(rows, [keys[layer], value], len(requests))
@@ -675,7 +675,7 @@ class Editor:
                 for layer, site in keys.items():
                     k = _average_contexts(found[site])
                     gram = (k.T @ k).float().cpu()
-                    new_past[layer] = gram if layer not in new_past else new_past[layer] + gram
+                    new_past[layer] = new_past[layer] + gram if layer in new_past else gram
         self.past = new_past
         self.n_edits += len(requests)
         log.info(
@@ -683,9 +683,6 @@ class Editor:
             f"{time.perf_counter() - started:.1f}s (target prob {_rounded(targets.prob)})"
         )
         return record.delta
-
-    def _weight_name(self, layer: int) -> str:
-        return f"{self.table.layers}.{layer}.{self.table.down_proj}.weight"
 
     def _down_proj(self, layer: int) -> nn.Module:
         return self.table.block_module(self.model, layer, self.table.down_proj)
