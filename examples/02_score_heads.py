@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from interventions import report
 from interventions.models import load
 from interventions.recipes import head_scores
 
@@ -138,7 +139,7 @@ def main() -> None:
     print(f"scored {len(prompts)} prompts in {before.stats['seconds']:.1f} s")
     show(before.top_k(5), "top-5 heads (ranks within layers, lambda_ent = lambda_task = 1):")
     out = Path(args.out)
-    before.save(out / "before")
+    report.save_table(before, out / "before")
     print(f"wrote {out / 'before'}")
 
     # 3. fine-tune a copy on the answer letters, score again on the same samples, compare
@@ -166,9 +167,9 @@ def main() -> None:
     )
     after = head_scores.score(tuned, tokenizer, prompts, batch_size=args.batch_size)
     diff = head_scores.compare(before, after)
-    before.save_json(out / "before.json")
-    after.save_json(out / "after.json")
-    diff.save(out)
+    report.save_json(before, out / "before.json")
+    report.save_json(after, out / "after.json")
+    report.save_comparison(diff, out)
     rho = diff.spearman["combined_vs_abs_change"]
     print(
         "Spearman(pre-fine-tuning S_combined, |log change|): "

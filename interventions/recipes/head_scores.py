@@ -48,7 +48,8 @@ Usage
 >>> records = head_scores.load_records(head_scores.BUNDLED_DATA)
 >>> table = head_scores.score(model, tokenizer, records, batch_size=8)
 >>> table.top_k(5)                                              # [{"layer": .., "head": ..}, ..]
->>> table.save("runs/heads")                                    # CSV, JSON, heatmaps
+>>> from interventions import report
+>>> report.save_table(table, "runs/heads")                      # CSV, JSON, heatmaps
 >>> diff = head_scores.compare(table, head_scores.score(tuned, tokenizer, records))
 >>> diff.movers["out_resid"][:5], diff.spearman["combined_vs_abs_change"]
 
@@ -56,18 +57,18 @@ Command line: ``interventions score-heads --data file.jsonl --out runs/heads`` a
 ``interventions compare-heads --before BASE --after TUNED`` (see ``interventions.cli``).
 """
 
-import csv
 import hashlib
 import inspect
 import json
 import logging
 import math
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,13 @@ TEXT_FIELDS = ("input", "text", "question")
 RAW_METRICS = ("out", "out_resid", "ent", "ent_all", "ent_nosink", "sink", "task")
 SCORES = ("out", "ent", "task")  # the fused scores; S_ent uses -ent
 COMPARED = ("out", "out_resid", "ent", "sink", "task")
+# the fields of each row of top_k / top_k_per_layer
+TOP_K_FIELDS = ("layer", "head", "combined", *(f"rank_{s}" for s in SCORES))
+TOP_K_FIELDS += tuple(f"{m}_raw" for m in COMPARED)
+TABLE_FORMAT = "interventions.head_scores/1"
+COMPARISON_FORMAT = "interventions.head_scores.comparison/1"
 MC_QUESTION_PREFIX = "Question: "
+_SEPARATORS = re.compile(r"[\s,]*")  # between the items of a JSON array
 NO_RECORDS = (
     "no records to score: the records were empty; pass at least one (a prompt string, a "
     "record dict or a Prompt), e.g. load_records(BUNDLED_DATA)"
@@ -136,56 +143,54 @@ def parse_record(record: Any, where: str) -> Prompt:
     if not isinstance(record, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "choices" not in record:
-        present = [k for k in TEXT_FIELDS if k in record]
-        if not present:
+        key = next((k for k in TEXT_FIELDS if k in record), None)
+        if key is None:
             raise DataError(
                 f"{where}: missing field: expected 'question' with 'choices' (multiple choice) "
                 f"or one of {', '.join(repr(k) for k in TEXT_FIELDS)}; got fields "
                 f"{sorted(record)}"
             )
-        key = present[0]
-        value = record[key]
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{where}: field '{key}' must be a non-empty string, got {value!r}")
-        return Prompt(value, where=where)
+        return Prompt(_text_field(record[key], key, where), where=where)
     question = record.get("question")
     if question is None:
         raise DataError(f"{where}: field 'question' is missing (multiple-choice record)")
     if isinstance(question, Mapping) and isinstance(question.get("stem"), str):
         question = question["stem"]  # OpenBookQA-style {"stem": ...}
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: field 'question' must be a non-empty string, got {question!r}")
+    question = _text_field(question, "question", where)
     texts, labels = _choices(record["choices"], where)
     answer = record.get("answerKey")
     if answer is not None and str(answer) not in labels:
         raise DataError(
             f"{where}: field 'answerKey' is {answer!r}, not one of the choice labels {labels}"
         )
-    prompt = mc_prompt(question, texts, labels)
-    return Prompt(
-        prompt.text, prompt.span, None if answer is None else str(answer), prompt.labels, where
-    )
+    answer = None if answer is None else str(answer)
+    return replace(mc_prompt(question, texts, labels), answer=answer, where=where)
+
+
+def _text_field(value: Any, key: str, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{key}' must be a non-empty string, got {value!r}")
+    return value
 
 
 def _choices(choices: Any, where: str) -> tuple[list[str], list[str]]:
-    if isinstance(choices, Mapping):
-        for key in ("text", "label"):
-            if key not in choices:
-                raise DataError(f"{where}: field 'choices.{key}' is missing")
-            if not isinstance(choices[key], list):
-                raise DataError(f"{where}: field 'choices.{key}' must be a list")
-        texts, labels = choices["text"], choices["label"]
-    elif isinstance(choices, list) and all(isinstance(c, Mapping) for c in choices):
-        for i, choice in enumerate(choices):
+    if isinstance(choices, list) and all(isinstance(c, Mapping) for c in choices):
+        for i, choice in enumerate(choices):  # [{"text", "label"}, ...] -> {"text": [...], ...}
             for key in ("text", "label"):
                 if key not in choice:
                     raise DataError(f"{where}: field 'choices[{i}].{key}' is missing")
-        texts, labels = [c["text"] for c in choices], [c["label"] for c in choices]
-    else:
+        choices = {key: [c[key] for c in choices] for key in ("text", "label")}
+    if not isinstance(choices, Mapping):
         raise DataError(
             f"{where}: field 'choices' must be {{'text': [...], 'label': [...]}} or a list of "
             f"{{'text', 'label'}} objects, got {type(choices).__name__}"
         )
+    for key in ("text", "label"):
+        if key not in choices:
+            raise DataError(f"{where}: field 'choices.{key}' is missing")
+        if not isinstance(choices[key], list):
+            raise DataError(f"{where}: field 'choices.{key}' must be a list")
+    texts, labels = choices["text"], choices["label"]
     if len(texts) != len(labels):
         raise DataError(f"{where}: field 'choices' has {len(texts)} texts but {len(labels)} labels")
     if len(texts) < 2:
@@ -194,7 +199,7 @@ def _choices(choices: Any, where: str) -> tuple[list[str], list[str]]:
         bad = [v for v in values if not isinstance(v, str) or not v.strip()]
         if bad:
             raise DataError(f"{where}: field 'choices.{name}' has empty or non-string {bad[0]!r}")
-    return [str(t) for t in texts], [str(x) for x in labels]
+    return list(texts), list(labels)
 
 
 def load_records(path: str | Path) -> list[Prompt]:
@@ -215,49 +220,30 @@ def load_records(path: str | Path) -> list[Prompt]:
 
 def _json_lines(text: str, path: Path) -> list[tuple[int, Any]]:
     items = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line, row in enumerate(text.splitlines(), start=1):
+        if not row.strip():
             continue
         try:
-            items.append((line_number, json.loads(line)))
+            items.append((line, json.loads(row)))
         except json.JSONDecodeError as error:
             raise DataError(
-                f"{path}:{line_number}: invalid JSON line ({error.msg} at column {error.colno})"
+                f"{path}:{line}: invalid JSON line ({error.msg} at column {error.colno})"
             ) from None
     return items
 
 
 def _json_array(text: str, path: Path) -> list[tuple[int, Any]]:
     """Items of a top-level JSON array, each with the line it starts on."""
-    decoder, items = json.JSONDecoder(), []
-    index = _skip_space(text, text.index("[") + 1)
-    if index < len(text) and text[index] == "]":
-        return items
-    while True:
-        line = text.count("\n", 0, index) + 1
-        try:
-            record, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
-        items.append((line, record))
-        index = _skip_space(text, index)
-        if index < len(text) and text[index] == ",":
-            index = _skip_space(text, index + 1)
-            continue
-        if index < len(text) and text[index] == "]":
-            break
-        line = text.count("\n", 0, index) + 1
-        raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' in the array)")
-    if text[index + 1 :].strip():
-        line = text.count("\n", 0, index + 1) + 1
-        raise DataError(f"{path}:{line}: invalid JSON (extra data after the array)")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+    # valid JSON: decode it again item by item, to know the line each item starts on
+    decoder, items, index = json.JSONDecoder(), [], text.index("[") + 1
+    while (start := _SEPARATORS.match(text, index).end()) < len(text) and text[start] != "]":
+        record, index = decoder.raw_decode(text, start)
+        items.append((text.count("\n", 0, start) + 1, record))
     return items
-
-
-def _skip_space(text: str, index: int) -> int:
-    while index < len(text) and text[index].isspace():
-        index += 1
-    return index
 
 
 def _prompts(records: Iterable[Prompt | Mapping | str]) -> Iterator[Prompt]:
@@ -576,71 +562,34 @@ class HeadScores:
     def _flat_row(self, flat: int) -> dict[str, Any]:
         i, j = divmod(int(flat), len(self.heads))
         row = self.row(self.layers[i], self.heads[j])
-        keep = (
-            "layer",
-            "head",
-            "combined",
-            "rank_out",
-            "rank_ent",
-            "rank_task",
-            "out_raw",
-            "out_resid_raw",
-            "ent_raw",
-            "sink_raw",
-            "task_raw",
-        )
-        return {key: row[key] for key in keep}
-
-    # --- files -------------------------------------------------------------------------------
-    def to_csv(self, path: str | Path, kind: Literal["raw", "norm", "combined"]) -> Path:
-        """``raw``: layer, head, out_raw, ent_raw, task_raw, then the other raw metrics;
-        ``norm``: the layer-normalised, sign-adjusted scores; ``combined``: ranks and fusion."""
-        columns = {
-            "raw": [
-                "out_raw",
-                "ent_raw",
-                "task_raw",
-                "out_resid_raw",
-                "ent_all_raw",
-                "ent_nosink_raw",
-                "sink_raw",
-            ],
-            "norm": [f"{s}_norm" for s in SCORES],
-            "combined": [
-                *(f"rank_{s}" for s in SCORES),
-                "combined",
-                "combined_layer",
-                "combined_global",
-            ],
-        }[kind]
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["layer", "head", *columns])
-            for row in self.rows():
-                writer.writerow([row["layer"], row["head"], *(repr(row[c]) for c in columns)])
-        return path
+        return {key: row[key] for key in TOP_K_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
-        def grid(x: np.ndarray) -> list[list[float | None]]:
-            return [[_json_float(v) for v in line] for line in x.tolist()]
-
-        return {
-            "format": "interventions.head_scores/1",
-            "layers": self.layers,
-            "heads": self.heads,
-            "config": self.config,
-            "stats": self.stats,
-            "raw": {m: grid(v) for m, v in self.raw.items()},
-            "norm": {s: grid(v) for s, v in self.norm.items()},
-            "rank": {s: grid(v) for s, v in self.rank.items()},
-            "combined": grid(self.combined),
-            "combined_layer": grid(self.combined_layer),
-            "combined_global": grid(self.combined_global),
-        }
+        """Plain, JSON-ready data (lists, numbers, None for NaN); ``from_dict`` reads it back."""
+        return plain(
+            {
+                "format": TABLE_FORMAT,
+                "layers": self.layers,
+                "heads": self.heads,
+                "config": self.config,
+                "stats": self.stats,
+                "raw": self.raw,
+                "norm": self.norm,
+                "rank": self.rank,
+                "combined": self.combined,
+                "combined_layer": self.combined_layer,
+                "combined_global": self.combined_global,
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HeadScores":
+        if not isinstance(data, Mapping) or data.get("format", TABLE_FORMAT) != TABLE_FORMAT:
+            got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(
+                f"not a head-score table: expected format {TABLE_FORMAT!r}, got {got!r}"
+            )
+
         def grid(x: Any) -> np.ndarray:
             return np.array([[math.nan if v is None else v for v in line] for line in x], float)
 
@@ -657,52 +606,18 @@ class HeadScores:
             stats=dict(data.get("stats", {})),
         )
 
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        return path
 
-    @classmethod
-    def load_json(cls, path: str | Path) -> "HeadScores":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def save(
-        self, folder: str | Path, *, top_k: int = 10, top_k_per_layer: int = 3, plots: bool = True
-    ) -> list[Path]:
-        """Write scores_raw.csv, scores_norm.csv, scores_combined.csv, topk_global.json,
-        topk_per_layer.json and (with ``plots``) heatmap_*.png into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        written = [
-            self.to_csv(folder / f"scores_{kind}.csv", kind) for kind in ("raw", "norm", "combined")
-        ]
-        for name, value in (
-            ("topk_global.json", self.top_k(top_k)),
-            (
-                "topk_per_layer.json",
-                {str(k): v for k, v in self.top_k_per_layer(top_k_per_layer).items()},
-            ),
-        ):
-            (folder / name).write_text(json.dumps(_json_clean(value), indent=1, allow_nan=False))
-            written.append(folder / name)
-        if plots:
-            written += save_heatmaps(self, folder)
-        return written
-
-
-def _json_float(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def _json_clean(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready Python: arrays to nested lists, numpy scalars to numbers, keys to
+    strings, NaN and infinities to None (JSON has neither)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return plain(value.tolist())
     if isinstance(value, float):
-        return _json_float(value)
+        return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _json_clean(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_clean(value.item())
+        return [plain(v) for v in value]
     return value
 
 
@@ -1025,42 +940,19 @@ class Comparison:
     movers: dict[str, list[dict[str, Any]]]
 
     def to_dict(self) -> dict[str, Any]:
-        def grids(d: Mapping[str, np.ndarray]) -> dict[str, Any]:
-            return {k: _json_clean(v.tolist()) for k, v in d.items()}
-
-        return {
-            "format": "interventions.head_scores.comparison/1",
-            "layers": self.layers,
-            "heads": self.heads,
-            "spearman": _json_clean(self.spearman),
-            "top_movers": _json_clean(self.movers),
-            "diff": grids(self.diff),
-            "ratio": grids(self.ratio),
-            "log_ratio": grids(self.log_ratio),
-        }
-
-    def save(self, folder: str | Path, *, plots: bool = True) -> list[Path]:
-        """Write comparison.json and (with ``plots``) comparison_heatmap.png."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "comparison.json"
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        written = [path]
-        if plots:
-            panels = {
-                f"log(after/before) {m}": self.log_ratio[m]
-                for m in ("out", "out_resid", "ent", "task")
+        """Plain, JSON-ready data (lists, numbers, None for NaN)."""
+        return plain(
+            {
+                "format": COMPARISON_FORMAT,
+                "layers": self.layers,
+                "heads": self.heads,
+                "spearman": self.spearman,
+                "top_movers": self.movers,
+                "diff": self.diff,
+                "ratio": self.ratio,
+                "log_ratio": self.log_ratio,
             }
-            written.append(
-                plot_heatmaps(
-                    panels,
-                    self.layers,
-                    self.heads,
-                    folder / "comparison_heatmap.png",
-                    diverging=True,
-                )
-            )
-        return written
+        )
 
 
 def compare(
@@ -1128,90 +1020,3 @@ def _movers(
         }
         for i in order
     ]
-
-
-# --- heatmaps (matplotlib, optional extra "plot") ----------------------------------------------
-
-
-def _figure_class() -> type:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "heatmaps need matplotlib: pip install 'interventions[plot]' (or matplotlib), or "
-            "turn plots off (save(..., plots=False), --no-plots)"
-        ) from None
-    return Figure
-
-
-def plot_heatmaps(
-    panels: Mapping[str, Grid],
-    layers: Sequence[int],
-    heads: Sequence[int],
-    path: str | Path,
-    *,
-    diverging: bool = False,
-) -> Path:
-    """One PNG with a layer × head heatmap per panel (``diverging``: centred at 0, red/blue)."""
-    figure_class = _figure_class()
-    n = len(panels)
-    width = 1.4 + 0.38 * len(heads)
-    fig = figure_class(figsize=(n * width + 0.4, 1.4 + 0.2 * len(layers)), layout="constrained")
-    for k, (title, grid) in enumerate(panels.items()):
-        ax = fig.add_subplot(1, n, k + 1)
-        values = np.ma.masked_invalid(grid)
-        if diverging:
-            finite = np.abs(grid[np.isfinite(grid)])
-            lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-            image = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        else:
-            image = ax.imshow(values, cmap="viridis", aspect="auto")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(len(heads)), [str(h) for h in heads], fontsize=7)
-        step = max(1, len(layers) // 15)
-        ticks = list(range(0, len(layers), step))
-        ax.set_yticks(ticks, [str(layers[t]) for t in ticks], fontsize=7)
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-HEATMAPS = {
-    "heatmap_out.png": ("out", "S_out: E‖y_h‖"),
-    "heatmap_out_resid.png": ("out_resid", "E‖W_O^h y_h‖"),
-    "heatmap_ent.png": ("ent", "attention entropy H (low = focused)"),
-    "heatmap_sink.png": ("sink", "attention mass on the first token"),
-    "heatmap_task.png": ("task", "S_task: attention mass on the task span"),
-}
-
-
-def save_heatmaps(table: HeadScores, folder: str | Path) -> list[Path]:
-    """heatmap_{out,out_resid,ent,sink,task,combined}.png and heatmaps.png (all panels)."""
-    folder = Path(folder)
-    written = []
-    for name, (metric, title) in HEATMAPS.items():
-        written.append(
-            plot_heatmaps({title: table.raw[metric]}, table.layers, table.heads, folder / name)
-        )
-    scope = table.config.get("rank_scope", "layer")
-    written.append(
-        plot_heatmaps(
-            {f"S_combined (ranks within {scope})": table.combined},
-            table.layers,
-            table.heads,
-            folder / "heatmap_combined.png",
-        )
-    )
-    panels = {title.split(":")[0]: table.raw[metric] for metric, title in HEATMAPS.values()}
-    written.append(
-        plot_heatmaps(
-            panels | {"S_combined": table.combined},
-            table.layers,
-            table.heads,
-            folder / "heatmaps.png",
-        )
-    )
-    return written

@@ -13,7 +13,7 @@ import yaml
 from einops import rearrange
 
 import interventions as iv
-from interventions import cli
+from interventions import cli, report
 from interventions.models import tiny
 from interventions.recipes import head_scores as hs
 
@@ -417,11 +417,11 @@ def test_fusion_ranks_and_sign_conventions():
 
 def test_table_json_roundtrip_and_csv(tmp_path, tok):
     table = hs.score(tiny("llama"), tok, RECORDS, progress=False)
-    again = hs.HeadScores.load_json(table.save_json(tmp_path / "t.json"))
+    again = report.load_table(report.save_json(table, tmp_path / "t.json"))
     for metric in hs.RAW_METRICS:
         np.testing.assert_array_equal(again.raw[metric], table.raw[metric])
     np.testing.assert_array_equal(again.combined, table.combined)
-    table.to_csv(tmp_path / "raw.csv", "raw")
+    report.write_csv(table, tmp_path / "raw.csv", "raw")
     lines = (tmp_path / "raw.csv").read_text().splitlines()
     assert lines[0].startswith("layer,head,out_raw,ent_raw,task_raw")
     assert len(lines) == 1 + 2 * 4
@@ -537,6 +537,40 @@ def test_json_array_reports_line_of_bad_item(tmp_path):
         hs.load_records(tmp_path / "missing.jsonl")
 
 
+def test_json_array_errors_name_the_line(tmp_path):
+    path = tmp_path / "data.json"
+    for content, message in [
+        ('[{"text": "a"}]\n\nextra\n', r"data\.json:3: invalid JSON \(Extra data\)"),
+        (
+            '[{"text": "a"}\n {"text": "b"}]',
+            r"data\.json:2: invalid JSON \(Expecting ',' delimiter",
+        ),
+        ("[\n]\n", r"data\.json: no records$"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(hs.DataError, match=message):
+            hs.load_records(path)
+    path.write_text('[\n {"text": "a [1]"}, \n\n  {"input": "b\\n"}\n]')
+    assert [(p.text, p.where[-1]) for p in hs.load_records(path)] == [("a [1]", "2"), ("b\n", "4")]
+
+
+def test_choices_as_a_list_of_objects_and_a_stem():
+    record = {
+        "question": {"stem": "Where do fish live?"},
+        "choices": [{"text": "sea", "label": "A"}, {"text": "sky", "label": "B"}],
+        "answerKey": "A",
+    }
+    prompt = hs.parse_record(record, "r")
+    assert prompt == hs.parse_record(RECORDS[0], "r")
+    assert prompt.answer == "A" and prompt.labels == ("A", "B") and prompt.where == "r"
+    record["choices"][1] = {"text": "sky"}
+    with pytest.raises(hs.DataError, match=r"r: field 'choices\[1\]\.label' is missing"):
+        hs.parse_record(record, "r")
+    record["choices"] = "sea or sky"
+    with pytest.raises(hs.DataError, match=r"r: field 'choices' must be .* got str"):
+        hs.parse_record(record, "r")
+
+
 # --- command line on a tiny model ------------------------------------------------------------
 
 
@@ -645,7 +679,7 @@ def test_cli_compare_heads(tiny_dirs, tmp_path, capsys):
     comparison = json.loads((out / "comparison.json").read_text())
     top = comparison["top_movers"]["out_resid"][0]
     assert (top["layer"], top["head"]) == (0, 1) and top["ratio"] == pytest.approx(4.0)
-    before = hs.HeadScores.load_json(out / "before.json")
+    before = report.load_table(out / "before.json")
     assert before.shape == (2, 4)
 
     same = tmp_path / "same"
