@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from interventions import plot
-from interventions.recipes.head_scores import SCORES, Comparison, HeadScores, plain
+from interventions.recipes.head_scores import FUSIONS, SCORES, Comparison, HeadScores, plain
 
 CSV_COLUMNS = {
     "raw": [
@@ -36,7 +36,7 @@ CSV_COLUMNS = {
         "sink_raw",
     ],
     "norm": [f"{s}_norm" for s in SCORES],
-    "combined": [*(f"rank_{s}" for s in SCORES), "combined", "combined_layer", "combined_global"],
+    "combined": [*(f"rank_{s}" for s in SCORES), *FUSIONS],
 }
 HEATMAPS = {  # file -> (raw metric, panel title)
     "heatmap_out.png": ("out", "S_out: E‖y_h‖"),

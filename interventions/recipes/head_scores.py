@@ -95,6 +95,7 @@ COMPARED = ("out", "out_resid", "ent", "sink", "task")
 # the fields of each row of top_k / top_k_per_layer
 TOP_K_FIELDS = ("layer", "head", "combined", *(f"rank_{s}" for s in SCORES))
 TOP_K_FIELDS += tuple(f"{m}_raw" for m in COMPARED)
+FUSIONS = ("combined", "combined_layer", "combined_global")
 TABLE_FORMAT = "interventions.head_scores/1"
 COMPARISON_FORMAT = "interventions.head_scores.comparison/1"
 MC_QUESTION_PREFIX = "Question: "
@@ -527,12 +528,7 @@ class HeadScores:
         row |= {f"{m}_raw": float(self.raw[m][i, j]) for m in RAW_METRICS}
         row |= {f"{s}_norm": float(self.norm[s][i, j]) for s in SCORES}
         row |= {f"rank_{s}": float(self.rank[s][i, j]) for s in SCORES}
-        row |= {
-            "combined": float(self.combined[i, j]),
-            "combined_layer": float(self.combined_layer[i, j]),
-            "combined_global": float(self.combined_global[i, j]),
-        }
-        return row
+        return row | {k: float(getattr(self, k)[i, j]) for k in FUSIONS}
 
     def rows(self) -> list[dict[str, Any]]:
         return [self.row(layer, head) for layer in self.layers for head in self.heads]
@@ -596,12 +592,8 @@ class HeadScores:
         return cls(
             layers=list(data["layers"]),
             heads=list(data["heads"]),
-            raw={m: grid(v) for m, v in data["raw"].items()},
-            norm={s: grid(v) for s, v in data["norm"].items()},
-            rank={s: grid(v) for s, v in data["rank"].items()},
-            combined=grid(data["combined"]),
-            combined_layer=grid(data["combined_layer"]),
-            combined_global=grid(data["combined_global"]),
+            **{k: {m: grid(v) for m, v in data[k].items()} for k in ("raw", "norm", "rank")},
+            **{k: grid(data[k]) for k in FUSIONS},
             config=dict(data.get("config", {})),
             stats=dict(data.get("stats", {})),
         )
@@ -662,6 +654,11 @@ def fuse(
     return ranks, combined
 
 
+def _one_of(name: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
 def _weights(lambda_ent: object, lambda_task: object) -> tuple[float, float]:
     """The fusion weights: finite and >= 0 (0 leaves a score out; a negative weight would
     reward the opposite of what the score measures)."""
@@ -685,8 +682,7 @@ def build_table(
 ) -> HeadScores:
     """Normalise, rank and fuse raw grids into a ``HeadScores`` (also used to re-fuse a saved
     table with other weights: ``build_table(t.raw, t.layers, t.heads, lambda_ent=0.5)``)."""
-    if rank_scope not in RANK_SCOPES:
-        raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {rank_scope!r}")
+    _one_of("rank_scope", rank_scope, RANK_SCOPES)
     lambda_ent, lambda_task = _weights(lambda_ent, lambda_task)
     signed = {"out": raw["out"], "ent": -raw["ent"], "task": raw["task"]}  # higher = better
     normed = {s: normalize_layers(signed[s], norm) for s in SCORES}
@@ -749,14 +745,11 @@ def score(
     heads = _indices(heads, geometry.n_heads, "head")
     batch_size = integer("batch_size", batch_size)
     _weights(lambda_ent, lambda_task)
-    if rank_scope not in RANK_SCOPES:
-        raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {rank_scope!r}")
+    _one_of("rank_scope", rank_scope, RANK_SCOPES)
     if hasattr(records, "__len__") and len(records) == 0:  # type: ignore[arg-type]
         raise ValueError(NO_RECORDS)
-    if query_mode not in QUERY_MODES:
-        raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    _one_of("query_mode", query_mode, QUERY_MODES)
+    _one_of("norm", norm, NORMS)
     if max_length is not None:
         max_length = integer("max_length (or None)", max_length)
     device = model.get_input_embeddings().weight.device
