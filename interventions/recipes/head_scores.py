@@ -1,60 +1,51 @@
 """Head scores: which attention heads does a task light up, and how did fine-tuning change them?
 
-Idea
-----
-Cheap, probe-free statistics of every attention head, computed from one pass over a task's
-prompts: before fine-tuning they rank candidate heads (for head-selective fine-tuning or
-steering), after fine-tuning the same statistics show which heads moved. The three scores follow
-classic head analyses: output magnitude as head importance (Michel et al., 2019, "Are Sixteen
-Heads Really Better than One?"), attention entropy / confidence (Clark et al., 2019, "What Does
-BERT Look At?"; Voita et al., 2019, "Analyzing Multi-Head Self-Attention"), and attention to a
-task-relevant span. Attention sinks (Xiao et al., 2023, "Efficient Streaming Language Models with
-Attention Sinks") make the first token dominate norms and entropies, so it can be excluded.
+Cheap, probe-free statistics of every attention head from one pass over a task's prompts: before
+fine-tuning they rank candidate heads (for head-selective tuning or steering), after it the same
+statistics show which heads moved. Output magnitude as head importance (Michel et al., 2019, "Are
+Sixteen Heads Really Better than One?"), attention entropy (Clark et al., 2019, "What Does BERT
+Look At?"; Voita et al., 2019, "Analyzing Multi-Head Self-Attention") and attention to a
+task-relevant span; attention sinks (Xiao et al., 2023, "Efficient Streaming Language Models with
+Attention Sinks") make the first token dominate norms and entropies, so it can be left out.
 
-Scores (sign convention: for every score, HIGHER = MORE TASK-RELEVANT)
------------------------------------------------------------------------
-- ``S_out  = E‖y_h‖₂``: y_h is head h's slice of ``layers.i.attn.heads`` (the input of
-  ``o_proj``) at the query tokens. ``out_resid = E‖W_O^h y_h‖₂`` (the head's write into the
-  residual stream) is reported too and is the headline of comparisons.
-- ``S_ent  = −H``: H is the entropy (nats) of the head's attention distribution at the query
-  tokens, optionally divided by log(#keys) (then in [0, 1]) and optionally over the keys after
-  the first one (the sink), renormalised. Low entropy = focused = high score. The raw tables
-  hold H itself (``ent``), plus ``ent_all`` (all keys), ``ent_nosink`` and ``sink`` (the mass on
-  the first key), so the sink is always reported separately.
-- ``S_task = E[attention mass on the task span]``: for multiple-choice prompts the question's
-  tokens, found from the prompt template with the tokenizer's character offsets; only queries
-  after the span count. Prompts where the span is not found are counted (``task_missing``).
-  With ``exclude_sink`` the mass is taken from the distribution renormalised without the sink.
+Scores (for every score, HIGHER = MORE TASK-RELEVANT), averaged over the query tokens:
+- ``S_out = E‖y_h‖₂``, y_h the head's slice of ``layers.i.attn.heads`` (the input of ``o_proj``);
+  ``out_resid = E‖W_O^h y_h‖₂``, the head's write into the residual stream, is reported too.
+- ``S_ent = −H``, H the entropy of the head's attention (divided by log(#keys) with
+  ``normalize_entropy``; over the keys after the first, renormalised, with ``exclude_sink``).
+  The raw table keeps H (``ent``), ``ent_all``, ``ent_nosink`` and ``sink`` (first-key mass).
+- ``S_task = E[attention mass on the task span]`` (multiple choice: the question's tokens, from
+  the tokenizer's character offsets), over the queries after the span; prompts without a span
+  are counted (``task_missing``).
 
 Algorithm
 ---------
-1. Render every record as a prompt (multiple choice: ``Question: …\\nA. …\\nAnswer:``) and
-   tokenize it with offsets; right-pad each batch (real tokens never see padding).
-2. One forward per batch with an ``iv.Capture`` at ``layers.i.attn.heads`` and at
-   ``layers.i.attn.pattern`` for every layer, ``positions=`` the boolean mask of query tokens
-   (``last_token`` or ``all_tokens``; padding and optionally the first token masked out), each
-   with a streaming ``iv.Reducer`` kept across batches: running sums of ‖y_h‖, ‖W_O^h y_h‖,
-   entropies, sink and task masses. Memory is bounded by the batch, not the dataset.
-3. Per layer, normalise each score (``zscore`` or ``percentile`` over the layer's heads) and
-   rank it (1 = lowest; ranks within each layer, or over all heads with ``rank_scope="global"``);
-   fuse ``S_combined = rank(S_out) + λ_ent·rank(S_ent) + λ_task·rank(S_task)``.
-4. Top-k globally (by ``combined``, ties broken by the other scope's fusion) and per layer.
+1. Render each record (multiple choice: ``Question: …\nA. …\nAnswer:``), tokenize it, right-pad
+   each batch (real tokens never see padding).
+2. One forward per batch (no logits but the last position's), with an ``iv.Capture`` at
+   ``layers.i.attn.heads`` and ``layers.i.attn.pattern`` (``positions=`` the query tokens:
+   ``last_token`` or ``all_tokens``, optionally without the first token), each feeding a
+   streaming reducer kept across batches (``OutputNorms``, ``AttentionStats``).
+3. Per layer, normalise each score (``zscore`` or ``percentile``), rank it (within each layer,
+   or over all heads with ``rank_scope="global"``) and fuse
+   ``S_combined = rank(S_out) + λ_ent·rank(S_ent) + λ_task·rank(S_task)``.
+4. Top-k globally (ties broken by the other scope's fusion) and per layer; ``compare`` two tables.
 
 Usage
 -----
+>>> from interventions import report
 >>> from interventions.models import load
 >>> from interventions.recipes import head_scores
 >>> model, tokenizer = load()                                   # SmolLM2-135M-Instruct
 >>> records = head_scores.load_records(head_scores.BUNDLED_DATA)
 >>> table = head_scores.score(model, tokenizer, records, batch_size=8)
 >>> table.top_k(5)                                              # [{"layer": .., "head": ..}, ..]
->>> from interventions import report
 >>> report.save_table(table, "runs/heads")                      # CSV, JSON, heatmaps
 >>> diff = head_scores.compare(table, head_scores.score(tuned, tokenizer, records))
 >>> diff.movers["out_resid"][:5], diff.spearman["combined_vs_abs_change"]
 
-Command line: ``interventions score-heads --data file.jsonl --out runs/heads`` and
-``interventions compare-heads --before BASE --after TUNED`` (see ``interventions.cli``).
+Command line: ``interventions score-heads`` and ``interventions compare-heads``; details in
+docs/head_scores.md.
 """
 
 import hashlib
