@@ -418,7 +418,9 @@ def attention_sums(
 
 
 class AttentionStats(iv.Reducer):
-    """Running sums of ``ATTENTION_STATS`` over query rows ``[n, h, k]`` of ``attn.pattern``.
+    """Running means of ``ATTENTION_STATS`` over query rows ``[n, h, k]`` of ``attn.pattern``;
+    ``total`` holds ``[sums, rows counted]`` (each statistic counts its own rows), so reducers
+    merge as any other.
 
     Set ``rows`` (a ``QueryRows``) before each forward: the capture hands over only the
     probabilities, the rows say which keys each query may see and where its task span is."""
@@ -427,9 +429,8 @@ class AttentionStats(iv.Reducer):
         super().__init__()
         self.normalize = normalize
         self.rows: QueryRows | None = None
-        self.counts = torch.zeros(len(ATTENTION_STATS), dtype=torch.float64)
 
-    def update(self, x: Float[Tensor, "n h k"]) -> None:
+    def summand(self, x: Float[Tensor, "n h k"]) -> Float[Tensor, "2 5 h"]:
         if self.rows is None or self.rows.keys.shape != (x.shape[0], x.shape[-1]):
             raise RuntimeError(
                 "AttentionStats.rows does not match the captured queries: set it from the "
@@ -438,16 +439,14 @@ class AttentionStats(iv.Reducer):
         r = self.rows  # layers may sit on other devices (device_map="auto")
         keys, task_keys, task_rows = (t.to(x.device) for t in (r.keys, r.task_keys, r.task_rows))
         sums, counts = attention_sums(x, keys, task_keys, task_rows, self.normalize)
-        self.total = sums if self.total is None else self.total + sums
-        self.counts = self.counts + counts.cpu()
-        self.count += x.shape[0]
+        return torch.stack([sums, counts[:, None].expand_as(sums)])
 
     @property
     def value(self) -> Float[Tensor, "5 h"]:
         if self.total is None:
             raise ValueError("nothing was reduced yet: run a forward first")
-        counts = self.counts.to(self.total.device)[:, None]
-        return torch.where(counts > 0, self.total / counts.clamp_min(1), math.nan)
+        sums, counts = self.total
+        return torch.where(counts > 0, sums / counts.clamp_min(1), math.nan)
 
 
 class OutputNorms(iv.Reducer):
