@@ -8,6 +8,7 @@ with iv.intervene(model, {"layers.12.attn.heads": iv.AddBias(v, heads=[3])}):
     model.generate(**inputs)
 """
 
+from interventions import lm, stats, text  # modules: iv.text.pad, iv.lm.perplexity, ...
 from interventions.adapters import (
     Adapter,
     BiasFlag,
@@ -17,21 +18,10 @@ from interventions.adapters import (
     register_adapter,
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
-from interventions.ops import (
-    AddBias,
-    Capture,
-    Compose,
-    Intervention,
-    Mean,
-    MeanNorm,
-    Project,
-    Reducer,
-    Rescale,
-    SecondMoment,
-    Step,
-)
+from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
 from interventions.sites import Site, all_sites, expand, layer_range, parse
-from interventions.weights import WeightDelta, bake
+from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
+from interventions.weights import WeightDelta, bake, parameters
 
 __version__ = "0.1.0"
 
@@ -63,7 +53,12 @@ __all__ = [
     "geometry",
     "intervene",
     "layer_range",
+    "lm",
     "normalize_plan",
+    "parameters",
     "parse",
     "register_adapter",
+    "stats",
+    "tally",
+    "text",
 ]

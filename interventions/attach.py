@@ -3,22 +3,28 @@
 A plan is a plain ``dict[site, Intervention]``. ``attach`` turns it into hooks on the modules
 the adapter names and returns a handle; ``intervene`` and ``capture`` are context managers that
 remove every hook on exit, also after an exception.
+
+Stopping early (``capture(..., stop=True)``, ``intervene(..., stop_after=site)``): a hook that
+runs after every needed site raises a private control exception, which ends the forward there
+(later blocks and the unembedding never run) and which the ``with`` block swallows on exit.
 """
 
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from interventions.adapters import Adapter, Geometry, adapter, causal_lm
-from interventions.ops import Capture, Intervention, Positions, Reducer, Step
-from interventions.sites import HEAD_KINDS, Site, SiteLike, expand
+from interventions.ops import Capture, Intervention, Positions, Step, is_reducer
+from interventions.sites import HEAD_KINDS, LAYER_KINDS, MODEL_KINDS, Site, SiteLike, expand, parse
+
+if TYPE_CHECKING:  # stats builds on attach (tally captures)
+    from interventions.stats import Reducer
 
 Plan = Mapping[SiteLike, Intervention]
 
@@ -120,15 +126,26 @@ class Attachment:
 
     @classmethod
     def _of_checked(
-        cls, model: nn.Module, table: Adapter, geometry: Geometry, sites: dict[Site, Intervention]
+        cls,
+        model: nn.Module,
+        table: Adapter,
+        geometry: Geometry,
+        sites: dict[Site, Intervention],
+        stop_after: Site | None = None,
     ) -> "Attachment":
-        """An attachment of sites already expanded and checked (``capture`` builds its own)."""
+        """An attachment of sites already expanded and checked (``capture`` builds its own);
+        with ``stop_after``, every forward ends once that site's hooks have run."""
         self = cls.__new__(cls)
-        self._attach(model, table, geometry, sites)
+        self._attach(model, table, geometry, sites, stop_after)
         return self
 
     def _attach(
-        self, model: nn.Module, table: Adapter, geometry: Geometry, sites: dict[Site, Intervention]
+        self,
+        model: nn.Module,
+        table: Adapter,
+        geometry: Geometry,
+        sites: dict[Site, Intervention],
+        stop_after: Site | None = None,
     ) -> None:
         self.model = causal_lm(model)
         self.adapter = table
@@ -155,6 +172,8 @@ class Attachment:
             # embed first: it shares the first block's input with layers.0.resid_pre
             for site, intervention in sorted(self.plan.items(), key=lambda s: s[0].kind != "embed"):
                 self._register(site, intervention)
+            if stop_after is not None:  # last: hooks of one module run in registration order
+                self._register_stop(stop_after)
         except BaseException:
             self.remove()
             raise
@@ -256,11 +275,7 @@ class Attachment:
         elif kind == "logits" and a.logits_at_output:
             self._handles.append(self.model.register_forward_hook(_output_logits_editor(edit)))
         elif kind == "logits":
-            if a.unembed is None:  # renamed between releases: the model knows its own
-                unembed = self.model.get_output_embeddings()
-            else:
-                unembed = a.module(self.model, a.unembed)
-            self._on_output(unembed, edit)
+            self._on_output(self._unembedding(), edit)
         elif kind == "resid_pre":
             self._on_input(self._blocks[site.layer], edit)
         elif kind == "attn.in":
@@ -306,10 +321,8 @@ class Attachment:
         return edit_heads
 
     def _pattern_editor(self, intervention: Intervention) -> Callable[[Tensor], Tensor]:
-        def edit_pattern(x: Tensor) -> Tensor:
-            by_query = rearrange(x, "b h q k -> b q h k")
-            y = intervention.apply(by_query, self._step_for(x))
-            return x if y is by_query else rearrange(y, "b q h k -> b h q k")
+        def edit_pattern(x: Tensor) -> Tensor:  # [b, h, q, k]: tokens (queries) on dim 2
+            return intervention.apply(x, self._step_for(x), token_dim=2, head_dim=1)
 
         return edit_pattern
 
@@ -372,6 +385,57 @@ class Attachment:
         contribution = a.submodule(block, a.attn if a.attn_out is None else a.attn_out)
         self._on_output(contribution, edit_attn_out)
 
+    def _unembedding(self) -> nn.Module:
+        if self.adapter.unembed is None:  # renamed between releases: the model knows its own
+            return self.model.get_output_embeddings()
+        return self.adapter.module(self.model, self.adapter.unembed)
+
+    def _register_stop(self, site: Site) -> None:
+        """End every forward right after ``site``'s hooks ran, at the first point of the forward
+        that comes after it: before the block of ``resid_pre`` / ``embed`` runs (its pre-hooks
+        have), after the block of any other layer site (every hook of a layer's sites runs
+        inside its block's call), before the unembedding for ``final_norm`` (logits are never
+        computed), after the whole model for ``logits``."""
+        self.adapter.refuse(site.kind, self.model.config)
+
+        def stop(*_: object) -> None:
+            raise _Stopped(self)
+
+        if site.kind == "final_norm":
+            self._handles.append(self._unembedding().register_forward_pre_hook(stop))
+            # a model that unembeds without calling that module still stops, at its end
+            self._handles.append(self.model.register_forward_hook(stop))
+        elif site.kind == "logits":
+            self._handles.append(self.model.register_forward_hook(stop))
+        elif site.kind in ("embed", "resid_pre"):
+            block = self._blocks[0 if site.layer is None else site.layer]
+            self._handles.append(block.register_forward_pre_hook(stop))
+        else:
+            self._handles.append(self._blocks[site.layer].register_forward_hook(stop))
+
+
+class _Stopped(BaseException):
+    """Raised from a hook to end a forward early; swallowed by the ``with`` block of the
+    attachment that raised it. A BaseException, as KeyboardInterrupt: code between the hook and
+    the ``with`` block (the model's, a library's) that catches ``Exception`` lets it through."""
+
+    def __init__(self, attachment: "Attachment"):
+        super().__init__("the forward was stopped early by iv.capture(stop=True) / stop_after")
+        self.attachment = attachment
+
+
+def last_in_forward(sites: Iterable[Site]) -> Site:
+    """The site computed last in a forward (the order of ``sites.all_sites``)."""
+
+    def order(site: Site) -> tuple[int, int, int]:
+        if site.kind == "embed":
+            return (0, 0, 0)
+        if site.layer is None:
+            return (2, MODEL_KINDS.index(site.kind), 0)
+        return (1, site.layer, LAYER_KINDS.index(site.kind))
+
+    return max(sites, key=order)
+
 
 def _takes_keyword(module: nn.Module, name: str) -> bool:
     parameters = inspect.signature(module.forward).parameters
@@ -423,11 +487,33 @@ def attach(model: nn.Module, plan: Plan) -> Attachment:
 
 
 @contextmanager
-def intervene(model: nn.Module, plan: Plan) -> Iterator[Attachment]:
-    """Run the block with the plan attached; every hook is removed on exit, also on error."""
-    handle = Attachment(model, plan)
-    try:
+def intervene(
+    model: nn.Module, plan: Plan, stop_after: SiteLike | None = None
+) -> Iterator[Attachment]:
+    """Run the block with the plan attached; every hook is removed on exit, also on error.
+
+    ``stop_after``: a site; every forward in the block then ends right after that site's hooks
+    ran (see ``capture(stop=True)``: the ``model(...)`` call does not return, the ``with`` block
+    ends there without an error).
+    """
+    table = adapter(model)
+    geometry = table.geometry(model.config)
+    stop = None if stop_after is None else parse(stop_after, geometry.n_layers)
+    handle = Attachment._of_checked(
+        model, table, geometry, normalize_plan(model, plan, geometry), stop
+    )
+    with _ending_at_stop(handle):
         yield handle
+
+
+@contextmanager
+def _ending_at_stop(handle: Attachment) -> Iterator[None]:
+    """Remove the handle's hooks on exit, swallowing the stop it raised (and no other)."""
+    try:
+        yield
+    except _Stopped as stopped:
+        if stopped.attachment is not handle:  # an enclosing block's stop: let it end there
+            raise
     finally:
         handle.remove()
 
@@ -435,8 +521,9 @@ def intervene(model: nn.Module, plan: Plan) -> Iterator[Attachment]:
 class Cache(Mapping[str, Tensor]):
     """Captured activations keyed by site name (``cache["layers.3.attn.heads"]``)."""
 
-    def __init__(self, captures: dict[Site, Capture]):
+    def __init__(self, captures: dict[Site, Capture], n_layers: int | None = None):
         self.captures = captures
+        self.n_layers = n_layers  # the model's: what ``layers.*`` expands to
         self._names: dict[str, Capture] | None = None  # built on first use: not every call reads
 
     @property
@@ -465,9 +552,27 @@ class Cache(Mapping[str, Tensor]):
         return self._capture(key).values
 
     def stack(self, pattern: SiteLike | Iterable[SiteLike], dim: int = 0) -> Tensor:
-        """Stack the values of several sites, in the given order (e.g. all layers)."""
-        geometry_layers = max((s.layer or 0) for s in self.captures) + 1
-        return torch.stack([self[s] for s in expand(pattern, geometry_layers)], dim=dim)
+        """Stack the values of several sites, in the given order (e.g. all layers).
+
+        ``layers.*.x`` is every captured layer of ``x``; names and ranges (``layers.2:5.x``)
+        must have been captured each."""
+        items = [pattern] if isinstance(pattern, (str, Site)) else list(pattern)
+        sites: list[Site] = []
+        for item in items:
+            named = expand(item, self._layer_count())
+            if isinstance(item, str) and "*" in item:
+                named = [site for site in named if site in self.captures]
+                if not named:
+                    raise KeyError(f"{item!r} matches no captured site; captured: {list(self)}")
+            sites += named
+        return torch.stack([self[site] for site in sites], dim=dim)
+
+    def _layer_count(self) -> int:
+        if self.n_layers is not None:
+            return self.n_layers
+        # a Cache built without the model: ``*`` keeps only captured sites, so the captured
+        # layers are all it can match
+        return max((site.layer or 0) for site in self.captures) + 1
 
 
 @contextmanager
@@ -479,21 +584,30 @@ def capture(
     heads: list[int] | None = None,
     keep_grad: bool = False,
     device: str | torch.device | None = None,
-    reduce: Callable[[], Reducer] | None = None,
+    reduce: "Callable[[], Reducer] | None" = None,
     plan: Plan | None = None,
+    stop: bool = False,
 ) -> Iterator[Cache]:
     """Capture activations at ``sites``; yields a ``Cache`` filled by the forwards in the block.
 
     ``reduce`` is a reducer factory (``iv.Mean``, ``iv.MeanNorm``, ``iv.SecondMoment``): each
     site then keeps a streaming statistic instead of every activation. ``plan`` attaches
     interventions in the same pass (captures see their effect at later sites).
+
+    ``stop=True`` ends the forward right after the last captured site: later blocks (and the
+    unembedding, unless ``logits`` is captured) never run. The ``model(...)`` call then does
+    not return: the ``with`` block ends there, without an error, so write it last in the block::
+
+        with iv.capture(model, "layers.3.resid_post", stop=True) as cache:
+            model(**inputs)  # nothing after this line in the block runs
+        cache["layers.3.resid_post"]
     """
     table = adapter(model)
     geometry = table.geometry(model.config)
     names = expand(sites, geometry.n_layers)
     if not names:
         raise ValueError("capture() got no sites: name at least one, e.g. 'layers.*.resid_post'")
-    if reduce is not None and (isinstance(reduce, Reducer) or not callable(reduce)):
+    if reduce is not None and (is_reducer(reduce) or not callable(reduce)):
         raise TypeError(
             f"capture(reduce=...) takes a factory called once per site, such as iv.Mean (the "
             f"class, not iv.Mean()), got {reduce!r}: one instance would mix every site's values"
@@ -508,15 +622,16 @@ def capture(
         )
         for site in names
     }
+    if not isinstance(stop, bool):
+        raise TypeError(f"capture(stop=...) takes True or False, got {stop!r}")
     combined = normalize_plan(model, plan, geometry) if plan else {}
     for site, cap in captures.items():
         cap.check(site, geometry)
         combined[site] = cap if site not in combined else _compose(combined[site], cap)
-    handle = Attachment._of_checked(model, table, geometry, combined)
-    try:
-        yield Cache(captures)
-    finally:
-        handle.remove()
+    last = last_in_forward(captures) if stop else None
+    handle = Attachment._of_checked(model, table, geometry, combined, last)
+    with _ending_at_stop(handle):
+        yield Cache(captures, geometry.n_layers)
 
 
 def _compose(first: Intervention, then: Intervention) -> Intervention:

@@ -24,7 +24,7 @@ one ``generate`` call (cached or not):
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
@@ -33,6 +33,9 @@ from torch import Tensor, nn
 from interventions.adapters import Geometry
 from interventions.checks import number
 from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, Site
+
+if TYPE_CHECKING:  # stats builds on ops (tally captures); at run time ops needs only the duck type
+    from interventions.stats import Reducer
 
 Positions = int | slice | str | Sequence[int] | Tensor | None
 POSITION_WORDS = ("prompt", "generated")
@@ -279,12 +282,15 @@ class Intervention(nn.Module):
     def selected_heads(self, geometry: Geometry) -> int:
         return geometry.n_heads if self.heads is None else len(self.heads)
 
-    def apply(self, x: Tensor, step: Step) -> Tensor:
+    def apply(self, x: Tensor, step: Step, *, token_dim: int = 1, head_dim: int = 2) -> Tensor:
         """Select heads and positions, run ``forward``, write back out of place.
 
-        ``x`` is ``[batch, seq, ...]``, with heads on dim 2 at head sites.
+        ``x`` is ``[batch, seq, ...]``, with heads on dim 2 at head sites; ``attn.pattern``
+        (``[batch, heads, queries, keys]``) says where its tokens (queries) and heads are.
+        ``forward`` sees the selected part in the site's own layout (under a boolean mask:
+        ``[n, ...]``, the selected tokens first).
         """
-        columns = resolve(self.positions, step, x.shape[1])
+        columns = resolve(self.positions, step, x.shape[token_dim])
         if columns is not None and not isinstance(columns, Tensor) and len(columns) == 0:
             return x
         heads = None
@@ -292,7 +298,7 @@ class Intervention(nn.Module):
             if self._head_index is None or self._head_index.device != x.device:
                 self._head_index = torch.tensor(self.heads, device=x.device)
             heads = self._head_index
-        x_heads = x if heads is None else x.index_select(2, heads)
+        x_heads = x if heads is None else x.index_select(head_dim, heads)
         if columns is None:
             y = self.forward(x_heads)
             if y is x_heads:
@@ -307,19 +313,20 @@ class Intervention(nn.Module):
                     f"positions mask has batch size {mask.shape[0]}, the activation {x.shape[0]}"
                 )
             where = mask.nonzero(as_tuple=True)
-            selected = x_heads[where]
+            by_token = x_heads.movedim(token_dim, 1)  # a view: a mask indexes [batch, seq]
+            selected = by_token[where]
             y = self.forward(selected)
             if y is selected:
                 return x
-            y_heads = x_heads.index_put(where, y)
+            y_heads = by_token.index_put(where, y).movedim(1, token_dim)
         else:
             index = torch.as_tensor(list(columns), device=x.device)
-            selected = x_heads.index_select(1, index)
+            selected = x_heads.index_select(token_dim, index)
             y = self.forward(selected)
             if y is selected:
                 return x
-            y_heads = x_heads.index_copy(1, index, y)
-        return y_heads if heads is None else x.index_copy(2, heads, y_heads)
+            y_heads = x_heads.index_copy(token_dim, index, y)
+        return y_heads if heads is None else x.index_copy(head_dim, heads, y_heads)
 
 
 def _is_int(value: object) -> bool:
@@ -497,57 +504,13 @@ class Compose(Intervention):
             x = part(x)
         return x
 
-    def apply(self, x: Tensor, step: Step) -> Tensor:
+    def apply(self, x: Tensor, step: Step, *, token_dim: int = 1, head_dim: int = 2) -> Tensor:
         for part in self.parts:
-            x = part.apply(x, step)
+            x = part.apply(x, step, token_dim=token_dim, head_dim=head_dim)
         return x
 
 
 # --- capture ------------------------------------------------------------------------------------
-
-
-class Reducer:
-    """Streaming statistic over samples ``[n, *features]``; ``value`` is the result so far."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total: Tensor | None = None
-
-    def summand(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def update(self, x: Tensor) -> None:
-        part = self.summand(x.float())
-        self.total = part if self.total is None else self.total + part
-        self.count += x.shape[0]
-
-    @property
-    def value(self) -> Tensor:
-        if self.total is None:
-            raise ValueError("nothing was reduced yet: run a forward first")
-        return self.total / self.count
-
-
-class Mean(Reducer):
-    """Running mean over samples (float32 accumulation)."""
-
-    def summand(self, x: Float[Tensor, "n ..."]) -> Float[Tensor, "..."]:
-        return x.sum(0)
-
-
-class MeanNorm(Reducer):
-    """Running mean of the L2 norm over the last dimension."""
-
-    def summand(self, x: Float[Tensor, "n ... d"]) -> Float[Tensor, "..."]:
-        return x.norm(dim=-1).sum(0)
-
-
-class SecondMoment(Reducer):
-    """Running uncentred second moment ``E[x xᵀ]`` (``total`` is ``Σ x xᵀ``)."""
-
-    def summand(self, x: Float[Tensor, "n d"]) -> Float[Tensor, "d d"]:
-        x = x.reshape(x.shape[0], -1)
-        return x.T @ x
 
 
 def _replaying() -> bool:
@@ -557,6 +520,17 @@ def _replaying() -> bool:
         return False
     # torch has no public flag for this; every recomputation runs inside a backward graph task
     return torch._C._current_graph_task_id() != -1
+
+
+def is_reducer(value: object) -> bool:
+    """Whether ``value`` is a reducer instance (an ``iv.Reducer``: ``update(x)`` and ``value``),
+    not a class or factory."""
+    return (
+        not isinstance(value, type)
+        and callable(getattr(value, "update", None))
+        and callable(getattr(value, "reset", None))
+        and hasattr(type(value), "value")
+    )
 
 
 class Capture(Intervention):
@@ -574,12 +548,12 @@ class Capture(Intervention):
         *,
         keep_grad: bool = False,
         device: str | torch.device | None = None,
-        reduce: Reducer | None = None,
+        reduce: "Reducer | None" = None,
         heads: Sequence[int] | None = None,
         positions: Positions = None,
     ):
         super().__init__(heads=heads, positions=positions)
-        if reduce is not None and not isinstance(reduce, Reducer):
+        if reduce is not None and not is_reducer(reduce):
             raise TypeError(
                 f"Capture(reduce=...) takes a Reducer instance such as iv.Mean(), got {reduce!r}"
             )
@@ -603,9 +577,9 @@ class Capture(Intervention):
         if self.reduce is None:
             self.records.append([])
 
-    def apply(self, x: Tensor, step: Step) -> Tensor:
+    def apply(self, x: Tensor, step: Step, *, token_dim: int = 1, head_dim: int = 2) -> Tensor:
         self.__dict__["_reached"] = max(self._reached, step.offset + step.length)
-        return super().apply(x, step)
+        return super().apply(x, step, token_dim=token_dim, head_dim=head_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         if _replaying():  # these values were recorded when the forward first ran
@@ -613,7 +587,9 @@ class Capture(Intervention):
         seen = x if self.keep_grad else x.detach()
         if self.device is not None:
             seen = seen.to(self.device)
-        if self.reduce is not None:
+        if self.reduce is not None:  # samples are tokens: [batch, tokens, *features] -> [n, ...]
+            if self._pattern and seen.ndim == 4:  # [b, h, q, k]: a query's row over every head
+                seen = seen.movedim(2, 1)
             self.reduce.update(seen.reshape(-1, *seen.shape[seen.ndim - self._feature_dims :]))
             return x
         if self.heads is None and self.positions is None and seen.device == x.device:
@@ -621,8 +597,6 @@ class Capture(Intervention):
             # op later in the forward (Falcon's ``mlp_output += attention_output``) would
             # rewrite the record
             seen = seen.clone()
-        if self._pattern and seen.ndim == 4:  # stored [b, q, h, k] -> the site's [b, h, q, k]
-            seen = seen.transpose(1, 2)
         if isinstance(self.positions, int) and seen.ndim >= 2 + self._feature_dims:
             seen = seen.squeeze(2 if self._pattern else 1)
         if not self.records:
@@ -667,7 +641,7 @@ class Capture(Intervention):
         self.records = []
         self._reached = 0
         if self.reduce is not None:
-            self.reduce.count, self.reduce.total = 0, None
+            self.reduce.reset()
 
 
 __all__ = [
@@ -675,14 +649,11 @@ __all__ = [
     "Capture",
     "Compose",
     "Intervention",
-    "Mean",
-    "MeanNorm",
     "Positions",
     "Project",
-    "Reducer",
     "Rescale",
-    "SecondMoment",
     "Step",
+    "is_reducer",
     "resolve",
     "site_width",
 ]

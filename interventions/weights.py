@@ -8,7 +8,8 @@ so ``W' = A W`` and ``b' = A b + c``. ``A`` and ``c`` are read off the intervent
 running it on the zero vector and the unit vectors (in float64).
 
 A ``WeightDelta`` keeps the new values and the originals of every parameter it touches:
-``revert`` restores them bit-exactly, ``save``/``load`` use safetensors, ``apply`` refuses
+``revert`` restores them bit-exactly, ``save``/``load`` use safetensors (``save_tensors`` /
+``load_tensors``, the one file format of the package: atomic, format-checked), ``apply`` refuses
 a model whose parameters are not the ones it was made from, and ``revert`` one whose parameters
 no longer hold what the delta wrote (stacked edits revert newest first).
 """
@@ -16,9 +17,10 @@ no longer hold what the delta wrote (stacked edits revert newest first).
 import difflib
 import json
 import os
+import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 from interventions.adapters import Adapter, adapter, causal_lm, require_in_memory
 from interventions.attach import Plan, normalize_plan
 from interventions.ops import AddBias, Compose, Intervention, Project, Rescale
-from interventions.sites import Site
+from interventions.sites import Site, layer_range
 
 FOLDABLE_KINDS = ("attn.heads", "attn.out", "mlp.out")
 _FORMAT = "interventions.WeightDelta/1"
@@ -138,31 +140,16 @@ class WeightDelta:
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Save as one safetensors file (written to a temporary file, then moved: an interrupted
-        save leaves the previous file, and no temporary file or new folder, behind)."""
-        path = Path(path)
-        tensors = {f"new/{name}": t.detach().cpu().contiguous() for name, t in self.changes.items()}
+        """Save as one safetensors file (atomic: see ``save_tensors``)."""
+        tensors = {f"new/{name}": t for name, t in self.changes.items()}
         for name, original in self.originals.items():
             if original is not None:
-                tensors[f"old/{name}"] = original.detach().cpu().contiguous()
+                tensors[f"old/{name}"] = original
         metadata = {
-            "format": _FORMAT,
             "created": json.dumps([n for n, o in self.originals.items() if o is None]),
             "config": json.dumps({k: list(v) for k, v in self.config.items()}),
         }
-        new_folders = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            for folder in new_folders:  # deepest first
-                folder.rmdir()
-            raise
-        return path
+        return save_tensors(path, tensors, format=_FORMAT, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WeightDelta":
@@ -171,9 +158,7 @@ class WeightDelta:
         A missing file raises FileNotFoundError; a file that is not a complete WeightDelta file
         (truncated, another format, damaged metadata) raises ValueError naming it."""
         path = Path(path)
-        metadata, tensors = _read_safetensors(path)
-        if metadata.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a WeightDelta file (no {_FORMAT!r} metadata)")
+        tensors, metadata = load_tensors(path, format=_FORMAT)
         created = _metadata_json(metadata, "created", path)
         config = _metadata_json(metadata, "config", path)
         if not isinstance(created, list) or not all(isinstance(n, str) for n in created):
@@ -214,6 +199,188 @@ class WeightDelta:
     @property
     def names(self) -> list[str]:
         return list(self.changes)
+
+    # --- recording and combining ------------------------------------------------------------------
+    @staticmethod
+    def recording(model: nn.Module, names: str | Iterable[str]) -> "Recording":
+        """A context manager that records what happens to the parameters ``names`` inside it.
+
+        ``names`` are parameter names of the causal LM (also when ``model`` is a PEFT model), one
+        name or several, e.g. the keys of ``iv.parameters(model, "layers.3.mlp")``. On entry the
+        parameters are copied; if the block raises anything (KeyboardInterrupt included), their
+        values, ``requires_grad``, gradients and every module's train/eval mode are put back
+        bit-exactly and the exception goes on. On success, ``.delta`` is the applied
+        ``WeightDelta`` of the parameters that changed::
+
+            with iv.WeightDelta.recording(model, iv.parameters(model, "layers.3.mlp")) as rec:
+                train(model)
+            rec.delta.revert(model)
+        """
+        return Recording(model, names)
+
+    @classmethod
+    def combine(cls, deltas: Iterable["WeightDelta"]) -> "WeightDelta":
+        """One delta from deltas made one after another on one model, oldest first: each
+        parameter's first original and last new value (config changes likewise).
+
+        Applying it writes what applying them in order writes; reverting it restores what
+        reverting them all restores (revert either the combined delta or its parts, not both).
+        Refuses deltas that are not such a sequence: a delta made from values of a parameter
+        other than those the delta before it wrote (another model, another order, an edit in
+        between), of another shape, creating a parameter an earlier one wrote, or applied and
+        not applied ones mixed."""
+        deltas = _delta_list(deltas)
+        applied = {delta.applied for delta in deltas}
+        if len(applied) > 1:
+            states = [delta.applied for delta in deltas]
+            raise ValueError(
+                f"combine: some deltas are applied and some are not (applied: {states}); combine "
+                "deltas that are all applied (or all reverted)"
+            )
+        changes: dict[str, Tensor] = {}
+        originals: dict[str, Tensor | None] = {}
+        config: dict[str, tuple[object, object]] = {}
+        writer: dict[str, int] = {}  # the delta that wrote each parameter last
+        for i, delta in enumerate(deltas):
+            for name, new in delta.changes.items():
+                original = delta.originals.get(name)
+                if name in changes:
+                    _check_follows(name, original, changes[name], i, writer[name])
+                else:
+                    originals[name] = original
+                changes[name], writer[name] = new, i
+            for attr, (old, new_value) in delta.config.items():
+                if attr in config and config[attr][1] != old:
+                    raise ValueError(
+                        f"combine: deltas[{i}] changes config {attr} from {old!r}, but an earlier "
+                        f"delta set it to {config[attr][1]!r}: pass deltas made one after "
+                        "another, oldest first"
+                    )
+                config[attr] = (config[attr][0] if attr in config else old, new_value)
+        return cls(changes=changes, originals=originals, config=config, applied=applied.pop())
+
+
+class Recording:
+    """What ``WeightDelta.recording(model, names)`` returns: use it in a ``with`` block.
+
+    ``originals`` (name -> copy taken on entry; read them, do not change them) and, after a block
+    that ended without an exception, ``delta``: the applied WeightDelta of what changed (None
+    before; an empty delta when nothing changed)."""
+
+    def __init__(self, model: nn.Module, names: str | Iterable[str]) -> None:
+        self._root = model  # a PEFT wrapper's own train/eval mode is restored too
+        self._model = causal_lm(model)
+        self._params = _recorded_parameters(self._model, names)
+        self.originals: dict[str, Tensor] = {}
+        self.delta: WeightDelta | None = None
+        self._entered = False
+
+    def __enter__(self) -> "Recording":
+        if self._entered:
+            raise RuntimeError("this recording was already used; call WeightDelta.recording again")
+        self._entered = True
+        self._modes = [(module, module.training) for module in self._root.modules()]
+        self._state = {
+            name: (p.requires_grad, None if p.grad is None else p.grad.detach().clone())
+            for name, p in self._params.items()
+        }
+        self.originals = {name: p.detach().clone() for name, p in self._params.items()}
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> bool:
+        if error_type is not None:
+            self._restore()
+            return False  # re-raise
+        changes, originals = {}, {}
+        for name, original in self.originals.items():
+            current = self._model.get_parameter(name)  # the block may have replaced it
+            if current.shape != original.shape:
+                self._restore()
+                raise ValueError(
+                    f"recording: parameter {name} changed shape inside the block, from "
+                    f"{tuple(original.shape)} to {tuple(current.shape)}; a WeightDelta records "
+                    "changes of values only, so the parameters were put back as they were"
+                )
+            if not _holds(current, original):
+                changes[name] = current.detach().clone()
+                originals[name] = original
+        self.delta = WeightDelta(changes=changes, originals=originals, applied=True)
+        return False
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for name, param in self._params.items():
+                module, attr = _owner(self._model, name)
+                if module._parameters.get(attr) is not param:  # replaced inside the block
+                    module._parameters[attr] = param
+                param.copy_(self.originals[name])
+                requires_grad, grad = self._state[name]
+                param.requires_grad_(requires_grad)
+                param.grad = grad
+        for module, training in self._modes:
+            module.training = training
+
+
+def _recorded_parameters(model: nn.Module, names: object) -> dict[str, nn.Parameter]:
+    """The causal LM's parameters named in ``names`` (one name or an iterable of names)."""
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, Iterable) or isinstance(names, (bytes, Tensor)):
+        raise TypeError(
+            "recording: names must be parameter names (a str, or an iterable of them such as "
+            f"iv.parameters(model, ...)), got {type(names).__name__}"
+        )
+    params: dict[str, nn.Parameter] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"recording: names must be parameter names (str), got {name!r} "
+                f"({type(name).__name__})"
+            )
+        param = _named_parameter(model, name, "recording")
+        require_in_memory(f"parameter {name}", param)
+        params[name] = param
+    if not params:
+        raise ValueError(
+            "recording: names is empty; pass the names of the parameters the block may change, "
+            "e.g. iv.parameters(model, 'layers.3.mlp')"
+        )
+    return params
+
+
+def _delta_list(deltas: object) -> list[WeightDelta]:
+    if isinstance(deltas, WeightDelta) or not isinstance(deltas, Iterable):
+        raise TypeError(
+            f"combine takes an iterable of WeightDelta (oldest first), got {type(deltas).__name__}"
+        )
+    deltas = list(deltas)
+    for i, delta in enumerate(deltas):
+        if not isinstance(delta, WeightDelta):
+            raise TypeError(f"combine: deltas[{i}] is a {type(delta).__name__}, not a WeightDelta")
+    if not deltas:
+        raise ValueError("combine: no deltas to combine; pass at least one WeightDelta")
+    return deltas
+
+
+def _check_follows(name: str, original: Tensor | None, written: Tensor, i: int, j: int) -> None:
+    """Refuse ``deltas[i]`` unless it was made from the values of ``name`` that ``deltas[j]``
+    (the last earlier delta writing it) wrote."""
+    if original is None:
+        raise ValueError(
+            f"combine: deltas[{i}] creates {name}, but deltas[{j}] before it already wrote it: "
+            "pass deltas made one after another on one model, oldest first"
+        )
+    if original.shape != written.shape:
+        raise ValueError(
+            f"combine: {name} has shape {tuple(original.shape)} in deltas[{i}] but "
+            f"{tuple(written.shape)} in deltas[{j}]: these deltas are for different models"
+        )
+    if not _holds(original, written):
+        raise ValueError(
+            f"combine: deltas[{i}] was made from values of {name} other than those deltas[{j}] "
+            "wrote (another model, another order, or an edit in between): pass deltas made one "
+            "after another on one model, oldest first"
+        )
 
 
 def _parameter(model: nn.Module, name: str) -> Tensor:
@@ -265,6 +432,20 @@ def _require_finite(name: str, new: Tensor) -> None:
             )
 
 
+def _named_parameter(model: nn.Module, name: str, caller: str) -> nn.Parameter:
+    """``model.get_parameter(name)``; a ValueError listing close names when there is none."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_parameters()]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"{caller}: the model ({type(model).__name__}) has no parameter {name!r}.{hint} "
+            "Name parameters as the causal LM's named_parameters() does"
+        ) from None
+
+
 def _changed_parameter(model: nn.Module, name: object, original: object) -> Tensor:
     """The parameter ``name`` that ``original`` (a copy from before the change) belongs to."""
     if not isinstance(name, str):
@@ -274,16 +455,7 @@ def _changed_parameter(model: nn.Module, name: object, original: object) -> Tens
             f"from_change: originals[{name!r}] must be a tensor (a copy of the parameter taken "
             f"before the change), got {type(original).__name__}"
         )
-    try:
-        current = model.get_parameter(name)
-    except AttributeError:
-        names = [n for n, _ in model.named_parameters()]
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"from_change: the model ({type(model).__name__}) has no parameter {name!r}.{hint} "
-            "Name parameters as the causal LM's named_parameters() does"
-        ) from None
+    current = _named_parameter(model, name, "from_change")
     require_in_memory(f"parameter {name}", current)
     if original.shape != current.shape:
         raise ValueError(
@@ -300,21 +472,138 @@ def _changed_parameter(model: nn.Module, name: object, original: object) -> Tens
     return current
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+# --- files ---------------------------------------------------------------------------------------
+
+
+def save_tensors(
+    path: str | os.PathLike,
+    tensors: Mapping[str, Tensor],
+    *,
+    format: str,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``tensors`` to one safetensors file at ``path``, tagged with ``format``; returns it.
+
+    Atomic: the file is written to a temporary file in the same folder, then moved over
+    ``path``, so a failed or interrupted save (KeyboardInterrupt included) leaves any existing
+    file byte for byte as it was, and no temporary file or newly made folder behind.
+    ``metadata`` holds strings (JSON-encode anything else); ``"format"`` is reserved for
+    ``format``, which ``load_tensors`` checks. Tensors are stored detached, on the CPU.
+    """
+    path = Path(path)
+    _check_format(format)
+    metadata = _checked_metadata(metadata, path)
+    stored = _storable(tensors, path)
+    new_folders = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(stored, tmp, metadata={**metadata, "format": format})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        for folder in new_folders:  # deepest first
+            folder.rmdir()
+        raise
+    return path
+
+
+def load_tensors(
+    path: str | os.PathLike, *, format: str
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a file ``save_tensors`` wrote with this ``format``.
+
+    ``metadata`` is what was saved (without ``"format"``); tensors are on the CPU. A missing
+    file raises FileNotFoundError; a folder, a file that is not safetensors (or is truncated)
+    and a file of another format raise ValueError naming the path and what was found.
+    """
+    path = Path(path)
+    _check_format(format)
     if not path.exists():
-        raise FileNotFoundError(f"WeightDelta file {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist (expected a {format!r} file)")
     if not path.is_file():
-        raise ValueError(f"{path} is not a file; pass the .safetensors file WeightDelta.save wrote")
+        raise ValueError(f"{path} is not a file; pass the .safetensors file a {format} save wrote")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            metadata = dict(f.metadata() or {})
+            found = metadata.pop("format", None)
+            if found != format:  # before reading the tensors: the file may be large
+                raise ValueError(_format_mismatch(path, format, found))
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
     except SafetensorError as error:
         raise ValueError(
             f"{path} is not a readable safetensors file ({error}): it is truncated or in another "
-            "format; save the WeightDelta again"
+            f"format; save the {format} file again"
         ) from None
-    return metadata, tensors
+    return tensors, metadata
+
+
+def _check_format(format: object) -> None:
+    if not isinstance(format, str) or not format.strip():
+        raise TypeError(
+            "format must be a non-empty string naming the file's kind and version, such as "
+            f"'interventions.WeightDelta/1', got {format!r} ({type(format).__name__})"
+        )
+
+
+def _format_mismatch(path: Path, expected: str, found: str | None) -> str:
+    if found is None:
+        return (
+            f"{path} is a safetensors file without a 'format' entry, not a {expected!r} file: it "
+            "was not written by interventions; pass the file its save wrote"
+        )
+    return f"{path} is a {found!r} file, not a {expected!r} file: load it with what saved it"
+
+
+def _checked_metadata(metadata: object, path: Path) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"save_tensors({path}): metadata must map strings to strings, got "
+            f"{type(metadata).__name__}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"save_tensors({path}): metadata must map strings to strings (json.dumps other "
+                f"values), got {key!r}: {value!r} ({type(value).__name__})"
+            )
+    if "format" in metadata:
+        raise ValueError(
+            f"save_tensors({path}): metadata key 'format' is reserved; pass format=... instead"
+        )
+    return dict(metadata)
+
+
+def _storable(tensors: object, path: Path) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors, none sharing memory (safetensors refuses shared
+    storage, e.g. two views of one tensor, so a repeated storage is copied)."""
+    if not isinstance(tensors, Mapping):
+        kind = type(tensors).__name__
+        raise TypeError(f"save_tensors({path}): tensors must map names to tensors, got {kind}")
+    stored: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, Tensor):
+            raise TypeError(
+                f"save_tensors({path}): tensors must map names (str) to tensors, got {name!r}: "
+                f"{type(tensor).__name__}"
+            )
+        if tensor.is_meta:
+            raise ValueError(
+                f"save_tensors({path}): tensor {name!r} is on the meta device (offloaded or "
+                "not loaded): it has no values to save"
+            )
+        value = tensor.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in storages:
+            value = value.clone()
+            storage = value.untyped_storage().data_ptr()
+        storages.add(storage)
+        stored[name] = value
+    return stored
 
 
 def _metadata_json(metadata: Mapping[str, str], key: str, path: Path) -> object:
@@ -363,6 +652,197 @@ def _holds(current: Tensor, written: Tensor) -> bool:
         return False
     as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (current, expected)]
     return torch.equal(*as_bytes)
+
+
+# --- parameters: weight names -------------------------------------------------------------------
+
+# weight kind -> the adapter field giving its module's path in a block
+PROJECTIONS = {
+    "attn.q_proj": "q_proj",
+    "attn.k_proj": "k_proj",
+    "attn.v_proj": "v_proj",
+    "attn.o_proj": "o_proj",
+    "mlp.gate_proj": "gate_proj",
+    "mlp.up_proj": "up_proj",
+    "mlp.down_proj": "down_proj",
+}
+# a whole sub-layer: the adapter field of its module, and the projections that belong to it
+# (OPT has no MLP module: its MLP is fc1 and fc2)
+GROUPS = {
+    "attn": ("attn", ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj")),
+    "mlp": ("mlp", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")),
+}
+WEIGHT_KINDS = (*GROUPS, *PROJECTIONS)
+_WEIGHT_NAME = re.compile(r"^layers\.(?P<layers>[^.]+)(?:\.(?P<kind>.+))?$")
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"}
+_FUSED |= {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+_FUSED_WHAT = {
+    "qkv_proj": "queries, keys and values",
+    "gate_up_proj": "the gate and up projections",
+}
+
+
+def parameters(model: nn.Module, pattern: str | Iterable[str]) -> dict[str, nn.Parameter]:
+    """The parameters that weight names resolve to, keyed by the causal LM's parameter names
+    (as its ``named_parameters()`` gives them, also when ``model`` is a PEFT model, whose
+    adapter weights of a wrapped projection come with it).
+
+    A weight name is ``layers.{i}`` (the whole block), ``layers.{i}.attn`` / ``layers.{i}.mlp``
+    (all of attention / the MLP) or ``layers.{i}.{projection}``, projection one of
+    ``attn.q_proj``, ``attn.k_proj``, ``attn.v_proj``, ``attn.o_proj``, ``mlp.gate_proj``,
+    ``mlp.up_proj``, ``mlp.down_proj`` (weight and bias); ``{i}`` is a layer, ``*`` or a range
+    ``3:8`` as sites write them. ``pattern`` is one name or an iterable of them::
+
+        iv.parameters(model, ["layers.8:12.attn.v_proj", "layers.*.mlp.down_proj"])
+
+    A projection the architecture does not have alone (GPT-2's fused ``attn.c_attn`` computes
+    q, k and v) raises NotImplementedError naming what it has instead; a bad name raises
+    ValueError listing close valid names. Offloaded (meta) parameters are returned as they are:
+    what edits them refuses them.
+    """
+    table = adapter(model)
+    n_layers = table.geometry(model.config).n_layers
+    found: dict[str, nn.Parameter] = {}
+    for name in _weight_names(pattern):
+        kind, layers = _parse_weight_name(name, n_layers)
+        for layer in layers:
+            found.update(_layer_parameters(model, table, layer, kind))
+    return found
+
+
+def _weight_names(pattern: object) -> list[str]:
+    names = [pattern] if isinstance(pattern, str) else pattern
+    if isinstance(names, (bytes, Mapping, Tensor)) or not isinstance(names, Iterable):
+        raise TypeError(
+            "parameters: pattern must be a weight name such as 'layers.3.mlp.down_proj' or an "
+            f"iterable of them, got {type(pattern).__name__}"
+        )
+    names = list(names)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"parameters: weight names are str, such as 'layers.3.attn.v_proj', got "
+                f"{name!r} ({type(name).__name__})"
+            )
+    if not names:
+        raise ValueError(
+            "parameters: pattern is empty; pass weight names such as 'layers.3.mlp' or "
+            "'layers.*.attn.o_proj'"
+        )
+    return names
+
+
+def _parse_weight_name(name: str, n_layers: int) -> tuple[str | None, list[int]]:
+    """``(kind, layers)``: kind None for the whole block."""
+    match = _WEIGHT_NAME.match(name)
+    if match is None or (match["kind"] is not None and match["kind"] not in WEIGHT_KINDS):
+        spec = match["layers"] if match is not None else "{i}"
+        valid = [f"layers.{spec}"] + [f"layers.{spec}.{kind}" for kind in WEIGHT_KINDS]
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown weight name {name!r}.{hint} Weight names are layers.{{i}} (the block) or "
+            f"layers.{{i}}.{{kind}}, kind one of {', '.join(WEIGHT_KINDS)}; {{i}} is a layer, "
+            "'*' or 'start:stop'"
+        )
+    try:
+        layers = layer_range(match["layers"], n_layers)
+    except ValueError as error:
+        raise ValueError(f"weight name {name!r}: {error}") from None
+    return match["kind"], layers
+
+
+def _layer_parameters(
+    model: nn.Module, table: Adapter, layer: int, kind: str | None
+) -> dict[str, nn.Parameter]:
+    block = table.blocks(model)[layer]
+    prefix = f"{table.layers}.{layer}"
+    if kind is None:
+        return dict(block.named_parameters(prefix=prefix))
+    if kind in PROJECTIONS:
+        path, module = _projection(table, block, layer, kind)
+        return dict(module.named_parameters(prefix=f"{prefix}.{path}"))
+    field_name, members = GROUPS[kind]
+    modules = [_resolved(block, getattr(table, field_name))]
+    for member in members:  # those outside the group's module (OPT's fc2), deduplicated below
+        path = getattr(table, PROJECTIONS[member])
+        modules.append(_resolved(block, path) if path is not None else None)
+    found: dict[str, nn.Parameter] = {}
+    for resolved in modules:
+        if resolved is not None:
+            path, module = resolved
+            found.update(module.named_parameters(prefix=f"{prefix}.{path}" if path else prefix))
+    return found
+
+
+def _projection(table: Adapter, block: nn.Module, layer: int, kind: str) -> tuple[str, nn.Module]:
+    """``(path, module)`` of projection ``kind`` in ``block``; NotImplementedError where the
+    architecture has no such module alone."""
+    group = kind.partition(".")[0]
+    instead = f"use layers.{layer}.{group} (all of {'attention' if group == 'attn' else 'the MLP'})"
+    path = getattr(table, PROJECTIONS[kind])
+    resolved = None if path is None else _resolved(block, path)
+    if resolved is None:
+        reason = _why_absent(table, block, layer, kind)
+        raise NotImplementedError(f"{kind} on {table.name}: {reason}; {instead}")
+    path, module = resolved
+    if "weight" not in module._parameters and "base_layer" not in module._modules:
+        fused = [n for n, p in module.named_parameters(recurse=False) if p.ndim == 3]
+        raise NotImplementedError(
+            f"{kind} on {table.name}: {path!r} has no weight matrix"
+            + (f" (its experts are fused 3-D parameters: {', '.join(fused)})" if fused else "")
+            + f"; {instead}"
+        )
+    return path, module
+
+
+_UNLIKE = (
+    "a layer unlike those the table describes, e.g. a dense layer of a mixture-of-experts model"
+)
+
+
+def _why_absent(table: Adapter, block: nn.Module, layer: int, kind: str) -> str:
+    """Why ``block`` has no module for projection ``kind``: fused, not gated, or not there."""
+    field_name = PROJECTIONS[kind]
+    path = getattr(table, field_name)
+    if path is not None:
+        return f"layer {layer} has no module {path!r}, the table's {kind} ({_UNLIKE})"
+    fused_field = _FUSED.get(field_name)
+    fused = None if fused_field is None else getattr(table, fused_field)
+    if fused is not None:
+        together = _FUSED_WHAT[fused_field]
+        if _resolved(block, fused) is None:
+            return (
+                f"the table's {field_name} is None, and layer {layer} has no {fused!r}, the "
+                f"fused module computing {together} together ({_UNLIKE})"
+            )
+        return f"one fused module, {fused!r}, computes {together} together"
+    if field_name == "gate_proj" and table.up_proj is not None:
+        return f"its MLP is not gated (its up projection is {table.up_proj!r})"
+    owner = _resolved(block, getattr(table, GROUPS[kind.partition(".")[0]][0]))
+    names = [] if owner is None else _projection_names(owner[1])
+    there = f"; the projections there: {', '.join(names)}" if names else ""
+    return f"no module is {kind} alone (the table's {field_name} is None{there})"
+
+
+def _resolved(block: nn.Module, path: str) -> tuple[str, nn.Module] | None:
+    """``(path, module)`` for the first alternative of ``path`` (``"mlp|block_sparse_moe"``)
+    that ``block`` has, the path as parameter names spell it; None when it has none."""
+    for alternative in path.split("|"):
+        try:
+            return alternative, Adapter.submodule(block, alternative)
+        except AttributeError:
+            continue
+    return None
+
+
+def _projection_names(module: nn.Module) -> list[str]:
+    """The children of ``module`` that hold a weight matrix."""
+    return [
+        name
+        for name, child in module.named_children()
+        if getattr(child, "weight", None) is not None and child.weight.ndim == 2
+    ]
 
 
 # --- bake ------------------------------------------------------------------------------------

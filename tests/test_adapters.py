@@ -88,10 +88,17 @@ def test_register_adapter_adds_a_table():
 
 
 def test_module_lookup_matches_get_submodule(model):
+    from transformers.pytorch_utils import Conv1D
+
     a = iv.adapter(model)
     block = a.blocks(model)[1]
     for path in (a.attn, a.attn_norm, a.o_proj, a.mlp_norm, a.down_proj):
         assert a.block_module(model, 1, path) is block.get_submodule(path)
+    projections = (a.q_proj, a.k_proj, a.v_proj, a.qkv_proj, a.gate_proj, a.up_proj)
+    given = [path for path in projections if path is not None]
+    assert len(given) == (2 if a.name == "gpt2" else 5)  # GPT-2: c_attn and c_fc
+    for path in given:
+        assert isinstance(a.block_module(model, 1, path), torch.nn.Linear | Conv1D), path
     assert a.block_module(model, 1, "") is block
     assert a.blocks(model) is model.get_submodule(a.layers)
     for path in (a.embed, a.final_norm, a.unembed):

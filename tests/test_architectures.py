@@ -17,6 +17,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import transformers
+from generation import generate
 from packaging.version import Version
 from torch import nn
 
@@ -34,7 +35,6 @@ from interventions.sites import LAYER_KINDS, MODEL_KINDS
 # model types checked here: computed at collection, so a table registered in adapters/ joins
 COVERED = [t for t in available_tiny_types() if t in _REGISTRY]
 UNCOVERED = [t for t in available_tiny_types() if t not in _REGISTRY]
-NEW = 6  # generated tokens: prompt 9 + 6 > the tiny models' sliding windows (8)
 ATOL = 1e-5
 
 release = Version(transformers.__version__)
@@ -484,21 +484,6 @@ def test_attention_pattern_rows_are_distributions(subject, ids):
             close(rows, torch.ones_like(rows), f"layer {i}: pattern rows")
 
 
-def generate(model, ids, plan, *, use_cache: bool):
-    with iv.intervene(model, plan):
-        out = model.generate(
-            ids,
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-            use_cache=use_cache,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    return out.sequences, torch.stack(out.logits, dim=1)
-
-
 @over_covered("generate", needs=("attn.heads",))
 @pytest.mark.parametrize("positions", [-1, None])
 def test_cached_generate_equals_uncached_under_a_head_bias(subject, positions, ids):
@@ -594,3 +579,58 @@ def test_geometry_splits_the_output_projection(subject):
         assert g.n_heads * g.d_head == width, f"layer {i}: {table.o_proj} takes {width}"
         kv_heads = kv_heads_of(table.block_module(model, i, table.attn), g.n_heads)
         assert kv_heads in (None, g.n_kv_heads), f"layer {i}: attention has {kv_heads} KV heads"
+
+
+# --- weight names (iv.parameters) ----------------------------------------------------------------
+@over_covered("parameters")
+def test_weight_names_resolve_to_projections_of_their_shape(subject):
+    """Each projection name resolves to the model's own parameters, its weight [out, in] of the
+    geometry's shape, inside its sub-layer's and its block's parameters; one the architecture
+    fuses is refused naming the fused module, which exists."""
+    model, table, g = subject
+    named = dict(model.named_parameters())
+    shapes = {
+        "attn.q_proj": (g.n_heads * g.d_head, g.d_model),
+        "attn.k_proj": (g.n_kv_heads * g.d_head, g.d_model),
+        "attn.v_proj": (g.n_kv_heads * g.d_head, g.d_model),
+        "attn.o_proj": (g.d_model, g.n_heads * g.d_head),
+        "mlp.gate_proj": (g.d_mlp, g.d_model),
+        "mlp.up_proj": (g.d_mlp, g.d_model),
+        "mlp.down_proj": (g.d_model, g.d_mlp),
+    }
+    for i in range(g.n_layers):
+        prefix = f"{table.layers}.{i}."
+        block = iv.parameters(model, f"layers.{i}")
+        assert set(block) == {n for n in named if n.startswith(prefix)}
+        groups = {group: iv.parameters(model, f"layers.{i}.{group}") for group in ("attn", "mlp")}
+        assert groups["attn"] and groups["mlp"] and not set(groups["attn"]) & set(groups["mlp"])
+        assert set(groups["attn"]) | set(groups["mlp"]) <= set(block)
+        for kind, shape in shapes.items():
+            try:
+                found = iv.parameters(model, f"layers.{i}.{kind}")
+            except NotImplementedError as error:
+                fused = re.search(r"one fused module, '([^']+)'", str(error))
+                if fused is not None:
+                    alternatives = fused[1].split("|")
+                    assert any(block_has(table, model, i, p) for p in alternatives), str(error)
+                continue
+            assert all(named[name] is param for name, param in found.items()), kind
+            assert set(found) <= set(groups[kind.partition(".")[0]]), kind
+            weight = found[next(n for n in found if n.endswith("weight"))]
+            assert tuple(table.from_storage(weight).shape) == shape, f"layer {i} {kind}"
+
+
+def block_has(table: Adapter, model, layer: int, path: str) -> bool:
+    try:
+        table.block_module(model, layer, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def test_every_architecture_names_q_k_v_or_the_module_that_fuses_them():
+    """A table without q/k/v paths says where they are (fused), except latent attention."""
+    for name, table in _REGISTRY.items():
+        qkv = (table.q_proj, table.k_proj, table.v_proj)
+        assert all(qkv) or (not any(qkv) and table.qkv_proj) or name == "deepseek_v3", name
+        assert table.up_proj or table.gate_up_proj, name

@@ -391,3 +391,222 @@ def test_a_capture_at_positions_no_forward_reached_says_so(model, ids):
         model(ids)
     with pytest.raises(ValueError, match="positions=50.*covered positions 0..8"):
         cache["layers.0.resid_post"]
+
+
+# --- stopping early -------------------------------------------------------------------------
+
+
+def completed_modules(model) -> tuple[list[str], list]:
+    """Names of the modules whose forward completes, in order (filled by hooks it returns)."""
+    done, handles = [], []
+    for name, module in model.named_modules():
+        if name:
+            record = lambda *_, name=name: done.append(name)  # noqa: E731
+            handles.append(module.register_forward_hook(record))
+    return done, handles
+
+
+def block_of(name: str, model) -> int | None:
+    prefix = iv.adapter(model).layers + "."
+    if not name.startswith(prefix):
+        return None
+    return int(name[len(prefix) :].split(".")[0])
+
+
+STOPS = [  # captured sites -> the last block whose forward completes (-1: none)
+    (["embed"], -1),
+    (["layers.1.resid_pre"], 0),
+    (["layers.0.mlp.act"], 0),
+    (["layers.0.attn.heads", "layers.1.resid_post", "embed"], 1),
+    (["layers.2.mlp.out", "layers.0.resid_pre"], 2),
+]
+
+
+@pytest.mark.parametrize(("sites", "last_block"), STOPS)
+def test_a_stopped_forward_runs_nothing_after_the_last_captured_site(model, ids, sites, last_block):
+    with iv.capture(model, sites) as full:
+        model(ids)
+    done, counting = completed_modules(model)
+    reached_the_end = False
+    with iv.capture(model, sites, stop=True) as cache:
+        model(ids)
+        reached_the_end = True
+    assert not reached_the_end  # the block ends with the stopped call
+    blocks = {block_of(name, model) for name in done} - {None}
+    assert max(blocks, default=-1) == last_block
+    unembed = model.get_output_embeddings()
+    assert not any(model.get_submodule(name) is unembed for name in done)
+    assert iv.adapter(model).final_norm not in done
+    for site in full:
+        assert torch.equal(cache[site], full[site]), site
+    for handle in counting:
+        handle.remove()
+    assert hooks_on(model) == 0
+
+
+def test_a_stop_at_final_norm_never_unembeds(model, ids):
+    a = iv.adapter(model)
+    with iv.capture(model, "final_norm") as full:
+        logits = model(ids).logits
+    unembed, unembedded = model.get_output_embeddings(), []
+    unembed.forward = lambda x: unembedded.append(x) or type(unembed).forward(unembed, x)
+    done, completing = completed_modules(model)
+    with iv.capture(model, ["final_norm", "layers.1.mlp.act"], stop=True) as cache:
+        model(ids)
+    assert unembedded == []  # its forward never ran
+    assert a.final_norm in done
+    assert torch.equal(cache["final_norm"], full["final_norm"])
+    torch.testing.assert_close(unembed(cache["final_norm"]), logits)
+    assert len(unembedded) == 1  # the counting forward works
+    del unembed.forward
+    for handle in completing:
+        handle.remove()
+    assert hooks_on(model) == 0
+
+
+def test_a_stop_at_logits_ends_after_the_whole_model(model, ids):
+    logits = model(ids).logits
+    out = None
+    with iv.capture(model, ["logits", "layers.0.resid_post"], stop=True) as cache:
+        out = model(ids)
+    assert out is None  # the call did not return: the stop came after the model's own end
+    assert torch.equal(cache["logits"], logits)
+
+
+def test_hooks_are_removed_after_a_stop_and_after_errors_in_a_stopping_block(model, ids):
+    with iv.capture(model, "layers.0.resid_post", stop=True):
+        model(ids)
+    assert hooks_on(model) == 0
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        iv.capture(model, "layers.1.resid_post", stop=True),
+    ):
+        raise RuntimeError("boom")  # before any forward
+    assert hooks_on(model) == 0
+    plan = {"layers.0.mlp.out": Boom()}
+    with (
+        pytest.raises(RuntimeError, match="inside the forward"),
+        iv.capture(model, "layers.1.resid_post", stop=True, plan=plan),
+    ):
+        model(ids)  # an error in a hook before the stop point
+    assert hooks_on(model) == 0
+    with pytest.raises(KeyboardInterrupt), iv.intervene(model, {}, stop_after="layers.1.mlp.act"):
+        raise KeyboardInterrupt
+    assert hooks_on(model) == 0
+
+
+def test_intervene_stop_after_ends_after_that_sites_edit(model, ids):
+    v = torch.randn(32)
+    plan = {"layers.1.resid_post": iv.Compose(iv.AddBias(v), iv.Capture())}
+    with iv.capture(model, "layers.2.resid_pre", plan={"layers.1.resid_post": iv.AddBias(v)}) as c:
+        model(ids)
+    done, counting = completed_modules(model)
+    with iv.intervene(model, plan, stop_after="layers.1.resid_post"):
+        model(ids)
+    assert max({block_of(name, model) for name in done} - {None}) == 1
+    assert torch.equal(plan["layers.1.resid_post"].parts[1].value, c["layers.2.resid_pre"])
+    for handle in counting:
+        handle.remove()
+    # a stop without a plan: the forward still ends there
+    done, counting = completed_modules(model)
+    with iv.intervene(model, {}, stop_after="layers.0.mlp.act"):
+        model(ids)
+    assert max({block_of(name, model) for name in done} - {None}) == 0
+    for handle in counting:
+        handle.remove()
+    assert hooks_on(model) == 0
+
+
+def test_stop_after_refuses_what_is_not_one_site(model):
+    with pytest.raises(ValueError, match="expected exactly one site"):
+        iv.intervene(model, {}, stop_after="layers.*.resid_post").__enter__()
+    with pytest.raises(ValueError, match="has 3 layers"):
+        iv.intervene(model, {}, stop_after="layers.3.resid_post").__enter__()
+    with pytest.raises(TypeError, match="a site is a str"):
+        iv.intervene(model, {}, stop_after=3).__enter__()
+    with pytest.raises(TypeError, match=r"capture\(stop=\.\.\.\) takes True or False, got 1"):
+        iv.capture(model, "layers.0.resid_post", stop=1).__enter__()
+    assert hooks_on(model) == 0
+
+
+def test_a_stop_ends_only_its_own_block(model, ids):
+    after_inner = False
+    with iv.capture(model, "layers.2.resid_post") as outer:
+        with iv.capture(model, "layers.0.resid_post", stop=True) as inner:
+            model(ids)
+        after_inner = True
+        model(ids)  # the outer capture is still attached, the inner stop is not
+    assert after_inner
+    assert len(inner.records("layers.0.resid_post")) == 1
+    assert len(outer.records("layers.2.resid_post")) == 1
+    with (
+        iv.capture(model, "layers.0.resid_post", stop=True) as stopping,
+        iv.capture(model, "layers.2.resid_post") as later,
+    ):
+        model(ids)  # the outer stop fires; the inner block lets it through
+    assert len(stopping.records("layers.0.resid_post")) == 1
+    assert len(later.records("layers.2.resid_post")) == 0
+    assert hooks_on(model) == 0
+
+
+def test_a_stopped_capture_under_generate_keeps_the_prompt(model, ids):
+    with iv.capture(model, "layers.1.resid_post") as full:
+        model(ids)
+    with iv.capture(model, "layers.1.resid_post", stop=True) as cache:
+        model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(cache["layers.1.resid_post"], full["layers.1.resid_post"])
+    assert hooks_on(model) == 0
+
+
+def test_pattern_selectors_pick_queries_and_heads_in_the_sites_own_layout(model, ids):
+    with iv.capture(model, "layers.1.attn.pattern") as full:
+        model(ids)
+    pattern = full["layers.1.attn.pattern"]  # [b, h, q, k]
+    rows = torch.zeros(2, 9, dtype=torch.bool)
+    rows[0, 3], rows[1, 5:7] = True, True
+    selected = {
+        "last": (dict(positions=-1, heads=[1, 3]), pattern[:, [1, 3], -1]),
+        "slice": (dict(positions=slice(2, 5)), pattern[:, :, 2:5]),
+        "mask": (dict(positions=rows, heads=[2]), pattern.movedim(2, 1)[rows][:, [2]]),
+    }
+    for name, (selectors, expected) in selected.items():
+        with iv.capture(model, "layers.1.attn.pattern", **selectors) as cache:
+            model(ids)
+        assert torch.equal(cache["layers.1.attn.pattern"], expected), name
+    with iv.capture(model, "layers.1.attn.pattern", reduce=iv.Mean) as mean:
+        model(ids)
+    by_query = pattern.movedim(2, 1).reshape(-1, *pattern.shape[1::2])  # [b q, h, k]
+    torch.testing.assert_close(mean["layers.1.attn.pattern"], by_query.mean(0))
+
+
+class SeesShape(iv.Intervention):
+    reads_only = True
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x
+
+
+def test_an_intervention_at_the_pattern_sees_the_sites_layout(llama, ids):
+    seen = SeesShape()
+    with iv.intervene(llama, {"layers.0.attn.pattern": seen}):
+        llama(ids)
+    assert seen.shapes == [(2, 4, 9, 9)]  # [batch, heads, queries, keys]
+
+
+def test_stack_takes_the_captured_layers_a_wildcard_matches(llama, ids):
+    with iv.capture(llama, ["layers.1:3.resid_post", "layers.0.mlp.out"]) as cache:
+        llama(ids)
+    stacked = cache.stack("layers.*.resid_post", dim=1)
+    assert torch.equal(stacked[:, 0], cache["layers.1.resid_post"])
+    assert torch.equal(stacked[:, 1], cache["layers.2.resid_post"])
+    assert stacked.shape == (2, 2, 9, 32)
+    assert cache.stack(["layers.2.resid_post", "layers.0.mlp.out"]).shape == (2, 2, 9, 32)
+    with pytest.raises(KeyError, match="'layers.0.resid_post' was not captured"):
+        cache.stack("layers.0:2.resid_post")  # a range names each layer
+    with pytest.raises(KeyError, match="matches no captured site"):
+        cache.stack("layers.*.attn.out")

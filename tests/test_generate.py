@@ -4,26 +4,10 @@ import inspect
 
 import pytest
 import torch
+from generation import NEW, generate
 
 import interventions as iv
 from interventions.ops import Step, resolve
-
-NEW = 6
-
-
-def generate(model, prompt, plan, use_cache):
-    with iv.intervene(model, plan):
-        out = model.generate(
-            prompt,
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-            use_cache=use_cache,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    return out.sequences, torch.stack(out.logits, dim=1)
 
 
 def plan_at(positions, seed=0):

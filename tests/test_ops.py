@@ -190,3 +190,19 @@ def test_right_padded_prompts_count_negative_positions_from_each_rows_own_end():
         [False, True, True, False, False],
     ]
     assert resolve(1, step, 5) == [1]  # absolute positions do not depend on padding
+
+
+def test_apply_selects_on_the_token_and_head_dims_it_is_told():
+    x = torch.randn(2, 3, 4, 4)  # [batch, heads, queries, keys], as attn.pattern is
+    step = Step.single(4)
+    cap = iv.Capture(heads=[0, 2], positions=-1)
+    cap.apply(x, step, token_dim=2, head_dim=1)
+    assert torch.equal(cap.records[-1][-1], x[:, [0, 2]][:, :, [3]])
+    rows = torch.tensor([[True, False, True, False], [False, True, False, False]])
+    y = iv.Rescale(2.0, positions=rows, heads=[1]).apply(x, step, token_dim=2, head_dim=1)
+    expected = x.clone()
+    expected[0, 1, [0, 2]] *= 2
+    expected[1, 1, 1] *= 2
+    assert torch.equal(y, expected)
+    y = iv.Compose(iv.Rescale(3.0, positions=slice(0, 2))).apply(x, step, token_dim=2, head_dim=1)
+    assert torch.equal(y[:, :, :2], 3 * x[:, :, :2]) and torch.equal(y[:, :, 2:], x[:, :, 2:])

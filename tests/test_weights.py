@@ -1,5 +1,6 @@
 """bake / WeightDelta (acceptance 5)."""
 
+import re
 import warnings
 from contextlib import nullcontext
 
@@ -353,3 +354,364 @@ def test_apply_refuses_non_finite_new_values(llama):
         delta.apply(llama)
     assert not delta.applied
     assert_same_parameters(llama, before)
+
+
+# --- save_tensors / load_tensors --------------------------------------------------------------
+
+FORMAT = "tests.Tensors/1"
+
+
+def test_save_tensors_round_trips_tensors_and_metadata(tmp_path):
+    from interventions.weights import load_tensors, save_tensors
+
+    base = torch.arange(12.0).reshape(3, 4).requires_grad_()
+    tensors = {"whole": base, "row": base[1], "columns": base[:, ::2], "ints": torch.arange(3)}
+    path = save_tensors(tmp_path / "a" / "t.safetensors", tensors, format=FORMAT,
+                        metadata={"count": "3"})  # fmt: skip
+    assert path == tmp_path / "a" / "t.safetensors"
+    loaded, metadata = load_tensors(str(path), format=FORMAT)
+    assert metadata == {"count": "3"}
+    assert set(loaded) == set(tensors)
+    for name, tensor in tensors.items():
+        assert torch.equal(loaded[name], tensor.detach()), name
+        assert not loaded[name].requires_grad
+    assert load_tensors(save_tensors(path, {}, format=FORMAT), format=FORMAT) == ({}, {})
+
+
+def test_a_failed_or_interrupted_save_tensors_leaves_the_file_and_nothing_else(
+    tmp_path, monkeypatch
+):
+    from interventions import weights
+
+    path = weights.save_tensors(tmp_path / "t.safetensors", {"x": torch.ones(2)}, format=FORMAT)
+    saved = path.read_bytes()
+
+    def interrupted(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(weights, "save_file", interrupted)
+        for target in (path, tmp_path / "new" / "deeper" / "t.safetensors"):
+            with pytest.raises(KeyboardInterrupt):
+                weights.save_tensors(target, {"x": torch.zeros(2)}, format=FORMAT)
+    bad_inputs = [
+        ({"x": [1.0]}, {}, TypeError, "names \\(str\\) to tensors, got 'x': list"),
+        ({1: torch.ones(1)}, {}, TypeError, "got 1: Tensor"),
+        ([torch.ones(1)], {}, TypeError, "tensors must map names to tensors, got list"),
+        ({"x": torch.ones(1, device="meta")}, {}, ValueError, "'x' is on the meta device"),
+        ({"x": torch.ones(1)}, {"n": 3}, TypeError, "strings to strings .* got 'n': 3 \\(int\\)"),
+        ({"x": torch.ones(1)}, {"format": "x"}, ValueError, "'format' is reserved"),
+    ]
+    for tensors, metadata, error, message in bad_inputs:
+        with pytest.raises(error, match=message):
+            weights.save_tensors(path, tensors, format=FORMAT, metadata=metadata)
+    with pytest.raises(TypeError, match="format must be a non-empty string .* got None"):
+        weights.save_tensors(path, {"x": torch.ones(1)}, format=None)
+    assert path.read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+def test_load_tensors_names_the_path_and_what_it_found(tmp_path):
+    from safetensors.torch import save_file
+
+    from interventions.weights import load_tensors, save_tensors
+
+    other = save_tensors(tmp_path / "other.safetensors", {"x": torch.ones(1)}, format="b/2")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.ones(1)}, plain)
+    (tmp_path / "text.safetensors").write_text("not tensors")
+    cases = [
+        (tmp_path / "missing.safetensors", FileNotFoundError, "missing.safetensors does not exist"),
+        (tmp_path, ValueError, f"{re.escape(str(tmp_path))} is not a file"),
+        (tmp_path / "text.safetensors", ValueError, "text.safetensors is not a readable safetens"),
+        (other, ValueError, f"other.safetensors is a 'b/2' file, not a '{FORMAT}' file"),
+        (plain, ValueError, "plain.safetensors is a safetensors file without a 'format' entry"),
+    ]
+    for path, error, message in cases:
+        with pytest.raises(error, match=message):
+            load_tensors(path, format=FORMAT)
+    with pytest.raises(TypeError, match="format must be a non-empty string"):
+        load_tensors(other, format="")
+
+
+# --- WeightDelta.recording / combine ----------------------------------------------------------
+
+
+def parameter_state(model):
+    return {
+        name: (p.detach().clone(), p.requires_grad, None if p.grad is None else p.grad.clone())
+        for name, p in model.named_parameters()
+    }
+
+
+def assert_same_state(model, before):
+    now = parameter_state(model)
+    assert set(now) == set(before)
+    for name, (value, requires_grad, grad) in before.items():
+        assert torch.equal(now[name][0].view(torch.uint8), value.view(torch.uint8)), name
+        assert now[name][1] == requires_grad, name
+        assert (now[name][2] is None) == (grad is None), name
+        if grad is not None:
+            assert torch.equal(now[name][2], grad), name
+
+
+def train_step(model, ids, names):
+    from interventions.adapters import causal_lm
+
+    params = [causal_lm(model).get_parameter(name) for name in names]
+    grads = torch.autograd.grad(model(ids).logits.square().mean(), params)
+    with torch.no_grad():
+        for p, grad in zip(params, grads, strict=True):
+            p -= 0.1 * grad
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.mul_(3.0)  # in place: the recorded gradient must be a copy
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_recording_restores_everything_on_any_exception(llama, ids, error):
+    names = ["model.layers.1.mlp.down_proj.weight", "model.layers.0.self_attn.o_proj.weight"]
+    llama.get_parameter(names[0]).grad = torch.ones(32, 64)
+    llama.model.layers[2].mlp.up_proj.weight.requires_grad_(False)
+    llama.eval()
+    before = parameter_state(llama)
+    with pytest.raises(type(error)), iv.WeightDelta.recording(llama, names) as rec:
+        llama.train()
+        train_step(llama, ids, names)
+        llama.get_parameter(names[1]).requires_grad_(False)
+        replaced = torch.nn.Parameter(torch.zeros(32, 64))
+        llama.model.layers[1].mlp.down_proj.weight = replaced
+        raise error
+    assert rec.delta is None
+    assert_same_state(llama, before)
+    assert not any(m.training for m in llama.modules())
+
+
+def test_recording_gives_the_delta_of_what_changed(model, ids):
+    table = iv.adapter(model)
+    prefix = f"{table.layers}.1.{table.down_proj}"
+    names = [f"{prefix}.weight", f"{table.layers}.0.{table.o_proj}.weight"]
+    before = snapshot(model)
+    with iv.WeightDelta.recording(model, names) as rec:
+        assert rec.delta is None
+        with torch.no_grad():
+            model.get_parameter(names[0]).mul_(1.5)
+    after = snapshot(model)
+    assert rec.delta.applied and rec.delta.names == names[:1]  # o_proj did not change
+    assert torch.equal(rec.delta.originals[names[0]], before[names[0]])
+    rec.delta.revert(model)
+    assert_same_parameters(model, before)
+    rec.delta.apply(model)
+    assert_same_parameters(model, after)
+    with pytest.raises(RuntimeError, match="already used"), rec:
+        pass
+
+
+def test_recording_refuses_bad_names_and_shape_changes(llama):
+    name = "model.layers.1.mlp.down_proj.weight"
+    with pytest.raises(ValueError, match=f"no parameter 'model.layers.1.mlp.down_proj'.*{name}"):
+        iv.WeightDelta.recording(llama, ["model.layers.1.mlp.down_proj"])
+    with pytest.raises(ValueError, match="names is empty"):
+        iv.WeightDelta.recording(llama, [])
+    with pytest.raises(TypeError, match="names must be parameter names .* got 3 \\(int\\)"):
+        iv.WeightDelta.recording(llama, [3])
+    with pytest.raises(TypeError, match="got int"):
+        iv.WeightDelta.recording(llama, 3)
+    before = snapshot(llama)
+    shape_change = r"changed shape .* \(32, 64\) to \(32, 3\)"
+    with pytest.raises(ValueError, match=shape_change), iv.WeightDelta.recording(llama, name):
+        llama.model.layers[1].mlp.down_proj.weight = torch.nn.Parameter(torch.zeros(32, 3))
+    assert_same_parameters(llama, before)
+
+
+def test_combine_applies_and_reverts_like_its_parts_in_order(llama, ids):
+    before, config_before = snapshot(llama), llama.config.to_dict()
+    first = iv.bake(llama, foldable_plan(0))  # creates biases and sets config flags
+    second = iv.bake(llama, foldable_plan(1))  # the same weights again, and the new biases
+    name = "model.layers.2.mlp.down_proj.weight"
+    with iv.WeightDelta.recording(llama, name) as rec, torch.no_grad():
+        llama.get_parameter(name).add_(1.0)
+    after, config_after = snapshot(llama), llama.config.to_dict()
+    combined = iv.WeightDelta.combine([first, second, rec.delta])
+    assert combined.applied
+    assert set(combined.names) == set(first.names) | set(second.names) | {name}
+    combined.revert(llama)
+    assert_same_parameters(llama, before)
+    assert llama.config.to_dict() == config_before
+    combined.apply(llama)
+    assert_same_parameters(llama, after)
+    assert llama.config.to_dict() == config_after
+    assert iv.WeightDelta.combine(iter([first])).names == first.names
+
+
+def test_combine_refuses_deltas_that_are_not_one_sequence(llama):
+    first = iv.bake(llama, foldable_plan(0))
+    first.revert(llama)
+    # made from the originals, not after ``first``, and writing an o_proj ``first`` wrote
+    second = iv.bake(llama, {"layers.1.attn.out": iv.Rescale(0.5)})
+    with pytest.raises(ValueError, match="some deltas are applied and some are not"):
+        iv.WeightDelta.combine([first, second])
+    second.revert(llama)
+    with pytest.raises(ValueError, match=r"deltas\[1\] was made from values of .* deltas\[0\]"):
+        iv.WeightDelta.combine([first, second])
+    name = "model.layers.2.mlp.down_proj.weight"
+    bias = "model.layers.1.mlp.down_proj.bias"
+    narrow = iv.WeightDelta(changes={name: torch.ones(32, 3)}, originals={name: torch.ones(32, 3)})
+    with pytest.raises(ValueError, match=r"shape \(32, 3\) in deltas\[1\] but \(32, 64\)"):
+        iv.WeightDelta.combine([first, narrow])
+    creates = iv.WeightDelta(changes={bias: torch.zeros(32)}, originals={bias: None})
+    with pytest.raises(ValueError, match=r"deltas\[1\] creates .*bias, but deltas\[0\]"):
+        iv.WeightDelta.combine([first, creates])
+    flag = iv.WeightDelta(changes={}, originals={}, config={"mlp_bias": (False, True)})
+    with pytest.raises(ValueError, match="changes config mlp_bias from False"):
+        iv.WeightDelta.combine([first, flag])
+    with pytest.raises(ValueError, match="no deltas to combine"):
+        iv.WeightDelta.combine([])
+    with pytest.raises(TypeError, match="iterable of WeightDelta .* got WeightDelta"):
+        iv.WeightDelta.combine(first)
+    with pytest.raises(TypeError, match=r"deltas\[1\] is a dict"):
+        iv.WeightDelta.combine([first, {}])
+
+
+# --- iv.parameters ------------------------------------------------------------------------------
+
+
+def reptune_blocks(model, layers, kind):
+    """What reptune's ``block_parameters`` returned (its string surgery on the table's paths,
+    frozen here), the reference ``iv.parameters`` must equal for reptune to switch to it."""
+    table = iv.adapter(model)
+    path = {
+        "block": "",
+        "attn": table.attn,
+        "attn.o": table.o_proj,
+        "mlp.down": table.down_proj,
+        "mlp": table.down_proj.rpartition(".")[0],
+        "attn.q": f"{table.attn}.q_proj",
+        "attn.k": f"{table.attn}.k_proj",
+        "attn.v": f"{table.attn}.v_proj",
+    }[kind]
+    found = {}
+    for layer in layers:
+        module = table.block_module(model, layer, path)
+        prefix = ".".join(part for part in (table.layers, str(layer), path) if part)
+        found.update(module.named_parameters(prefix=prefix))
+    return found
+
+
+REPTUNE_KINDS = {
+    "block": "",
+    "attn": ".attn",
+    "attn.q": ".attn.q_proj",
+    "attn.k": ".attn.k_proj",
+    "attn.v": ".attn.v_proj",
+    "attn.o": ".attn.o_proj",
+    "mlp": ".mlp",
+    "mlp.down": ".mlp.down_proj",
+}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", list(REPTUNE_KINDS))
+def test_parameters_equal_what_reptune_block_parameters_gave(model_type, kind, lora):
+    from interventions.models import tiny
+
+    model = tiny(model_type, n_layers=3)
+    wrapped = lora(model, [iv.adapter(model).o_proj])
+    fused = model_type == "gpt2" and kind in ("attn.q", "attn.k", "attn.v")
+    for subject in (model, wrapped):
+        for spec, layers in (("*", [0, 1, 2]), ("1:3", [1, 2]), ("1", [1])):
+            name = f"layers.{spec}{REPTUNE_KINDS[kind]}"
+            if fused:
+                with pytest.raises(NotImplementedError, match="'attn.c_attn', computes queries"):
+                    iv.parameters(subject, name)
+                continue
+            got, expected = iv.parameters(subject, name), reptune_blocks(subject, layers, kind)
+            assert list(got) == list(expected), name
+            assert all(got[n] is expected[n] for n in got), name
+
+
+def test_parameters_keys_are_the_causal_lm_names_also_under_peft(llama, lora):
+    wrapped = lora(llama, ["self_attn.v_proj"])
+    got = iv.parameters(wrapped, "layers.2.attn.v_proj")
+    assert set(got) == {
+        f"model.layers.2.self_attn.v_proj.{p}"
+        for p in ("base_layer.weight", "lora_A.default.weight", "lora_B.default.weight")
+    }
+    causal = dict(wrapped.get_base_model().named_parameters())
+    assert all(causal[name] is param for name, param in got.items())
+
+
+def test_parameters_join_names_and_layers(llama):
+    both = iv.parameters(
+        llama, ["layers.0:2.mlp.down_proj", "layers.1.mlp", "layers.0.attn.q_proj"]
+    )
+    assert list(both) == [
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+    ]
+    assert iv.parameters(llama, ("layers.2",)) == dict(
+        llama.model.layers[2].named_parameters(prefix="model.layers.2")
+    )
+
+
+def test_parameters_of_opt_mlp_are_fc1_and_fc2():
+    from interventions.models import tiny
+
+    opt = tiny("opt", n_layers=2)
+    assert list(iv.parameters(opt, "layers.1.mlp")) == [
+        f"model.decoder.layers.1.{m}.{p}" for m in ("fc1", "fc2") for p in ("weight", "bias")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "error", "message"),
+    [
+        ("layers.1.attn.v_prj", ValueError, "unknown weight name .* Did you mean: layers.1.attn"),
+        ("layers.1.attn.heads", ValueError, "unknown weight name 'layers.1.attn.heads'"),
+        ("mlp", ValueError, r"unknown weight name 'mlp'.* layers.\{i\}.\{kind\}"),
+        ("layers.2:5.mlp", ValueError, "weight name 'layers.2:5.mlp': layers '2:5' is out of"),
+        ("layers.2:1.mlp", ValueError, "empty layer range"),
+        ("layers.-1.mlp", ValueError, "cannot be negative"),
+        ([], ValueError, "pattern is empty"),
+        (3, TypeError, "pattern must be a weight name .* got int"),
+        (["layers.1.mlp", None], TypeError, "weight names are str, .* got None"),
+    ],
+)
+def test_parameters_refuse_bad_names(llama, pattern, error, message):
+    with pytest.raises(error, match=message):
+        iv.parameters(llama, pattern)
+
+
+def test_parameters_refuse_projections_the_architecture_fuses():
+    from interventions.models import tiny
+
+    cases = [
+        ("gpt2", "attn.k_proj", "one fused module, 'attn.c_attn', computes queries, keys"),
+        ("gpt2", "mlp.gate_proj", "its MLP is not gated \\(its up projection is 'mlp.c_fc'\\)"),
+        ("phi3", "mlp.up_proj", "one fused module, 'mlp.gate_up_proj', computes the gate and up"),
+        ("qwen2_moe", "mlp.down_proj", "'mlp.experts' has no weight matrix .* fused 3-D"),
+        ("deepseek_v3", "attn.q_proj", "no module is attn.q_proj alone .* q_a_proj, q_b_proj"),
+    ]
+    for model_type, kind, message in cases:
+        model = tiny(model_type, n_layers=2)
+        with pytest.raises(NotImplementedError, match=f"{kind} on {model_type}: {message}"):
+            iv.parameters(model, f"layers.1.{kind}")
+
+
+def test_recording_a_peft_model_uses_causal_lm_names_and_restores_the_wrapper(llama, ids, lora):
+    wrapped = lora(llama, ["self_attn.v_proj"]).eval()
+    names = list(iv.parameters(wrapped, "layers.1.attn.v_proj"))
+    assert "model.layers.1.self_attn.v_proj.lora_B.default.weight" in names
+    before = parameter_state(wrapped)
+    with pytest.raises(KeyboardInterrupt), iv.WeightDelta.recording(wrapped, names):
+        wrapped.train()
+        train_step(wrapped, ids, [n for n in names if "lora_" in n])  # the base is frozen
+        raise KeyboardInterrupt
+    assert_same_state(wrapped, before)
+    assert not wrapped.training

@@ -55,12 +55,21 @@ class Adapter:
       attaching there raises NotImplementedError with that text.
     - ``attention_sinks``: attention rows hold mass on learned sinks that the returned pattern
       leaves out, so its rows sum to less than 1.
-    - ``logits_at_output``: the model scales or soft-caps the logits after ``unembed`` (Gemma 2,
-      Cohere, Granite), so ``logits`` is read from the causal LM's output. ``unembed`` None: the
+    - ``logits_after``: what the model does to the logits after ``unembed``, in order, as
+      ``(operation, config attribute)`` pairs: ``"softcap"`` (``tanh(x / c) * c``, Gemma 2),
+      ``"multiply"`` (Cohere's ``logit_scale``), ``"divide"`` (Granite's ``logits_scaling``); an
+      attribute that is None skips its step. Where there are any (``logits_at_output``), the
+      ``logits`` site is read from the causal LM's output. ``unembed`` None: the
       model's ``get_output_embeddings()`` (its name changed between releases).
 
     ``embed`` is read where the first block takes it: what the blocks receive, with positions,
     embedding scales and multipliers that some models add outside any module.
+
+    Weights (``iv.parameters``) also need the attention's input projections ``q_proj`` /
+    ``k_proj`` / ``v_proj`` and the MLP's ``gate_proj`` / ``up_proj``; None where the module does
+    not exist alone: ``qkv_proj`` / ``gate_up_proj`` then name the fused module that computes
+    them together (GPT-2's ``attn.c_attn``, Phi-3's ``mlp.gate_up_proj``, fused MoE experts). An
+    MLP with ``up_proj`` and neither ``gate_proj`` nor ``gate_up_proj`` is not gated.
     """
 
     name: str
@@ -83,7 +92,14 @@ class Adapter:
     parallel_flag: str | None = None  # a config flag that makes the blocks parallel
     refused: dict[str, str] = field(default_factory=dict)
     attention_sinks: bool = False
-    logits_at_output: bool = False  # logits scaled or soft-capped after ``unembed``
+    logits_after: tuple[tuple[str, str], ...] = ()  # (operation, config attribute), in order
+    q_proj: str | None = None  # attention's input projections (None: fused or absent)
+    k_proj: str | None = None
+    v_proj: str | None = None
+    qkv_proj: str | None = None  # one module computing queries, keys and values together
+    gate_proj: str | None = None  # the MLP's input projections (None: fused or absent)
+    up_proj: str | None = None
+    gate_up_proj: str | None = None  # one module (or fused experts) computing gate and up
 
     @property
     def attn_out_path(self) -> str:
@@ -92,6 +108,11 @@ class Adapter:
     @property
     def mlp_out_path(self) -> str:
         return self.down_proj if self.mlp_out is None else self.mlp_out
+
+    @property
+    def logits_at_output(self) -> bool:
+        """The model changes its logits after ``unembed``: read them from its output."""
+        return bool(self.logits_after)
 
     def is_parallel(self, config) -> bool:
         return self.parallel or bool(self.parallel_flag and getattr(config, self.parallel_flag))

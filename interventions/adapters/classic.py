@@ -30,6 +30,10 @@ OPT = register_adapter(
         mlp="fc1",
         config_keys={**LLAMA_CONFIG_KEYS, "n_kv_heads": (), "d_head": (), "d_mlp": ("ffn_dim",)},
         refused={"mlp.in": _OPT_FLAT, "mlp.act": _OPT_FLAT, "mlp.out": _OPT_FLAT},
+        q_proj="self_attn.q_proj",
+        k_proj="self_attn.k_proj",
+        v_proj="self_attn.v_proj",
+        up_proj="fc1",
     ),
     "opt",
 )
@@ -48,6 +52,8 @@ BLOOM = register_adapter(
         mlp_norm="post_attention_layernorm",
         down_proj="mlp.dense_4h_to_h",
         config_keys={**GPT2_CONFIG_KEYS, "d_model": ("hidden_size",), "d_mlp": ()},
+        qkv_proj="self_attention.query_key_value",
+        up_proj="mlp.dense_h_to_4h",
     ),
     "bloom",
 )

@@ -26,6 +26,8 @@ GPT2 = register_adapter(
         down_proj="mlp.c_proj",
         config_keys=GPT2_CONFIG_KEYS,
         conv1d=True,
+        qkv_proj="attn.c_attn",
+        up_proj="mlp.c_fc",
     ),
     "gpt2",
 )

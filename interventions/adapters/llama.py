@@ -27,7 +27,15 @@ LLAMA_PATHS = dict(
     mlp_norm="post_attention_layernorm",
     down_proj="mlp.down_proj",
     config_keys=LLAMA_CONFIG_KEYS,
+    q_proj="self_attn.q_proj",
+    k_proj="self_attn.k_proj",
+    v_proj="self_attn.v_proj",
+    gate_proj="mlp.gate_proj",
+    up_proj="mlp.up_proj",
 )
+# what tables whose projections are fused or not gated pass over LLAMA_PATHS
+FUSED_QKV = dict(q_proj=None, k_proj=None, v_proj=None)
+FUSED_GATE_UP = dict(gate_proj=None, up_proj=None, gate_up_proj="mlp.gate_up_proj")
 
 ATTENTION_BIAS = BiasFlag(
     "attention_bias",
@@ -51,7 +59,13 @@ for model_type in ("internlm3", "arcee", "smollm3"):
 # flag keeps a created bias through save_pretrained, so save the WeightDelta instead.
 QWEN2 = register_adapter(Adapter(name="qwen2", **LLAMA_PATHS), "qwen2")
 MISTRAL = register_adapter(Adapter(name="mistral", **LLAMA_PATHS), "mistral", "ministral")
-PHI3 = register_adapter(Adapter(name="phi3", **LLAMA_PATHS), "phi3")
+PHI3 = register_adapter(
+    Adapter(
+        name="phi3",
+        **{**LLAMA_PATHS, **FUSED_QKV, **FUSED_GATE_UP, "qkv_proj": "self_attn.qkv_proj"},
+    ),
+    "phi3",
+)
 
 # attention_bias switches q, k, v and o biases together, as in Llama
 for model_type in ("qwen3", "olmo", "gemma", "seed_oss"):
@@ -69,9 +83,13 @@ STABLELM = register_adapter(
 )
 # StarCoder2: a plain MLP (c_fc, c_proj); use_bias (default on) gives every projection a bias
 STARCODER2 = register_adapter(
-    Adapter(name="starcoder2", **{**LLAMA_PATHS, "down_proj": "mlp.c_proj"}), "starcoder2"
+    Adapter(
+        name="starcoder2",
+        **{**LLAMA_PATHS, "down_proj": "mlp.c_proj", "up_proj": "mlp.c_fc", "gate_proj": None},
+    ),
+    "starcoder2",
 )
-# Apertus names its norms after what they feed
+# Apertus names its norms after what they feed; its MLP (xIELU) is not gated
 APERTUS = register_adapter(
     Adapter(
         name="apertus",
@@ -80,6 +98,7 @@ APERTUS = register_adapter(
             **LLAMA_PATHS,
             "attn_norm": "attention_layernorm",
             "mlp_norm": "feedforward_layernorm",
+            "gate_proj": None,
         },
     ),
     "apertus",
@@ -97,7 +116,7 @@ GRANITE = register_adapter(
     Adapter(
         name="granite",
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS, "mlp.down_proj": MLP_BIAS},
-        logits_at_output=True,
+        logits_after=(("divide", "logits_scaling"),),
         refused={kind: _GRANITE_SCALED for kind in ("attn.out", "resid_mid", "mlp.out")},
         **LLAMA_PATHS,
     ),

@@ -17,9 +17,17 @@ FUSED_EXPERTS = (
     "input of a down projection; use mlp.in (what the router and experts read) or mlp.out"
 )
 
+# The table describes the MoE layers: dense layers of DeepSeek-V3 and Llama 4 have their own
+# gate/up/down modules, but one table cannot name both, so their projections are refused too.
 MOE = Adapter(
     name="moe",
-    **{**LLAMA_PATHS, "down_proj": "mlp.experts"},
+    **{
+        **LLAMA_PATHS,
+        "down_proj": "mlp.experts",
+        "gate_proj": None,
+        "up_proj": None,
+        "gate_up_proj": "mlp.experts",
+    },
     mlp_out="mlp",
     refused={"mlp.act": FUSED_EXPERTS},
 )
@@ -33,6 +41,7 @@ MIXTRAL = register_adapter(
         mlp=_MIXTRAL_MOE,
         mlp_out=_MIXTRAL_MOE,
         down_proj="mlp.experts|block_sparse_moe.experts",
+        gate_up_proj="mlp.experts|block_sparse_moe.experts",
     ),
     "mixtral",
 )
@@ -55,6 +64,11 @@ DEEPSEEK_V3 = register_adapter(
         MOE,
         name="deepseek_v3",
         config_keys={**LLAMA_CONFIG_KEYS, "d_head": ("v_head_dim",)},
+        # latent attention: queries from q_a_proj/q_b_proj, keys and values both from
+        # kv_a_proj_with_mqa/kv_b_proj; no module is q_proj, k_proj or v_proj alone
+        q_proj=None,
+        k_proj=None,
+        v_proj=None,
     ),
     "deepseek_v3",
 )
@@ -71,6 +85,7 @@ LLAMA4_TEXT = register_adapter(
         name="llama4_text",
         mlp="feed_forward",
         down_proj="feed_forward.down_proj",
+        gate_up_proj="feed_forward.experts",
         mlp_out="feed_forward",
         config_keys={**LLAMA_CONFIG_KEYS, "d_mlp": ("intermediate_size_mlp",)},
         refused={"mlp.act": _FLAT_TOKENS, "mlp.out": _FLAT_TOKENS},

@@ -23,6 +23,10 @@ PHI = register_adapter(
         down_proj="mlp.fc2",
         config_keys=LLAMA_CONFIG_KEYS,
         parallel=True,
+        q_proj="self_attn.q_proj",
+        k_proj="self_attn.k_proj",
+        v_proj="self_attn.v_proj",
+        up_proj="mlp.fc1",
     ),
     "phi",
 )
@@ -46,6 +50,8 @@ GPT_NEOX = register_adapter(
                 "attention_bias", ("attention.query_key_value", "attention.dense")
             )
         },
+        qkv_proj="attention.query_key_value",
+        up_proj="mlp.dense_h_to_4h",
     ),
     "gpt_neox",
 )
@@ -64,6 +70,10 @@ GPTJ = register_adapter(
         down_proj="mlp.fc_out",
         config_keys=GPT2_CONFIG_KEYS,
         parallel=True,
+        q_proj="attn.q_proj",
+        k_proj="attn.k_proj",
+        v_proj="attn.v_proj",
+        up_proj="mlp.fc_in",
     ),
     "gptj",
 )
@@ -88,6 +98,8 @@ FALCON = register_adapter(
             "d_mlp": ("ffn_hidden_size",),
         },
         parallel=True,
+        qkv_proj="self_attention.query_key_value",
+        up_proj="mlp.dense_h_to_4h",
     ),
     "falcon",
 )
@@ -97,7 +109,7 @@ COHERE = register_adapter(
         name="cohere",
         **{**LLAMA_PATHS, "mlp_norm": "input_layernorm"},  # one norm feeds both
         parallel=True,
-        logits_at_output=True,  # scaled by logit_scale after lm_head
+        logits_after=(("multiply", "logit_scale"),),
         bias_flags={"self_attn.o_proj": ATTENTION_BIAS},
     ),
     "cohere",

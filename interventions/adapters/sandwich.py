@@ -7,7 +7,7 @@ post-norm's output, not o_proj's / down_proj's.
 """
 
 from interventions.adapters import Adapter, register_adapter
-from interventions.adapters.llama import ATTENTION_BIAS, LLAMA_PATHS
+from interventions.adapters.llama import ATTENTION_BIAS, FUSED_GATE_UP, LLAMA_PATHS
 
 _GEMMA_SANDWICH = {
     **LLAMA_PATHS,
@@ -15,7 +15,7 @@ _GEMMA_SANDWICH = {
     "mlp_norm": "pre_feedforward_layernorm",
     "mlp_out": "post_feedforward_layernorm",
     "bias_flags": {"self_attn.o_proj": ATTENTION_BIAS},
-    "logits_at_output": True,  # Gemma 2 soft-caps the logits after lm_head
+    "logits_after": (("softcap", "final_logit_softcapping"),),
 }
 GEMMA2 = register_adapter(Adapter(name="gemma2", **_GEMMA_SANDWICH), "gemma2")
 GEMMA3 = register_adapter(Adapter(name="gemma3_text", **_GEMMA_SANDWICH), "gemma3_text")
@@ -24,7 +24,7 @@ GEMMA3 = register_adapter(Adapter(name="gemma3_text", **_GEMMA_SANDWICH), "gemma
 GLM4 = register_adapter(
     Adapter(
         name="glm4",
-        **LLAMA_PATHS,
+        **{**LLAMA_PATHS, **FUSED_GATE_UP},
         attn_out="post_self_attn_layernorm",
         mlp_out="post_mlp_layernorm",
     ),

@@ -1,0 +1,314 @@
+"""Text in, tensors out: tokenising with character offsets, token spans, padding and batches.
+
+One policy for every recipe and evaluation:
+
+- ``encode`` always gives character offsets. A fast tokenizer gives them itself; a slow one (no
+  ``return_offsets_mapping``) gets them from decoding growing prefixes of its ids; a tokenizer
+  that cannot map its tokens back onto the text is refused with a TypeError.
+- ``token_span`` turns a character span into the tokens that overlap it.
+- ``pad`` builds a ``Batch`` padded on the side asked for, always with position ids from the
+  attention mask, so a real token's position never depends on the padding.
+
+>>> from interventions import text
+>>> e = text.encode(tokenizer, "The Eiffel Tower is in")
+>>> text.token_span(e, (4, 16))                      # the tokens of "Eiffel Tower"
+>>> batch = text.pad([e.ids], text.pad_id(tokenizer), "left").to(model)
+>>> model(**batch.inputs(model))
+"""
+
+import inspect
+import math
+import numbers
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from interventions.adapters import causal_lm
+from interventions.checks import integer
+
+SIDES = ("left", "right")
+_NO_OFFSETS = (NotImplementedError, TypeError, KeyError, ValueError)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one text and each token's character span ``(start, end)`` in it; special
+    tokens (and any token that covers no character) have an empty span."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.offsets):
+            raise ValueError(
+                f"Encoded needs one offset per token, got {len(self.ids)} ids and "
+                f"{len(self.offsets)} offsets"
+            )
+
+
+def token_ids(tokenizer: Any, text: str, *, special: bool = True) -> list[int]:
+    """The ids of ``text`` (with the tokenizer's special tokens, e.g. a BOS, when ``special``)."""
+    _check_text("text", text)
+    return [int(i) for i in tokenizer(text, add_special_tokens=special)["input_ids"]]
+
+
+def encode(tokenizer: Any, text: str, *, special: bool = True) -> Encoded:
+    """Tokenize ``text`` with character offsets (from the tokenizer, else from decoding growing
+    prefixes of the ids). Raises TypeError when the tokens cannot be mapped onto the text."""
+    _check_text("text", text)
+    try:
+        encoding = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+        offsets = encoding["offset_mapping"]
+    except _NO_OFFSETS:
+        ids = token_ids(tokenizer, text, special=special)
+        return Encoded(ids, _offsets_from_prefixes(tokenizer, text, ids))
+    ids = [int(i) for i in encoding["input_ids"]]
+    return Encoded(ids, [(int(a), int(b)) for a, b in offsets])
+
+
+def _offsets_from_prefixes(tokenizer: Any, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Offsets of a tokenizer without them: a token covers what decoding the tokens up to it
+    adds to decoding those before it. Special tokens written in the text (a chat template's)
+    decode to themselves; one the tokenizer added (a BOS) decodes to nothing of the text and
+    gets an empty span. A prefix that does not decode to a prefix of ``text`` (a character split
+    over several byte tokens) is joined to the next one that does."""
+    decode = getattr(tokenizer, "decode", None)
+    if decode is None:
+        raise TypeError(_unmappable(tokenizer, "it has neither offsets nor a decode method"))
+    added = set(getattr(tokenizer, "all_special_ids", None) or ())
+    offsets: list[tuple[int, int]] = []
+    kept: list[int] = []  # the ids whose decoding is part of the text
+    done = 0  # characters of text covered by the tokens so far
+    pending = 0  # tokens since the last prefix that decoded to a prefix of text
+    for token in ids:
+        decoded = decode([*kept, token], clean_up_tokenization_spaces=False)
+        if text.startswith(decoded) and len(decoded) >= done:
+            offsets += [(done, len(decoded))] * (pending + 1)
+            done, pending = len(decoded), 0
+            kept.append(token)
+        elif token in added and not pending:
+            offsets.append((done, done))
+        else:
+            pending += 1
+            kept.append(token)
+    if pending:
+        raise TypeError(
+            _unmappable(
+                tokenizer,
+                f"decoding its ids of {text!r} does not give the text back "
+                f"(the first {len(ids) - pending} of {len(ids)} tokens map)",
+            )
+        )
+    return offsets
+
+
+def _unmappable(tokenizer: Any, why: str) -> str:
+    return (
+        f"{type(tokenizer).__name__} gives no character offsets ({why}): use a fast tokenizer, "
+        "one that supports return_offsets_mapping=True (AutoTokenizer.from_pretrained(..., "
+        "use_fast=True))"
+    )
+
+
+def encode_continuation(
+    tokenizer: Any, prompt: str, continuation: str, *, special: bool = True
+) -> tuple[Encoded, range]:
+    """Tokenize ``prompt + continuation`` as one text (so the tokens are those of running text)
+    and find the continuation's tokens by character offsets. The Encoded stops at the
+    continuation's last token; the range gives its tokens. Raises ValueError where the
+    continuation has no tokens of its own: none, not contiguous, merged with the prompt's end,
+    or with no prompt token before it."""
+    _check_text("prompt", prompt)
+    _check_text("continuation", continuation)
+    encoded = encode(tokenizer, prompt + continuation, special=special)
+    cut = len(prompt)
+    own = [i for i, (a, b) in enumerate(encoded.offsets) if b > a and a >= cut]
+    if not own or own != list(range(own[0], own[-1] + 1)):
+        raise ValueError(
+            f"the continuation {continuation!r} of {prompt!r} gives no contiguous tokens of its "
+            "own: use a continuation the tokenizer writes as one or more tokens after the prompt"
+        )
+    first, end = own[0], own[-1] + 1
+    if first == 0:
+        raise ValueError(
+            f"no token comes before the continuation {continuation!r}: it is scored after at "
+            "least one prompt token; give a non-empty prompt"
+        )
+    if any(b > cut for _, b in encoded.offsets[:first]):
+        raise ValueError(
+            f"the tokenizer merges the end of {prompt!r} with the continuation {continuation!r}: "
+            "start the continuation where a token starts (often with a space)"
+        )
+    return Encoded(encoded.ids[:end], encoded.offsets[:end]), range(first, end)
+
+
+def token_span(encoded: Encoded, chars: tuple[int, int]) -> range:
+    """The tokens that overlap ``text[chars[0]:chars[1]]`` (tokens with an empty span skipped),
+    as a range of token indices; an empty range when no token overlaps it."""
+    if not isinstance(chars, Sequence) or isinstance(chars, str) or len(chars) != 2:
+        raise TypeError(f"chars must be a (start, end) pair of character indices, got {chars!r}")
+    start = integer("chars[0]", chars[0], minimum=0)
+    end = integer("chars[1]", chars[1], minimum=0)
+    if end < start:
+        raise ValueError(f"chars must have start <= end, got {chars!r}")
+    hits = [i for i, (a, b) in enumerate(encoded.offsets) if b > a and a < end and b > start]
+    return range(hits[0], hits[-1] + 1) if hits else range(0)
+
+
+@dataclass
+class Batch:
+    """Padded token rows: ``attention_mask`` marks the real tokens, ``position_ids`` count them
+    (``(mask.cumsum(-1) - 1).clamp(0)``), so either padding side gives each real token the
+    position it has alone."""
+
+    input_ids: Int[Tensor, "b t"]
+    attention_mask: Int[Tensor, "b t"]
+    position_ids: Int[Tensor, "b t"]
+
+    def to(self, where: torch.device | str | nn.Module) -> "Batch":
+        """The batch on a device, or on the device a model takes its inputs on."""
+        device = device_of(where) if isinstance(where, nn.Module) else where
+        return Batch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids))
+        )
+
+    def inputs(self, model: nn.Module | None = None) -> dict[str, Tensor]:
+        """Keyword arguments for ``model(**batch.inputs(model))``. With ``model``, position ids
+        are left out where its forward takes none (BLOOM's ALiBi reads the mask instead)."""
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if model is None or _takes_position_ids(model):
+            out["position_ids"] = self.position_ids
+        return out
+
+    def first_real(self) -> Int[Tensor, " b"]:
+        """Column of each row's first real token (0 for right padding)."""
+        return self.attention_mask.long().argmax(-1)
+
+    def last_real(self) -> Int[Tensor, " b"]:
+        """Column of each row's last real token (``t - 1`` for left padding)."""
+        width = self.attention_mask.shape[1]
+        return width - 1 - self.attention_mask.long().flip(-1).argmax(-1)
+
+    def mask_at(self, positions: Sequence[int]) -> Bool[Tensor, "b t"]:
+        """A boolean mask marking one column per row (``positions[row]``)."""
+        if len(positions) != self.input_ids.shape[0]:
+            raise ValueError(
+                f"mask_at needs one position per row ({self.input_ids.shape[0]}), got "
+                f"{len(positions)}"
+            )
+        width = self.input_ids.shape[1]
+        columns = [integer(f"positions[{i}]", p, minimum=0) for i, p in enumerate(positions)]
+        bad = [c for c in columns if c >= width]
+        if bad:
+            raise ValueError(f"positions {bad} are outside the batch's {width} columns")
+        mask = torch.zeros_like(self.input_ids, dtype=torch.bool)
+        rows = torch.arange(len(columns), device=mask.device)
+        mask[rows, torch.tensor(columns, device=mask.device)] = True
+        return mask
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"]) -> Batch:
+    """Token rows padded with ``pad_id`` to the longest one, on the left (decoding: position -1
+    is every row's last token) or on the right (real tokens never attend to padding)."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    pad_id = integer("pad_id", pad_id, minimum=0)
+    if isinstance(rows, (str, Tensor)) or not isinstance(rows, Iterable):
+        raise TypeError(f"rows must be a list of token id lists, got {type(rows).__name__}")
+    rows = [list(r) for r in rows]
+    if not rows:
+        raise ValueError("pad got no rows: give at least one list of token ids")
+    empty = [i for i, r in enumerate(rows) if not r]
+    if empty:
+        raise ValueError(
+            f"rows {empty} have no tokens: a row needs at least one real token (an all-padding "
+            "row attends to nothing)"
+        )
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, columns] = torch.tensor(row, dtype=torch.long)
+        mask[i, columns] = 1
+    return Batch(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+
+
+def batches(
+    items: Iterable[Any], size: int, *, desc: str | None = None, progress: bool = False
+) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size`` (the last one shorter), with a tqdm bar when ``progress``.
+    ``items`` may be a stream: nothing is read ahead of the batch being yielded."""
+    size = integer("batch_size", size)
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"items must be a list (or iterable) of items, got {type(items).__name__}: wrap a "
+            "single text in a list"
+        )
+    total = math.ceil(len(items) / size) if hasattr(items, "__len__") else None
+    return _chunked(
+        items, size, tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not progress)
+    )
+
+
+def _chunked(items: Iterable[Any], size: int, bar: tqdm) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    try:
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == size:
+                yield chunk
+                bar.update()
+                chunk = []
+        if chunk:
+            yield chunk
+            bar.update()
+    finally:
+        bar.close()
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its end-of-sequence token, else 0
+    (padding is masked out, so the value only has to be a valid id)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    return 0
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device a model takes its inputs on: its input embedding's (the first of a model split
+    across devices). An offloaded model (parameters on the meta device) takes them on the CPU;
+    accelerate's hooks move them where the weights are loaded."""
+    embeddings = getattr(model, "get_input_embeddings", None)
+    weight = getattr(embeddings(), "weight", None) if callable(embeddings) else None
+    if not isinstance(weight, Tensor):
+        weight = next(model.parameters(), None)
+    if weight is None:
+        raise ValueError(f"{type(model).__name__} has no parameters: no device to run on")
+    return torch.device("cpu") if weight.is_meta else weight.device
+
+
+def _takes_position_ids(model: nn.Module) -> bool:
+    # the causal LM's own forward: a PEFT or compiled wrapper forwards its keywords to it
+    return _names_position_ids(type(causal_lm(model)))
+
+
+@lru_cache(maxsize=64)
+def _names_position_ids(cls: type) -> bool:
+    try:
+        return "position_ids" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return True
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
