@@ -1,13 +1,13 @@
-"""Files of head scores: CSV and JSON tables, top-k lists, heatmaps and comparisons.
+"""Files of per-head scores: CSV and JSON tables, top-k lists, heatmaps and comparisons.
 
-The recipe (``interventions.recipes.head_scores``) computes plain data (``HeadScores``,
-``Comparison``, both with ``to_dict``); this module writes and reads it. It sits with
-``interventions.cli`` above the recipes (it imports the recipe; the core never imports it).
+The head-scores recipe computes plain data (``HeadScores``, ``Comparison``, each with a
+JSON-ready ``to_dict``); this module writes it, reading only the tables' public attributes (the
+core never imports a recipe), and reads JSON back for ``HeadScores.from_dict``.
 
 >>> from interventions import report
 >>> report.save_table(table, "runs/heads")        # scores_*.csv, topk_*.json, heatmap_*.png
 >>> report.save_json(table, "runs/heads/table.json")
->>> table = report.load_table("runs/heads/table.json")
+>>> table = head_scores.HeadScores.from_dict(report.load_json("runs/heads/table.json"))
 >>> report.save_comparison(diff, "runs/cmp")      # comparison.json, comparison_heatmap.png
 
 Every CSV and JSON file is written whole or not at all: its text is built in memory, written to
@@ -18,12 +18,18 @@ file.
 import csv
 import io
 import json
+import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from interventions import plot
-from interventions.recipes.head_scores import FUSIONS, SCORES, Comparison, HeadScores, plain
+
+if TYPE_CHECKING:  # the writers read these tables' attributes; the core never imports a recipe
+    from interventions.recipes.head_scores import Comparison, HeadScores
 
 CSV_COLUMNS = {
     "raw": [
@@ -35,8 +41,15 @@ CSV_COLUMNS = {
         "ent_nosink_raw",
         "sink_raw",
     ],
-    "norm": [f"{s}_norm" for s in SCORES],
-    "combined": [*(f"rank_{s}" for s in SCORES), *FUSIONS],
+    "norm": ["out_norm", "ent_norm", "task_norm"],
+    "combined": [
+        "rank_out",
+        "rank_ent",
+        "rank_task",
+        "combined",
+        "combined_layer",
+        "combined_global",
+    ],
 }
 HEATMAPS = {  # file -> (raw metric, panel title)
     "heatmap_out.png": ("out", "S_out: E‖y_h‖"),
@@ -49,7 +62,7 @@ COMPARISON_PANELS = ("out", "out_resid", "ent", "task")  # log ratios in compari
 
 
 def write_csv(
-    table: HeadScores, path: str | Path, kind: Literal["raw", "norm", "combined"]
+    table: "HeadScores", path: str | Path, kind: Literal["raw", "norm", "combined"]
 ) -> Path:
     """One row per (layer, head). ``raw``: out_raw, ent_raw, task_raw, then the other raw
     metrics; ``norm``: the layer-normalised, sign-adjusted scores; ``combined``: ranks and
@@ -65,27 +78,39 @@ def write_csv(
     return _write(path, text.getvalue())
 
 
-def save_json(scores: HeadScores | Comparison, path: str | Path) -> Path:
-    """``scores.to_dict()`` as JSON (NaN as null); ``load_table`` reads a table back."""
+def save_json(scores: "HeadScores | Comparison", path: str | Path) -> Path:
+    """``scores.to_dict()`` as JSON (NaN as null); ``HeadScores.from_dict(load_json(path))``
+    reads a table back."""
     return _write(path, _json(scores.to_dict()))
 
 
-def load_table(path: str | Path) -> HeadScores:
-    """The ``HeadScores`` that ``save_json`` wrote to ``path``."""
+def load_json(path: str | Path) -> Any:
+    """The data of a JSON file (``save_json``'s), with errors that name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"head-score table {path} does not exist")
+        raise FileNotFoundError(f"JSON file {path} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path}: not a head-score table (invalid JSON at line {error.lineno}: {error.msg})"
-        ) from None
-    return HeadScores.from_dict(data)
+        raise ValueError(f"{path}: invalid JSON at line {error.lineno} ({error.msg})") from None
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON-ready Python: arrays to nested lists, numpy scalars to numbers, keys to
+    strings, NaN and infinities to None (JSON has neither)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return plain(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def save_table(
-    table: HeadScores,
+    table: "HeadScores",
     folder: str | Path,
     *,
     top_k: int = 10,
@@ -108,7 +133,7 @@ def save_table(
     return written
 
 
-def save_heatmaps(table: HeadScores, folder: str | Path) -> list[Path]:
+def save_heatmaps(table: "HeadScores", folder: str | Path) -> list[Path]:
     """heatmap_{out,out_resid,ent,sink,task,combined}.png and heatmaps.png (every panel)."""
     folder = Path(folder)
     layers, heads = table.layers, table.heads
@@ -126,7 +151,7 @@ def save_heatmaps(table: HeadScores, folder: str | Path) -> list[Path]:
 
 
 def save_comparison(
-    comparison: Comparison, folder: str | Path, *, plots: bool = True
+    comparison: "Comparison", folder: str | Path, *, plots: bool = True
 ) -> list[Path]:
     """Write comparison.json and (with ``plots``) comparison_heatmap.png, the log ratios."""
     if plots:

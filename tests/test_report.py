@@ -27,26 +27,34 @@ def test_json_roundtrip_is_exact_and_nan_is_null(tmp_path):
     path = report.save_json(table, tmp_path / "t.json")
     text = path.read_text()
     assert "NaN" not in text and json.loads(text)["raw"]["task"][0] == [None, None, None]
-    again = report.load_table(path)
+    again = hs.HeadScores.from_dict(report.load_json(path))
     assert (again.layers, again.heads) == (LAYERS, HEADS)
     for metric in hs.RAW_METRICS:
         np.testing.assert_array_equal(again.raw[metric], table.raw[metric])
     np.testing.assert_array_equal(again.rank["task"], table.rank["task"])  # all NaN
     np.testing.assert_array_equal(again.combined, table.combined)
     assert again.config == table.config and again.stats == table.stats
-    assert hs.plain(again.top_k(3)) == hs.plain(table.top_k(3))  # NaN != NaN, None == None
+    assert report.plain(again.top_k(3)) == report.plain(table.top_k(3))  # NaN != NaN, None == None
 
 
-def test_load_table_refuses_what_is_not_a_table(tmp_path):
+def test_loading_refuses_what_is_not_a_table(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
-        report.load_table(tmp_path / "missing.json")
+        report.load_json(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"layers": [0],')
-    with pytest.raises(ValueError, match=r"bad.json: not a head-score table \(invalid JSON"):
-        report.load_table(bad)
+    with pytest.raises(ValueError, match=r"bad.json: invalid JSON at line 1"):
+        report.load_json(bad)
     report.save_json(hs.compare(_table(), _table(scale=2.0)), bad)
     with pytest.raises(ValueError, match="expected format 'interventions.head_scores/1'"):
-        report.load_table(bad)
+        hs.HeadScores.from_dict(report.load_json(bad))
+    with pytest.raises(ValueError, match="not a head-score table: .* got 'list'"):
+        hs.HeadScores.from_dict([1, 2])
+
+
+def test_plain_is_json_ready():
+    value = {1: np.float32(0.5), "x": (np.array([1.0, np.nan]), math.inf, np.int64(3), True)}
+    assert report.plain(value) == {"1": 0.5, "x": [[1.0, None], None, 3, True]}
+    json.dumps(report.plain(value), allow_nan=False)
 
 
 def test_csv_has_one_row_per_head_and_exact_values(tmp_path):
@@ -81,7 +89,7 @@ def test_save_table_writes_every_file(tmp_path):
     assert {"scores_raw.csv", "scores_norm.csv", "scores_combined.csv"} <= names
     assert set(report.HEATMAPS) | {"heatmap_combined.png", "heatmaps.png"} <= names
     top = json.loads((tmp_path / "run" / "topk_global.json").read_text())
-    assert top == hs.plain(table.top_k(4)) and top[0]["rank_task"] is None
+    assert top == report.plain(table.top_k(4)) and top[0]["rank_task"] is None
     per_layer = json.loads((tmp_path / "run" / "topk_per_layer.json").read_text())
     assert list(per_layer) == ["0", "2"] and all(len(v) == 2 for v in per_layer.values())
 

@@ -71,6 +71,7 @@ from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions.checks import indices, integer, number
+from interventions.report import plain
 
 log = logging.getLogger("interventions.head_scores")
 
@@ -587,20 +588,6 @@ class HeadScores:
             config=dict(data.get("config", {})),
             stats=dict(data.get("stats", {})),
         )
-
-
-def plain(value: Any) -> Any:
-    """``value`` as JSON-ready Python: arrays to nested lists, numpy scalars to numbers, keys to
-    strings, NaN and infinities to None (JSON has neither)."""
-    if isinstance(value, (np.ndarray, np.generic)):
-        return plain(value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 # --- normalisation and fusion -----------------------------------------------------------------

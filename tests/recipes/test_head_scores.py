@@ -417,7 +417,7 @@ def test_fusion_ranks_and_sign_conventions():
 
 def test_table_json_roundtrip_and_csv(tmp_path, tok):
     table = hs.score(tiny("llama"), tok, RECORDS, progress=False)
-    again = report.load_table(report.save_json(table, tmp_path / "t.json"))
+    again = hs.HeadScores.from_dict(report.load_json(report.save_json(table, tmp_path / "t.json")))
     for metric in hs.RAW_METRICS:
         np.testing.assert_array_equal(again.raw[metric], table.raw[metric])
     np.testing.assert_array_equal(again.combined, table.combined)
@@ -679,7 +679,7 @@ def test_cli_compare_heads(tiny_dirs, tmp_path, capsys):
     comparison = json.loads((out / "comparison.json").read_text())
     top = comparison["top_movers"]["out_resid"][0]
     assert (top["layer"], top["head"]) == (0, 1) and top["ratio"] == pytest.approx(4.0)
-    before = report.load_table(out / "before.json")
+    before = hs.HeadScores.from_dict(report.load_json(out / "before.json"))
     assert before.shape == (2, 4)
 
     same = tmp_path / "same"
