@@ -22,18 +22,24 @@ from pathlib import Path
 
 import torch
 
-from interventions import report
+from interventions import report, text
 from interventions.models import load
 from interventions.recipes import head_scores
 
 
-def batches(tokenizer, prompts, size: int, device) -> list[head_scores.Batch]:
-    encoded = [head_scores.encode(tokenizer, p) for p in prompts]
-    pad = tokenizer.pad_token_id
+def batches(tokenizer, prompts, size: int, device) -> list[text.Batch]:
+    """Right-padded batches of the prompts' tokens, as the scorer builds them."""
+    rows = [head_scores.prompt_tokens(tokenizer, p).ids for p in prompts]
+    pad = text.pad_id(tokenizer)
     return [
-        head_scores.collate(encoded[i : i + size], pad, device)
-        for i in range(0, len(encoded), size)
+        text.pad(rows[i : i + size], pad, "right").to(device) for i in range(0, len(rows), size)
     ]
+
+
+def last_logits(model, b: text.Batch) -> torch.Tensor:
+    """Logits at each prompt's last token: [batch, vocab]."""
+    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+    return logits[torch.arange(len(logits)), b.attention_mask.sum(-1) - 1]
 
 
 def plain_forward_seconds(model, batch_list) -> float:
@@ -49,13 +55,9 @@ def plain_forward_seconds(model, batch_list) -> float:
     return time.perf_counter() - started
 
 
-def answer_logits(model, batch: head_scores.Batch, label_ids: torch.Tensor) -> torch.Tensor:
+def answer_logits(model, batch: text.Batch, label_ids: torch.Tensor) -> torch.Tensor:
     """Logits of the answer letters at each prompt's last token: [batch, n_labels]."""
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    ).logits
-    last = logits[torch.arange(len(batch.lengths)), batch.lengths - 1]
-    return last[:, label_ids]
+    return last_logits(model, batch)[:, label_ids]
 
 
 def accuracy(model, batch_list, targets: list[torch.Tensor], label_ids) -> float:
@@ -74,11 +76,7 @@ def fine_tune(model, batch_list, targets, label_ids, steps: int, lr: float) -> l
     losses = []
     for step in range(steps):
         b, t = batch_list[step % len(batch_list)], targets[step % len(targets)]
-        logits = model(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-        ).logits
-        last = logits[torch.arange(len(b.lengths)), b.lengths - 1]
-        loss = torch.nn.functional.cross_entropy(last, label_ids[t])
+        loss = torch.nn.functional.cross_entropy(last_logits(model, b), label_ids[t])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -114,9 +112,9 @@ def main() -> None:
 
     model, tokenizer = load(args.model)
     prompts = head_scores.load_records(args.data)
-    device = model.get_input_embeddings().weight.device
+    device = text.device_of(model)
     batch_list = batches(tokenizer, prompts, args.batch_size, device)
-    n_tokens = sum(int(b.lengths.sum()) for b in batch_list)
+    n_tokens = sum(int(b.attention_mask.sum()) for b in batch_list)
     print(f"{len(prompts)} prompts, {n_tokens} tokens, batch size {args.batch_size}")
 
     # 1. throughput on the first batches: best of 3, plain forward and scoring interleaved

@@ -22,7 +22,7 @@ Algorithm
 ---------
 1. Render each record (multiple choice: ``Question: …\nA. …\nAnswer:``), tokenize it, right-pad
    each batch (real tokens never see padding).
-2. One forward per batch (no logits but the last position's), with an ``iv.Capture`` at
+2. One forward per batch, ended after the last layer scored, with an ``iv.Capture`` at
    ``layers.i.attn.heads`` and ``layers.i.attn.pattern`` (``positions=`` the query tokens:
    ``last_token`` or ``all_tokens``, optionally without the first token), each feeding a
    streaming reducer kept across batches (``OutputNorms``, ``AttentionStats``).
@@ -49,17 +49,16 @@ docs/head_scores.md.
 """
 
 import hashlib
-import inspect
 import json
 import logging
 import math
 import re
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -67,9 +66,9 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from scipy import stats as scipy_stats
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions import text
 from interventions.checks import indices, integer, number
 from interventions.report import plain
 
@@ -239,112 +238,28 @@ def _json_array(text: str, path: Path) -> list[tuple[int, Any]]:
     return items
 
 
-def _prompts(records: Iterable[Prompt | Mapping | str]) -> Iterator[Prompt]:
-    if isinstance(records, (str, Path)):
-        raise TypeError("records is a list of records; read a file with load_records(path)")
-    for i, record in enumerate(records):
-        yield parse_record(record, f"records[{i}]")
+# --- tokens and query rows ------------------------------------------------------------------
 
 
-# --- tokenizing and batching ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of one prompt, with its task span in tokens ``[start, end)`` (or None)."""
+class PromptTokens(NamedTuple):
+    """One prompt's token ids, its task span in tokens ``[start, end)`` (None where it is not
+    found or was cut off) and whether the prompt was truncated."""
 
     ids: list[int]
     span: tuple[int, int] | None
-    truncated: bool = False
+    truncated: bool
 
 
-def encode(tokenizer: Any, prompt: Prompt, max_length: int | None = None) -> Encoded:
-    """Tokenize ``prompt`` and locate its span's tokens (character offsets when the tokenizer
-    gives them, else prefix tokenization). Truncation keeps the first ``max_length`` tokens."""
-    ids, offsets = _tokenize(tokenizer, prompt.text)
-    if not ids:
+def prompt_tokens(tokenizer: Any, prompt: Prompt, max_length: int | None = None) -> PromptTokens:
+    """Tokenize ``prompt`` (``text.encode``: character offsets from any tokenizer) and find its
+    span's tokens. Truncation keeps the first ``max_length`` tokens."""
+    encoded = text.encode(tokenizer, prompt.text)
+    if not encoded.ids:
         raise DataError(f"{prompt.where or 'prompt'}: the tokenizer returned no tokens")
-    span = None
-    if prompt.span is not None:
-        if offsets is not None:
-            span = _span_from_offsets(offsets, prompt.span)
-        else:
-            span = _span_from_prefixes(tokenizer, prompt.text, prompt.span, ids)
-    truncated = max_length is not None and len(ids) > max_length
-    if truncated:
-        ids = ids[:max_length]
-        if span is not None:
-            span = (span[0], min(span[1], max_length)) if span[0] < max_length else None
-    return Encoded(ids, span, truncated)
-
-
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
-    try:
-        encoding = tokenizer(text, return_offsets_mapping=True)
-        return list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
-    except (NotImplementedError, TypeError, KeyError, ValueError):
-        return list(tokenizer(text)["input_ids"]), None
-
-
-def _span_from_offsets(
-    offsets: list[tuple[int, int]], chars: tuple[int, int]
-) -> tuple[int, int] | None:
-    start, end = chars
-    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-    return (hits[0], hits[-1] + 1) if hits else None
-
-
-def _span_from_prefixes(
-    tokenizer: Any, text: str, chars: tuple[int, int], ids: list[int]
-) -> tuple[int, int] | None:
-    # Without offsets: tokenize the text up to the span and up to its end; both must be prefixes
-    # of the full tokenization (a merge across a boundary means "not found", never a guess).
-    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    shift = next(
-        (s for s in range(len(ids) - len(plain) + 1) if ids[s : s + len(plain)] == plain), None
-    )
-    if shift is None:
-        return None
-
-    def prefix(part: str) -> list[int] | None:
-        tokens = list(tokenizer(part, add_special_tokens=False)["input_ids"])
-        return tokens if plain[: len(tokens)] == tokens else None
-
-    # a space before the span often belongs to the span's first token (byte-level BPE)
-    before = prefix(text[: chars[0]])
-    before = before if before is not None else prefix(text[: chars[0]].rstrip())
-    upto = prefix(text[: chars[1]])
-    if before is None or upto is None or len(upto) <= len(before):
-        return None
-    return shift + len(before), shift + len(upto)
-
-
-@dataclass
-class Batch:
-    """A right-padded batch: real tokens first, so no real token ever attends to padding."""
-
-    input_ids: Int[Tensor, "b t"]
-    attention_mask: Int[Tensor, "b t"]
-    lengths: Int[Tensor, " b"]
-    span_start: Int[Tensor, " b"]  # -1 where no span was found
-    span_end: Int[Tensor, " b"]
-
-
-def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str) -> Batch:
-    width = max(len(e.ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        mask[row, : len(e.ids)] = 1
-    spans = [e.span or (-1, -1) for e in encoded]
-    return Batch(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        lengths=torch.tensor([len(e.ids) for e in encoded], device=device),
-        span_start=torch.tensor([s for s, _ in spans], device=device),
-        span_end=torch.tensor([e for _, e in spans], device=device),
-    )
+    found = range(0) if prompt.span is None else text.token_span(encoded, prompt.span)
+    ids = encoded.ids[:max_length]
+    span = (found.start, min(found.stop, len(ids))) if found and found.start < len(ids) else None
+    return PromptTokens(ids, span, len(ids) < len(encoded.ids))
 
 
 def query_mask(
@@ -371,13 +286,19 @@ class QueryRows:
     task_rows: Bool[Tensor, " n"]  # span found and the query comes after it
 
 
-def query_rows(batch: Batch, mask: Bool[Tensor, "b t"]) -> QueryRows:
+def query_rows(
+    attention_mask: Int[Tensor, "b t"],
+    mask: Bool[Tensor, "b t"],
+    spans: Sequence[tuple[int, int] | None],
+) -> QueryRows:
+    """The ``QueryRows`` of the queries ``mask`` selects; ``spans``: each row's task span."""
+    bounds = torch.tensor([s or (-1, -1) for s in spans], device=mask.device)  # [b, 2]
+    start, end = bounds[:, 0], bounds[:, 1]
     row, query = mask.nonzero(as_tuple=True)
     key = torch.arange(mask.shape[1], device=mask.device)[None]
-    keys = (key <= query[:, None]) & batch.attention_mask[row].bool()
-    start, end = batch.span_start[row][:, None], batch.span_end[row][:, None]
-    task_keys = (key >= start) & (key < end) & keys
-    task_rows = (batch.span_start[row] >= 0) & (query >= batch.span_end[row])
+    keys = (key <= query[:, None]) & attention_mask[row].bool()
+    task_keys = (key >= start[row][:, None]) & (key < end[row][:, None]) & keys
+    task_rows = (start[row] >= 0) & (query >= end[row])
     return QueryRows(keys, task_keys, task_rows)
 
 
@@ -723,14 +644,15 @@ def score(
     batch_size = integer("batch_size", batch_size)
     _weights(lambda_ent, lambda_task)
     _one_of("rank_scope", rank_scope, RANK_SCOPES)
+    if isinstance(records, (str, Path)):
+        raise TypeError("records is a list of records; read a file with load_records(path)")
     if hasattr(records, "__len__") and len(records) == 0:  # type: ignore[arg-type]
         raise ValueError(NO_RECORDS)
     _one_of("query_mode", query_mode, QUERY_MODES)
     _one_of("norm", norm, NORMS)
     if max_length is not None:
         max_length = integer("max_length (or None)", max_length)
-    device = model.get_input_embeddings().weight.device
-    pad_id = _pad_id(tokenizer)
+    device, pad_id = text.device_of(model), text.pad_id(tokenizer)
     select = None if heads == list(range(geometry.n_heads)) else heads
     outputs = {layer: OutputNorms(head_gram(model, layer, heads)) for layer in layers}
     patterns = {layer: AttentionStats(normalize_entropy) for layer in layers}
@@ -738,22 +660,16 @@ def score(
         samples=0, tokens=0, query_tokens=0, task_found=0, task_missing=0, truncated=0, batches=0
     )
     fingerprint = hashlib.sha1()
-    total = len(records) if hasattr(records, "__len__") else None  # type: ignore[arg-type]
-    n_batches = None if total is None else math.ceil(total / batch_size)
-    keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    last = f"layers.{layers[-1]}.attn.heads"  # the forward ends after it: no later layer, no logits
     started = time.perf_counter()
-    chunks = tqdm(
-        _batched(_prompts(records), batch_size),
-        total=n_batches,
-        desc="scoring heads",
-        unit="batch",
-        disable=not progress,
-    )
-    for chunk in chunks:
-        encoded = [encode(tokenizer, prompt, max_length) for prompt in chunk]
-        batch = collate(encoded, pad_id, device)
-        mask = query_mask(batch.lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
-        rows = query_rows(batch, mask)
+    chunks = text.batches(records, batch_size, desc="scoring heads", progress=progress)
+    for b, chunk in enumerate(chunks):
+        prompts = [parse_record(r, f"records[{b * batch_size + i}]") for i, r in enumerate(chunk)]
+        encoded = [prompt_tokens(tokenizer, prompt, max_length) for prompt in prompts]
+        batch = text.pad([e.ids for e in encoded], pad_id, "right").to(device)
+        lengths = batch.attention_mask.sum(-1)
+        mask = query_mask(lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
+        rows = query_rows(batch.attention_mask, mask, [e.span for e in encoded])
         plan: dict[str, iv.Intervention] = {}
         for layer in layers:
             patterns[layer].rows = rows
@@ -763,23 +679,13 @@ def score(
             plan[f"layers.{layer}.attn.pattern"] = iv.Capture(
                 reduce=patterns[layer], positions=mask, heads=select
             )
-        with torch.inference_mode(), iv.intervene(model, plan):
-            if keep_logits:  # skip the unembedding of every position (nothing reads logits)
-                model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    use_cache=False,
-                    logits_to_keep=1,
-                )
-            else:
-                model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-                )
+        with torch.inference_mode(), iv.intervene(model, plan, stop_after=last):
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         for e in encoded:
             fingerprint.update(json.dumps([e.ids, e.span]).encode())
         counts["samples"] += len(encoded)
         counts["batches"] += 1
-        counts["tokens"] += int(batch.lengths.sum())
+        counts["tokens"] += int(lengths.sum())
         counts["query_tokens"] += int(mask.sum())
         counts["task_found"] += sum(e.span is not None for e in encoded)
         counts["truncated"] += sum(e.truncated for e in encoded)
@@ -864,25 +770,6 @@ def _indices(values: Sequence[int] | None, n: int, what: str) -> list[int]:
     if values is None:
         return list(range(n))
     return sorted(indices(f"{what}s", values, n, what=what, hint=f"pass None for every {what}"))
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return value
-    return 0  # right padding: the value never reaches a real token
-
-
-def _batched(items: Iterable[Prompt], size: int) -> Iterator[list[Prompt]]:
-    chunk: list[Prompt] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # --- comparison -------------------------------------------------------------------------------
