@@ -302,7 +302,7 @@ def query_rows(
     return QueryRows(keys, task_keys, task_rows)
 
 
-# --- streaming statistics (iv.Reducer subclasses fed by iv.Capture) -------------------------
+# --- streaming statistics (stats.Reducer subclasses fed by iv.Capture) ----------------------
 
 
 ATTENTION_STATS = ("ent_all", "ent_nosink", "sink", "task_all", "task_nosink")
