@@ -9,41 +9,26 @@ orthogonal to it ("out"), while a token loss keeps the output coherent.
 
 Algorithm
 ---------
-1. Direction: from paired prompts (the same claim answered honestly vs dishonestly), take the
-   ``resid_post`` activations at the last N prompt tokens of every chosen layer; the direction is
-   the mean of the paired differences (or their first principal component), per layer and
-   position. Optionally only the pairs the model answers "correctly" (the positive prompt gets its
-   answer, the negative prompt its own) are used.
-2. Losses: ``projection_loss`` is the cosine of each activation to the direction, ``(1 - cos)/2``
-   to tune it in, ``|cos|`` to tune it out, averaged over batch, layers and positions;
-   ``soft_target_cross_entropy`` is the cross entropy against a target distribution (e.g. 50 %
-   " True", 50 % " False"), whose minimum is the target's entropy; ``token_cross_entropy`` is
-   the plain token loss on a completion; ``format_loss`` (the ``AnyOf`` target, the default
-   here) keeps the answer among the choices without preferring one, so the token loss guards
-   coherence and the projection loss alone decides the behaviour.
-3. Tuning: one forward captures the activations (``iv.capture(..., keep_grad=True)``) and the
-   logits (or stops right after the last tuned layer when there is no token loss); the projection
-   loss updates only its parameter group, the token loss only its own (gradients are taken with
-   ``torch.autograd.grad`` for each group separately). The token step is skipped while the token
-   loss is within ``token_tolerance`` of its minimum. AdamW with linear warmup, early stopping on a
-   validation split (the best weights are kept), a tqdm progress bar. The change is returned as an
-   ``iv.WeightDelta`` of the changed parameters (revert it for the bit-exact original; save it:
-   new and old values of the touched blocks only). A run that fails or is interrupted (Ctrl-C)
-   puts the tuned parameters back bit-exactly before the error propagates.
-4. Block search: short runs over parameter blocks (layer ranges x modules such as the attention
-   v/o projections or the MLP) for each loss, ranked by validation loss.
-5. Evaluation: sliding-window perplexity, forced-choice answers on held-out claims, the cosine
-   to the direction before and after, and steerability (how much adding the direction at
-   inference moves the answers).
+1. Direction: the mean (or first principal component) of paired ``resid_post`` differences
+   (e.g. a claim after an honest vs a lying context) at the last N prompt tokens, per layer and
+   position; optionally only the pairs the model answers as each prompt expects.
+2. Losses: ``projection_loss`` is ``(1 - cos)/2`` to tune the direction in, ``|cos|`` to tune it
+   out; the token loss is the plain loss on a completion, the cross entropy against a target
+   distribution, or ``format_loss`` (``AnyOf``, the default: keep the answer among the choices
+   without preferring one, so that the projection loss alone decides the behaviour).
+3. Tuning: one forward captures the activations with their graph (and the logits, or stops after
+   the last tuned layer when there is no token loss); each loss updates only its own parameter
+   group (``torch.autograd.grad`` per group), the token step is skipped while the token loss is
+   within ``token_tolerance`` of its minimum; AdamW with warmup, early stopping on a validation
+   split (the best weights kept). The result is the ``iv.WeightDelta`` of what changed; a failed
+   or interrupted run puts every tuned parameter back bit-exactly.
+4. Block search: short runs over parameter blocks (layer ranges x modules), ranked by
+   validation loss. Evaluation: perplexity, forced choice, cosine to the direction, steerability.
 
-Prompts are left-padded and given explicit position ids, so "the last N tokens" is the same
-columns for every row and padding never changes a real token's position. Position 0 (the
-attention sink, whose residual norm is ~25,000 in SmolLM2's middle layers) is never used: the
-last N tokens must leave it out.
-
-Small models need larger learning rates than the paper's 1e-6 / 1e-5 on Llama-2-13B: SmolLM2-135M
-moves at 3e-4 to 1e-3 (20 steps of 8 prompts; perplexity +3 to +6 %), while 3e-3 raises its
-perplexity by 35 % (measured, docs/reptune.md).
+Prompts are left-padded with position ids from the mask, so the last N tokens are the same
+columns in every row; they may never include position 0 (the attention sink, with a residual norm
+of ~25,000 in SmolLM2's middle layers). Small models need larger learning rates than the paper's
+1e-6 / 1e-5 on Llama-2-13B: SmolLM2-135M moves at 3e-4 to 1e-3 (docs/reptune.md).
 
 Usage
 -----
@@ -71,7 +56,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -80,13 +65,15 @@ from pathlib import Path
 import torch
 from einops import rearrange, reduce
 from jaxtyping import Bool, Float, Int
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import interventions as iv
+from interventions import lm, text
 from interventions.checks import indices, integer, number
+from interventions.lm import perplexity as perplexity  # re-exported: reptune.perplexity(...)
+from interventions.lm import token_cross_entropy
+from interventions.weights import load_tensors, save_tensors
 
 CHOICES = (" True", " False")
 _FORMAT = "interventions.reptune.Direction/1"
@@ -141,10 +128,16 @@ def split_claims(
     if not 0 < held_out < 1:
         raise ValueError(f"held_out is a fraction in (0, 1), got {held_out}")
     pairs = sorted({c.pair for c in claims})
-    random.Random(seed).shuffle(pairs)
-    test_pairs = set(pairs[: max(1, round(held_out * len(pairs)))])
+    test_pairs = set(_held_out(pairs, max(1, round(held_out * len(pairs))), seed)[1])
     train = [c for c in claims if c.pair not in test_pairs]
     return train, [c for c in claims if c.pair in test_pairs]
+
+
+def _held_out(items: Sequence, n_held: int, seed: int) -> tuple[list, list]:
+    """(kept, held): the first ``n_held`` items of a seeded shuffle are held out."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[n_held:], shuffled[:n_held]
 
 
 # --- prompts --------------------------------------------------------------------------------------
@@ -202,20 +195,17 @@ def honesty_pairs(claims: Iterable[Claim], choices: tuple[str, str] = CHOICES) -
 
 @dataclass(frozen=True)
 class AnyOf:
-    """A target that keeps the answer format but not the answer: the next token should be one
-    of ``choices``, in any proportion. The loss is ``format_loss``, ``-log p(choices)`` (its
-    minimum is 0), with one shared gradient for the choices' logits, so it never pulls the
-    answer toward either choice."""
+    """A target that keeps the answer format but not the answer: the next token is one of
+    ``choices``, in any proportion (``format_loss``, minimum 0)."""
 
     choices: tuple[str, ...] = CHOICES
 
 
 @dataclass(frozen=True)
 class Example:
-    """One tuning example: the projection loss acts at the last prompt tokens; ``target`` is a
-    completion (plain token loss on its tokens), a distribution over next tokens such as
-    ``{" True": 0.5, " False": 0.5}`` or ``AnyOf((" True", " False"))`` (soft-target loss at the
-    last prompt token), or None (no token loss)."""
+    """The projection loss acts at the prompt's last tokens; ``target`` is a completion (plain
+    token loss), a next-token distribution such as ``{" True": 0.5, " False": 0.5}``, an
+    ``AnyOf`` (both at the last prompt token), or None (no token loss)."""
 
     prompt: str
     target: str | Mapping[str, float] | AnyOf | None = None
@@ -226,8 +216,8 @@ def tuning_examples(
     target: str | Mapping[str, float] | AnyOf | None = AnyOf(CHOICES),
     honest: bool | None = None,
 ) -> list[Example]:
-    """Claim prompts (both contexts by default), each with ``target``: by default ``AnyOf``
-    the two answers (keep answering " True" or " False", in whatever proportion)."""
+    """Claim prompts (both contexts by default), each with ``target`` (by default: keep
+    answering " True" or " False", in whatever proportion)."""
     return [Example(p, target) for p in claim_prompts(claims, honest)]
 
 
@@ -235,43 +225,29 @@ def tuning_examples(
 
 
 @dataclass
-class Batch:
-    """Left-padded tokens with explicit position ids (so padding never shifts a real token)."""
+class Batch(text.Batch):
+    """Left-padded prompts, each followed by its completion (if any); ``prompt_end`` is the
+    column just after each prompt (== t without completions)."""
 
-    input_ids: Int[Tensor, "b t"]
-    attention_mask: Int[Tensor, "b t"]
-    position_ids: Int[Tensor, "b t"]
-    prompt_end: Int[Tensor, " b"]  # column just after each prompt (== t without completions)
+    prompt_end: Int[Tensor, " b"]
 
-    def model_inputs(self) -> dict[str, Tensor]:
-        return dict(
-            input_ids=self.input_ids,
-            attention_mask=self.attention_mask,
-            position_ids=self.position_ids,
-        )
+    def to(self, where: torch.device | str | nn.Module) -> "Batch":
+        moved = super().to(where)
+        end = self.prompt_end.to(moved.input_ids.device)
+        return Batch(moved.input_ids, moved.attention_mask, moved.position_ids, end)
 
     def last_prompt_tokens(self, n: int) -> Bool[Tensor, "b t"]:
         """Mask of the last ``n`` prompt tokens of each row (refusing position 0)."""
         start = self.prompt_end - n
-        first_real = self.input_ids.shape[1] - self.attention_mask.sum(-1)
+        first_real = self.first_real()
         if bool((start <= first_real).any()):
             short = int((self.prompt_end - first_real).min())
             raise ValueError(
                 f"a prompt has only {short} tokens: the last {n} would include its first token "
                 "(the attention sink, an outlier in norm); use fewer positions or longer prompts"
             )
-        columns = torch.arange(self.input_ids.shape[1])
+        columns = torch.arange(self.input_ids.shape[1], device=start.device)
         return (columns >= start[:, None]) & (columns < self.prompt_end[:, None])
-
-
-def _pad_id(tokenizer) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = getattr(tokenizer, "eos_token_id", None) if pad is None else pad
-    return 0 if pad is None else int(pad)
-
-
-def _encode(tokenizer, text: str, special: bool = True) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
 def make_batch(
@@ -280,102 +256,48 @@ def make_batch(
     """Tokenize prompts (and completions appended to them), pad on the left."""
     rows, ends = [], []
     for i, prompt in enumerate(prompts):
-        ids = _encode(tokenizer, prompt)
-        end = len(ids)
+        ids = text.token_ids(tokenizer, prompt)
+        ends.append(len(ids))
         if completions is not None and completions[i]:
-            ids += _encode(tokenizer, completions[i], special=False)
+            ids += text.token_ids(tokenizer, completions[i], special=False)
         rows.append(ids)
-        ends.append(end)
-    width = max(len(r) for r in rows)
-    pad = _pad_id(tokenizer)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    prompt_end = torch.tensor([width - len(r) + e for r, e in zip(rows, ends, strict=True)])
-    return Batch(ids, mask, positions, prompt_end)
+    padded = text.pad(rows, text.pad_id(tokenizer), "left")
+    width = padded.input_ids.shape[1]
+    end = torch.tensor([width - len(r) + e for r, e in zip(rows, ends, strict=True)])
+    return Batch(padded.input_ids, padded.attention_mask, padded.position_ids, end)
 
 
-def _to(batch: Batch, device: torch.device) -> Batch:
-    ids, mask, positions, end = (
-        t.to(device)
-        for t in (batch.input_ids, batch.attention_mask, batch.position_ids, batch.prompt_end)
-    )
-    return Batch(ids, mask, positions, end)
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    size = integer("batch_size", size)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _first_token(tokenizer, text: str) -> int:
-    ids = _encode(tokenizer, text, special=False)
+def _first_token(tokenizer, string: str) -> int:
+    ids = text.token_ids(tokenizer, string, special=False)
     if not ids:
-        raise ValueError(f"{text!r} encodes to no token")
+        raise ValueError(f"{string!r} encodes to no token")
     return ids[0]
 
 
-# --- capturing the residual stream (forwards stop after the last layer needed) --------------------
-
-
-class _StopForward(Exception):
-    pass
-
-
-class _Stop(iv.Intervention):
-    """Ends the forward: nothing after the last captured layer is computed."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        raise _StopForward
-
-
-def _stop_site(model: nn.Module, last_layer: int) -> str:
-    n_layers = iv.geometry(model).n_layers
-    return f"layers.{last_layer + 1}.resid_pre" if last_layer + 1 < n_layers else "final_norm"
-
-
-@contextmanager
-def _residuals(
+def _resid_post(
     model: nn.Module,
+    batch: Batch,
     layers: Sequence[int],
     positions: Bool[Tensor, "b t"],
     keep_grad: bool,
-    stop: bool,
-) -> Iterator[Callable[[], Float[Tensor, "b l n d"]]]:
-    """Capture ``resid_post`` at ``layers`` and the marked positions (the same count per row);
-    yields a function that returns them as ``[batch, layers, positions, d_model]``."""
+    keep_logits: int = 0,
+) -> tuple[Float[Tensor, "b l n d"], Tensor | None]:
+    """``resid_post`` at ``layers`` and the marked positions (the same count per row), as
+    ``[batch, layers, positions, d_model]``, and the logits of the last ``keep_logits`` columns;
+    without logits the forward stops after the last of ``layers``."""
     sites = [f"layers.{i}.resid_post" for i in layers]
-    plan = {_stop_site(model, max(layers)): _Stop()} if stop else None
     per_row = positions.sum(-1)
     if bool((per_row != per_row[0]).any()):
         raise ValueError("every row must mark the same number of positions")
-    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, plan=plan) as cache:
-
-        def stacked() -> Float[Tensor, "b l n d"]:
-            acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
-            return rearrange(acts, "l (b n) d -> b l n d", n=int(per_row[0]))
-
-        yield stacked
-
-
-def _run(model: nn.Module, batch: Batch, logits_to_keep: int = 0) -> Tensor | None:
-    """Forward; returns the logits, or None when a stop intervention ended the forward early."""
-    try:
-        if not logits_to_keep:
-            return model(**batch.model_inputs()).logits
-        try:
-            return model(**batch.model_inputs(), logits_to_keep=logits_to_keep).logits
-        except TypeError as error:  # older models compute every column's logits
-            if "logits_to_keep" not in str(error):
-                raise
-            return model(**batch.model_inputs()).logits[:, -logits_to_keep:]
-    except _StopForward:
-        return None
+    logits = None
+    stop = not keep_logits
+    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, stop=stop) as cache:
+        if stop:
+            model(**batch.inputs(model))  # ends the block: nothing after the last layer runs
+        else:
+            logits = lm.logits(model, batch, keep=keep_logits)
+    acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
+    return rearrange(acts, "l (b n) d -> b l n d", n=int(per_row[0])), logits
 
 
 def residuals(
@@ -387,13 +309,12 @@ def residuals(
     batch_size: int = 16,
 ) -> Float[Tensor, "n l p d"]:
     """``resid_post`` at ``layers`` and the last ``n_positions`` tokens of each prompt (no grad)."""
-    device, out = _device(model), []
-    for chunk in _chunks(list(prompts), batch_size):
-        batch = _to(make_batch(tokenizer, chunk), device)
+    out = []
+    for chunk in text.batches(list(prompts), batch_size):
+        batch = make_batch(tokenizer, chunk).to(model)
         mask = batch.last_prompt_tokens(n_positions)
-        with torch.no_grad(), _residuals(model, layers, mask, False, stop=True) as acts:
-            _run(model, batch)
-            out.append(acts().float().cpu())
+        with torch.no_grad():
+            out.append(_resid_post(model, batch, layers, mask, keep_grad=False)[0].float().cpu())
     return torch.cat(out)
 
 
@@ -482,53 +403,16 @@ class Direction:
         return {site: iv.Compose(*parts)}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            "format": _FORMAT,
-            "layers": json.dumps(list(self.layers)),
-            "method": self.method,
-            "n_pairs": str(self.n_pairs),
-            "meta": json.dumps(self.meta),
-        }
-        save_file({"vectors": self.vectors.detach().cpu().contiguous()}, str(path), metadata)
-        return path
+        """One safetensors file, written atomically (a failed save leaves an old file intact)."""
+        metadata = {"layers": json.dumps(list(self.layers)), "method": self.method,
+                    "n_pairs": str(self.n_pairs), "meta": json.dumps(self.meta)}  # fmt: skip
+        return save_tensors(path, {"vectors": self.vectors}, format=_FORMAT, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Direction":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a reptune direction (no {_FORMAT!r} metadata)")
-            vectors = f.get_tensor("vectors")
-        return cls(
-            vectors,
-            tuple(json.loads(metadata["layers"])),
-            metadata["method"],
-            int(metadata["n_pairs"]),
-            json.loads(metadata["meta"]),
-        )
-
-
-def forced_choice_margins(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    choices: tuple[str, str] = CHOICES,
-    batch_size: int = 16,
-    plan: Mapping[str, iv.Intervention] | None = None,
-) -> Float[Tensor, " n"]:
-    """``log p(choices[0]) - log p(choices[1])`` for the next token after each prompt."""
-    a, b = (_first_token(tokenizer, c) for c in choices)
-    if a == b:
-        raise ValueError(f"choices {choices!r} start with the same token")
-    device, out = _device(model), []
-    for chunk in _chunks(list(prompts), batch_size):
-        batch = _to(make_batch(tokenizer, chunk), device)
-        with torch.no_grad(), iv.intervene(model, plan or {}):
-            logits = _run(model, batch, logits_to_keep=1)[:, -1].float()
-        out.append((logits[:, a] - logits[:, b]).cpu())
-    return torch.cat(out)
+        tensors, m = load_tensors(path, format=_FORMAT)
+        layers, meta = tuple(json.loads(m["layers"])), json.loads(m["meta"])
+        return cls(tensors["vectors"], layers, m["method"], int(m["n_pairs"]), meta)
 
 
 def _direction_at(direction: Direction, layers: Sequence[int], model: nn.Module) -> Tensor:
@@ -548,7 +432,7 @@ def _direction_at(direction: Direction, layers: Sequence[int], model: nn.Module)
             f"the direction has width {vectors.shape[-1]}, the model's residual stream "
             f"{d_model}: it was made for another model; extract it from this one"
         )
-    return vectors.to(_device(model))
+    return vectors.to(text.device_of(model))
 
 
 def extract_direction(
@@ -577,29 +461,12 @@ def extract_direction(
         "layers", layers, iv.geometry(model).n_layers, hint="name the layers to read, e.g. [20, 21]"
     )
     n_positions = integer("n_positions", n_positions)
-    pairs = list(pairs)
-    n_total = len(pairs)
-    if only_correct:
-        if any(p.positive_answer is None or p.negative_answer is None for p in pairs):
-            raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
-        for p in pairs:
-            for answer in (p.positive_answer, p.negative_answer):
-                if answer not in choices:
-                    raise ValueError(f"answer {answer!r} is not one of choices {choices!r}")
-        prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
-        margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size)
-        said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
-        n = len(pairs)
-        pairs = [
-            p
-            for i, p in enumerate(pairs)
-            if said[i] == p.positive_answer and said[n + i] == p.negative_answer
-        ]
-        if not pairs:
-            raise ValueError(
-                f"none of the {n} pairs is answered as expected (positive and negative); "
-                "use only_correct=False or other prompts"
-            )
+    offered = list(pairs)
+    pairs = (
+        _answered_as_expected(model, tokenizer, offered, choices, batch_size)
+        if only_correct
+        else offered
+    )
     positive, negative = (
         residuals(model, tokenizer, prompts, layers, n_positions, batch_size)
         for prompts in ([p.positive for p in pairs], [p.negative for p in pairs])
@@ -629,8 +496,36 @@ def extract_direction(
         tuple(layers),
         method,
         len(pairs),
-        {"pairs_offered": n_total, "only_correct": only_correct},
+        {"pairs_offered": len(offered), "only_correct": only_correct},
     )
+
+
+def _answered_as_expected(
+    model: nn.Module, tokenizer, pairs: list[Pair], choices: tuple[str, str], batch_size: int
+) -> list[Pair]:
+    """The pairs whose positive prompt the model answers ``positive_answer`` and negative prompt
+    ``negative_answer`` (forced choice between ``choices``)."""
+    answers = [answer for p in pairs for answer in (p.positive_answer, p.negative_answer)]
+    if None in answers:
+        raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
+    wrong = [answer for answer in answers if answer not in choices]
+    if wrong:
+        raise ValueError(f"answer {wrong[0]!r} is not one of choices {choices!r}")
+    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size)
+    said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
+    n = len(pairs)
+    kept = [
+        p
+        for i, p in enumerate(pairs)
+        if said[i] == p.positive_answer and said[n + i] == p.negative_answer
+    ]
+    if not kept:
+        raise ValueError(
+            f"none of the {n} pairs is answered as expected (positive and negative); "
+            "use only_correct=False or other prompts"
+        )
+    return kept
 
 
 # --- losses ---------------------------------------------------------------------------------------
@@ -646,6 +541,12 @@ def cosine(
     return dot / norms.clamp_min(eps)
 
 
+def _mode(mode: object) -> str:
+    if mode not in ("in", "out"):
+        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    return mode
+
+
 def projection_loss(
     acts: Float[Tensor, "b l p d"],
     direction: Direction | Float[Tensor, "l p d"],
@@ -659,8 +560,7 @@ def projection_loss(
     the layers of ``acts`` (use ``direction.at(layers)``); a tensor broadcasts against
     ``acts[0]``. Zero vectors count as orthogonal.
     """
-    if mode not in ("in", "out"):
-        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    mode = _mode(mode)
     vectors = direction.vectors if isinstance(direction, Direction) else direction
     _check_vectors(vectors, direction.layers if isinstance(direction, Direction) else None)
     if vectors.shape[-1] != acts.shape[-1]:
@@ -680,10 +580,11 @@ def projection_loss(
 
 
 def soft_target_cross_entropy(
-    logits: Float[Tensor, "*batch vocab"], targets: Float[Tensor, "*batch vocab"]
-) -> Float[Tensor, ""]:
-    """``-sum(targets * log_softmax(logits))`` averaged over the batch. Its minimum is the
-    entropy of ``targets`` (``target_entropy``); one-hot targets give the plain token loss."""
+    logits: Float[Tensor, "*batch vocab"], targets: Float[Tensor, "*batch vocab"], mean: bool = True
+) -> Float[Tensor, "*b"]:
+    """``-sum(targets * log_softmax(logits))`` averaged over the batch (per row unless
+    ``mean``). Its minimum is the entropy of ``targets`` (``target_entropy``); one-hot targets
+    give the plain token loss."""
     if logits.shape != targets.shape:
         try:
             targets = targets.expand_as(logits)
@@ -692,24 +593,18 @@ def soft_target_cross_entropy(
                 f"targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}"
             ) from error
     log_p = torch.log_softmax(logits.float(), dim=-1)
-    return -(targets.float() * log_p).sum(-1).mean()
+    loss = -(targets.float() * log_p).sum(-1)
+    return loss.mean() if mean else loss
 
 
-def target_entropy(targets: Float[Tensor, "*batch vocab"]) -> Float[Tensor, ""]:
-    """Mean entropy of target distributions: the minimum of ``soft_target_cross_entropy``."""
+def target_entropy(
+    targets: Float[Tensor, "*batch vocab"], mean: bool = True
+) -> Float[Tensor, "*b"]:
+    """Mean (or per-row) entropy of target distributions: the minimum of
+    ``soft_target_cross_entropy``."""
     t = targets.float()
-    return -(t * torch.log(t.clamp_min(1e-30))).sum(-1).mean()
-
-
-def token_cross_entropy(
-    logits: Float[Tensor, "b t vocab"], labels: Int[Tensor, "b t"], ignore_index: int = -100
-) -> Float[Tensor, ""]:
-    """The plain token loss: ``labels[:, j]`` is the token that follows column ``j``."""
-    return nn.functional.cross_entropy(
-        rearrange(logits.float(), "b t v -> (b t) v"),
-        rearrange(labels, "b t -> (b t)"),
-        ignore_index=ignore_index,
-    )
+    entropy = -(t * torch.log(t.clamp_min(1e-30))).sum(-1)
+    return entropy.mean() if mean else entropy
 
 
 def format_loss(
@@ -733,42 +628,34 @@ def soft_targets(
     tokenizer, distribution: Mapping[str, float], vocab_size: int
 ) -> Float[Tensor, " vocab"]:
     """A distribution over the first token of each string, e.g. ``{" True": .5, " False": .5}``."""
-    total = sum(distribution.values())
-    if total <= 0 or any(p < 0 for p in distribution.values()):
-        raise ValueError(f"target probabilities must be >= 0 with a positive sum: {distribution}")
+    total = sum(_probabilities(distribution))
     target = torch.zeros(vocab_size)
-    for text, p in distribution.items():
-        target[_first_token(tokenizer, text)] += p / total
+    for string, p in distribution.items():
+        target[_first_token(tokenizer, string)] += p / total
     return target
+
+
+def _probabilities(distribution: Mapping[str, float]) -> list[float]:
+    weights = [number(f"target[{key!r}]", p, at_least=0) for key, p in distribution.items()]
+    if sum(weights) <= 0:
+        raise ValueError(f"target probabilities must be >= 0 with a positive sum: {distribution}")
+    return weights
 
 
 # --- parameter blocks -----------------------------------------------------------------------------
 
-MODULE_KINDS = ("attn", "attn.q", "attn.k", "attn.v", "attn.o", "mlp", "mlp.down", "block")
-_ATTN_CHILD = {"attn.q": "q_proj", "attn.k": "k_proj", "attn.v": "v_proj"}
-
-
-def _module_path(table: iv.Adapter, kind: str) -> str:
-    if kind == "block":
-        return ""
-    if kind == "attn":
-        return table.attn
-    if kind == "attn.o":
-        return table.o_proj
-    if kind == "mlp.down":
-        return table.down_proj
-    if kind == "mlp":
-        return table.down_proj.rpartition(".")[0]
-    if kind in _ATTN_CHILD:
-        return f"{table.attn}.{_ATTN_CHILD[kind]}"
-    raise ValueError(f"unknown module kind {kind!r}; expected one of {', '.join(MODULE_KINDS)}")
+# the recipe's block kinds as iv.parameters names their weights ("" is the whole block)
+_WEIGHTS = {"attn": ".attn", "attn.q": ".attn.q_proj", "attn.k": ".attn.k_proj",
+            "attn.v": ".attn.v_proj", "attn.o": ".attn.o_proj", "mlp": ".mlp",
+            "mlp.down": ".mlp.down_proj", "block": ""}  # fmt: skip
+MODULE_KINDS = tuple(_WEIGHTS)
 
 
 def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str, nn.Parameter]:
     """Parameters of blocks named ``"layers.{i|a:b|*}.{kind}"``, kind one of ``MODULE_KINDS``
     (``attn.v`` is the value projection, ``attn.o`` the output projection, ``mlp`` the whole
-    MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds."""
-    table = iv.adapter(model)
+    MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds. Keys are the
+    causal LM's parameter names (``iv.parameters``), also when a PEFT model wraps it."""
     n_layers = iv.geometry(model).n_layers
     found: dict[str, nn.Parameter] = {}
     for block in [blocks] if isinstance(blocks, str) else list(blocks):
@@ -778,30 +665,25 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                 f"bad block {block!r}: expected 'layers.{{i|a:b|*}}.{{kind}}' with kind in "
                 f"{', '.join(MODULE_KINDS)}, e.g. 'layers.8:12.attn.v+attn.o'"
             )
+        unknown = [kind for kind in parts[2].split("+") if kind not in _WEIGHTS]
+        if unknown:
+            raise ValueError(
+                f"unknown module kind {unknown[0]!r} in block {block!r}; expected one of "
+                f"{', '.join(MODULE_KINDS)}"
+            )
         try:
             layers = iv.layer_range(parts[1], n_layers)
-        except ValueError as error:
+            for layer in layers:
+                for kind in parts[2].split("+"):
+                    found.update(iv.parameters(model, f"layers.{layer}{_WEIGHTS[kind]}"))
+        except (ValueError, NotImplementedError) as error:  # e.g. GPT-2's fused c_attn
             raise ValueError(f"block {block!r}: {error}") from error
-        for layer in layers:
-            for kind in parts[2].split("+"):
-                path = _module_path(table, kind)
-                try:
-                    module = table.block_module(model, layer, path)
-                except AttributeError as error:
-                    raise ValueError(
-                        f"block {block!r}: {table.name} has no module {path!r} (kind {kind!r}); "
-                        f"fused projections such as GPT-2's c_attn only exist as 'attn'"
-                    ) from error
-                # names from the causal LM down, also when a PEFT model wraps it
-                prefix = ".".join(part for part in (table.layers, str(layer), path) if part)
-                for name, param in module.named_parameters(prefix=prefix):
-                    if param.is_meta:
-                        raise ValueError(
-                            f"block {block!r}: {name} is offloaded (accelerate keeps it on the "
-                            "meta device), so it cannot be trained: load the model with its "
-                            "weights in memory (no CPU or disk offload)"
-                        )
-                    found[name] = param
+    offloaded = [name for name, param in found.items() if param.is_meta]
+    if offloaded:
+        raise ValueError(
+            f"{offloaded[0]} is offloaded (accelerate keeps it on the meta device), so it cannot "
+            "be trained: load the model with its weights in memory (no CPU or disk offload)"
+        )
     return found
 
 
@@ -821,7 +703,7 @@ class _Prepared:
     proj_mask: Bool[Tensor, "b t"]
     soft: Float[Tensor, "b vocab"] | None  # rows without a soft target are zero
     soft_rows: Bool[Tensor, " b"]
-    own_split: Bool[Tensor, " b"]  # AnyOf rows: ``soft`` is a 0/1 mask of the choices
+    any_of: Bool[Tensor, " b"]  # AnyOf rows: ``soft`` is a 0/1 mask of the choices
     labels: Int[Tensor, "b k"] | None  # completion labels for the last k columns
     keep: int  # logits_to_keep
 
@@ -830,26 +712,15 @@ def _prepare(
     tokenizer, examples: Sequence[Example], n_positions: int, vocab: int, device: torch.device
 ) -> _Prepared:
     completions = [e.target if isinstance(e.target, str) else "" for e in examples]
-    batch = _to(make_batch(tokenizer, [e.prompt for e in examples], completions), device)
+    batch = make_batch(tokenizer, [e.prompt for e in examples], completions).to(device)
     width = batch.input_ids.shape[1]
     soft_rows = torch.tensor(
         [isinstance(e.target, (Mapping, AnyOf)) for e in examples], device=device
     )
-    own_split = torch.tensor([isinstance(e.target, AnyOf) for e in examples], device=device)
+    any_of = torch.tensor([isinstance(e.target, AnyOf) for e in examples], device=device)
     soft = None
     if bool(soft_rows.any()):
-        rows = []
-        for e in examples:
-            if isinstance(e.target, AnyOf):
-                rows.append(
-                    (
-                        soft_targets(tokenizer, dict.fromkeys(e.target.choices, 1.0), vocab) > 0
-                    ).float()
-                )
-            elif isinstance(e.target, Mapping):
-                rows.append(soft_targets(tokenizer, e.target, vocab))
-            else:
-                rows.append(torch.zeros(vocab))
+        rows = [_next_token_target(tokenizer, e.target, vocab) for e in examples]
         soft = torch.stack(rows).to(device)
     lengths = (width - batch.prompt_end).tolist()  # completion tokens per row
     keep = max([n + 1 for n in lengths if n] + [1 if soft is not None else 0])
@@ -860,7 +731,16 @@ def _prepare(
             if n:  # logit column width-1-n .. width-2 predicts tokens width-n .. width-1
                 labels[row, keep - 1 - n : keep - 1] = batch.input_ids[row, width - n :]
     mask = batch.last_prompt_tokens(n_positions)
-    return _Prepared(batch, mask, soft, soft_rows, own_split, labels, keep)
+    return _Prepared(batch, mask, soft, soft_rows, any_of, labels, keep)
+
+
+def _next_token_target(tokenizer, target: object, vocab: int) -> Float[Tensor, " vocab"]:
+    """A row of ``_Prepared.soft``: the distribution, a 0/1 mask of AnyOf's choices, or zeros."""
+    if isinstance(target, AnyOf):
+        return (soft_targets(tokenizer, dict.fromkeys(target.choices, 1.0), vocab) > 0).float()
+    if isinstance(target, Mapping):
+        return soft_targets(tokenizer, target, vocab)
+    return torch.zeros(vocab)
 
 
 def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -868,15 +748,12 @@ def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
     losses, minima = [], []
     if p.soft is not None:
         last = logits[:, -1].float()
-        fixed = p.soft_rows & ~p.own_split
-        any_of = p.own_split
+        fixed, any_of = p.soft_rows & ~p.any_of, p.any_of
         row_loss = torch.zeros(len(last), device=last.device)
         row_min = torch.zeros(len(last), device=last.device)
         if bool(fixed.any()):
-            log_p = torch.log_softmax(last[fixed], -1)
-            row_loss[fixed] = -(p.soft[fixed] * log_p).sum(-1)
-            t = p.soft[fixed]
-            row_min[fixed] = -(t * torch.log(t.clamp_min(1e-30))).sum(-1)
+            row_loss[fixed] = soft_target_cross_entropy(last[fixed], p.soft[fixed], mean=False)
+            row_min[fixed] = target_entropy(p.soft[fixed], mean=False)
         if bool(any_of.any()):
             row_loss[any_of] = format_loss(last[any_of], p.soft[any_of] > 0, mean=False)
         losses.append(row_loss[p.soft_rows].mean())
@@ -897,36 +774,13 @@ def _losses(
     with_tokens: bool,
     keep_grad: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    with_tokens = with_tokens and p.keep > 0  # this batch may hold no token target
-    with _residuals(model, layers, p.proj_mask, keep_grad, stop=not with_tokens) as acts:
-        logits = _run(model, p.batch, logits_to_keep=p.keep if with_tokens else 0)
-        proj = projection_loss(acts(), direction, mode, flip)
-    if not with_tokens or logits is None:
+    keep = p.keep if with_tokens else 0  # this batch may hold no token target (keep 0)
+    acts, logits = _resid_post(model, p.batch, layers, p.proj_mask, keep_grad, keep)
+    proj = projection_loss(acts, direction, mode, flip)
+    if logits is None:
         return proj, None, None
     token, minimum = _token_loss(p, logits)
     return proj, token, minimum
-
-
-@contextmanager
-def _restored_on_failure(
-    model: nn.Module, params: Mapping[str, nn.Parameter]
-) -> Iterator[dict[str, Tensor]]:
-    """Yields copies of ``params``. On any exception, Ctrl-C (KeyboardInterrupt) included, puts
-    back their values bit-exactly, their gradients and every module's train/eval mode, then
-    re-raises: an interrupted tuning run leaves no half-tuned weights."""
-    originals = {name: p.detach().clone() for name, p in params.items()}
-    grads = {name: p.grad for name, p in params.items()}
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        yield originals
-    except BaseException:
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(originals[name])
-                param.grad = grads[name]
-        for module, training in modes:
-            module.training = training
-        raise
 
 
 @contextmanager
@@ -946,12 +800,10 @@ def _split(data: Sequence[Example], val_fraction: float, seed: int):
     if not data:
         raise ValueError("tune needs at least one example")
     val_fraction = number("val_fraction", val_fraction, at_least=0, below=1)
-    order = list(range(len(data)))
-    random.Random(seed).shuffle(order)
-    n_val = round(val_fraction * len(data)) if val_fraction > 0 else 0
+    n_val = round(val_fraction * len(data))
     if n_val >= len(data):
         raise ValueError(f"val_fraction={val_fraction} leaves no training examples")
-    return [data[i] for i in order[n_val:]], [data[i] for i in order[:n_val]]
+    return _held_out(data, n_val, seed)
 
 
 def tune(
@@ -991,8 +843,7 @@ def tune(
     ``patience`` evaluations without improvement. ``history``, when given, receives one dict per
     step and per evaluation. The model stays in eval mode (no dropout).
     """
-    if mode not in ("in", "out"):
-        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
+    mode = _mode(mode)
     layers = indices(
         "layers",
         layers,
@@ -1008,8 +859,7 @@ def tune(
     weight_decay = number("weight_decay", weight_decay, at_least=0)
     # inf: never take a token step, a negative value: always
     token_tolerance = number("token_tolerance", token_tolerance, infinite=True)
-    lo, hi = min(layers), max(layers) + 1
-    spec = f"layers.{lo}:{hi}" if hi - lo > 1 else f"layers.{lo}"
+    spec = _layer_spec(min(layers), max(layers) + 1)
     if projection_blocks is None:
         projection_blocks = [f"{spec}.{default_projection_kind(model)}"]
     proj_params = block_parameters(model, projection_blocks)
@@ -1018,129 +868,135 @@ def tune(
     )
     if not proj_params:
         raise ValueError("the projection group is empty: name at least one block")
-    if val_data is None:
-        train, val = _split(data, val_fraction, seed)
-    else:
-        train, val = list(data), list(val_data)
-    use_tokens = bool(token_params) and any(e.target is not None for e in train)
+    train, val = (
+        _split(data, val_fraction, seed) if val_data is None else (list(data), list(val_data))
+    )
+    for example in [*train, *val]:  # refused before anything runs
+        if isinstance(example.target, Mapping):
+            _probabilities(example.target)
+    if not any(e.target is not None for e in train):
+        token_params = {}
+    # A parameter named in both groups is the token loss's alone (the projection loss never
+    # moves what keeps the output coherent).
+    proj_params = {k: param for k, param in proj_params.items() if k not in token_params}
+    if not proj_params:
+        raise ValueError(
+            "every parameter of projection_blocks is also in token_blocks, which only the token "
+            "loss updates: name projection blocks outside the token group (or token_blocks=[])"
+        )
     # Validation always measures the token loss when there is one, so that runs with and
     # without a token group (block search) are scored alike.
     val_tokens = any(e.target is not None for e in val)
-    vocab = iv.geometry(model).d_vocab
-    device = _device(model)
-    n = direction.n_positions
-
-    if not use_tokens:
-        token_params = {}
+    vocab, device, n = iv.geometry(model).d_vocab, text.device_of(model), direction.n_positions
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
-    with _restored_on_failure(model, tuned) as originals:
-        optimizers = {
-            "proj": torch.optim.AdamW(list(proj_params.values()), lr=lr, weight_decay=weight_decay),
-        }
-        if use_tokens:
-            optimizers["token"] = torch.optim.AdamW(
-                list(token_params.values()), lr=token_lr, weight_decay=weight_decay
-            )
-        schedulers = {  # linear warmup over each group's own steps, then constant
-            key: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / max(1, warmup)))
-            for key, o in optimizers.items()
-        }
+
+    def log(record: dict) -> dict:
+        if history is not None:
+            history.append(record)
+        return record
+
+    def validate(step: int) -> float:
+        """Logs the mean validation losses; returns their sum (lower is better)."""
+        proj_sum, excess_sum = 0.0, 0.0
+        with torch.no_grad():
+            for p in val_batches:
+                proj, token, minimum = _losses(
+                    model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
+                )
+                proj_sum += float(proj)
+                excess_sum += float(token - minimum) if token is not None else 0.0
+        k = max(1, len(val_batches))
+        record = log({"step": step, "val_projection": proj_sum / k,
+                      "val_token_excess": excess_sum / k})  # fmt: skip
+        return record["val_projection"] + record["val_token_excess"]
+
+    # a failed or interrupted run (Ctrl-C too) puts every tuned parameter back bit-exactly
+    with iv.WeightDelta.recording(model, tuned) as recording:
+        originals = recording.originals
+        proj_group = _Group.of(proj_params, lr, weight_decay, warmup)
+        token_group = _Group.of(token_params, token_lr, weight_decay, warmup)
         val_batches = [
-            _prepare(tokenizer, chunk, n, vocab, device) for chunk in _chunks(val, batch_size)
+            _prepare(tokenizer, chunk, n, vocab, device) for chunk in text.batches(val, batch_size)
         ]
-
-        def validate() -> dict[str, float]:
-            proj_sum, excess_sum = 0.0, 0.0
-            with torch.no_grad():
-                for p in val_batches:
-                    proj, token, minimum = _losses(
-                        model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
-                    )
-                    proj_sum += float(proj)
-                    excess_sum += float(token - minimum) if token is not None else 0.0
-            k = max(1, len(val_batches))
-            return {"val_projection": proj_sum / k, "val_token_excess": excess_sum / k}
-
-        rng = random.Random(seed)
-        order: list[int] = []
+        chunks = _cycled(train, batch_size, seed)
         best, best_state, bad = math.inf, None, 0
         bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
-        all_params = list(proj_params.values()) + list(token_params.values())
-        with bar, _only_trainable(model, all_params), torch.enable_grad():
+        with bar, _only_trainable(model, tuned.values()), torch.enable_grad():
             if val_batches:
-                record = {"step": 0, **validate()}
-                best = record["val_projection"] + record["val_token_excess"]
-                best_state = {k: v.clone() for k, v in originals.items()}
-                if history is not None:
-                    history.append(record)
+                best, best_state = validate(0), dict(originals)
             for step in bar:
-                if len(order) < batch_size:
-                    fresh = list(range(len(train)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                chunk = [train[i] for i in order[:batch_size]]
-                del order[:batch_size]
-                p = _prepare(tokenizer, chunk, n, vocab, device)
+                p = _prepare(tokenizer, next(chunks), n, vocab, device)
                 proj, token, minimum = _losses(
-                    model, p, vectors, layers, mode, flip, use_tokens, keep_grad=True
+                    model, p, vectors, layers, mode, flip, bool(token_params), keep_grad=True
                 )
-                token_step = (
-                    token is not None and float((token - minimum).detach()) > token_tolerance
-                )
-                grads = torch.autograd.grad(
-                    proj, list(proj_params.values()), retain_graph=token_step, allow_unused=True
-                )
-                for param, grad in zip(proj_params.values(), grads, strict=True):
-                    param.grad = grad
+                excess = None if token is None else float((token - minimum).detach())
+                token_step = excess is not None and excess > token_tolerance
+                # both gradients before either step: the token loss's graph holds the old weights
+                proj_grads = proj_group.grads(proj, retain_graph=token_step)
+                token_grads = token_group.grads(token) if token_step else None
+                proj_group.step(proj_grads)
                 if token_step:
-                    grads = torch.autograd.grad(
-                        token, list(token_params.values()), allow_unused=True
-                    )
-                for param in token_params.values():
-                    param.grad = None
-                optimizers["proj"].step()
-                schedulers["proj"].step()
-                for param in proj_params.values():
-                    param.grad = None
-                if token_step:
-                    for param, grad in zip(token_params.values(), grads, strict=True):
-                        param.grad = grad
-                    optimizers["token"].step()
-                    schedulers["token"].step()
-                    for param in token_params.values():
-                        param.grad = None
-                record = {
-                    "step": step + 1,
-                    "projection": float(proj.detach()),
-                    "token_excess": None if token is None else float((token - minimum).detach()),
-                    "token_step": token_step,
-                }
-                if history is not None:
-                    history.append(record)
+                    token_group.step(token_grads)
+                record = log({"step": step + 1, "projection": float(proj.detach()),
+                              "token_excess": excess, "token_step": token_step})  # fmt: skip
                 bar.set_postfix(
                     proj=f"{record['projection']:.4f}",
-                    tok="-" if token is None else f"{record['token_excess']:.3f}",
+                    tok="-" if excess is None else f"{excess:.3f}",
                 )
                 if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
-                    record = {"step": step + 1, **validate()}
-                    if history is not None:
-                        history.append(record)
-                    score = record["val_projection"] + record["val_token_excess"]
+                    score = validate(step + 1)
                     if score < best - 1e-6:
                         best, bad = score, 0
-                        best_state = {k: tuned[k].detach().clone() for k in originals}
-                    else:
-                        bad += 1
-                        if bad >= patience:
-                            break
+                        best_state = {k: param.detach().clone() for k, param in tuned.items()}
+                    elif (bad := bad + 1) >= patience:
+                        break
         if best_state is not None:
             with torch.no_grad():
                 for name, value in best_state.items():
                     tuned[name].copy_(value)
-        changed = {
-            name: old for name, old in originals.items() if not torch.equal(old, tuned[name])
-        }
-        return iv.WeightDelta.from_change(model, changed)
+    return recording.delta
+
+
+@dataclass
+class _Group:
+    """A parameter group with its own AdamW and linear warmup (over its own steps)."""
+
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer | None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+
+    @classmethod
+    def of(cls, params: Mapping[str, nn.Parameter], lr: float, decay: float, warmup: int):
+        if not params:
+            return cls([], None, None)
+        optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=decay)
+        warm = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
+        )
+        return cls(list(params.values()), optimizer, warm)
+
+    def grads(self, loss: Tensor, retain_graph: bool = False) -> tuple[Tensor | None, ...]:
+        return torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+
+    def step(self, grads: Sequence[Tensor | None]) -> None:
+        for param, grad in zip(self.params, grads, strict=True):
+            param.grad = grad
+        self.optimizer.step()
+        self.scheduler.step()
+        for param in self.params:
+            param.grad = None
+
+
+def _cycled(items: Sequence, batch_size: int, seed: int) -> Iterator[list]:
+    """Batches of ``items`` from a seeded order, reshuffled whenever it runs short."""
+    rng, order = random.Random(seed), []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(len(items)))
+            rng.shuffle(fresh)
+            order += fresh
+        yield [items[i] for i in order[:batch_size]]
+        del order[:batch_size]
 
 
 # --- block search ---------------------------------------------------------------------------------
@@ -1195,8 +1051,13 @@ def candidate_blocks(
     for (a, b), module in itertools.product(layer_ranges, modules):
         if b <= a:
             raise ValueError(f"empty layer range ({a}, {b})")
-        out.append((f"layers.{a}:{b}.{module}" if b - a > 1 else f"layers.{a}.{module}",))
+        out.append((f"{_layer_spec(a, b)}.{module}",))
     return out
+
+
+def _layer_spec(start: int, stop: int) -> str:
+    """``layers.a:b`` (b excluded), or ``layers.a`` for one layer."""
+    return f"layers.{start}:{stop}" if stop - start > 1 else f"layers.{start}"
 
 
 def search_blocks(
@@ -1223,10 +1084,13 @@ def search_blocks(
     train, val = _split(data, val_fraction, seed)
     rows = []
     baseline: dict[str, float] | None = None
+    proj_candidates = [tuple(c) for c in projection_candidates]
+    token_candidates = [tuple(c) for c in token_candidates]
+    names = {c: set(block_parameters(model, c)) for c in [*proj_candidates, *token_candidates]}
     combos = [
-        (tuple(a), tuple(b))
-        for a, b in itertools.product(projection_candidates, token_candidates)
-        if not set(block_parameters(model, a)) & set(block_parameters(model, b))
+        (a, b)
+        for a, b in itertools.product(proj_candidates, token_candidates)
+        if not names[a] & names[b]
     ]
     if not combos:
         raise ValueError("no combination of projection and token blocks is disjoint")
@@ -1251,46 +1115,6 @@ def search_blocks(
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-
-
-def perplexity(
-    model: nn.Module,
-    tokenizer,
-    text: str,
-    *,
-    window: int = 256,
-    stride: int = 128,
-    max_tokens: int | None = None,
-) -> float:
-    """Sliding-window perplexity: windows of ``window`` tokens every ``stride`` tokens, each
-    token scored once, with up to ``window - stride`` tokens of context before it."""
-    window, stride = integer("window", window, minimum=2), integer("stride", stride)
-    if stride > window:
-        raise ValueError(f"need stride <= window, got stride={stride}, window={window}")
-    if max_tokens is not None:
-        max_tokens = integer("max_tokens", max_tokens, minimum=2)
-    ids = torch.tensor(_encode(tokenizer, text))
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("perplexity needs a text of at least two tokens")
-    device = _device(model)
-    nll, count, scored_to = 0.0, 0, 0
-    for begin in range(0, len(ids) - 1, stride):
-        end = min(begin + window, len(ids))
-        chunk = ids[begin:end][None].to(device)
-        labels = chunk.clone()
-        labels[:, : max(scored_to - begin, 1)] = -100  # score only new tokens (never column 0)
-        with torch.no_grad():
-            logits = model(input_ids=chunk).logits
-        n_new = int((labels[:, 1:] != -100).sum())
-        if n_new:
-            nll += float(token_cross_entropy(logits[:, :-1], labels[:, 1:])) * n_new
-            count += n_new
-        scored_to = end
-        if end == len(ids):
-            break
-    return math.exp(nll / count)
 
 
 @dataclass
@@ -1327,7 +1151,7 @@ def forced_choice(
 ) -> ForcedChoice:
     """Which of ``choices`` the model prefers after each prompt (``plan`` steers meanwhile);
     ``labels[i]`` True means ``choices[0]`` is right."""
-    margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size, plan)
+    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan)
     return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
 
 
@@ -1372,7 +1196,9 @@ def steerability(
     means = []
     for alpha in alphas:
         plan = direction.steering_plan(layer, alpha)
-        margins = forced_choice_margins(model, tokenizer, prompts, choices, batch_size, plan)
+        margins = lm.choice_margin(
+            model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan
+        )
         means.append(float(margins.mean()))
     a = torch.tensor(list(alphas), dtype=torch.float64)
     m = torch.tensor(means, dtype=torch.float64)

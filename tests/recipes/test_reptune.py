@@ -2,29 +2,15 @@
 
 import copy
 import math
-import re
 
 import pytest
 import torch
+from fakes import WordTokenizer
 
 import interventions as iv
+from interventions import lm
 from interventions.models import tiny
 from interventions.recipes import reptune as rt
-
-
-class WordTokenizer:
-    """Word-level stand-in for a tokenizer on the tiny random models (vocab 99)."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-
-    def __init__(self) -> None:
-        self.vocab: dict[str, int] = {}
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        words = re.findall(r"\s*\S+|\s+", text)
-        ids = [self.vocab.setdefault(w, 3 + len(self.vocab) % 96) for w in words]
-        return {"input_ids": ([1] if add_special_tokens else []) + ids}
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +24,7 @@ def one_thread():
 
 @pytest.fixture
 def tok() -> WordTokenizer:
-    tokenizer = WordTokenizer()
-    tokenizer(" True False")  # the two answers get distinct ids first
-    return tokenizer
+    return WordTokenizer(bos=True, vocab=rt.CHOICES)  # the two answers get distinct ids first
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +207,19 @@ def test_soft_targets_from_strings(tok):
         rt.soft_targets(tok, {" True": 0.0}, 99)
 
 
+@pytest.mark.parametrize(
+    ("distribution", "message"),
+    [
+        ({" True": float("nan")}, r"target\[' True'\] must be a finite number >= 0, got nan"),
+        ({" True": 1.0, " False": -0.5}, r"target\[' False'\] must be a finite number >= 0"),
+        ({" True": float("inf")}, r"target\[' True'\] must be a finite number >= 0, got inf"),
+    ],
+)
+def test_soft_targets_refuse_non_finite_and_negative_probabilities(tok, distribution, message):
+    with pytest.raises(ValueError, match=message):
+        rt.soft_targets(tok, distribution, 99)
+
+
 # --- batching, residuals, direction ---------------------------------------------------------------
 
 
@@ -233,8 +230,8 @@ def test_left_padding_does_not_change_a_prompt(arch, tok):
     alone = rt.residuals(model, tok, prompts[:1], [0, 1], n_positions=3)
     batched = rt.residuals(model, tok, prompts, [0, 1], n_positions=3)
     torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
-    margins_alone = rt.forced_choice_margins(model, tok, prompts[:1])
-    margins = rt.forced_choice_margins(model, tok, prompts)
+    margins_alone = lm.choice_margin(model, tok, prompts[:1], rt.CHOICES)
+    margins = lm.choice_margin(model, tok, prompts, rt.CHOICES)
     torch.testing.assert_close(margins[:1], margins_alone, atol=1e-5, rtol=1e-5)
 
 
@@ -276,12 +273,33 @@ def test_extract_direction_mean_pca_and_save(tok, claims, tmp_path):
         d.at([0])
 
 
+def test_direction_files_of_the_earlier_format_load_and_others_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    vectors = torch.randn(2, 3, 8)
+    old = tmp_path / "old.safetensors"  # written as Direction.save wrote it before weights.py
+    metadata = {"format": "interventions.reptune.Direction/1", "layers": "[4, 6]",
+                "method": "pca", "n_pairs": "12", "meta": '{"only_correct": true}'}  # fmt: skip
+    save_file({"vectors": vectors}, str(old), metadata)
+    d = rt.Direction.load(old)
+    assert torch.equal(d.vectors, vectors) and d.layers == (4, 6) and d.method == "pca"
+    assert d.n_pairs == 12 and d.meta == {"only_correct": True}
+    again = rt.Direction.load(d.save(tmp_path / "again.safetensors"))
+    assert (again.layers, again.method, again.n_pairs, again.meta) == (d.layers, "pca", 12, d.meta)
+    model = tiny("llama", n_layers=2)
+    delta = iv.WeightDelta.from_change(model, {})
+    foreign = delta.save(tmp_path / "delta.safetensors")
+    with pytest.raises(ValueError, match="interventions.reptune.Direction/1"):
+        rt.Direction.load(foreign)
+    with pytest.raises(FileNotFoundError):
+        rt.Direction.load(tmp_path / "missing.safetensors")
+
+
 def test_extract_direction_only_correct_filters_pairs(tok, claims):
     model = tiny("llama", n_layers=2)
     pairs = rt.honesty_pairs(claims[:12])
-    margins = rt.forced_choice_margins(
-        model, tok, [p.positive for p in pairs] + [p.negative for p in pairs]
-    )
+    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    margins = lm.choice_margin(model, tok, prompts, rt.CHOICES)
     said = [" True" if m > 0 else " False" for m in margins.tolist()]
     kept = [
         p
@@ -398,6 +416,24 @@ def test_tune_in_and_out_on_held_out_prompts_and_revert(tok, claims, tmp_path):
     assert_same(model, before)
 
 
+def test_a_parameter_in_both_groups_is_the_token_groups(tok, claims, untouched):
+    model, d, data = _tiny_setup(tok, claims)
+    shared = set(rt.block_parameters(model, "layers.2.mlp"))
+    before = snapshot(model)
+    delta = rt.tune(model, tok, data, direction=d, layers=[2], projection_blocks=["layers.2.block"],
+                    token_blocks=["layers.2.mlp"], lr=1e-2, steps=2, batch_size=4,
+                    val_fraction=0.0, token_tolerance=math.inf, progress=False)  # fmt: skip
+    moved = set(delta.names)
+    assert moved and moved.isdisjoint(shared)  # no token step: the shared MLP stays as it was
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in shared)
+    delta.revert(model)
+    check = untouched(model)
+    with pytest.raises(ValueError, match="every parameter of projection_blocks is also in"):
+        rt.tune(model, tok, data, direction=d, layers=[2], projection_blocks=["layers.2.mlp"],
+                token_blocks=["layers.2.mlp"], steps=1, progress=False)  # fmt: skip
+    check()
+
+
 def test_tune_a_lora_model_names_parameters_of_the_causal_lm(tok, claims, lora):
     model, d, data = _tiny_setup(tok, claims)
     wrapped = lora(model, ["self_attn.v_proj"])
@@ -501,6 +537,15 @@ def test_tune_refuses_nonsense_hyperparameters_and_changes_nothing(
     with pytest.raises(error, match=message):
         rt.tune(model, tok, data, **{"direction": d, "layers": [1, 2], "steps": 2,
                                      "progress": False, **options})  # fmt: skip
+    check()
+
+
+def test_tune_refuses_a_non_finite_target_before_anything_runs(tok, claims, untouched):
+    model, d, data = _tiny_setup(tok, claims, n_claims=8)
+    check = untouched(model)
+    bad = [*data, rt.Example(data[0].prompt, {" True": float("nan"), " False": 1.0})]
+    with pytest.raises(ValueError, match=r"target\[' True'\] must be a finite number >= 0"):
+        rt.tune(model, tok, bad, direction=d, layers=[1, 2], steps=2, progress=False)
     check()
 
 
@@ -677,7 +722,7 @@ def test_any_of_target_only_keeps_the_answer_format(tok, claims):
     assert data[0].target == rt.AnyOf((" True", " False"))
     batch = rt.make_batch(tok, [e.prompt for e in data])
     with torch.no_grad():
-        logits = model(**batch.model_inputs()).logits[:, -1]
+        logits = model(**batch.inputs()).logits[:, -1]
     choices = [tok(c, add_special_tokens=False)["input_ids"][0] for c in rt.CHOICES]
     mass = logits.softmax(-1)[:, choices].sum(-1)
     history: list[dict] = []
@@ -719,7 +764,7 @@ def test_real_model_tunes_the_direction_in_and_out(real_model):
     data = rt.tuning_examples(train)
 
     def measure(full: bool = True) -> dict:
-        margins = rt.forced_choice_margins(model, tokenizer, held_out)
+        margins = lm.choice_margin(model, tokenizer, held_out, rt.CHOICES)
         gap = float(margins[:8].mean() - margins[8:].mean())  # honest minus lying context
         result = {"margin": float(margins.mean()), "gap": gap}
         if full:
