@@ -60,6 +60,9 @@ def test_a_state_round_trip_restores_the_reducer(kind):
     assert state["count"].dtype == torch.int64 and state["count"].ndim == 0
     loaded = kind().load_state_dict(state)
     assert loaded.count == 5 and torch.equal(loaded.value, reducer.value)
+    # a reducer accumulating in float64 (head scores' do) keeps its precision through a state
+    wide = {"count": state["count"], "total": state["total"].double() / 3}
+    assert torch.equal(kind().load_state_dict(wide).total, wide["total"])
     reducer.reset()
     assert reducer.count == 0 and reducer.total is None
 
