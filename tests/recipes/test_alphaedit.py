@@ -387,6 +387,22 @@ def test_sequential_edits_accumulate_keys_and_editors_do_not_share_state(tmp_pat
     assert all(torch.equal(model.get_parameter(n), o) for n, o in d1.originals.items())
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_editor_files_restore_what_follows_from_their_tensors_and_refuse_another_model(
+    tmp_path, method
+):
+    # the layers, null-space dimensions and d_mlp are not stored apart from P / C0: they follow
+    model, tok = make("llama")
+    editor = ae.Editor(model, tok, tiny_stats(model, tok, [0, 2]), method=method)
+    path = editor.save(tmp_path / "editor.safetensors")
+    loaded = ae.Editor.load(path, model, tok)
+    assert loaded.layers == [0, 2] and loaded.hparams == editor.hparams
+    assert loaded.null_dims == editor.null_dims and (method == "memit") == (editor.null_dims == {})
+    other, _ = make("gpt2")  # d_mlp 128, not 64
+    with pytest.raises(ValueError, match="128"):
+        ae.Editor.load(path, other, tok)
+
+
 def test_edit_delta_saves_and_applies(tmp_path):
     model, tok = make("qwen2")
     stats = tiny_stats(model, tok, [1])
