@@ -35,14 +35,7 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many small forwards and backwards: on a shared CPU, two OpenMP threads
-    spin against other processes and run ~4x slower than one (measured), so use one here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(arch: str, n_layers: int = 3):
