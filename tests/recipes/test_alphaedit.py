@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from evals.test_counterfact import REQUEST  # the request the CounterFact tests score
 from fakes import WordTokenizer
 
 import interventions as iv
@@ -19,14 +20,6 @@ METHODS = ("alphaedit", "memit")
 TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
 
 
-REQUEST = {
-    "prompt": "The old tower of {} stands in",
-    "subject": "north harbour",
-    "target_new": "valley",
-    "target_true": "market",
-    "paraphrase_prompts": ["People say north harbour lies near"],
-    "neighborhood_prompts": ["The old tower of south field stands in"],
-}
 CORPUS = [
     "a quiet river runs past the mill and the bakers wake early",
     "seven birds sat on the wire while the rain kept falling",
