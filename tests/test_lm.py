@@ -23,12 +23,7 @@ CHOICES = (" True", " False")
 PROSE = " ".join(f"w{i % 7} and w{i % 5}" for i in range(12))  # 36 tokens
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -286,3 +286,31 @@ def test_prefix_offsets_on_smollm2_give_the_fast_tokenizers_spans(real_model):
         for word in re.finditer(r"\S+", s):
             assert text.token_span(slow, word.span()) == text.token_span(fast, word.span()), word
     assert fast.offsets == slow.offsets  # the chat template: special tokens map to their text
+
+
+# --- chunks --------------------------------------------------------------------------------------
+
+
+def test_chunks_cut_texts_into_pieces_until_the_token_budget():
+    tok = WordTokenizer(bos=True)
+    a, b = text.token_ids(tok, "a b c d e"), text.token_ids(tok, "f g")  # 6 and 3 ids
+    # pieces of 4: a -> 4 + 2, b -> 3; a blank text is skipped
+    assert text.chunks(tok, ["a b c d e", " ", "f g"], 4, 100) == [a[:4], a[4:], b]
+    seven = text.token_ids(tok, "a b c d e f")  # in pieces of 3 the last is a lone token: dropped
+    assert text.chunks(tok, ["a b c d e f"], 3, 100) == [seven[:3], seven[3:6]]
+    # the budget cuts the last piece short (even to one token) and stops
+    assert text.chunks(tok, ["a b c d e", "f g"], 4, 5) == [a[:4], a[4:5]]
+    assert text.chunks(tok, iter(["a b"]), 2, 10) == [text.token_ids(tok, "a b")[:2]]
+
+
+def test_chunks_refuse_bad_texts_and_numbers():
+    tok = WordTokenizer()
+    with pytest.raises(TypeError, match="texts must be an iterable of strings, got str"):
+        text.chunks(tok, "a b c", 4, 10)
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got int"):
+        text.chunks(tok, ["a b", 3], 4, 10)
+    with pytest.raises(ValueError, match="max_length must be an integer >= 2, got 1"):
+        text.chunks(tok, ["a b"], 1, 10)
+    with pytest.raises(TypeError, match="max_tokens must be an integer >= 1, got True"):
+        text.chunks(tok, ["a b"], 4, True)
+    assert text.chunks(tok, ["", "a"], 4, 10) == []  # nothing of two or more tokens

@@ -11,17 +11,15 @@ the same code (P = I, a covariance prior instead of a null space, no accumulatio
 Algorithm:
 
 1. ``key_stats``: ``C0 = E[k kᵀ]`` of ``layers.l.mlp.act`` (the down projection's input) over a
-   corpus, all edited layers in one pass, cached on disk (``stats.tally``). ``P = Û Ûᵀ``, Û the
-   eigenvectors of C0 under a threshold (absolute, relative or energy); the null space is logged.
+   corpus, one cached ``iv.tally`` pass for all edited layers. ``P = Û Ûᵀ``, Û the eigenvectors
+   of C0 under a threshold (absolute, relative or energy).
 2. ``compute_z``: a δ added to ``layers.L.resid_post`` (L: the last edited layer) at the subject's
-   last token (from offsets) is optimised with Adam so that the model writes ``target_new`` after
-   the prompt and after 5 prefixes it generated; a KL term on "{subject} is a", weight decay,
-   ``‖δ‖ ≤ clamp_norm_factor·‖h‖``, early stop. ``z = h + δ``.
-3. Layer by layer (i-th of n): keys K1 at the subject (½ plain prompt + ½ mean over prefixes),
-   ``R = (z − h_L) / (n − i)`` on the model edited so far; AlphaEdit
-   ``ΔWᵀ = solve(P (K1K1ᵀ + K_pK_pᵀ) + λI, P K1 Rᵀ)`` (K_p: keys of earlier batches), MEMIT
-   ``ΔWᵀ = solve(λ_mom2·C0 + K1K1ᵀ, K1 Rᵀ)``; W seen ``[out, in]`` through the adapter. After
-   the batch, AlphaEdit adds the keys of the edited model to ``K_pK_pᵀ``.
+   last token is optimised with Adam to write ``target_new`` after the prompt and 5 generated
+   prefixes (plus KL on "{subject} is a", weight decay, ``‖δ‖ ≤ clamp_norm_factor·‖h‖``). z = h + δ.
+3. Layer by layer (i-th of n), on the model edited so far: keys K1 at the subject (½ plain prompt
+   + ½ mean over prefixes), ``R = (z − h_L) / (n − i)``; AlphaEdit ``ΔWᵀ = solve(P (K1K1ᵀ +
+   K_pK_pᵀ) + λI, P K1 Rᵀ)`` (K_p: keys of earlier batches, added after each batch), MEMIT
+   ``ΔWᵀ = solve(λ_mom2·C0 + K1K1ᵀ, K1 Rᵀ)``.
 4. The result is an applied ``iv.WeightDelta``; a failure midway restores every touched weight.
 
 Usage::
@@ -96,11 +94,8 @@ ThresholdMode = Literal["absolute", "relative", "energy"]
 
 @dataclass(frozen=True)
 class HParams:
-    """Hyperparameters, named as in the paper's code. Defaults measured on SmolLM2-135M
-    (docs/alphaedit.md); the paper's Llama3-8B values are noted where they differ.
-
-    ``layers=None`` edits the layers of the key statistics.
-    """
+    """Named as in the paper's code; defaults measured on SmolLM2-135M (docs/alphaedit.md), the
+    paper's Llama3-8B values noted where they differ. ``layers=None``: those of the statistics."""
 
     layers: tuple[int, ...] | None = None  # Llama3-8B: 4..8 of 32
     v_lr: float = 0.5  # Llama3-8B: 0.1 (here it stops far from the target in 25 steps)
@@ -152,13 +147,10 @@ def default_layers(n_layers: int) -> list[int]:
 
 def load_corpus(path: str | os.PathLike | None = None) -> list[str]:
     """Paragraphs of a plain-text file, split at blank lines (default: the bundled corpus,
-    ``prose.txt`` then ``encyclopedia.txt``: everyday prose and encyclopedia-style articles on
-    places, people, companies, sports, science and culture, written for the project)."""
-    paths = [Path(path)] if path is not None else list(BUNDLED_CORPUS)
-    paragraphs = []
-    for file in paths:
-        text = file.read_text(encoding="utf-8")
-        paragraphs += [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    ``prose.txt`` then ``encyclopedia.txt``, see docs/alphaedit.md)."""
+    paths = [path] if path is not None else BUNDLED_CORPUS
+    texts = [Path(file).read_text(encoding="utf-8") for file in paths]
+    paragraphs = [" ".join(p.split()) for text in texts for p in re.split(r"\n\s*\n", text)]
     return [p for p in paragraphs if p]
 
 
@@ -166,8 +158,7 @@ def load_corpus(path: str | os.PathLike | None = None) -> list[str]:
 
 
 def subject_last_token(tokenizer: Any, text: str, start: int, end: int) -> int:
-    """Index of the token that holds the last character of ``text[start:end]`` (the subject),
-    from the tokenizer's character offsets."""
+    """Index of the token holding the last character of ``text[start:end]`` (from offsets)."""
     return encode(tokenizer, text, subject_span=(start, end)).subject
 
 
@@ -226,12 +217,10 @@ def _subject_row(
 def _split_at_subject(
     model: nn.Module, rows: Sequence[Sequence[int]], subjects: Sequence[int], pad_with: int
 ) -> tuple[iv.text.Batch, Any, int]:
-    """Run the tokens before each row's subject token once (no grad, left-padded) and return
-    the rest as a continuation of that KV cache (mask of prefix + suffix, the rows' own
-    positions), the cache (None without a prefix) and the prefix width P (the subject token is
-    column P). Nothing before the subject's last token depends on a δ added there, so optimising
-    δ only needs the suffixes: the same logits as whole rows (tested), at a fraction of the cost.
-    """
+    """Nothing before the subject's last token depends on a δ added there: run those tokens once
+    (no grad, left-padded) and return the rest of the rows as a continuation of that KV cache (the
+    same logits as whole rows, tested), the cache (None: no prefix) and its width, the subject's
+    column."""
     width = max(subjects)
     prefix = torch.full((len(rows), width), pad_with, dtype=torch.long)
     prefix_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -251,11 +240,8 @@ def _split_at_subject(
 
 
 class SubjectShift(iv.Intervention):
-    """Adds a trainable δ (one per request) to the residual stream at each row's subject token.
-
-    ``positions`` is a boolean ``[rows, seq]`` mask with one token per row; ``owner[row]`` is the
-    request (row of ``delta``) of each row. ``seen`` keeps the last unshifted activations.
-    """
+    """Adds ``delta[owner[row]]`` (a trainable δ per request) to the residual stream at the one
+    token per row of the ``positions`` mask; ``seen`` keeps the last unshifted activations."""
 
     def __init__(self, delta: nn.Parameter, owner: Int[Tensor, " rows"], positions: Tensor):
         super().__init__(positions=positions)
@@ -317,12 +303,9 @@ def null_space_projector(
     *,
     layer: int | None = None,
 ) -> tuple[Float[Tensor, "d d"], int]:
-    """``P = Û Ûᵀ`` from the eigenvectors of ``moment`` under the threshold.
-
-    ``absolute``: eigenvalue < threshold (the paper, 2e-2); ``relative``: eigenvalue <
-    threshold · largest; ``energy``: the smallest eigenvalues holding at most ``threshold`` of
-    the total. Returns ``(P, null_dim)``; the dimension is logged.
-    """
+    """``(P, null_dim)``, ``P = Û Ûᵀ`` from the eigenvectors of ``moment`` with eigenvalues under
+    ``threshold`` (``absolute``, the paper's 2e-2), under threshold · largest (``relative``), or
+    the smallest ones holding at most ``threshold`` of the total (``energy``); logged."""
     if mode not in THRESHOLD_MODES:
         raise ValueError(f"mode must be one of {THRESHOLD_MODES}, got {mode!r}")
     threshold = number("threshold", threshold, at_least=0)
@@ -348,29 +331,6 @@ def null_space_projector(
     elif null_dim == d:
         log.warning("%snull space is everything: nothing is protected (threshold too high?)", where)
     return projector, null_dim
-
-
-def _chunks(
-    tokenizer: Any, corpus: Iterable[str], max_length: int, max_tokens: int
-) -> list[list[int]]:
-    chunks: list[list[int]] = []
-    total = 0
-    for text in corpus:
-        if not isinstance(text, str):
-            raise TypeError(f"the corpus must yield strings, got {type(text).__name__}")
-        if not text.strip():
-            continue
-        ids = iv.text.token_ids(tokenizer, text)
-        for start in range(0, len(ids), max_length):
-            piece = ids[start : start + max_length]
-            if len(piece) < 2:
-                continue
-            piece = piece[: max_tokens - total]
-            chunks.append(piece)
-            total += len(piece)
-            if total >= max_tokens:
-                return chunks
-    return chunks
 
 
 def require_editable_mlp(model: nn.Module) -> iv.Adapter:
@@ -404,28 +364,17 @@ def key_stats(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> KeyStats:
-    """``E[k kᵀ]`` of ``layers.l.mlp.act`` for every layer in ``layers``, from ONE streaming pass.
-
-    ``corpus``: any iterable of strings (default: the bundled corpus, ``load_corpus()``); each
-    text is cut into pieces of ``max_length`` tokens, until ``max_tokens`` tokens. Padding never
-    counts; ``skip_first_token`` also drops position 0 of each piece (an attention-sink outlier
-    in some models). ``iv.tally`` caches each layer's moment (in ``cache_dir``, default
-    ``stats.default_cache_dir("alphaedit")``) under the weights that feed it, the token ids and
-    the options, and computes only the missing layers; nothing is written with ``cache=False``.
-    """
+    """``E[k kᵀ]`` of ``layers.l.mlp.act`` for every layer in ``layers``, from ONE pass of
+    ``iv.tally`` over ``text.chunks`` of ``corpus`` (default ``load_corpus()``), each layer cached
+    in ``cache_dir`` (default ``stats.default_cache_dir("alphaedit")``) unless ``cache=False``."""
     require_editable_mlp(model)
     n_layers = iv.geometry(model).n_layers
     if layers is None:
         layers = default_layers(n_layers)
     hint = "pass the layers to edit, e.g. default_layers(n_layers)"
     layers = sorted(indices("layers", layers, n_layers, hint=hint))
-    max_tokens = integer("max_tokens", max_tokens)
-    max_length = integer("max_length", max_length, minimum=2)  # shorter pieces are dropped
-    batch_size = integer("batch_size", batch_size)
     corpus = load_corpus() if corpus is None else corpus
-    if isinstance(corpus, str):
-        raise TypeError("corpus is an iterable of texts; wrap a single text in a list")
-    chunks = _chunks(tokenizer, corpus, max_length, max_tokens)
+    chunks = iv.text.chunks(tokenizer, corpus, max_length, max_tokens)
     if not chunks:
         raise ValueError(
             "the corpus gave no text to compute key statistics from (no text of two or more "
@@ -509,12 +458,8 @@ class ZResult:
 
 
 class Editor:
-    """Editing state for one model: the null-space projectors P and the accumulated keys of past
-    edits per layer (AlphaEdit), or the key covariances (MEMIT), plus the generated prefixes.
-
-    Nothing is global and nothing is written unless ``save`` is called; two editors never share
-    state. ``edit(requests)`` applies one batch and returns its ``iv.WeightDelta``.
-    """
+    """Editing state for one model: per layer P and the keys of past edits (AlphaEdit) or C0
+    (MEMIT), and the prefixes. Two editors share nothing; nothing is written but by ``save``."""
 
     def __init__(
         self,
@@ -593,26 +538,17 @@ class Editor:
         kinds = {"P": self.projectors, "C0": self.moments, "past": self.past}
         tensors = {f"{k}.{layer}": v[layer] for k, v in kinds.items() for layer in v}
         meta = {
-            "method": self.method,
-            "layers": json.dumps(self.layers),
+            "method": self.method,  # the layers are those of the P / C0 tensors
             "hparams": json.dumps(asdict(self.hparams)),
             "prefixes": json.dumps(self._prefixes),
-            "null_dims": json.dumps(self.null_dims),
             "n_edits": str(self.n_edits),
-            "d_mlp": str(self.geometry.d_mlp),
         }
         return save_tensors(path, tensors, format=_EDITOR_FORMAT, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module, tokenizer: Any) -> "Editor":
+        """An editor saved by ``save``; the constructor refuses its tensors for another model."""
         tensors, meta = load_tensors(path, format=_EDITOR_FORMAT)
-        if int(meta["d_mlp"]) != iv.geometry(model).d_mlp:
-            raise ValueError(
-                f"{path} was saved for d_mlp={meta['d_mlp']}, the model has "
-                f"{iv.geometry(model).d_mlp}: another model"
-            )
-        hp = json.loads(meta["hparams"])
-        hp["layers"] = tuple(json.loads(meta["layers"]))
         by_kind: dict[str, dict[int, Tensor]] = {"P": {}, "C0": {}, "past": {}}
         for key, value in tensors.items():
             kind, layer = key.split(".")
@@ -623,12 +559,11 @@ class Editor:
             tokenizer,
             None if alphaedit else KeyStats(by_kind["C0"], 0),
             method=meta["method"],
-            hparams=HParams(**hp),
+            hparams=HParams(**json.loads(meta["hparams"])),
             prefixes=json.loads(meta["prefixes"]),
             projectors=by_kind["P"] if alphaedit else None,
         )
         editor.past = by_kind["past"]
-        editor.null_dims = {int(k): v for k, v in json.loads(meta["null_dims"]).items()}
         editor.n_edits = int(meta["n_edits"])
         return editor
 
@@ -650,11 +585,8 @@ class Editor:
 
     # --- editing ----------------------------------------------------------------------------------
     def edit(self, requests: Iterable[Any]) -> iv.WeightDelta:
-        """Write one batch of requests; returns the applied ``WeightDelta``.
-
-        Every request is checked before any weight changes; if anything fails midway, the
-        touched weights are restored and the editor's state is unchanged.
-        """
+        """Write one batch of requests; returns the applied ``WeightDelta``. Every request is
+        checked first; on any error the weights and the editor's state stay as they were."""
         requests = as_requests(requests)
         if self.model.training:
             raise RuntimeError("put the model in eval mode (model.eval()) before editing")
@@ -708,9 +640,8 @@ class Editor:
     def _rows(
         self, requests: list[Request], contexts: list[str]
     ) -> tuple[list[EditRow], list[tuple[list[EditRow], EditRow]]]:
-        """Key rows (request-major, context-minor: the prompt in each context, with the subject's
-        last token) and, per request, its rows with target_new and its KL row. Every request is
-        checked here, before anything runs."""
+        """Key rows (request-major, context-minor) and per request its rows with target_new and
+        its KL row, each with the subject's last token; every request is checked here, first."""
         keys, rewrites = [], []
         for n, r in enumerate(requests):
             try:
@@ -782,9 +713,8 @@ class Editor:
         kl_init: Tensor | None = None
         active = torch.ones(n, dtype=torch.bool, device=device)
         losses, probs, steps = [math.nan] * n, [0.0] * n, [0] * n
-        site = f"layers.{self.layers[-1]}.resid_post"
+        plan = {f"layers.{self.layers[-1]}.resid_post": shift}
         for step in range(max(hp.v_num_grad_steps, 1)):
-            plan = {site: shift}
             with iv.capture(self.model, "final_norm", keep_grad=True, plan=plan, stop=True) as c:
                 self.model(  # the forward appends to the cache: give it a copy
                     **batch.inputs(self.model),
@@ -869,12 +799,8 @@ def edit(
     editor: Editor | None = None,
     prefixes: Sequence[str] | None = None,
 ) -> iv.WeightDelta:
-    """Edit one batch of requests; returns the applied ``iv.WeightDelta``.
-
-    Without ``editor`` a fresh one is made from ``stats`` (no memory of earlier edits); pass an
-    ``Editor`` to edit sequentially (AlphaEdit then keeps the earlier batches' keys).
-    ``prefixes`` replaces the generated context prefixes.
-    """
+    """Edit one batch of requests with ``editor`` (sequential editing), else a fresh editor on
+    ``stats``; returns the applied ``iv.WeightDelta``. ``prefixes`` replace the generated ones."""
     if editor is None:
         editor = Editor(model, tokenizer, stats, method=method, hparams=hparams, prefixes=prefixes)
     elif editor.model is not model:
@@ -897,9 +823,8 @@ def sequential(
     fluency: bool = False,
     progress: bool = True,
 ) -> SequentialRun:
-    """Edit ``records`` in batches of ``batch_size`` with one editor; after each batch, score all
-    edits so far (``counterfact.sequential``). The model stays edited:
-    ``run.delta.revert(model)`` undoes every batch."""
+    """``counterfact.sequential`` with one editor: batches of ``batch_size``, all edits so far
+    scored after each; the model stays edited (``run.delta.revert(model)`` undoes them)."""
     editor = Editor(model, tokenizer, stats, method=method, hparams=hparams)
     return counterfact.sequential(
         model,
@@ -913,37 +838,13 @@ def sequential(
     )
 
 
-__all__ = [
-    "BUNDLED_CORPUS",
-    "BUNDLED_REQUESTS",
-    "EditRow",
-    "Editor",
-    "HParams",
-    "KeyStats",
-    "Request",
-    "RequestError",
-    "Scores",
-    "SequentialRun",
-    "SubjectShift",
-    "ZResult",
-    "alphaedit_update",
-    "as_request",
-    "as_requests",
-    "combine",
-    "default_layers",
-    "edit",
-    "encode",
-    "evaluate",
-    "filter_known",
-    "generate_prefixes",
-    "key_stats",
-    "load_corpus",
-    "load_requests",
-    "memit_update",
-    "n_gram_entropy",
-    "null_space_projector",
-    "scores_from_records",
-    "sequential",
-    "subject_last_token",
-    "target_logprobs",
+# fmt: off
+__all__ = [  # its own names, then those it re-exports (evals.counterfact, lm)
+    "BUNDLED_CORPUS", "EditRow", "Editor", "HParams", "KeyStats", "SubjectShift", "ZResult",
+    "alphaedit_update", "combine", "default_layers", "edit", "encode", "generate_prefixes",
+    "key_stats", "load_corpus", "memit_update", "null_space_projector", "sequential",
+    "subject_last_token", "BUNDLED_REQUESTS", "Request", "RequestError", "Scores", "SequentialRun",
+    "as_request", "as_requests", "evaluate", "filter_known", "load_requests", "n_gram_entropy",
+    "scores_from_records", "target_logprobs",
 ]
+# fmt: on

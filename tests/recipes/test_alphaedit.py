@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from evals.test_counterfact import REQUEST  # the request the CounterFact tests score
 from fakes import WordTokenizer
 
 import interventions as iv
@@ -19,14 +20,6 @@ METHODS = ("alphaedit", "memit")
 TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
 
 
-REQUEST = {
-    "prompt": "The old tower of {} stands in",
-    "subject": "north harbour",
-    "target_new": "valley",
-    "target_true": "market",
-    "paraphrase_prompts": ["People say north harbour lies near"],
-    "neighborhood_prompts": ["The old tower of south field stands in"],
-}
 CORPUS = [
     "a quiet river runs past the mill and the bakers wake early",
     "seven birds sat on the wire while the rain kept falling",
@@ -35,14 +28,7 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many small forwards and backwards: on a shared CPU, two OpenMP threads
-    spin against other processes and run ~4x slower than one (measured), so use one here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(arch: str, n_layers: int = 3):
@@ -385,6 +371,22 @@ def test_sequential_edits_accumulate_keys_and_editors_do_not_share_state(tmp_pat
     assert loaded.past == {} and first.n_edits == 2
     ae.combine([d1, d2]).revert(model)
     assert all(torch.equal(model.get_parameter(n), o) for n, o in d1.originals.items())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_editor_files_restore_what_follows_from_their_tensors_and_refuse_another_model(
+    tmp_path, method
+):
+    # the layers, null-space dimensions and d_mlp are not stored apart from P / C0: they follow
+    model, tok = make("llama")
+    editor = ae.Editor(model, tok, tiny_stats(model, tok, [0, 2]), method=method)
+    path = editor.save(tmp_path / "editor.safetensors")
+    loaded = ae.Editor.load(path, model, tok)
+    assert loaded.layers == [0, 2] and loaded.hparams == editor.hparams
+    assert loaded.null_dims == editor.null_dims and (method == "memit") == (editor.null_dims == {})
+    other, _ = make("gpt2")  # d_mlp 128, not 64
+    with pytest.raises(ValueError, match="128"):
+        ae.Editor.load(path, other, tok)
 
 
 def test_edit_delta_saves_and_applies(tmp_path):

@@ -808,15 +808,6 @@ def smollm(request):
     return load()
 
 
-@pytest.fixture
-def one_thread():
-    """On small shared VMs (2 vCPUs) two OpenMP threads under load run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.real
 def test_real_model_scores(smollm, one_thread):
     model, tokenizer = smollm
