@@ -6,22 +6,12 @@ import math
 
 import pytest
 import torch
-from fakes import WordTokenizer
+from fakes import REQUEST, WordTokenizer
 
 import interventions as iv
 from interventions import lm
 from interventions.evals import counterfact as cf
 from interventions.models import tiny
-
-REQUEST = {
-    "prompt": "The old tower of {} stands in",
-    "subject": "north harbour",
-    "target_new": "valley",
-    "target_true": "market",
-    "paraphrase_prompts": ["People say north harbour lies near"],
-    "neighborhood_prompts": ["The old tower of south field stands in"],
-}
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evals.test_counterfact import REQUEST  # the request the CounterFact tests score
-from fakes import WordTokenizer
+from fakes import REQUEST, WordTokenizer
 
 import interventions as iv
 from interventions.evals import counterfact
