@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from interventions import plot
+from interventions.checks import choice
 
 if TYPE_CHECKING:  # the writers read these tables' attributes; the core never imports a recipe
     from interventions.recipes.head_scores import Comparison, HeadScores
@@ -67,9 +68,7 @@ def write_csv(
     """One row per (layer, head). ``raw``: out_raw, ent_raw, task_raw, then the other raw
     metrics; ``norm``: the layer-normalised, sign-adjusted scores; ``combined``: ranks and
     fusion. Values are written with ``repr`` (they read back bit-exactly)."""
-    if kind not in CSV_COLUMNS:
-        raise ValueError(f"kind must be one of {list(CSV_COLUMNS)}, got {kind!r}")
-    columns = CSV_COLUMNS[kind]
+    columns = CSV_COLUMNS[choice("kind", kind, CSV_COLUMNS)]
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["layer", "head", *columns])

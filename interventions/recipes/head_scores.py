@@ -20,8 +20,8 @@ Scores (for every score, HIGHER = MORE TASK-RELEVANT), averaged over the query t
 
 Algorithm
 ---------
-1. Render each record (multiple choice: ``Question: …\nA. …\nAnswer:``), tokenize it, right-pad
-   each batch (real tokens never see padding).
+1. Render each record (``evals.tasks``; multiple choice: ``Question: …\nA. …\nAnswer:``),
+   tokenize it, right-pad each batch (real tokens never see padding).
 2. One forward per batch, ended after the last layer scored, with an ``iv.Capture`` at
    ``layers.i.attn.heads`` and ``layers.i.attn.pattern`` (``positions=`` the query tokens:
    ``last_token`` or ``all_tokens``, optionally without the first token), each feeding a
@@ -52,11 +52,10 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,16 +68,20 @@ from torch import Tensor, nn
 
 import interventions as iv
 from interventions import text
-from interventions.checks import indices, integer, number
+from interventions.checks import choice, indices, integer, number
+from interventions.evals.tasks import BUNDLED_DATA as BUNDLED_DATA
+from interventions.evals.tasks import MC_QUESTION_PREFIX as MC_QUESTION_PREFIX
+from interventions.evals.tasks import NO_RECORDS, DataError, Prompt, parse_record
+from interventions.evals.tasks import TEXT_FIELDS as TEXT_FIELDS
+from interventions.evals.tasks import load_records as load_records
+from interventions.evals.tasks import mc_prompt as mc_prompt
 from interventions.report import plain
 
 log = logging.getLogger("interventions.head_scores")
 
-BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data" / "commonsense_mc.jsonl"
 QUERY_MODES = ("last_token", "all_tokens")
 NORMS = ("zscore", "percentile")
 RANK_SCOPES = ("layer", "global")
-TEXT_FIELDS = ("input", "text", "question")
 # raw per-head metrics, all [layers, heads]; see the module docstring
 RAW_METRICS = ("out", "out_resid", "ent", "ent_all", "ent_nosink", "sink", "task")
 SCORES = ("out", "ent", "task")  # the fused scores; S_ent uses -ent
@@ -89,153 +92,6 @@ TOP_K_FIELDS += tuple(f"{m}_raw" for m in COMPARED)
 FUSIONS = ("combined", "combined_layer", "combined_global")
 TABLE_FORMAT = "interventions.head_scores/1"
 COMPARISON_FORMAT = "interventions.head_scores.comparison/1"
-MC_QUESTION_PREFIX = "Question: "
-_SEPARATORS = re.compile(r"[\s,]*")  # between the items of a JSON array
-NO_RECORDS = (
-    "no records to score: the records were empty; pass at least one (a prompt string, a "
-    "record dict or a Prompt), e.g. load_records(BUNDLED_DATA)"
-)
-
-
-# --- records ---------------------------------------------------------------------------------
-
-
-class DataError(ValueError):
-    """A record or data file that cannot be used; the message names the file, line and field."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt to score. ``span`` is the task-relevant character span of ``text``."""
-
-    text: str
-    span: tuple[int, int] | None = None
-    answer: str | None = None  # multiple choice: the correct label, e.g. "B"
-    labels: tuple[str, ...] = ()
-    where: str = ""  # "file.jsonl:12" or "records[3]", for messages
-
-
-def mc_prompt(question: str, texts: Sequence[str], labels: Sequence[str]) -> Prompt:
-    """The multiple-choice template; the span is the question's characters."""
-    options = "\n".join(f"{label}. {text}" for label, text in zip(labels, texts, strict=True))
-    text = f"{MC_QUESTION_PREFIX}{question}\n{options}\nAnswer:"
-    start = len(MC_QUESTION_PREFIX)
-    return Prompt(text, (start, start + len(question)), labels=tuple(labels))
-
-
-def parse_record(record: Any, where: str) -> Prompt:
-    """Validate one record: multiple choice (question, choices {text, label}, answerKey) or a
-    record with one of input / text / question. Errors name ``where`` and the field."""
-    if isinstance(record, Prompt):
-        return record
-    if isinstance(record, str):
-        if not record.strip():
-            raise DataError(f"{where}: empty prompt string")
-        return Prompt(record, where=where)
-    if not isinstance(record, Mapping):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "choices" not in record:
-        key = next((k for k in TEXT_FIELDS if k in record), None)
-        if key is None:
-            raise DataError(
-                f"{where}: missing field: expected 'question' with 'choices' (multiple choice) "
-                f"or one of {', '.join(repr(k) for k in TEXT_FIELDS)}; got fields "
-                f"{sorted(record)}"
-            )
-        return Prompt(_text_field(record[key], key, where), where=where)
-    question = record.get("question")
-    if question is None:
-        raise DataError(f"{where}: field 'question' is missing (multiple-choice record)")
-    if isinstance(question, Mapping) and isinstance(question.get("stem"), str):
-        question = question["stem"]  # OpenBookQA-style {"stem": ...}
-    question = _text_field(question, "question", where)
-    texts, labels = _choices(record["choices"], where)
-    answer = record.get("answerKey")
-    if answer is not None and str(answer) not in labels:
-        raise DataError(
-            f"{where}: field 'answerKey' is {answer!r}, not one of the choice labels {labels}"
-        )
-    answer = None if answer is None else str(answer)
-    return replace(mc_prompt(question, texts, labels), answer=answer, where=where)
-
-
-def _text_field(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{key}' must be a non-empty string, got {value!r}")
-    return value
-
-
-def _choices(choices: Any, where: str) -> tuple[list[str], list[str]]:
-    if isinstance(choices, list) and all(isinstance(c, Mapping) for c in choices):
-        for i, choice in enumerate(choices):  # [{"text", "label"}, ...] -> {"text": [...], ...}
-            for key in ("text", "label"):
-                if key not in choice:
-                    raise DataError(f"{where}: field 'choices[{i}].{key}' is missing")
-        choices = {key: [c[key] for c in choices] for key in ("text", "label")}
-    if not isinstance(choices, Mapping):
-        raise DataError(
-            f"{where}: field 'choices' must be {{'text': [...], 'label': [...]}} or a list of "
-            f"{{'text', 'label'}} objects, got {type(choices).__name__}"
-        )
-    for key in ("text", "label"):
-        if key not in choices:
-            raise DataError(f"{where}: field 'choices.{key}' is missing")
-        if not isinstance(choices[key], list):
-            raise DataError(f"{where}: field 'choices.{key}' must be a list")
-    texts, labels = choices["text"], choices["label"]
-    if len(texts) != len(labels):
-        raise DataError(f"{where}: field 'choices' has {len(texts)} texts but {len(labels)} labels")
-    if len(texts) < 2:
-        raise DataError(f"{where}: field 'choices' needs at least 2 choices, got {len(texts)}")
-    for name, values in (("text", texts), ("label", labels)):
-        bad = [v for v in values if not isinstance(v, str) or not v.strip()]
-        if bad:
-            raise DataError(f"{where}: field 'choices.{name}' has empty or non-string {bad[0]!r}")
-    return list(texts), list(labels)
-
-
-def load_records(path: str | Path) -> list[Prompt]:
-    """Read a JSON array or JSON-lines file of records (see ``parse_record``).
-
-    Errors (file missing, empty, invalid JSON, missing fields) name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise DataError(f"{path}: no records (the file is empty)")
-    items = _json_array(text, path) if text.lstrip().startswith("[") else _json_lines(text, path)
-    if not items:
-        raise DataError(f"{path}: no records")
-    return [parse_record(record, f"{path}:{line}") for line, record in items]
-
-
-def _json_lines(text: str, path: Path) -> list[tuple[int, Any]]:
-    items = []
-    for line, row in enumerate(text.splitlines(), start=1):
-        if not row.strip():
-            continue
-        try:
-            items.append((line, json.loads(row)))
-        except json.JSONDecodeError as error:
-            raise DataError(
-                f"{path}:{line}: invalid JSON line ({error.msg} at column {error.colno})"
-            ) from None
-    return items
-
-
-def _json_array(text: str, path: Path) -> list[tuple[int, Any]]:
-    """Items of a top-level JSON array, each with the line it starts on."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
-    # valid JSON: decode it again item by item, to know the line each item starts on
-    decoder, items, index = json.JSONDecoder(), [], text.index("[") + 1
-    while (start := _SEPARATORS.match(text, index).end()) < len(text) and text[start] != "]":
-        record, index = decoder.raw_decode(text, start)
-        items.append((text.count("\n", 0, start) + 1, record))
-    return items
 
 
 # --- tokens and query rows ------------------------------------------------------------------
@@ -266,13 +122,12 @@ def query_mask(
     lengths: Int[Tensor, " b"], width: int, mode: str, exclude_first_token: bool
 ) -> Bool[Tensor, "b t"]:
     """Query tokens of a right-padded batch: the last real token, or every real token."""
+    choice("query_mode", mode, QUERY_MODES)
     position = torch.arange(width, device=lengths.device)[None]
     if mode == "last_token":
         mask = position == (lengths - 1)[:, None]
-    elif mode == "all_tokens":
-        mask = position < lengths[:, None]
     else:
-        raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {mode!r}")
+        mask = position < lengths[:, None]
     return mask & (position > 0) if exclude_first_token else mask
 
 
@@ -340,12 +195,9 @@ def attention_sums(
 
 
 class AttentionStats(iv.Reducer):
-    """Running means of ``ATTENTION_STATS`` over query rows ``[n, h, k]`` of ``attn.pattern``;
-    ``total`` holds ``[sums, rows counted]`` (each statistic counts its own rows), so reducers
-    merge as any other.
-
-    Set ``rows`` (a ``QueryRows``) before each forward: the capture hands over only the
-    probabilities, the rows say which keys each query may see and where its task span is."""
+    """Running means of ``ATTENTION_STATS`` over the query rows ``[n, h, k]`` of
+    ``attn.pattern``; ``total`` is ``[sums, rows counted]`` (each statistic counts its own rows).
+    Set ``rows`` before each forward: the capture hands over only the probabilities."""
 
     def __init__(self, normalize: bool):
         super().__init__()
@@ -404,14 +256,9 @@ Grid = Float[np.ndarray, "layers heads"]
 
 @dataclass
 class HeadScores:
-    """Scores of every selected (layer, head), as ``[len(layers), len(heads)]`` numpy grids.
-
-    ``raw[m]`` for m in ``RAW_METRICS`` (``ent`` is the entropy H itself, the one S_ent uses);
-    ``norm[s]`` and ``rank[s]`` for s in ``SCORES`` (sign-adjusted: higher = more relevant;
-    a score missing from the fusion is all-NaN); ``combined`` is the fused score of
-    ``config["rank_scope"]``, ``combined_layer`` / ``combined_global`` both scopes.
-    ``stats`` holds counts (samples, tokens, task spans found / missing, truncated), timing and
-    a fingerprint of the token ids scored (``compare`` checks it)."""
+    """``[len(layers), len(heads)]`` grids: ``raw[m]`` (m in ``RAW_METRICS``), ``norm[s]`` and
+    ``rank[s]`` (s in ``SCORES``, higher = more relevant), the fusions; ``stats``: counts,
+    timing and ``data_sha1``, the fingerprint of the token ids ``compare`` checks."""
 
     layers: list[int]
     heads: list[int]
@@ -445,50 +292,32 @@ class HeadScores:
     def rows(self) -> list[dict[str, Any]]:
         return [self.row(layer, head) for layer in self.layers for head in self.heads]
 
-    def _order(self, index: np.ndarray) -> np.ndarray:
-        # combined first, then the other scope's fusion, then S_out: deterministic ties
-        layer_scope = self.config.get("rank_scope", "layer") == "layer"
-        other = self.combined_global if layer_scope else self.combined_layer
-        keys = (self.norm["out"].ravel()[index], other.ravel()[index], self.combined.ravel()[index])
-        return index[np.lexsort(tuple(-k for k in keys))]
-
     def top_k(self, k: int = 10) -> list[dict[str, Any]]:
         """The k heads with the highest ``combined`` score over all layers."""
-        order = self._order(np.arange(self.combined.size))[:k]
-        return [self._flat_row(int(i)) for i in order]
+        return self._top(np.arange(self.combined.size), k)
 
     def top_k_per_layer(self, k: int = 3) -> dict[int, list[dict[str, Any]]]:
         """The k best heads of each layer."""
         n = len(self.heads)
         return {
-            layer: [
-                self._flat_row(int(i)) for i in self._order(np.arange(li * n, (li + 1) * n))[:k]
-            ]
-            for li, layer in enumerate(self.layers)
+            layer: self._top(np.arange(i * n, (i + 1) * n), k)
+            for i, layer in enumerate(self.layers)
         }
 
-    def _flat_row(self, flat: int) -> dict[str, Any]:
-        i, j = divmod(int(flat), len(self.heads))
-        row = self.row(self.layers[i], self.heads[j])
-        return {key: row[key] for key in TOP_K_FIELDS}
+    def _top(self, index: Int[np.ndarray, " n"], k: int) -> list[dict[str, Any]]:
+        # combined first, then the other scope's fusion, then S_out: deterministic ties
+        layer_scope = self.config.get("rank_scope", "layer") == "layer"
+        other = self.combined_global if layer_scope else self.combined_layer
+        keys = (self.norm["out"].ravel()[index], other.ravel()[index], self.combined.ravel()[index])
+        n = len(self.heads)
+        best = index[np.lexsort(tuple(-key for key in keys))][:k]
+        rows = [self.row(self.layers[i // n], self.heads[i % n]) for i in best]
+        return [{key: row[key] for key in TOP_K_FIELDS} for row in rows]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data (lists, numbers, None for NaN); ``from_dict`` reads it back."""
-        return plain(
-            {
-                "format": TABLE_FORMAT,
-                "layers": self.layers,
-                "heads": self.heads,
-                "config": self.config,
-                "stats": self.stats,
-                "raw": self.raw,
-                "norm": self.norm,
-                "rank": self.rank,
-                "combined": self.combined,
-                "combined_layer": self.combined_layer,
-                "combined_global": self.combined_global,
-            }
-        )
+        keys = ("layers", "heads", "config", "stats", "raw", "norm", "rank", *FUSIONS)
+        return plain({"format": TABLE_FORMAT} | {k: getattr(self, k) for k in keys})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HeadScores":
@@ -517,23 +346,19 @@ class HeadScores:
 def normalize_layers(x: Grid, method: str) -> Grid:
     """Normalise each layer's heads: ``zscore`` (mean 0, std 1; 0 where the layer is constant)
     or ``percentile`` (0 = lowest head of the layer, 100 = highest, ties averaged)."""
-    if method == "zscore":
+    if choice("norm", method, NORMS) == "zscore":
         std = x.std(axis=1, keepdims=True)
         return (x - x.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
-    if method == "percentile":
-        n = x.shape[1]
-        ranks = scipy_stats.rankdata(x, axis=1)
-        return 100.0 * (ranks - 1) / (n - 1) if n > 1 else np.full_like(x, 50.0)
-    raise ValueError(f"norm must be one of {NORMS}, got {method!r}")
+    n = x.shape[1]
+    ranks = scipy_stats.rankdata(x, axis=1)
+    return 100.0 * (ranks - 1) / (n - 1) if n > 1 else np.full_like(x, 50.0)
 
 
 def rank_scores(x: Grid, scope: str) -> Grid:
     """Ranks (1 = lowest, ties averaged) within each layer or over all heads."""
-    if scope == "layer":
+    if choice("rank_scope", scope, RANK_SCOPES) == "layer":
         return scipy_stats.rankdata(x, axis=1)
-    if scope == "global":
-        return scipy_stats.rankdata(x.ravel()).reshape(x.shape)
-    raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {scope!r}")
+    return scipy_stats.rankdata(x.ravel()).reshape(x.shape)
 
 
 def fuse(
@@ -552,18 +377,16 @@ def fuse(
     return ranks, combined
 
 
-def _one_of(name: str, value: object, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-
-
-def _weights(lambda_ent: object, lambda_task: object) -> tuple[float, float]:
-    """The fusion weights: finite and >= 0 (0 leaves a score out; a negative weight would
-    reward the opposite of what the score measures)."""
-    return (
-        number("lambda_ent", lambda_ent, at_least=0),
-        number("lambda_task", lambda_task, at_least=0),
-    )
+def _fusion_options(
+    norm: object, lambda_ent: object, lambda_task: object, rank_scope: object
+) -> tuple[float, float]:
+    """The weights as floats, once every fusion option is checked (a weight of 0 leaves a score
+    out; a negative one would reward the opposite of what the score measures)."""
+    lambda_ent = number("lambda_ent", lambda_ent, at_least=0)
+    lambda_task = number("lambda_task", lambda_task, at_least=0)
+    choice("norm", norm, NORMS)
+    choice("rank_scope", rank_scope, RANK_SCOPES)
+    return lambda_ent, lambda_task
 
 
 def build_table(
@@ -580,29 +403,22 @@ def build_table(
 ) -> HeadScores:
     """Normalise, rank and fuse raw grids into a ``HeadScores`` (also used to re-fuse a saved
     table with other weights: ``build_table(t.raw, t.layers, t.heads, lambda_ent=0.5)``)."""
-    _one_of("rank_scope", rank_scope, RANK_SCOPES)
-    lambda_ent, lambda_task = _weights(lambda_ent, lambda_task)
+    lambda_ent, lambda_task = _fusion_options(norm, lambda_ent, lambda_task, rank_scope)
     signed = {"out": raw["out"], "ent": -raw["ent"], "task": raw["task"]}  # higher = better
     normed = {s: normalize_layers(signed[s], norm) for s in SCORES}
     normed = {s: np.where(np.isnan(signed[s]), math.nan, v) for s, v in normed.items()}
-    ranks_layer, combined_layer = fuse(normed, lambda_ent, lambda_task, "layer")
-    ranks_global, combined_global = fuse(normed, lambda_ent, lambda_task, "global")
+    fused = {scope: fuse(normed, lambda_ent, lambda_task, scope) for scope in RANK_SCOPES}
+    options = dict(norm=norm, lambda_ent=lambda_ent, lambda_task=lambda_task, rank_scope=rank_scope)
     return HeadScores(
         layers=list(layers),
         heads=list(heads),
         raw={m: np.asarray(raw[m], dtype=float) for m in RAW_METRICS},
         norm=normed,
-        rank=ranks_layer if rank_scope == "layer" else ranks_global,
-        combined=combined_layer if rank_scope == "layer" else combined_global,
-        combined_layer=combined_layer,
-        combined_global=combined_global,
-        config=dict(
-            config or {},
-            norm=norm,
-            lambda_ent=lambda_ent,
-            lambda_task=lambda_task,
-            rank_scope=rank_scope,
-        ),
+        rank=fused[rank_scope][0],
+        combined=fused[rank_scope][1],
+        combined_layer=fused["layer"][1],
+        combined_global=fused["global"][1],
+        config=dict(config or {}, **options),
         stats=dict(stats or {}),
     )
 
@@ -629,27 +445,19 @@ def score(
     max_length: int | None = 512,
     progress: bool = True,
 ) -> HeadScores:
-    """Score every (layer, head) from one streaming pass: one forward per batch.
-
-    ``records``: ``Prompt`` values, raw records (dicts as in the data files; see
-    ``parse_record``) or plain strings; any iterable, consumed once. ``query_mode``:
-    ``last_token`` (the last prompt token, where a multiple-choice answer is decided) or
-    ``all_tokens``. ``exclude_first_token`` drops position 0 from the query tokens (its output
-    norms are an attention-sink artefact); ``exclude_sink`` computes S_ent and S_task over keys
-    after the first one (renormalised). ``layers`` / ``heads`` restrict the grid.
-    """
+    """Score every (layer, head) from one streaming pass, one forward per batch. ``records``:
+    ``Prompt`` values, records as in the data files (``parse_record``) or strings, any iterable
+    (read once); the options are described in docs/head_scores.md."""
     geometry = iv.geometry(model)
     layers = _indices(layers, geometry.n_layers, "layer")
     heads = _indices(heads, geometry.n_heads, "head")
     batch_size = integer("batch_size", batch_size)
-    _weights(lambda_ent, lambda_task)
-    _one_of("rank_scope", rank_scope, RANK_SCOPES)
+    _fusion_options(norm, lambda_ent, lambda_task, rank_scope)
+    choice("query_mode", query_mode, QUERY_MODES)
     if isinstance(records, (str, Path)):
         raise TypeError("records is a list of records; read a file with load_records(path)")
     if hasattr(records, "__len__") and len(records) == 0:  # type: ignore[arg-type]
         raise ValueError(NO_RECORDS)
-    _one_of("query_mode", query_mode, QUERY_MODES)
-    _one_of("norm", norm, NORMS)
     if max_length is not None:
         max_length = integer("max_length (or None)", max_length)
     device, pad_id = text.device_of(model), text.pad_id(tokenizer)
@@ -670,15 +478,13 @@ def score(
         lengths = batch.attention_mask.sum(-1)
         mask = query_mask(lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
         rows = query_rows(batch.attention_mask, mask, [e.span for e in encoded])
-        plan: dict[str, iv.Intervention] = {}
         for layer in layers:
             patterns[layer].rows = rows
-            plan[f"layers.{layer}.attn.heads"] = iv.Capture(
-                reduce=outputs[layer], positions=mask, heads=select
-            )
-            plan[f"layers.{layer}.attn.pattern"] = iv.Capture(
-                reduce=patterns[layer], positions=mask, heads=select
-            )
+        plan = {
+            f"layers.{layer}.attn.{kind}": iv.Capture(reduce=r[layer], positions=mask, heads=select)
+            for layer in layers
+            for kind, r in (("heads", outputs), ("pattern", patterns))
+        }
         with torch.inference_mode(), iv.intervene(model, plan, stop_after=last):
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         for e in encoded:
@@ -698,24 +504,20 @@ def score(
         )
     counts["task_missing"] = counts["samples"] - counts["task_found"]
     raw = _raw_grids(outputs, patterns, layers, exclude_sink)
-    stats = dict(
-        counts,
-        seconds=seconds,
-        tokens_per_second=counts["tokens"] / seconds,
-        data_sha1=fingerprint.hexdigest(),
-        notes=[],
-    )
+    notes = []
     if counts["task_missing"]:
-        stats["notes"].append(
+        notes.append(
             f"task span not found in {counts['task_missing']} of {counts['samples']} prompts"
         )
     if counts["truncated"]:
-        stats["notes"].append(f"{counts['truncated']} prompts truncated to {max_length} tokens")
+        notes.append(f"{counts['truncated']} prompts truncated to {max_length} tokens")
     for name, lam in (("ent", lambda_ent), ("task", lambda_task)):
         if lam != 0 and np.isnan(raw[name]).any():
-            stats["notes"].append(f"S_{name} is undefined on this data; left out of the fusion")
-    for note in stats["notes"]:
+            notes.append(f"S_{name} is undefined on this data; left out of the fusion")
+    for note in notes:
         log.warning(note)
+    stats = dict(counts, seconds=seconds, tokens_per_second=counts["tokens"] / seconds)
+    stats |= dict(data_sha1=fingerprint.hexdigest(), notes=notes)
     config = dict(
         batch_size=batch_size,
         query_mode=query_mode,
@@ -725,25 +527,10 @@ def score(
         max_length=max_length,
         model_type=getattr(model.config, "model_type", None),
     )
-    table = build_table(
-        raw,
-        layers,
-        heads,
-        norm=norm,
-        lambda_ent=lambda_ent,
-        lambda_task=lambda_task,
-        rank_scope=rank_scope,
-        config=config,
-        stats=stats,
-    )
-    log.info(
-        "scored %d prompts (%d tokens) in %.2f s (%.0f tokens/s)",
-        counts["samples"],
-        counts["tokens"],
-        seconds,
-        stats["tokens_per_second"],
-    )
-    return table
+    done = (counts["samples"], counts["tokens"], seconds, stats["tokens_per_second"])
+    log.info("scored %d prompts (%d tokens) in %.2f s (%.0f tokens/s)", *done)
+    fusion = dict(norm=norm, lambda_ent=lambda_ent, lambda_task=lambda_task, rank_scope=rank_scope)
+    return build_table(raw, layers, heads, **fusion, config=config, stats=stats)
 
 
 def _raw_grids(
@@ -755,15 +542,10 @@ def _raw_grids(
     out = torch.stack([outputs[layer].value.cpu() for layer in layers]).numpy()  # [L, 2, H]
     att = torch.stack([patterns[layer].value.cpu() for layer in layers]).numpy()  # [L, 5, H]
     a = {name: att[:, i] for i, name in enumerate(ATTENTION_STATS)}
-    return {
-        "out": out[:, 0],
-        "out_resid": out[:, 1],
-        "ent": a["ent_nosink"] if exclude_sink else a["ent_all"],
-        "ent_all": a["ent_all"],
-        "ent_nosink": a["ent_nosink"],
-        "sink": a["sink"],
-        "task": a["task_nosink"] if exclude_sink else a["task_all"],
-    }
+    keys = "nosink" if exclude_sink else "all"  # S_ent and S_task without the first key or with
+    grids = {"out": out[:, 0], "out_resid": out[:, 1], "ent": a[f"ent_{keys}"]}
+    grids |= {m: a[m] for m in ("ent_all", "ent_nosink", "sink")}
+    return grids | {"task": a[f"task_{keys}"]}
 
 
 def _indices(values: Sequence[int] | None, n: int, what: str) -> list[int]:
@@ -777,14 +559,9 @@ def _indices(values: Sequence[int] | None, n: int, what: str) -> list[int]:
 
 @dataclass
 class Comparison:
-    """Per-head change from ``before`` to ``after`` (same layers, heads and samples).
-
-    ``diff[m] = after − before``, ``ratio[m] = after / before``, ``log_ratio[m]`` for m in
-    ``COMPARED`` (and ``diff["combined"]``). ``spearman``: rank correlations —
-    ``before_vs_after`` (stability of each metric), ``pre_vs_change`` (pre-score vs signed
-    change), ``pre_vs_abs_change`` (pre-score vs |log ratio|) and ``combined_vs_abs_change``
-    (the fused pre-score vs |log ratio|: do the heads the pre-scores pick change most?).
-    ``movers[m]``: heads ordered by |log ratio| of m, largest first."""
+    """Per-head change from ``before`` to ``after`` of each m in ``COMPARED``: ``diff`` (also of
+    ``combined``), ``ratio``, ``log_ratio``, Spearman correlations and the heads that moved most
+    (by |log ratio|), as docs/head_scores.md describes."""
 
     layers: list[int]
     heads: list[int]
@@ -798,18 +575,9 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data (lists, numbers, None for NaN)."""
-        return plain(
-            {
-                "format": COMPARISON_FORMAT,
-                "layers": self.layers,
-                "heads": self.heads,
-                "spearman": self.spearman,
-                "top_movers": self.movers,
-                "diff": self.diff,
-                "ratio": self.ratio,
-                "log_ratio": self.log_ratio,
-            }
-        )
+        data = {"format": COMPARISON_FORMAT, "layers": self.layers, "heads": self.heads}
+        data |= {"spearman": self.spearman, "top_movers": self.movers, "diff": self.diff}
+        return plain(data | {"ratio": self.ratio, "log_ratio": self.log_ratio})
 
 
 def compare(
