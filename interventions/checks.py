@@ -55,6 +55,21 @@ def number(
     return x
 
 
+def interval(name: str, value: object, *, optional: bool = False) -> tuple[float, float] | None:
+    """``value`` as a ``(low, high)`` pair of numbers with low <= high (an infinite bound leaves
+    that side open); None stays None when ``optional``."""
+    if optional and value is None:
+        return None
+    expected = ("None or " if optional else "") + "(low, high)"
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    low = number(f"{name}[0] (low)", value[0], infinite=True)
+    high = number(f"{name}[1] (high)", value[1], infinite=True)
+    if low > high:
+        raise ValueError(f"{name} must be (low, high) with low <= high, got {tuple(value)}")
+    return low, high
+
+
 def indices(name: str, values: object, n: int, *, what: str = "layer", hint: str = "") -> list[int]:
     """``values`` as a non-empty list of distinct integers in ``0..n-1`` (in the order given).
     ``hint`` says what to pass instead of an empty list."""

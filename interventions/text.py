@@ -164,8 +164,7 @@ def token_span(encoded: Encoded, chars: tuple[int, int]) -> range:
 @dataclass
 class Batch:
     """Padded token rows: ``attention_mask`` marks the real tokens, ``position_ids`` count them
-    (``(mask.cumsum(-1) - 1).clamp(0)``), so either padding side gives each real token the
-    position it has alone."""
+    (``positions``), so either padding side gives each real token the position it has alone."""
 
     input_ids: Int[Tensor, "b t"]
     attention_mask: Int[Tensor, "b t"]
@@ -237,7 +236,13 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right
         columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
         ids[i, columns] = torch.tensor(row, dtype=torch.long)
         mask[i, columns] = 1
-    return Batch(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+    return Batch(ids, mask, positions(mask))
+
+
+def positions(attention_mask: Int[Tensor, "b t"]) -> Int[Tensor, "b t"]:
+    """Position ids that count each row's real tokens (0 at the first one, and at padding
+    before it), so a token's position does not depend on the padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def batches(

@@ -200,6 +200,15 @@ def test_pad_on_either_side_with_positions_from_the_mask():
         right.mask_at([3, 0])
 
 
+def test_positions_count_the_real_tokens_of_each_row():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert text.positions(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3], [0, 1, 2, 3, 4]]
+    assert text.positions(mask.bool()).dtype == torch.long  # a boolean mask counts the same
+    assert text.positions(mask.bool()).tolist() == text.positions(mask).tolist()
+    batch = text.pad([[5, 6, 7], [8]], 0, "left")
+    assert torch.equal(batch.position_ids, text.positions(batch.attention_mask))
+
+
 def test_left_and_right_padding_give_the_same_logits_for_real_tokens(llama):
     rows = [[5, 6, 7, 8], [9, 10]]
     with torch.no_grad():
