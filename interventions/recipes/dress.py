@@ -26,13 +26,15 @@ Usage::
     from interventions.recipes import dress
     triples = dress.load_triples("train")                      # bundled Shakespeare set
     fit = dress.fit(model, tokenizer, triples, num_heads=16, alpha=3.0)
+    fit = dress.fit(model, tokenizer, triples, options=dress.Options(beta=0.5, rank=8))
     delta = fit.bake(model); delta.revert(model)               # static edit in o_proj.bias
     with fit.adaptive(model):                                  # per-token subspace rule
         model.generate(**inputs)
     fit.save("dress.safetensors"); fit = dress.load("dress.safetensors")
 
-The paper's metrics are ``interventions.evals.style`` (``Embedder``, ``StyleJudge``, ``Scores``
-and ``semantic_preservation`` are re-exported here; ``score_answers`` here takes questions).
+The data set and the paper's metrics are ``interventions.evals.style`` (``load_triples``,
+``Triple``, ``Embedder``, ``StyleJudge``, ``Scores`` and ``semantic_preservation`` are
+re-exported here).
 """
 
 import json
@@ -41,10 +43,9 @@ import numbers
 import os
 import random
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -54,10 +55,18 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 import interventions as iv
-from interventions import lm, text
-from interventions.checks import integer, number
-from interventions.evals import style
-from interventions.evals.style import Embedder, Scores, StyleJudge, semantic_preservation
+from interventions import text
+from interventions.checks import integer, interval, number
+from interventions.evals.style import (
+    STYLE_INSTRUCTION,
+    Embedder,
+    Scores,
+    StyleJudge,
+    Triple,
+    as_triples,
+    load_triples,
+    semantic_preservation,
+)
 from interventions.ops import Positions
 from interventions.probes import Ties, probe_pairs
 from interventions.weights import load_tensors, save_tensors
@@ -65,91 +74,9 @@ from interventions.weights import load_tensors, save_tensors
 _FORMAT = "interventions.dress/1"
 _SAVED_TENSORS = ("direction", "basis", "styled_mean")  # and the probe scores
 _SAVED_FIELDS = ("heads", "ranks", "alpha", "beta", "clamp", "geometry", "config")  # and ties
-TRIPLE_FIELDS = ("question", "styled", "plain")
-STYLE_INSTRUCTION = (
-    "Answer in the style of Shakespeare, in Early Modern English (thee, thou, doth, hath)."
-)
 VECTOR_KINDS = ("mean_diff", "iti")
 SCORES = ("val_accuracy", "val_loss", "effect", "train_accuracy")  # per head, of the probes
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Triple:
-    """One question with an answer in the target style and a plain answer."""
-
-    question: str
-    styled: str
-    plain: str
-
-
-def load_triples(split: str = "train", path: str | os.PathLike | None = None) -> list[Triple]:
-    """Triples from a JSONL file (default: the bundled Shakespeare set, 257 triples).
-
-    ``split`` is ``"train"`` (217), ``"test"`` (40 held-out questions) or ``"all"``.
-    """
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    bundled = resources.files("interventions.data").joinpath("dress_shakespeare.jsonl")
-    content = bundled.read_text() if path is None else Path(path).read_text()
-    triples = []
-    for line_number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        missing = set(TRIPLE_FIELDS) - set(row)
-        if missing:
-            raise ValueError(f"line {line_number} of the triples file lacks {sorted(missing)}")
-        if split == "all" or row.get("split", "train") == split:
-            triples.append(Triple(*(row[k] for k in TRIPLE_FIELDS)))
-    return triples
-
-
-def _as_triple(t: object, index: int) -> Triple:
-    """One triple from a ``Triple``, a dict with ``TRIPLE_FIELDS`` or a 3-tuple; errors name
-    the triple's index, the field and what was expected."""
-    expected = f"a Triple, a dict with keys {list(TRIPLE_FIELDS)} or a (question, styled, plain)"
-    if isinstance(t, Triple):
-        fields = (t.question, t.styled, t.plain)
-    elif isinstance(t, Mapping):
-        missing = [k for k in TRIPLE_FIELDS if k not in t]
-        if missing:
-            raise ValueError(
-                f"triples[{index}] has no key {missing[0]!r}: a triple dict needs the keys "
-                f"{list(TRIPLE_FIELDS)}, got {sorted(t)}"
-            )
-        fields = tuple(t[k] for k in TRIPLE_FIELDS)
-    elif isinstance(t, (tuple, list)) and len(t) == 3:
-        fields = tuple(t)
-    else:
-        raise TypeError(f"triples[{index}] must be {expected} tuple, got {t!r}")
-    for name, value in zip(TRIPLE_FIELDS, fields, strict=True):
-        if not isinstance(value, str):
-            raise TypeError(
-                f"triples[{index}].{name} must be a string, got {value!r} ({type(value).__name__})"
-            )
-    return Triple(*fields)
-
-
-def _as_triples(triples: Sequence) -> list[Triple]:
-    out = [_as_triple(t, i) for i, t in enumerate(triples)]
-    if len(out) < 5:
-        raise ValueError(f"DRESS needs at least 5 triples, got {len(out)}")
-    same = [i for i, t in enumerate(out) if t.styled == t.plain]
-    if len(same) == len(out):
-        raise ValueError(
-            f"the styled and plain answers are identical in all {len(out)} triples: DRESS learns "
-            "the difference between them; give each question a styled and a plain answer"
-        )
-    if same:
-        warnings.warn(
-            f"{len(same)} of {len(out)} triples have identical styled and plain answers "
-            f"(triples {same[:5]}): they add nothing to learn from",
-            stacklevel=3,
-        )
-    return out
+HEADS = "layers.*.attn.heads"
 
 
 # --- prompts and activations ----------------------------------------------------------------------
@@ -165,12 +92,10 @@ def format_prompt(tokenizer, question: str, *, instruction: str | None = None) -
     return f"Question: {content}\nAnswer:"
 
 
-def _special(tokenizer) -> bool:
-    """Add the tokenizer's special tokens, except to a chat template's text (it has its own)."""
+def special_tokens(tokenizer) -> bool:
+    """The ``special=`` for ``format_prompt``'s texts: add the tokenizer's special tokens,
+    except to a chat template's text (it writes its own)."""
     return not getattr(tokenizer, "chat_template", None)
-
-
-HEADS = "layers.*.attn.heads"
 
 
 @torch.no_grad()
@@ -186,7 +111,7 @@ def head_activations(
     each forward stopped once the last layer's heads are captured."""
     rows, pad_with = [], text.pad_id(tokenizer)
     for chunk in text.batches(texts, batch_size, desc="attn.heads", progress=progress):
-        ids = [text.token_ids(tokenizer, t, special=_special(tokenizer)) for t in chunk]
+        ids = [text.token_ids(tokenizer, t, special=special_tokens(tokenizer)) for t in chunk]
         batch = text.pad(ids, pad_with, "left").to(model)
         with iv.capture(model, HEADS, positions=-1, device="cpu", stop=True) as cache:
             model(**batch.inputs(model))
@@ -194,17 +119,14 @@ def head_activations(
     return torch.cat(rows, dim=0)
 
 
-# --- the style subspace ---------------------------------------------------------------------------
+# --- the style subspace and the options -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Rank:
-    """Size K of each head's style subspace: give exactly one of the three.
-
-    ``count``: K itself; ``fraction``: K = round(fraction · d_head) (the paper's K = 64 at
-    d_head = 128 is ``fraction=0.5``); ``variance``: the smallest K whose singular values explain
-    that share of the squared norm of the differences.
-    """
+    """Size K of each head's style subspace: give exactly one of ``count`` (K itself),
+    ``fraction`` (K = round(fraction · d_head)) or ``variance`` (the smallest K whose singular
+    values explain that share of the squared norm of the differences)."""
 
     count: int | None = None
     fraction: float | None = None
@@ -222,7 +144,6 @@ class Rank:
 
     def resolve(self, singular_values: Float[Tensor, " m"], d_head: int) -> int:
         """K for one head, at most the number of singular vectors available."""
-        available = len(singular_values)
         if self.count is not None:
             if self.count > d_head:
                 raise ValueError(f"Rank count {self.count} exceeds d_head {d_head}")
@@ -233,13 +154,54 @@ class Rank:
             energy = singular_values.double().pow(2)
             explained = energy.cumsum(0) / energy.sum().clamp_min(1e-30)
             k = int((explained < self.variance - 1e-12).sum()) + 1
-        return min(k, available)
+        return min(k, len(singular_values))
 
     def to_json(self) -> dict:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-DEFAULT_RANK = Rank(fraction=0.5)
+DEFAULT_RANK = Rank(fraction=0.5)  # the paper's K = 64 at d_head = 128
+
+
+@dataclass(frozen=True)
+class Options:
+    """How ``fit`` probes, selects and builds the edit; checked when made (docs/dress.md)."""
+
+    beta: float = 0.5  # strength of the adaptive rule
+    clamp: tuple[float, float] | None = None  # bounds of the adaptive factor
+    rank: Rank | int = DEFAULT_RANK  # K of each head's style subspace (an int: a count)
+    vectors: str = "mean_diff"  # or "iti"
+    val_ratio: float = 0.2  # share of the pairs that validate the probes
+    seed: int = 42  # of the pair split
+    probe_c: float = 1.0  # inverse L2 strength of the probes
+
+    def __post_init__(self) -> None:
+        if self.vectors not in VECTOR_KINDS:
+            raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {self.vectors!r}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, (Rank, numbers.Integral)):
+            raise TypeError(f"rank must be a Rank or an integer count, got {self.rank!r}")
+        number("val_ratio", self.val_ratio, above=0, below=1)
+        integer("seed", self.seed, minimum=None)
+        number("probe_c", self.probe_c, above=0)
+        rank = self.rank if isinstance(self.rank, Rank) else Rank(count=int(self.rank))
+        object.__setattr__(self, "rank", rank)
+        object.__setattr__(self, "beta", number("beta", self.beta, at_least=0))
+        object.__setattr__(self, "clamp", interval("clamp", self.clamp, optional=True))
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def _checked(num_heads: object, alpha: object, options: object, total_heads: int):
+    """``fit``'s plain arguments, checked before any work: (num_heads, alpha)."""
+    num_heads = integer("num_heads", num_heads)
+    if num_heads > total_heads:
+        raise ValueError(
+            f"num_heads must be in 1..{total_heads} (layers x heads of the model), got {num_heads}"
+        )
+    if not isinstance(options, Options):
+        raise TypeError(f"options must be a dress.Options, got {type(options).__name__}")
+    return num_heads, number("alpha", alpha)
 
 
 def style_subspace(
@@ -256,8 +218,7 @@ def style_subspace(
 def _directions(
     styled: Float[Tensor, "pairs k d"], plain: Float[Tensor, "pairs k d"], kind: str
 ) -> Float[Tensor, "k d"]:
-    """Unscaled steering vectors (alpha multiplies them later); ``kind`` is checked by
-    ``_checked_options``."""
+    """Unscaled steering vectors (alpha multiplies them later)."""
     diff = styled.double().mean(0) - plain.double().mean(0)
     if kind == "mean_diff":
         return diff.float()
@@ -267,65 +228,13 @@ def _directions(
     return (unit * std[:, None]).float()
 
 
-def _checked_clamp(clamp: object) -> tuple[float, float] | None:
-    """None, or ``(low, high)`` with low <= high (an infinite bound clamps one side only)."""
-    if clamp is None:
-        return None
-    if not isinstance(clamp, (tuple, list)) or len(clamp) != 2:
-        raise TypeError(f"clamp must be None or (low, high), got {clamp!r}")
-    low = number("clamp[0] (low)", clamp[0], infinite=True)
-    high = number("clamp[1] (high)", clamp[1], infinite=True)
-    if low > high:
-        raise ValueError(f"clamp must be (low, high) with low <= high, got {tuple(clamp)}")
-    return low, high
-
-
-def _checked_options(
-    num_heads: object,
-    alpha: object,
-    beta: object,
-    clamp: object,
-    rank: object,
-    vectors: object,
-    probes: tuple[object, object, object],
-    total_heads: int,
-) -> tuple[int, float, float, tuple[float, float] | None, Rank]:
-    """The options of ``fit`` / ``fit_activations``, checked before any work: ``probes`` is
-    (val_ratio, seed, probe_c). Returns (num_heads, alpha, beta, clamp, rank)."""
-    num_heads = integer("num_heads", num_heads)
-    if num_heads > total_heads:
-        raise ValueError(
-            f"num_heads must be in 1..{total_heads} (layers x heads of the model), got {num_heads}"
-        )
-    if vectors not in VECTOR_KINDS:
-        raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {vectors!r}")
-    if isinstance(rank, bool) or not isinstance(rank, (Rank, numbers.Integral)):
-        raise TypeError(f"rank must be a Rank or an integer count, got {rank!r}")
-    val_ratio, seed, probe_c = probes
-    number("val_ratio", val_ratio, above=0, below=1)
-    integer("seed", seed, minimum=None)
-    number("probe_c", probe_c, above=0)
-    return (
-        num_heads,
-        number("alpha", alpha),
-        number("beta", beta, at_least=0),
-        _checked_clamp(clamp),
-        rank if isinstance(rank, Rank) else Rank(count=int(rank)),
-    )
-
-
 # --- the adaptive intervention --------------------------------------------------------------------
 
 
 class AdaptiveSteer(iv.Intervention):
-    """DRESS's per-token rule at one layer's selected heads (site ``layers.{i}.attn.heads``).
-
-    ``forward`` gets ``a_cur`` = the heads' activations before steering ``[..., heads, d_head]``
-    and returns ``a_cur + Vᵀ (w ⊙ factor)`` with ``factor = 1 + β·sign(w)·(w_tgt − V a_cur)``,
-    optionally clamped to ``clamp = (low, high)``. Rows of ``basis`` that are all zero pad
-    heads with a smaller subspace and contribute nothing. If ``source`` is set (``[batch,
-    heads, d_head]``), it replaces ``a_cur`` in the factor (the separate-forward variant).
-    """
+    """Step 6 at one layer's selected heads (site ``layers.{i}.attn.heads``): ``a_cur`` is the
+    input; zero rows of ``basis`` pad smaller subspaces. A ``source`` (``[batch, heads, d]``,
+    set by ``generate_separate``) replaces ``a_cur`` in the factor."""
 
     def __init__(
         self,
@@ -346,15 +255,13 @@ class AdaptiveSteer(iv.Intervention):
             )
         if len(heads) != basis.shape[0]:
             raise ValueError(f"{len(heads)} heads but {basis.shape[0]} subspaces")
-        clamp = _checked_clamp(clamp)
-        beta = number("beta", beta, at_least=0)
+        self.beta = number("beta", beta, at_least=0)
+        self.clamp = interval("clamp", clamp, optional=True)
         self.register_buffer("basis", basis.detach().float().clone())
         self.register_buffer("w", einsum(self.basis, vectors.float(), "h k d, h d -> h k"))
         self.register_buffer(
             "w_target", einsum(self.basis, styled_mean.float(), "h k d, h d -> h k")
         )
-        self.beta = float(beta)
-        self.clamp = clamp
         self.source: Tensor | None = None
 
     def check_width(self, site: iv.Site, geometry: iv.Geometry) -> None:
@@ -427,6 +334,10 @@ class DressFit:
             rows.append(row)
         return dict(sorted(groups.items()))
 
+    def _per_layer(self, make: Callable[[list[int], list[int]], iv.Intervention]) -> dict:
+        """``{layers.i.attn.heads: make(head indices, rows)}`` for each layer with heads."""
+        return {f"layers.{i}.attn.heads": make(*group) for i, group in self.by_layer().items()}
+
     def check_model(self, model: nn.Module) -> None:
         g = iv.geometry(model)
         found = {"n_layers": g.n_layers, "n_heads": g.n_heads, "d_head": g.d_head}
@@ -439,12 +350,7 @@ class DressFit:
     def plan(self, positions: Positions = None) -> dict[str, iv.Intervention]:
         """``{layers.i.attn.heads: AddBias(vectors, heads=[...])}``: the static edit."""
         vectors = self.vectors
-        return {
-            f"layers.{layer}.attn.heads": iv.AddBias(
-                vectors[rows], heads=heads, positions=positions
-            )
-            for layer, (heads, rows) in self.by_layer().items()
-        }
+        return self._per_layer(lambda h, r: iv.AddBias(vectors[r], heads=h, positions=positions))
 
     def bake(self, model: nn.Module) -> iv.WeightDelta:
         """Fold the static edit into ``o_proj`` biases (every position); returns the delta."""
@@ -467,22 +373,21 @@ class DressFit:
         clamp: tuple[float, float] | None = None,
         positions: Positions = None,
     ) -> dict[str, AdaptiveSteer]:
-        """One ``AdaptiveSteer`` per layer with selected heads."""
-        beta = self.beta if beta is None else beta
-        clamp = self.clamp if clamp is None else clamp
+        """One ``AdaptiveSteer`` per layer with selected heads (``beta``, ``clamp``: the fit's
+        unless given)."""
+        beta, clamp = self.beta if beta is None else beta, self.clamp if clamp is None else clamp
         vectors = self.vectors
-        return {
-            f"layers.{layer}.attn.heads": AdaptiveSteer(
-                vectors[rows],
-                self.basis[rows],
-                self.styled_mean[rows],
+        return self._per_layer(
+            lambda h, r: AdaptiveSteer(
+                vectors[r],
+                self.basis[r],
+                self.styled_mean[r],
                 beta=beta,
                 clamp=clamp,
-                heads=heads,
+                heads=h,
                 positions=positions,
-            )
-            for layer, (heads, rows) in self.by_layer().items()
-        }
+            )  # fmt: skip
+        )
 
     def adaptive(
         self,
@@ -541,6 +446,25 @@ def load(path: str | os.PathLike) -> DressFit:
 # --- fitting --------------------------------------------------------------------------------------
 
 
+def _checked_triples(triples: Sequence) -> list[Triple]:
+    out = as_triples(triples)
+    if len(out) < 5:
+        raise ValueError(f"DRESS needs at least 5 triples, got {len(out)}")
+    same = [i for i, t in enumerate(out) if t.styled == t.plain]
+    if len(same) == len(out):
+        raise ValueError(
+            f"the styled and plain answers are identical in all {len(out)} triples: DRESS learns "
+            "the difference between them; give each question a styled and a plain answer"
+        )
+    if same:
+        warnings.warn(
+            f"{len(same)} of {len(out)} triples have identical styled and plain answers "
+            f"(triples {same[:5]}): they add nothing to learn from",
+            stacklevel=3,
+        )
+    return out
+
+
 def _subspaces(
     styled: Float[Tensor, "pairs k d"], plain: Float[Tensor, "pairs k d"], rank: Rank
 ) -> tuple[Float[Tensor, "k r d"], list[int]]:
@@ -587,13 +511,7 @@ def fit_activations(
     num_heads: int = 16,
     alpha: float = 3.0,
     *,
-    beta: float = 0.5,
-    clamp: tuple[float, float] | None = None,
-    rank: Rank | int = DEFAULT_RANK,
-    vectors: str = "mean_diff",
-    val_ratio: float = 0.2,
-    seed: int = 42,
-    probe_c: float = 1.0,
+    options: Options = DEFAULT_OPTIONS,
     keep_activations: bool = True,
 ) -> DressFit:
     """Steps 2-5 of DRESS from captured activations (``fit`` = capture + this)."""
@@ -603,41 +521,40 @@ def fit_activations(
             f"{tuple(styled.shape)} and {tuple(plain.shape)}"
         )
     n, n_layers, n_heads, d_head = styled.shape
-    num_heads, alpha, beta, clamp, rank = _checked_options(
-        num_heads, alpha, beta, clamp, rank, vectors, (val_ratio, seed, probe_c), n_layers * n_heads
-    )
+    num_heads, alpha = _checked(num_heads, alpha, options, n_layers * n_heads)
     _check_differences(styled, plain)
     positive = rearrange(styled.float(), "n l h d -> n (l h) d")
     negative = rearrange(plain.float(), "n l h d -> n (l h) d")
-    paired = probe_pairs(positive, negative, val_ratio=val_ratio, seed=seed, c=probe_c)
+    o = options
+    paired = probe_pairs(positive, negative, val_ratio=o.val_ratio, seed=o.seed, c=o.probe_c)
     ranking = paired.ranking
     _warn_if_chance(ranking.val_accuracy, len(paired.val))
     top = ranking.top(num_heads)
     sel_styled, sel_plain = positive[:, top], negative[:, top]
-    basis, ranks = _subspaces(sel_styled, sel_plain, rank)
+    basis, ranks = _subspaces(sel_styled, sel_plain, o.rank)
 
     def grid(values: Tensor) -> Tensor:
         return rearrange(values.float(), "(l h) -> l h", h=n_heads)
 
     return DressFit(
         heads=[divmod(i, n_heads) for i in top],
-        direction=_directions(sel_styled, sel_plain, vectors),
+        direction=_directions(sel_styled, sel_plain, o.vectors),
         basis=basis,
         ranks=ranks,
         styled_mean=sel_styled.mean(0),
         alpha=alpha,
-        beta=beta,
-        clamp=clamp,
+        beta=o.beta,
+        clamp=o.clamp,
         geometry={"n_layers": n_layers, "n_heads": n_heads, "d_head": d_head},
         scores={name: grid(getattr(ranking, name)) for name in SCORES},
         ties=ranking.ties(num_heads),
         config={
             "num_heads": num_heads,
-            "vectors": vectors,
-            "rank": rank.to_json(),
-            "val_ratio": val_ratio,
-            "seed": seed,
-            "probe_c": probe_c,
+            "vectors": o.vectors,
+            "rank": o.rank.to_json(),
+            "val_ratio": o.val_ratio,
+            "seed": o.seed,
+            "probe_c": o.probe_c,
             "n_pairs": n,
             "probe_iterations": paired.probes.n_iter,
             "probes_converged": paired.probes.converged,
@@ -653,23 +570,15 @@ def fit(
     num_heads: int = 16,
     alpha: float = 3.0,
     *,
-    beta: float = 0.5,
-    clamp: tuple[float, float] | None = None,
-    rank: Rank | int = DEFAULT_RANK,
-    vectors: str = "mean_diff",
-    val_ratio: float = 0.2,
-    seed: int = 42,
-    probe_c: float = 1.0,
+    options: Options = DEFAULT_OPTIONS,
     batch_size: int = 16,
     progress: bool = True,
 ) -> DressFit:
-    """Fit DRESS on (question, styled, plain) triples: capture, probe, select, vectors, SVD."""
-    triples = _as_triples(triples)
+    """Fit DRESS on (question, styled, plain) triples: capture (step 1), then
+    ``fit_activations``. Every argument is checked before the first forward."""
+    triples = _checked_triples(triples)
     g = iv.geometry(model)
-    _checked_options(
-        num_heads, alpha, beta, clamp, rank, vectors, (val_ratio, seed, probe_c),
-        g.n_layers * g.n_heads,
-    )  # fmt: skip
+    _checked(num_heads, alpha, options, g.n_layers * g.n_heads)  # batch_size: text.batches
     prompts = [format_prompt(tokenizer, t.question) for t in triples]
     styled, plain = (
         head_activations(
@@ -681,25 +590,13 @@ def fit(
         )
         for side in ("styled", "plain")
     )
-    return fit_activations(
-        styled,
-        plain,
-        num_heads,
-        alpha,
-        beta=beta,
-        clamp=clamp,
-        rank=rank,
-        vectors=vectors,
-        val_ratio=val_ratio,
-        seed=seed,
-        probe_c=probe_c,
-    )
+    return fit_activations(styled, plain, num_heads, alpha, options=options)
 
 
 def random_heads(fit: DressFit, seed: int = 0) -> DressFit:
-    """Control: as many random heads (none of the selected ones), each with its own mean
-    difference direction rescaled to the norm of the DRESS vector of the same rank, and its own
-    style subspace. Needs the activations kept by ``fit`` (not saved to files)."""
+    """Control: as many random unselected heads, each with its own mean-difference direction
+    rescaled to the norm of the DRESS vector of the same rank, and its own style subspace.
+    Needs the activations of a fresh fit (they are not saved)."""
     if fit.activations is None:
         raise ValueError("random_heads needs the activations of a fresh fit (not a loaded one)")
     styled, plain = fit.activations
@@ -733,12 +630,10 @@ def random_heads(fit: DressFit, seed: int = 0) -> DressFit:
 def _decode_step(
     model: nn.Module, new: Int[Tensor, "b s"], mask: Int[Tensor, "b t"], past: object
 ) -> object:
-    """One cached forward over the newest tokens, positions counted from the mask (as
-    ``text.pad`` counts them), so that left padding does not shift them."""
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1] :]
+    """One cached forward over the newest tokens, at positions counted from the mask."""
     return model(
-        input_ids=new, attention_mask=mask, position_ids=positions, past_key_values=past,
-        use_cache=True,
+        input_ids=new, attention_mask=mask, position_ids=text.positions(mask)[:, -new.shape[1] :],
+        past_key_values=past, use_cache=True,
     )  # fmt: skip
 
 
@@ -757,12 +652,9 @@ def generate_separate(
     eos_token_id: int | None = None,
     pad_token_id: int = 0,
 ) -> Int[Tensor, "b t_out"]:
-    """Greedy decoding where ``a_cur`` comes from a separate unsteered forward (the paper's
-    ``generate_faster``): at each step an unsteered forward over the source sequence (default:
-    the same prompt; the paper uses the question alone) plus the tokens generated so far gives
-    the heads' activations at its last token; they set the adaptive factor of the steered
-    forward, which adds the resulting vector at every position it computes. Both forwards use
-    their own KV cache. Returns prompt + generated tokens like ``generate``.
+    """Greedy decoding with ``a_cur`` from a separate unsteered forward (the paper's
+    ``generate_faster``) over ``source_ids`` (default: the prompt) plus the tokens generated so
+    far; each forward has its own KV cache. Returns prompt + generated tokens like ``generate``.
     """
     fit.check_model(model)
     device = text.device_of(model)
@@ -798,55 +690,14 @@ def generate_separate(
     return ids
 
 
-# --- evaluation -----------------------------------------------------------------------------------
-
-
-def generate_answers(
-    model: nn.Module,
-    tokenizer,
-    questions: list[str],
-    *,
-    instruction: str | None = None,
-    max_new_tokens: int = 40,
-    batch_size: int = 20,
-    progress: bool = True,
-) -> list[str]:
-    """Greedy answers to ``questions`` in DRESS's prompt (``format_prompt``), stripped."""
-    prompts = [format_prompt(tokenizer, q, instruction=instruction) for q in questions]
-    answers = lm.generate_texts(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        special=_special(tokenizer),
-        progress=progress,
-    )
-    return [a.strip() for a in answers]
-
-
-def score_answers(
-    model: nn.Module,
-    tokenizer,
-    judge: StyleJudge,
-    questions: list[str],
-    answers: list[str],
-    references: list[str],
-) -> Scores:
-    """``evals.style.score_answers`` of answers to ``questions``, each scored given its plain
-    prompt (``format_prompt``, no instruction); ``model`` must be unedited."""
-    prompts = [format_prompt(tokenizer, q) for q in questions]
-    return style.score_answers(
-        model, tokenizer, judge, prompts, answers, references, special=_special(tokenizer)
-    )
-
-
 __all__ = [
+    "DEFAULT_OPTIONS",
     "DEFAULT_RANK",
     "STYLE_INSTRUCTION",
     "AdaptiveSteer",
     "DressFit",
     "Embedder",
+    "Options",
     "Rank",
     "Scores",
     "StyleJudge",
@@ -854,13 +705,12 @@ __all__ = [
     "fit",
     "fit_activations",
     "format_prompt",
-    "generate_answers",
     "generate_separate",
     "head_activations",
     "load",
     "load_triples",
     "random_heads",
-    "score_answers",
     "semantic_preservation",
+    "special_tokens",
     "style_subspace",
 ]

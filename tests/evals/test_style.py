@@ -1,5 +1,6 @@
-"""Style metrics (interventions/evals/style.py): by hand on a tiny model, with a fake embedder,
-and the MiniLM instruments on the bundled Shakespeare references (real)."""
+"""Stylised QA (interventions/evals/style.py): the bundled triples, answers and metrics by hand
+on a tiny model with a fake embedder, and the MiniLM instruments on the bundled Shakespeare
+references (real)."""
 
 import json
 import zlib
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from fakes import WordTokenizer
 
+import interventions as iv
 from interventions.evals import style
 from interventions.models import tiny
 
@@ -30,6 +32,60 @@ PLAIN = ["You are kind.", "Does the sun rise?", "Have you seen it?", "I know you
 @pytest.fixture(scope="module")
 def model():
     return tiny("llama", n_kv_heads=4, n_layers=3)
+
+
+def test_bundled_triples():
+    rows = [
+        json.loads(line)
+        for line in resources.files("interventions.data")
+        .joinpath("dress_shakespeare.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert len(rows) >= 200
+    assert sum(r["split"] == "test" for r in rows) == 40
+    assert len({r["question"] for r in rows}) == len(rows)
+    assert all(r["question"] and r["styled"] and r["plain"] for r in rows)
+    assert len(style.load_triples("train")) + len(style.load_triples("test")) == len(rows)
+    with pytest.raises(ValueError, match="split"):
+        style.load_triples("dev")
+
+
+def test_triples_from_files_dicts_and_tuples(tmp_path):
+    path = tmp_path / "triples.jsonl"
+    path.write_text(
+        '{"question": "Why?", "styled": "Thou art.", "plain": "You are.", "split": "test"}\n\n'
+        '{"question": "How?", "styled": "Thus.", "plain": "So."}\n'
+    )
+    assert style.load_triples("all", path) == [
+        style.Triple("Why?", "Thou art.", "You are."),
+        style.Triple("How?", "Thus.", "So."),
+    ]
+    assert style.load_triples("train", path) == [style.Triple("How?", "Thus.", "So.")]
+    path.write_text('{"question": "Why?", "styled": "Thou art."}\n')
+    with pytest.raises(ValueError, match=r"line 1 of the triples file lacks \['plain'\]"):
+        style.load_triples("all", path)
+    given = [style.Triple("a", "b", "c"), {"question": "a", "styled": "b", "plain": "c"}, "abc"]
+    with pytest.raises(TypeError, match=r"triples\[2\] must be a Triple, a dict"):
+        style.as_triples(given)
+    assert style.as_triples([*given[:2], ("a", "b", "c")]) == [style.Triple("a", "b", "c")] * 3
+
+
+def test_generate_answers_are_greedy_continuations_of_the_prompts(model):
+    tok = WordTokenizer()
+    prompts = [f"Question: {q}\nAnswer:" for q in ("Why?", "What is it?", "Who are you?")]
+    steer = {"layers.1.resid_post": iv.AddBias(torch.randn(32, generator=torch.Generator()
+                                                           .manual_seed(0)), 20.0)}  # fmt: skip
+    with iv.intervene(model, steer):  # steered: generation runs inside the block
+        answers = style.generate_answers(
+            model, tok, prompts, max_new_tokens=4, batch_size=2, progress=False
+        )
+        for prompt, answer in zip(prompts, answers, strict=True):
+            ids = torch.tensor([tok.encode(prompt)])
+            out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            assert answer == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    plain = style.generate_answers(model, tok, prompts, max_new_tokens=4, progress=False)
+    assert answers != plain, "the steering changed them"
 
 
 def test_inverse_log_perplexity_by_hand(model):

@@ -1,9 +1,8 @@
 """DRESS recipe (issue 4 acceptance 1-3, at test size); the probes are tests/test_probes.py,
-the style metrics tests/evals/test_style.py."""
+the data set and the style metrics tests/evals/test_style.py."""
 
-import json
+import dataclasses
 import warnings
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 from fakes import WordTokenizer
 
 import interventions as iv
+from interventions.evals import style
 from interventions.evals.style import inverse_log_perplexity
 from interventions.models import tiny
 from interventions.probes import split_pairs
@@ -37,7 +37,8 @@ def make_model(arch: str = "llama-mha"):
 @pytest.fixture(scope="module")
 def tiny_fit():
     model = make_model()
-    fit = dress.fit(model, WordTokenizer(), TRIPLES, num_heads=5, alpha=3.0, rank=3, progress=False)
+    tok, options = WordTokenizer(), dress.Options(rank=3)
+    fit = dress.fit(model, tok, TRIPLES, num_heads=5, alpha=3.0, options=options, progress=False)
     return model, fit
 
 
@@ -53,21 +54,9 @@ def ids(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
 # --- data -----------------------------------------------------------------------------------------
 
 
-def test_bundled_triples():
-    rows = [
-        json.loads(line)
-        for line in resources.files("interventions.data")
-        .joinpath("dress_shakespeare.jsonl")
-        .read_text()
-        .splitlines()
-    ]
-    assert len(rows) >= 200
-    assert sum(r["split"] == "test" for r in rows) == 40
-    assert len({r["question"] for r in rows}) == len(rows)
-    assert all(r["question"] and r["styled"] and r["plain"] for r in rows)
-    assert len(dress.load_triples("train")) + len(dress.load_triples("test")) == len(rows)
-    with pytest.raises(ValueError, match="split"):
-        dress.load_triples("dev")
+def test_the_data_set_is_reexported_from_evals_style():
+    assert dress.load_triples is style.load_triples and dress.Triple is style.Triple
+    assert dress.STYLE_INSTRUCTION is style.STYLE_INSTRUCTION
 
 
 def _triples(n: int = 6) -> list[dict]:
@@ -124,12 +113,12 @@ def test_probes_at_chance_warn_that_the_heads_are_arbitrary():
     _, val = split_pairs(50, 0.2, 42)
     styled[val] = plain[val]  # ... but none on the validation pairs: every probe scores 0.5
     with pytest.warns(UserWarning, match=r"best probe's validation accuracy is 0.500 on 20 "):
-        fit = dress.fit_activations(styled, plain, 2, rank=1)
+        fit = dress.fit_activations(styled, plain, 2, options=dress.Options(rank=1))
     assert float(fit.scores["val_accuracy"].max()) == 0.5
     styled[val] = plain[val] + 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        dress.fit_activations(styled, plain, 2, rank=1)  # separable: no warning
+        dress.fit_activations(styled, plain, 2, options=dress.Options(rank=1))  # separable
 
 
 # --- fitting: equal to direct numpy computations --------------------------------------------------
@@ -161,22 +150,6 @@ def test_padded_rows_keep_their_positions_on_an_absolute_position_model():
             model(torch.tensor([tok.encode(text)]))
         expected = cache.stack("layers.*.attn.heads", dim=1)[0]
         torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
-
-
-def test_generate_answers_are_greedy_continuations_of_the_dress_prompt(tiny_fit):
-    model, fit = tiny_fit
-    tok = WordTokenizer()
-    questions = [t.question for t in TRIPLES[:3]]
-    with fit.with_alpha(50.0).adaptive(model):  # steered: generation runs inside the block
-        answers = dress.generate_answers(
-            model, tok, questions, max_new_tokens=4, batch_size=2, progress=False
-        )
-        for question, answer in zip(questions, answers, strict=True):
-            ids = torch.tensor([tok.encode(dress.format_prompt(tok, question))])
-            out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
-            assert answer == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-    plain = dress.generate_answers(model, tok, questions, max_new_tokens=4, progress=False)
-    assert answers != plain, "the steering changed them"
 
 
 def test_selection_vectors_and_subspaces_equal_numpy(tiny_fit):
@@ -212,7 +185,8 @@ def test_selection_vectors_and_subspaces_equal_numpy(tiny_fit):
 
 def test_iti_vectors_equal_numpy(tiny_fit):
     _, fit = tiny_fit
-    iti = dress.fit_activations(*fit.activations, 5, 2.0, vectors="iti", rank=3)
+    options = dress.Options(vectors="iti", rank=3)
+    iti = dress.fit_activations(*fit.activations, 5, 2.0, options=options)
     assert iti.heads == fit.heads
     styled, plain = (a.double().numpy() for a in fit.activations)
     for row, (layer, head) in enumerate(iti.heads):
@@ -236,7 +210,7 @@ def test_rank_as_count_fraction_or_variance(tiny_fit):
         (dress.Rank(fraction=1.0), 8),
         (dress.Rank(variance=0.9), int(np.searchsorted(explained, 0.9) + 1)),
     ]:
-        refit = dress.fit_activations(styled, plain, 5, rank=spec)
+        refit = dress.fit_activations(styled, plain, 5, options=dress.Options(rank=spec))
         assert refit.ranks[0] == expected, spec
         assert refit.basis.shape[1] == max(refit.ranks)
     with pytest.raises(ValueError, match="exactly one"):
@@ -244,7 +218,7 @@ def test_rank_as_count_fraction_or_variance(tiny_fit):
     with pytest.raises(ValueError, match="fraction"):
         dress.Rank(fraction=1.5)
     with pytest.raises(ValueError, match="exceeds d_head"):
-        dress.fit_activations(styled, plain, 5, rank=9)
+        dress.fit_activations(styled, plain, 5, options=dress.Options(rank=9))
 
 
 # --- static and adaptive edits --------------------------------------------------------------------
@@ -447,7 +421,7 @@ def test_clear_errors(tiny_fit):
     with pytest.raises(ValueError, match="num_heads"):
         dress.fit_activations(*fit.activations, num_heads=0)
     with pytest.raises(ValueError, match="vectors must be"):
-        dress.fit_activations(*fit.activations, 3, vectors="pca")
+        dress.fit_activations(*fit.activations, 3, options=dress.Options(vectors="pca"))
     with pytest.raises(ValueError, match="pairs, layers, heads"):
         dress.fit_activations(fit.activations[0][:, 0], fit.activations[1][:, 0], 3)
     with pytest.raises(TypeError, match="question, styled, plain"):
@@ -455,6 +429,7 @@ def test_clear_errors(tiny_fit):
 
 
 NAN, INF = float("nan"), float("inf")
+OPTIONS = {f.name for f in dataclasses.fields(dress.Options)}  # the rest are fit's own arguments
 
 
 @pytest.mark.parametrize(
@@ -489,11 +464,36 @@ def test_fit_refuses_nonsense_numbers_before_any_forward(untouched, options, err
     forwards = []
     model.register_forward_pre_hook(lambda *_: forwards.append(1))
     with pytest.raises(error, match=message):
+        plain = {k: v for k, v in options.items() if k not in OPTIONS}
+        settings = dress.Options(**{k: v for k, v in options.items() if k in OPTIONS})
         dress.fit(model, WordTokenizer(), TRIPLES[:20], **{"num_heads": 2, "progress": False,
-                                                            **options})  # fmt: skip
+                                                            **plain}, options=settings)  # fmt: skip
     assert forwards == []  # refused before the activations are captured
     model._forward_pre_hooks.clear()
     check()
+
+
+def test_options_are_checked_and_normalised_when_made(tiny_fit):
+    model, fit = tiny_fit
+    options = dress.Options(rank=3, clamp=[0, 2], beta=1)
+    assert options.rank == dress.Rank(count=3) and options.clamp == (0.0, 2.0)
+    assert isinstance(options.beta, float)
+    assert dress.Options() == dress.DEFAULT_OPTIONS and dress.Options().rank == dress.DEFAULT_RANK
+    with pytest.raises(TypeError, match="options must be a dress.Options, got dict"):
+        dress.fit_activations(*fit.activations, 3, options={"beta": 1.0})
+    with pytest.raises(TypeError, match="options must be a dress.Options, got dict"):
+        dress.fit(model, WordTokenizer(), TRIPLES[:20], 2, options={"beta": 1.0}, progress=False)
+    refit = dress.fit_activations(*fit.activations, 5, 3.0, options=dress.Options(rank=3))
+    assert refit.heads == fit.heads and torch.equal(refit.basis, fit.basis)
+
+
+def test_special_tokens_only_without_a_chat_template():
+    tok = WordTokenizer()
+    assert (
+        dress.special_tokens(tok) and dress.format_prompt(tok, "Why?") == "Question: Why?\nAnswer:"
+    )
+    tok.chat_template = "{{ messages }}"
+    assert not dress.special_tokens(tok)
 
 
 def test_fitted_edits_refuse_nonsense_numbers(tiny_fit):
