@@ -425,10 +425,8 @@ def _edit_at(
     index = [layer * styled.shape[2] + head for layer, head in heads]
     s, p = _flat(styled)[:, index], _flat(plain)[:, index]
     diffs = s - p
-    mean_diff = diffs.mean(0)
-    bases = [
-        style_subspace(diffs[:, j], rank, s.shape[-1], mean_diff[j]) for j in range(len(index))
-    ]
+    mean = diffs.mean(0)
+    bases = [style_subspace(diffs[:, j], rank, s.shape[-1], mean[j]) for j in range(len(index))]
     return {
         "heads": heads,
         "direction": _directions(s, p, vectors),
