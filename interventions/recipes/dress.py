@@ -49,7 +49,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 import interventions as iv
 from interventions import text
-from interventions.checks import integer, interval, number
+from interventions.checks import choice, integer, interval, number
 from interventions.evals.style import STYLE_INSTRUCTION, Triple, as_triples, load_triples
 from interventions.ops import Positions
 from interventions.probes import Ties, probe_pairs
@@ -155,8 +155,7 @@ class Options:
     probe_c: float = 1.0  # inverse L2 strength of the probes
 
     def __post_init__(self) -> None:
-        if self.vectors not in VECTOR_KINDS:
-            raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {self.vectors!r}")
+        choice("vectors", self.vectors, VECTOR_KINDS)
         if isinstance(self.rank, bool) or not isinstance(self.rank, (Rank, numbers.Integral)):
             raise TypeError(f"rank must be a Rank or an integer count, got {self.rank!r}")
         number("val_ratio", self.val_ratio, above=0, below=1)
