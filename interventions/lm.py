@@ -112,7 +112,8 @@ def logits(
         return model(**inputs).logits
     keep = integer("keep", keep)
     try:
-        return model(**inputs, logits_to_keep=keep).logits
+        # some releases' models take the keyword into **kwargs and return every column
+        return model(**inputs, logits_to_keep=keep).logits[:, -keep:]
     except TypeError as error:  # older models compute every column's logits
         if "logits_to_keep" not in str(error):
             raise
