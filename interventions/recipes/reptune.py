@@ -267,13 +267,6 @@ def make_batch(
     return Batch(padded.input_ids, padded.attention_mask, padded.position_ids, end)
 
 
-def _first_token(tokenizer, string: str) -> int:
-    ids = text.token_ids(tokenizer, string, special=False)
-    if not ids:
-        raise ValueError(f"{string!r} encodes to no token")
-    return ids[0]
-
-
 def _resid_post(
     model: nn.Module,
     batch: Batch,
@@ -631,7 +624,7 @@ def soft_targets(
     total = sum(_probabilities(distribution))
     target = torch.zeros(vocab_size)
     for string, p in distribution.items():
-        target[_first_token(tokenizer, string)] += p / total
+        target[lm.first_token(tokenizer, string, "target key")] += p / total
     return target
 
 
