@@ -59,7 +59,6 @@ import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -71,126 +70,25 @@ from tqdm.auto import tqdm
 import interventions as iv
 from interventions import lm, text
 from interventions.checks import indices, integer, number
-from interventions.lm import perplexity as perplexity  # re-exported: reptune.perplexity(...)
+from interventions.evals import honesty
+from interventions.evals.honesty import CHOICES, Claim, Pair, claim_prompts
+
+# re-exported (reptune.load_claims(), reptune.perplexity(...))
+from interventions.evals.honesty import CLAIMS as CLAIMS
+from interventions.evals.honesty import PROSE as PROSE
+from interventions.evals.honesty import SHOTS as SHOTS
+from interventions.evals.honesty import ForcedChoice as ForcedChoice
+from interventions.evals.honesty import claim_prompt as claim_prompt
+from interventions.evals.honesty import forced_choice as forced_choice
+from interventions.evals.honesty import honesty_pairs as honesty_pairs
+from interventions.evals.honesty import load_claims as load_claims
+from interventions.evals.honesty import load_prose as load_prose
+from interventions.evals.honesty import split_claims as split_claims
+from interventions.lm import perplexity as perplexity
 from interventions.lm import token_cross_entropy
 from interventions.weights import load_tensors, save_tensors
 
-CHOICES = (" True", " False")
 _FORMAT = "interventions.reptune.Direction/1"
-
-# --- bundled data ---------------------------------------------------------------------------------
-
-
-def _data_file(name: str) -> Path:
-    return Path(str(resources.files("interventions.data").joinpath(name)))
-
-
-CLAIMS = _data_file("claims.jsonl")
-PROSE = _data_file("prose.txt")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A short factual claim; the two claims of one ``pair`` share a subject (one true)."""
-
-    id: str
-    text: str
-    label: bool
-    pair: int
-    topic: str = ""
-
-
-def load_claims(path: str | os.PathLike = CLAIMS) -> list[Claim]:
-    """Claims from a JSON-lines file with ``id``, ``claim``, ``label`` and ``pair`` fields."""
-    claims = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = {"id", "claim", "label", "pair"} - set(row)
-            if missing:
-                raise ValueError(f"{path}:{line_number}: claim record lacks {sorted(missing)}")
-            topic = row.get("topic", "")
-            claims.append(Claim(row["id"], row["claim"], bool(row["label"]), row["pair"], topic))
-    return claims
-
-
-def load_prose(path: str | os.PathLike = PROSE) -> str:
-    """The bundled plain English prose (for perplexity)."""
-    return Path(path).read_text(encoding="utf-8")
-
-
-def split_claims(
-    claims: Sequence[Claim], held_out: float = 0.3, seed: int = 0
-) -> tuple[list[Claim], list[Claim]]:
-    """Split by ``pair`` (both claims about one subject land on the same side): (train, test)."""
-    if not 0 < held_out < 1:
-        raise ValueError(f"held_out is a fraction in (0, 1), got {held_out}")
-    pairs = sorted({c.pair for c in claims})
-    test_pairs = set(_held_out(pairs, max(1, round(held_out * len(pairs))), seed)[1])
-    train = [c for c in claims if c.pair not in test_pairs]
-    return train, [c for c in claims if c.pair in test_pairs]
-
-
-def _held_out(items: Sequence, n_held: int, seed: int) -> tuple[list, list]:
-    """(kept, held): the first ``n_held`` items of a seeded shuffle are held out."""
-    shuffled = list(items)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[n_held:], shuffled[:n_held]
-
-
-# --- prompts --------------------------------------------------------------------------------------
-
-# In-context examples (not in claims.jsonl). An honest context answers them correctly, a lying
-# context inverts every answer: the same claim then follows an honest or a dishonest speaker.
-SHOTS = (
-    ("Snow is white.", True),
-    ("Fish can walk on land.", False),
-    ("Cows eat grass.", True),
-    ("The moon is made of cheese.", False),
-)
-
-
-def claim_prompt(text: str, honest: bool = True, shots: Sequence[tuple[str, bool]] = SHOTS) -> str:
-    """``text`` after in-context examples answered honestly (or all inverted): the next token is
-    the answer, " True" or " False"."""
-    lines = [f"{c} {'True' if (label if honest else not label) else 'False'}" for c, label in shots]
-    return "\n".join([*lines, text])
-
-
-def claim_prompts(claims: Iterable[Claim], honest: bool | None = None) -> list[str]:
-    """Prompts of ``claims`` in the honest context, the lying one, or both (``None``)."""
-    contexts = (True, False) if honest is None else (honest,)
-    return [claim_prompt(c.text, h) for h in contexts for c in claims]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """The same prompt in the direction's sense (``positive``) and the opposite (``negative``).
-
-    The answers, when given, are what a model that follows each prompt says next (used by
-    ``extract_direction(only_correct=True)``).
-    """
-
-    positive: str
-    negative: str
-    positive_answer: str | None = None
-    negative_answer: str | None = None
-
-
-def honesty_pairs(claims: Iterable[Claim], choices: tuple[str, str] = CHOICES) -> list[Pair]:
-    """Each claim in the honest context (answered correctly) vs the lying one (inverted)."""
-    true, false = choices
-    return [
-        Pair(
-            claim_prompt(c.text, honest=True),
-            claim_prompt(c.text, honest=False),
-            true if c.label else false,
-            false if c.label else true,
-        )
-        for c in claims
-    ]
 
 
 @dataclass(frozen=True)
@@ -796,7 +694,9 @@ def _split(data: Sequence[Example], val_fraction: float, seed: int):
     n_val = round(val_fraction * len(data))
     if n_val >= len(data):
         raise ValueError(f"val_fraction={val_fraction} leaves no training examples")
-    return _held_out(data, n_val, seed)
+    shuffled = list(data)
+    random.Random(seed).shuffle(shuffled)  # the seeded split of honesty.split_claims
+    return shuffled[n_val:], shuffled[:n_val]
 
 
 def tune(
@@ -1107,45 +1007,7 @@ def search_blocks(
     return BlockSearch(rows, baseline or {})
 
 
-# --- evaluation -----------------------------------------------------------------------------------
-
-
-@dataclass
-class ForcedChoice:
-    """Forced choice between two answers: margins are ``log p(first) - log p(second)``."""
-
-    margins: Float[Tensor, " n"]
-    labels: Bool[Tensor, " n"] | None = None
-
-    @property
-    def rate_first(self) -> float:
-        return float((self.margins > 0).float().mean())
-
-    @property
-    def mean_margin(self) -> float:
-        return float(self.margins.mean())
-
-    @property
-    def accuracy(self) -> float | None:
-        if self.labels is None:
-            return None
-        return float(((self.margins > 0) == self.labels).float().mean())
-
-
-def forced_choice(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    labels: Sequence[bool] | None = None,
-    *,
-    choices: tuple[str, str] = CHOICES,
-    batch_size: int = 16,
-    plan: Mapping[str, iv.Intervention] | None = None,
-) -> ForcedChoice:
-    """Which of ``choices`` the model prefers after each prompt (``plan`` steers meanwhile);
-    ``labels[i]`` True means ``choices[0]`` is right."""
-    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan)
-    return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
+# --- evaluation at a Direction (the metrics are interventions.evals.honesty's) --------------------
 
 
 def cosine_to_direction(
@@ -1156,16 +1018,12 @@ def cosine_to_direction(
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> dict[int, dict[str, float]]:
-    """Per layer: mean cosine and mean |cosine| of ``resid_post`` at the last prompt tokens to
-    the direction (over prompts and positions)."""
+    """``honesty.cosine_to_direction`` at ``layers`` of the direction (default: all)."""
     layers = list(direction.layers if layers is None else layers)
-    vectors = _direction_at(direction, layers, model).cpu()
-    acts = residuals(model, tokenizer, prompts, layers, direction.n_positions, batch_size)
-    cos = cosine(acts, vectors)  # [n, layers, positions]
-    return {
-        layer: {"cos": float(cos[:, i].mean()), "abs_cos": float(cos[:, i].abs().mean())}
-        for i, layer in enumerate(layers)
-    }
+    vectors = _direction_at(direction, layers, model)
+    return honesty.cosine_to_direction(
+        model, tokenizer, prompts, vectors, layers, batch_size=batch_size
+    )
 
 
 def steerability(
@@ -1178,22 +1036,7 @@ def steerability(
     choices: tuple[str, str] = CHOICES,
     batch_size: int = 16,
 ) -> dict[str, float | list[float]]:
-    """Mean forced-choice margin while adding ``alpha`` times the direction at
-    ``layers.{layer}.resid_post`` (``direction.steering_plan``: each of the last positions its
-    own vector); ``slope`` is the least-squares change of margin per unit alpha (how steerable
-    the model is by this direction)."""
+    """``honesty.steerability`` under ``direction.steering_plan(layer, alpha)``."""
     _direction_at(direction, [layer], model)
-    alphas = [number(f"alphas[{i}]", a) for i, a in enumerate(alphas)]
-    if len(set(alphas)) < 2:
-        raise ValueError(f"steerability needs at least two different alphas, got {alphas}")
-    means = []
-    for alpha in alphas:
-        plan = direction.steering_plan(layer, alpha)
-        margins = lm.choice_margin(
-            model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan
-        )
-        means.append(float(margins.mean()))
-    a = torch.tensor(list(alphas), dtype=torch.float64)
-    m = torch.tensor(means, dtype=torch.float64)
-    slope = float(((a - a.mean()) * (m - m.mean())).sum() / ((a - a.mean()) ** 2).sum())
-    return {"alphas": list(alphas), "margins": means, "slope": slope}
+    plan = lambda alpha: direction.steering_plan(layer, alpha)  # noqa: E731
+    return honesty.steerability(model, tokenizer, prompts, plan, alphas, choices, batch_size)

@@ -1,0 +1,1 @@
+"""Evaluation of edited and steered models: metrics, not methods."""
