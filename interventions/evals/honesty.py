@@ -5,8 +5,8 @@
 - Prompts: a claim after four in-context examples answered honestly or all inverted (a lying
   speaker); the next token is the answer, " True" or " False". ``honesty_pairs`` pairs them.
 - Metrics: ``forced_choice`` (margins ``log p(" True") - log p(" False")``),
-  ``cosine_to_direction`` (of ``resid_post`` at the last prompt tokens to given vectors) and
-  ``steerability`` (margin change per unit of a steering plan's strength).
+  ``cosine_to_direction`` (of ``resid_post`` at the last prompt tokens, read by ``residuals``,
+  to given vectors) and ``steerability`` (margin change per unit of a steering plan's strength).
 
 >>> train, test = split_claims(load_claims(), held_out=0.3)
 >>> forced_choice(model, tokenizer, claim_prompts(test, honest=True)).rate_first
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 import interventions as iv
 from interventions import lm, text
-from interventions.checks import number
+from interventions.checks import integer, number
 
 CHOICES = (" True", " False")
 Plan = Mapping[str, iv.Intervention]
@@ -184,6 +184,33 @@ def forced_choice(
     return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
 
 
+def residuals(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    n_positions: int,
+    batch_size: int = 16,
+) -> Float[Tensor, "n l p d"]:
+    """``resid_post`` at ``layers`` and the last ``n_positions`` tokens of each prompt, left-padded
+    (the same columns in every row), without grad; float32 on the CPU."""
+    n = integer("n_positions", n_positions)
+    rows = [text.token_ids(tokenizer, p) for p in prompts]
+    short = min(map(len, rows), default=n + 1)
+    if short <= n:
+        raise ValueError(
+            f"a prompt has only {short} tokens: the last {n} would include its first token "
+            "(the attention sink, an outlier in norm); use fewer positions or longer prompts"
+        )
+    sites, out = [f"layers.{i}.resid_post" for i in layers], []
+    for chunk in text.batches(rows, batch_size):
+        batch = text.pad(chunk, text.pad_id(tokenizer), "left").to(model)
+        with torch.no_grad(), iv.capture(model, sites, stop=True) as cache:
+            model(**batch.inputs(model))  # ends the block after the last layer read
+        out.append(torch.stack([cache[s][:, -n:].float().cpu() for s in sites], 1))
+    return torch.cat(out)
+
+
 def cosine_to_direction(
     model: nn.Module,
     tokenizer,
@@ -196,23 +223,10 @@ def cosine_to_direction(
     """Per layer: mean cosine and mean |cosine| of ``resid_post`` at the last ``p`` prompt
     tokens to ``vectors[i]`` (``layers[i]``, one vector per position; 0 where a vector is
     zero), over prompts and positions."""
-    n = vectors.shape[1]
-    rows = [text.token_ids(tokenizer, p) for p in prompts]
-    short = min(map(len, rows), default=n + 1)
-    if short <= n:  # left padding: the last n columns, which must not reach the first token
-        raise ValueError(
-            f"a prompt has only {short} tokens: the last {n} would include its first token "
-            "(the attention sink, an outlier in norm); use fewer positions or longer prompts"
-        )
-    sites, vectors, cos = [f"layers.{i}.resid_post" for i in layers], vectors.float().cpu(), []
-    for chunk in text.batches(rows, batch_size):
-        batch = text.pad(chunk, text.pad_id(tokenizer), "left").to(model)
-        with torch.no_grad(), iv.capture(model, sites, stop=True) as cache:
-            model(**batch.inputs(model))
-        acts = torch.stack([cache[s][:, -n:].float().cpu() for s in sites], 1)  # [b, l, p, d]
-        norms = torch.linalg.vector_norm(acts, dim=-1) * torch.linalg.vector_norm(vectors, dim=-1)
-        cos.append((acts * vectors).sum(-1) / norms.clamp_min(1e-8))
-    cos = torch.cat(cos)  # [n, layers, positions]
+    acts = residuals(model, tokenizer, prompts, layers, vectors.shape[1], batch_size)
+    vectors = vectors.float().cpu()
+    norms = torch.linalg.vector_norm(acts, dim=-1) * torch.linalg.vector_norm(vectors, dim=-1)
+    cos = (acts * vectors).sum(-1) / norms.clamp_min(1e-8)  # [n, layers, positions]
     return {
         layer: {"cos": float(cos[:, i].mean()), "abs_cos": float(cos[:, i].abs().mean())}
         for i, layer in enumerate(layers)

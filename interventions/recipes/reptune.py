@@ -45,9 +45,9 @@ import interventions as iv
 from interventions import lm, text
 from interventions.checks import indices, integer, number
 from interventions.evals import honesty
-from interventions.evals.honesty import CHOICES, Claim, Pair, claim_prompts
+from interventions.evals.honesty import CHOICES, Claim, Pair, claim_prompts, residuals
 
-# re-exported: reptune.load_claims(), reptune.perplexity(...) and the rest keep working
+# re-exported (so are residuals, claim_prompts, CHOICES): reptune.load_claims() keeps working
 from interventions.evals.honesty import claim_prompt as claim_prompt
 from interventions.evals.honesty import forced_choice as forced_choice
 from interventions.evals.honesty import honesty_pairs as honesty_pairs
@@ -131,46 +131,6 @@ def make_batch(
     width = padded.input_ids.shape[1]
     end = torch.tensor([width - len(r) + e for r, e in zip(rows, ends, strict=True)])
     return Batch(padded.input_ids, padded.attention_mask, padded.position_ids, end)
-
-
-def _resid_post(
-    model: nn.Module,
-    batch: Batch,
-    layers: Sequence[int],
-    positions: Bool[Tensor, "b t"],
-    keep_grad: bool,
-    keep_logits: int = 0,
-) -> tuple[Float[Tensor, "b l n d"], Tensor | None]:
-    """``resid_post`` at ``layers`` and ``positions`` (as many in every row) and the logits of
-    the last ``keep_logits`` columns; without logits the forward stops after the last layer."""
-    sites = [f"layers.{i}.resid_post" for i in layers]
-    logits = None
-    stop = not keep_logits
-    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, stop=stop) as cache:
-        if stop:
-            model(**batch.inputs(model))  # ends the block: nothing after the last layer runs
-        else:
-            logits = lm.logits(model, batch, keep=keep_logits)
-    acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
-    return rearrange(acts, "l (b n) d -> b l n d", b=positions.shape[0]), logits
-
-
-def residuals(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    layers: Sequence[int],
-    n_positions: int,
-    batch_size: int = 16,
-) -> Float[Tensor, "n l p d"]:
-    """``resid_post`` at ``layers`` and the last ``n_positions`` tokens of each prompt (no grad)."""
-    out = []
-    for chunk in text.batches(list(prompts), batch_size):
-        batch = make_batch(tokenizer, chunk).to(model)
-        mask = batch.last_prompt_tokens(n_positions)
-        with torch.no_grad():
-            out.append(_resid_post(model, batch, layers, mask, keep_grad=False)[0].float().cpu())
-    return torch.cat(out)
 
 
 # --- direction ------------------------------------------------------------------------------------
@@ -456,7 +416,8 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                 f"bad block {block!r}: expected 'layers.{{i|a:b|*}}.{{kind}}' with kind in "
                 f"{', '.join(MODULE_KINDS)}, e.g. 'layers.8:12.attn.v+attn.o'"
             )
-        unknown = [kind for kind in parts[2].split("+") if kind not in _WEIGHTS]
+        kinds = parts[2].split("+")
+        unknown = [kind for kind in kinds if kind not in _WEIGHTS]
         if unknown:
             raise ValueError(
                 f"unknown module kind {unknown[0]!r} in block {block!r}; expected one of "
@@ -464,7 +425,7 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
             )
         try:
             for layer in iv.layer_range(parts[1], n_layers):
-                for kind in parts[2].split("+"):
+                for kind in kinds:
                     found.update(iv.parameters(model, f"layers.{layer}{_WEIGHTS[kind]}"))
         except (ValueError, NotImplementedError) as error:  # e.g. GPT-2's fused c_attn
             raise ValueError(f"block {block!r}: {error}") from error
@@ -625,9 +586,8 @@ def tune(
     if projection_blocks is None:
         projection_blocks = [f"{spec}.{default_projection_kind(model)}"]
     token_blocks = [f"{spec}.mlp"] if token_blocks is None else token_blocks
-    proj_params, token_params = (
-        block_parameters(model, b) for b in (projection_blocks, token_blocks)
-    )
+    proj_params = block_parameters(model, projection_blocks)
+    token_params = block_parameters(model, token_blocks)
     if not proj_params:
         raise ValueError("the projection group is empty: name at least one block")
     train, val = (
@@ -653,10 +613,19 @@ def tune(
     history = [] if history is None else history
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
 
+    sites = [f"layers.{i}.resid_post" for i in layers]
+
     def losses(p: _Prepared, with_tokens: bool, keep_grad: bool) -> tuple[Tensor, ...]:
-        """(projection loss, token loss, its minimum), the last two None without logits."""
-        keep = p.keep if with_tokens else 0  # this batch may hold no token target (keep 0)
-        acts, logits = _resid_post(model, p.batch, layers, p.proj_mask, keep_grad, keep)
+        """(projection loss, token loss, its minimum); without logits to score, the forward
+        stops after the last tuned layer and the last two are None."""
+        keep, logits = p.keep if with_tokens else 0, None  # a batch may hold no token target
+        mask = p.proj_mask
+        with iv.capture(model, sites, positions=mask, keep_grad=keep_grad, stop=not keep) as c:
+            if keep:
+                logits = lm.logits(model, p.batch, keep=keep)
+            else:
+                model(**p.batch.inputs(model))  # ends the block: nothing after the last layer runs
+        acts = rearrange(torch.stack([c[s] for s in sites]), "l (b n) d -> b l n d", b=len(mask))
         proj = projection_loss(acts, vectors, mode, flip)
         return (proj, None, None) if logits is None else (proj, *_token_loss(p, logits))
 

@@ -149,9 +149,35 @@ def test_cosine_to_direction_equals_a_plain_capture_of_each_prompt(tok):
         assert got[layer]["abs_cos"] == pytest.approx(float(cos[:, i].abs().mean()), abs=1e-5)
 
 
-def test_cosine_to_direction_refuses_positions_that_reach_the_first_token(tok):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_left_padding_does_not_change_a_prompt(arch, tok):
+    model = tiny(arch, n_layers=2)
+    prompts = ["a b c d e", "a much longer prompt with many more words in it f g"]
+    alone = honesty.residuals(model, tok, prompts[:1], [0, 1], n_positions=3)
+    batched = honesty.residuals(model, tok, prompts, [0, 1], n_positions=3)
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
+    margins_alone = lm.choice_margin(model, tok, prompts[:1], honesty.CHOICES)
+    margins = lm.choice_margin(model, tok, prompts, honesty.CHOICES)
+    torch.testing.assert_close(margins[:1], margins_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_residuals_equal_a_plain_capture(tok):
+    model = tiny("llama", n_layers=3)
+    acts = honesty.residuals(model, tok, ["one two three four five"], [0, 2], n_positions=2)
+    ids = torch.tensor([tok("one two three four five")["input_ids"]])
+    with torch.no_grad(), iv.capture(model, ["layers.0.resid_post", "layers.2.resid_post"]) as c:
+        model(input_ids=ids)
+    torch.testing.assert_close(acts[0, 0], c["layers.0.resid_post"][0, -2:])
+    torch.testing.assert_close(acts[0, 1], c["layers.2.resid_post"][0, -2:])
+
+
+def test_residuals_and_cosine_refuse_positions_that_reach_the_first_token(tok):
     model = tiny("llama", n_layers=2)
     with pytest.raises(
         ValueError, match=r"a prompt has only 3 tokens: the last 3 .*attention sink"
     ):
         honesty.cosine_to_direction(model, tok, ["a b c d", "a b"], torch.ones(1, 3, 32), [1])
+    with pytest.raises(ValueError, match=r"only 3 tokens: the last 4 would include its first"):
+        honesty.residuals(model, tok, ["a b", "a b c d e"], [0], n_positions=4)
+    with pytest.raises(ValueError, match="n_positions must be an integer >= 1, got 0"):
+        honesty.residuals(model, tok, ["a b c"], [0], n_positions=0)
