@@ -5,6 +5,7 @@
 - Prompts: a claim after four in-context examples answered honestly or all inverted (a lying
   speaker); the next token is the answer, " True" or " False". ``honesty_pairs`` pairs them.
 - Metrics: ``forced_choice`` (margins ``log p(" True") - log p(" False")``),
+  ``answered_as_expected`` (the pairs a model answers as each prompt expects),
   ``cosine_to_direction`` (of ``resid_post`` at the last prompt tokens, read by ``residuals``,
   to given vectors) and ``steerability`` (margin change per unit of a steering plan's strength).
 
@@ -182,6 +183,29 @@ def forced_choice(
     ``labels[i]`` True means ``choices[0]`` is right."""
     margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan)
     return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
+
+
+def answered_as_expected(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[Pair],
+    choices: tuple[str, str] = CHOICES,
+    *,
+    batch_size: int = 16,
+) -> list[Pair]:
+    """The pairs whose positive prompt the model answers ``positive_answer`` and negative prompt
+    ``negative_answer`` (forced choice between ``choices``)."""
+    answers = [answer for p in pairs for answer in (p.positive_answer, p.negative_answer)]
+    if None in answers:
+        raise ValueError("every pair needs a positive_answer and a negative_answer to check")
+    wrong = [answer for answer in answers if answer not in choices]
+    if wrong:
+        raise ValueError(f"answer {wrong[0]!r} is not one of choices {choices!r}")
+    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size)
+    said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
+    n, expected = len(pairs), [(p.positive_answer, p.negative_answer) for p in pairs]
+    return [p for i, p in enumerate(pairs) if (said[i], said[n + i]) == expected[i]]
 
 
 def residuals(

@@ -257,21 +257,13 @@ def extract_direction(
     n_positions = integer("n_positions", n_positions)
     offered = list(pairs)
     if only_correct:
-        answers = [answer for p in pairs for answer in (p.positive_answer, p.negative_answer)]
-        if None in answers:
-            raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
-        wrong = [answer for answer in answers if answer not in choices]
-        if wrong:
-            raise ValueError(f"answer {wrong[0]!r} is not one of choices {choices!r}")
-        prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
-        margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size)
-        said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
-        n, expected = len(offered), [(p.positive_answer, p.negative_answer) for p in offered]
-        pairs = [p for i, p in enumerate(offered) if (said[i], said[n + i]) == expected[i]]
+        pairs = honesty.answered_as_expected(
+            model, tokenizer, offered, choices, batch_size=batch_size
+        )
         if not pairs:
             raise ValueError(
-                f"none of the {n} pairs is answered as expected (positive and negative); "
-                "use only_correct=False or other prompts"
+                f"none of the {len(offered)} pairs is answered as expected (positive and "
+                "negative); use only_correct=False or other prompts"
             )
     positive, negative = (
         residuals(model, tokenizer, prompts, layers, n_positions, batch_size)

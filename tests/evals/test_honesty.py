@@ -102,6 +102,26 @@ def test_forced_choice_counts_margins_against_labels():
     assert honesty.ForcedChoice(torch.tensor([1.0])).accuracy is None
 
 
+def test_answered_as_expected_keeps_the_pairs_answered_both_ways(tok, claims):
+    model = tiny("llama", n_layers=2)
+    pairs = honesty.honesty_pairs(claims[:12])
+    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
+    margins = lm.choice_margin(model, tok, prompts, honesty.CHOICES)
+    said = [" True" if m > 0 else " False" for m in margins.tolist()]
+    other = {" True": " False", " False": " True"}
+    # pairs 0-5 expect what the model says, 6-8 the other positive answer, 9-11 the other negative
+    pairs = [honesty.Pair(p.positive, p.negative, other[said[i]] if 6 <= i < 9 else said[i],
+                          other[said[12 + i]] if i >= 9 else said[12 + i])
+             for i, p in enumerate(pairs)]  # fmt: skip
+    assert honesty.answered_as_expected(model, tok, pairs, batch_size=5) == pairs[:6]
+    with pytest.raises(
+        ValueError, match="every pair needs a positive_answer and a negative_answer"
+    ):
+        honesty.answered_as_expected(model, tok, [honesty.Pair("a b", "c d")])
+    with pytest.raises(ValueError, match=r"answer ' Maybe' is not one of choices"):
+        honesty.answered_as_expected(model, tok, [honesty.Pair("a b", "c d", " True", " Maybe")])
+
+
 def test_steerability_slope_is_the_least_squares_fit(tok, claims):
     model = tiny("llama", n_layers=3)
     prompts = honesty.claim_prompts(claims[:4])
