@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from interventions import text
 from interventions.recipes import alphaedit
 
 LAYERS = [4, 5, 6, 7, 8]
@@ -55,18 +56,7 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def _rows(tokenizer, max_tokens: int) -> list[list[int]]:
     """The corpus cut into pieces of ``PIECE`` tokens, as ``key_stats`` cuts it."""
-    rows: list[list[int]] = []
-    total = 0
-    for text in alphaedit.load_corpus():
-        ids = list(tokenizer(text)["input_ids"])
-        for start in range(0, len(ids), PIECE):
-            piece = ids[start : start + PIECE][: max_tokens - total]
-            if piece:
-                rows.append(piece)
-                total += len(piece)
-        if total >= max_tokens:
-            break
-    return rows
+    return text.chunks(tokenizer, alphaedit.load_corpus(), PIECE, max_tokens)
 
 
 def _plain_forward(model, rows: list[list[int]], pad: int) -> None:

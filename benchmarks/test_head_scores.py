@@ -6,8 +6,8 @@ Operations, each on the tiny random Llama and on SmolLM2-135M, over the same rig
 batches (tiny: 4 batches of 8 random 24-word prompts; real: the first 16 prompts of the bundled
 commonsense set, 2 batches of 8):
 
-- ``forward``: the bare model with its default attention (sdpa), ``logits_to_keep=1`` as the
-  scorer uses it: the denominator;
+- ``forward``: the bare model with its default attention (sdpa), ``logits_to_keep=1`` (the
+  scorer computes no logits at all: it ends each forward after the last layer): the denominator;
 - ``forward-eager``: the same with eager attention, the floor for anything that reads attention
   probabilities (``S_ent`` and ``S_task`` need them);
 - ``score``: ``head_scores.score`` (captures ``attn.heads`` and ``attn.pattern`` at every layer,
@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from interventions import text
 from interventions.recipes import head_scores
 
 OPS = ("forward", "forward-eager", "score")
@@ -55,13 +56,13 @@ def test_head_scores_throughput(op, model_name, specs, timer, benchmark) -> None
     spec = specs[model_name]
     model, tokenizer = spec.model, spec.tokenizer
     prompts = _prompts(spec)
-    encoded = [head_scores.encode(tokenizer, p) for p in prompts]
-    pad = tokenizer.pad_token_id or 0
+    rows = [head_scores.prompt_tokens(tokenizer, p).ids for p in prompts]
+    pad = text.pad_id(tokenizer)
     batches = [
-        head_scores.collate(encoded[i : i + BATCH], pad, spec.device)
-        for i in range(0, len(encoded), BATCH)
+        text.pad(rows[i : i + BATCH], pad, "right").to(spec.device)
+        for i in range(0, len(rows), BATCH)
     ]
-    tokens = sum(len(e.ids) for e in encoded)
+    tokens = sum(len(r) for r in rows)
 
     def forward() -> None:
         for b in batches:

@@ -22,17 +22,24 @@ from pathlib import Path
 
 import torch
 
+from interventions import report, text
 from interventions.models import load
 from interventions.recipes import head_scores
 
 
-def batches(tokenizer, prompts, size: int, device) -> list[head_scores.Batch]:
-    encoded = [head_scores.encode(tokenizer, p) for p in prompts]
-    pad = tokenizer.pad_token_id
+def batches(tokenizer, prompts, size: int, device) -> list[text.Batch]:
+    """Right-padded batches of the prompts' tokens, as the scorer builds them."""
+    rows = [head_scores.prompt_tokens(tokenizer, p).ids for p in prompts]
+    pad = text.pad_id(tokenizer)
     return [
-        head_scores.collate(encoded[i : i + size], pad, device)
-        for i in range(0, len(encoded), size)
+        text.pad(rows[i : i + size], pad, "right").to(device) for i in range(0, len(rows), size)
     ]
+
+
+def last_logits(model, b: text.Batch) -> torch.Tensor:
+    """Logits at each prompt's last token: [batch, vocab]."""
+    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+    return logits[torch.arange(len(logits)), b.attention_mask.sum(-1) - 1]
 
 
 def plain_forward_seconds(model, batch_list) -> float:
@@ -48,13 +55,9 @@ def plain_forward_seconds(model, batch_list) -> float:
     return time.perf_counter() - started
 
 
-def answer_logits(model, batch: head_scores.Batch, label_ids: torch.Tensor) -> torch.Tensor:
+def answer_logits(model, batch: text.Batch, label_ids: torch.Tensor) -> torch.Tensor:
     """Logits of the answer letters at each prompt's last token: [batch, n_labels]."""
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-    ).logits
-    last = logits[torch.arange(len(batch.lengths)), batch.lengths - 1]
-    return last[:, label_ids]
+    return last_logits(model, batch)[:, label_ids]
 
 
 def accuracy(model, batch_list, targets: list[torch.Tensor], label_ids) -> float:
@@ -73,11 +76,7 @@ def fine_tune(model, batch_list, targets, label_ids, steps: int, lr: float) -> l
     losses = []
     for step in range(steps):
         b, t = batch_list[step % len(batch_list)], targets[step % len(targets)]
-        logits = model(
-            input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-        ).logits
-        last = logits[torch.arange(len(b.lengths)), b.lengths - 1]
-        loss = torch.nn.functional.cross_entropy(last, label_ids[t])
+        loss = torch.nn.functional.cross_entropy(last_logits(model, b), label_ids[t])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -113,9 +112,9 @@ def main() -> None:
 
     model, tokenizer = load(args.model)
     prompts = head_scores.load_records(args.data)
-    device = model.get_input_embeddings().weight.device
+    device = text.device_of(model)
     batch_list = batches(tokenizer, prompts, args.batch_size, device)
-    n_tokens = sum(int(b.lengths.sum()) for b in batch_list)
+    n_tokens = sum(int(b.attention_mask.sum()) for b in batch_list)
     print(f"{len(prompts)} prompts, {n_tokens} tokens, batch size {args.batch_size}")
 
     # 1. throughput on the first batches: best of 3, plain forward and scoring interleaved
@@ -138,7 +137,7 @@ def main() -> None:
     print(f"scored {len(prompts)} prompts in {before.stats['seconds']:.1f} s")
     show(before.top_k(5), "top-5 heads (ranks within layers, lambda_ent = lambda_task = 1):")
     out = Path(args.out)
-    before.save(out / "before")
+    report.save_table(before, out / "before")
     print(f"wrote {out / 'before'}")
 
     # 3. fine-tune a copy on the answer letters, score again on the same samples, compare
@@ -166,9 +165,9 @@ def main() -> None:
     )
     after = head_scores.score(tuned, tokenizer, prompts, batch_size=args.batch_size)
     diff = head_scores.compare(before, after)
-    before.save_json(out / "before.json")
-    after.save_json(out / "after.json")
-    diff.save(out)
+    report.save_json(before, out / "before.json")
+    report.save_json(after, out / "after.json")
+    report.save_comparison(diff, out)
     rho = diff.spearman["combined_vs_abs_change"]
     print(
         "Spearman(pre-fine-tuning S_combined, |log change|): "

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from interventions import text
 from interventions.models import load
 from interventions.recipes import dress
 
@@ -118,11 +119,11 @@ def main() -> None:
                 sweep[split].append({"alpha": alpha, "kind": kind, **row})
 
     sweep_on("dev", dev, args.alphas, ["adaptive"])
-    dev_base = sweep["dev"][0]["fluency"]
+    dev_base = sweep["dev"][0][FLUENCY]
     ok = [
         r["alpha"]
         for r in sweep["dev"]
-        if r["kind"] == "adaptive" and r["fluency"] >= dev_base - args.fluency_budget
+        if r["kind"] == "adaptive" and r[FLUENCY] >= dev_base - args.fluency_budget
     ]
     alpha = max(ok) if ok else min(args.alphas)
     print(f"\nchosen alpha on dev (adaptive fluency within {args.fluency_budget}): {alpha}")
@@ -194,6 +195,7 @@ def main() -> None:
 
 
 KINDS = ["static", "adaptive"]
+FLUENCY = "inverse_log_perplexity"  # the paper's "Fluency" column: 1 / (1 + ln PPL)
 
 
 def _fit(model, tokenizer, train, args) -> dress.DressFit:
@@ -252,28 +254,27 @@ def _separate_row(fit, model, tokenizer, judge, test, new_tokens, batch_size=20)
     """The paper's variant: a_cur from a separate unsteered forward over the question alone."""
     t0 = time.time()
     answers: list[str] = []
-    saved, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(test), batch_size):
-            chunk = test[start : start + batch_size]
-            prompts = [dress.format_prompt(tokenizer, t.question) for t in chunk]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            source = tokenizer([t.question for t in chunk], return_tensors="pt", padding=True)
-            out = dress.generate_separate(
-                fit,
-                model,
-                batch.input_ids,
-                batch.attention_mask,
-                source_ids=source.input_ids,
-                source_mask=source.attention_mask,
-                max_new_tokens=new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = out[:, batch.input_ids.shape[1] :]
-            answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
-    finally:
-        tokenizer.padding_side = saved
+    pad_id = text.pad_id(tokenizer)
+    for chunk in text.batches(test, batch_size):
+        prompts = [dress.format_prompt(tokenizer, t.question) for t in chunk]
+        # the chat template writes the prompt's special tokens; the bare question gets them
+        batch = text.pad(
+            [text.token_ids(tokenizer, p, special=False) for p in prompts], pad_id, "left"
+        )
+        source = text.pad([text.token_ids(tokenizer, t.question) for t in chunk], pad_id, "left")
+        out = dress.generate_separate(
+            fit,
+            model,
+            batch.input_ids,
+            batch.attention_mask,
+            source_ids=source.input_ids,
+            source_mask=source.attention_mask,
+            max_new_tokens=new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_id,
+        )
+        new = out[:, batch.input_ids.shape[1] :]
+        answers += [a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)]
     questions = [t.question for t in test]
     scores = dress.score_answers(
         model, tokenizer, judge, questions, answers, [t.plain for t in test]
@@ -300,8 +301,7 @@ def _markdown(rows: list[dict], alpha: float) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['style_intensity']:.3f} | {r['semantic']:.3f} | "
-            f"{r['fluency']:.3f} |"
+            f"| {r['name']} | {r['style_intensity']:.3f} | {r['semantic']:.3f} | {r[FLUENCY]:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -319,18 +319,18 @@ def _plot(sweep: list[dict], rows: list[dict], path: Path, positions: str) -> No
     base = sweep[0]
     for kind, marker in (("static", "s"), ("adaptive", "o")):
         points = [r for r in sweep if r["kind"] == kind]
-        xs = [base["fluency"]] + [r["fluency"] for r in points]
+        xs = [base[FLUENCY]] + [r[FLUENCY] for r in points]
         ys = [base["style_intensity"]] + [r["style_intensity"] for r in points]
         where = "baked, all positions" if kind == "static" else f"positions={positions}"
         ax.plot(xs, ys, marker=marker, label=f"DRESS {kind} ({where})")
         for r in points:
-            ax.annotate(f"α={r['alpha']:g}", (r["fluency"], r["style_intensity"]), fontsize=7,
+            ax.annotate(f"α={r['alpha']:g}", (r[FLUENCY], r["style_intensity"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")  # fmt: skip
     for r in rows:
         if r["name"] == "prompting":
-            ax.scatter([r["fluency"]], [r["style_intensity"]], marker="*", s=120, c="k",
+            ax.scatter([r[FLUENCY]], [r["style_intensity"]], marker="*", s=120, c="k",
                        label="prompting", zorder=3)  # fmt: skip
-    ax.axvline(base["fluency"] - 0.05, color="grey", ls=":", lw=1, label="unsteered − 0.05")
+    ax.axvline(base[FLUENCY] - 0.05, color="grey", ls=":", lw=1, label="unsteered − 0.05")
     ax.set_xlabel("Fluency 1/(1+ln PPL) under the unedited model")
     ax.set_ylabel("Style Intensity (share judged Shakespearean)")
     ax.set_title("DRESS alpha sweep, SmolLM2-135M-Instruct, held-out questions", fontsize=10)

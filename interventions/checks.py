@@ -78,3 +78,11 @@ def indices(name: str, values: object, n: int, *, what: str = "layer", hint: str
     if repeated:
         raise ValueError(f"{name} repeats {what} {repeated}: give each {what} once, got {out}")
     return out
+
+
+def choice(name: str, value: object, options: Iterable[object]) -> object:
+    """``value`` if it is one of ``options``, else a ValueError that lists them."""
+    options = list(options)
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from interventions import plot, report
 from interventions.recipes import head_scores
 
 log = logging.getLogger("interventions.cli")
@@ -395,7 +396,7 @@ def _start_run(command: str, cfg: dict[str, Any]) -> tuple[Path, Callable[[], No
     """Check what can fail early, create the run folder, write config.yaml, open run.log.
     Returns the folder and the function that closes run.log."""
     if cfg["plots"]:
-        head_scores._figure_class()  # fail now, not after scoring, when matplotlib is missing
+        plot.require_matplotlib()  # fail now, not after scoring, when matplotlib is missing
     if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
         raise CliError(f"--device {cfg['device']}: CUDA is not available on this machine")
     out = Path(cfg["out"] or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -455,8 +456,12 @@ def run_score_heads(cfg: dict[str, Any]) -> Path:
             model, tokenizer = load_model(cfg["model"], cfg["dtype"], _device(cfg["device"]))
             table = _score(model, tokenizer, records, cfg)
         table.config["model"] = cfg["model"]
-        table.save(
-            out, top_k=cfg["top-k"], top_k_per_layer=cfg["top-k-per-layer"], plots=cfg["plots"]
+        report.save_table(
+            table,
+            out,
+            top_k=cfg["top-k"],
+            top_k_per_layer=cfg["top-k-per-layer"],
+            plots=cfg["plots"],
         )
         _log_top(table, "score-heads")
         log.info("wrote %s", out)
@@ -482,12 +487,12 @@ def run_compare_heads(cfg: dict[str, Any]) -> Path:
                 model, tokenizer = load_model(cfg[side], cfg["dtype"], _device(cfg["device"]))
                 tables[side] = _score(model, tokenizer, records, cfg)
             tables[side].config["model"] = cfg[side]
-            tables[side].save_json(out / f"{side}.json")
+            report.save_json(tables[side], out / f"{side}.json")
             _log_top(tables[side], side)
             del model, tokenizer
             gc.collect()
         comparison = head_scores.compare(tables["before"], tables["after"], top=cfg["top-movers"])
-        comparison.save(out, plots=cfg["plots"])
+        report.save_comparison(comparison, out, plots=cfg["plots"])
         for row in comparison.movers["out_resid"][:5]:
             log.info(
                 "top mover (out_resid): layer %d head %d ratio %.3f",

@@ -304,7 +304,7 @@ def generate_texts(
     rows = _prompt_rows(tokenizer, _texts("prompts", prompts), special=special)
     max_new_tokens = integer("max_new_tokens", max_new_tokens)
     top_k = integer("top_k", top_k)
-    seed = integer("seed", seed, minimum=0)
+    seed = integer("seed", seed, minimum=None)
     if not isinstance(sample, bool):
         raise TypeError(f"sample must be True or False, got {sample!r}")
     device, pad_with = device_of(model), pad_id(tokenizer)

@@ -114,7 +114,7 @@ class Reducer:
                 raise ValueError(f"{name}: 'total' must be a float tensor, got {total!r}")
             if not bool(torch.isfinite(total).all()):
                 raise ValueError(f"{name}: 'total' holds NaN or infinite values")
-        self.count, self.total = count, None if total is None else total.float()
+        self.count, self.total = count, None if total is None else total.detach().clone()
         return self
 
 

@@ -312,3 +312,36 @@ def _names_position_ids(cls: type) -> bool:
 def _check_text(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}: {value!r}")
+
+
+def chunks(
+    tokenizer: Any, texts: Iterable[str], max_length: int, max_tokens: int
+) -> list[list[int]]:
+    """The token ids of ``texts`` (special tokens included) cut into pieces of at most
+    ``max_length`` tokens, in order, until ``max_tokens`` tokens in all (the last piece is cut
+    short to fit): the rows of a ``stats.tally`` over a corpus. Blank texts are skipped, and so
+    is a text's last piece when it is a lone token (it would see no context)."""
+    max_length = integer("max_length", max_length, minimum=2)
+    max_tokens = integer("max_tokens", max_tokens)
+    if isinstance(texts, (str, bytes, Mapping)) or not isinstance(texts, Iterable):
+        raise TypeError(
+            f"texts must be an iterable of strings, got {type(texts).__name__}: wrap a single "
+            "text in a list"
+        )
+    pieces: list[list[int]] = []
+    total = 0
+    for i, string in enumerate(texts):
+        _check_text(f"texts[{i}]", string)
+        if not string.strip():
+            continue
+        ids = token_ids(tokenizer, string)
+        for start in range(0, len(ids), max_length):
+            piece = ids[start : start + max_length]
+            if len(piece) < 2:
+                continue
+            piece = piece[: max_tokens - total]
+            pieces.append(piece)
+            total += len(piece)
+            if total >= max_tokens:
+                return pieces
+    return pieces

@@ -49,6 +49,17 @@ def tiny_models():
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a small shared CPU, two OpenMP threads running many small
+    forwards spin against other processes and run ~4x slower than one (measured). Test files
+    whose tests all want it say ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def ids() -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.randint(3, 99, (2, 9), generator=generator)

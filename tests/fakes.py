@@ -181,3 +181,14 @@ class WordTokenizer:
         clean_up_tokenization_spaces: bool = False,
     ) -> list[str]:
         return [self.decode(r, skip_special_tokens, clean_up_tokenization_spaces) for r in rows]
+
+
+# A CounterFact-style request written for the fake vocabulary (AlphaEdit and its evaluation).
+REQUEST = {
+    "prompt": "The old tower of {} stands in",
+    "subject": "north harbour",
+    "target_new": "valley",
+    "target_true": "market",
+    "paraphrase_prompts": ["People say north harbour lies near"],
+    "neighborhood_prompts": ["The old tower of south field stands in"],
+}

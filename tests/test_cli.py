@@ -1,27 +1,18 @@
 """Command line: options from flags and YAML, validation before anything is written, --threads.
 
-The model loader is replaced by a tiny random Llama with a character tokenizer (no files, no
-network); tests/recipes/test_head_scores.py runs the commands end to end on saved models."""
+The model loader is replaced by a tiny random Llama with the suite's fake tokenizer, one token
+per character after a BOS (no files, no network); tests/recipes/test_head_scores.py runs the
+commands end to end on saved models."""
 
 import json
 
 import pytest
 import torch
 import yaml
+from fakes import WordTokenizer
 
 from interventions import cli
 from interventions.models import tiny
-
-
-class CharTokenizer:
-    """A BOS token, then one id per character (ids < 99, the tiny models' vocabulary)."""
-
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=True):
-        ids = [3 + ord(c) % 90 for c in text]
-        return {"input_ids": ([2] if add_special_tokens else []) + ids}
-
 
 RECORDS = [{"text": "Where do fish live?"}, {"text": "What do bees make?"}]
 
@@ -33,7 +24,7 @@ def loads(monkeypatch):
 
     def load_model(name, dtype, device):
         threads_at_load.append(torch.get_num_threads())
-        return tiny("llama", n_kv_heads=2), CharTokenizer()
+        return tiny("llama", n_kv_heads=2), WordTokenizer(chars=True, bos=True)
 
     monkeypatch.setattr(cli, "load_model", load_model)
     return threads_at_load

@@ -23,12 +23,7 @@ CHOICES = (" True", " False")
 PROSE = " ".join(f"w{i % 7} and w{i % 5}" for i in range(12))  # 36 tokens
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -95,20 +90,6 @@ def test_final_hidden_is_the_final_norm_and_never_runs_the_unembedding(model, mo
         got = lm.final_hidden(model, batch, plan)
     assert torch.equal(got, cache["final_norm"])
     assert no_hooks(model)
-
-
-def test_final_hidden_and_unembed_same_as_alphaedit(model):
-    from interventions.recipes import alphaedit
-
-    tok = WordTokenizer(bos=True)
-    rows = [tok.encode("a b c d"), tok.encode("e f")]
-    batch = text.pad(rows, 0, "right")
-    real = batch.attention_mask.bool()  # padding columns have other position ids there
-    with torch.no_grad():
-        old = alphaedit._final_hidden(model, alphaedit.collate(rows, 0), {})[real]
-        new = lm.final_hidden(model, batch)[real]
-    assert torch.equal(new, old)
-    assert torch.equal(lm.unembed(model, new).float(), alphaedit._unembed(model, old))
 
 
 def test_final_hidden_keeps_the_graph_to_train_an_intervention(llama, ids):
@@ -188,27 +169,6 @@ def test_continuation_logprobs_name_the_pair_that_cannot_be_scored(llama, tok):
     assert no_hooks(llama)
 
 
-def test_continuation_logprobs_same_as_alphaedit_target_logprobs(model):
-    from interventions.recipes import alphaedit
-
-    tok = WordTokenizer()
-    pairs = [("The old tower of north harbour stands in", "valley"), ("Rain falls on ", "mills")]
-    old = alphaedit.target_logprobs(model, tok, pairs)
-    new = lm.continuation_logprobs(model, tok, [(p.rstrip(), " " + t.strip()) for p, t in pairs])
-    assert torch.equal(new, torch.tensor(old))  # bit for bit
-
-
-def test_continuation_logprobs_same_as_dress_fluency(llama):
-    from interventions.recipes import dress
-
-    tok = WordTokenizer()
-    questions, answers = ["Why?", "What is it?", "Who?"], [" Because it is so.", " A cat", " Me"]
-    old = dress.fluency(llama, tok, questions, answers, batch_size=2)
-    pairs = [(dress.format_prompt(tok, q), a) for q, a in zip(questions, answers, strict=True)]
-    new = 1 / (1 - lm.continuation_logprobs(llama, tok, pairs, batch_size=2))
-    assert torch.equal(new, old)
-
-
 # --- choice_margin --------------------------------------------------------------------------------
 
 
@@ -253,16 +213,6 @@ def test_first_token_is_the_first_id_without_special_tokens(tok):
         lm.first_token(tok, 3)
 
 
-def test_choice_margin_same_as_reptune_forced_choice_margins(model, tok):
-    from interventions.recipes import reptune
-
-    plan = bias_plan(model)
-    for p in (None, plan):
-        old = reptune.forced_choice_margins(model, tok, PROMPTS, CHOICES, 2, p)
-        new = lm.choice_margin(model, tok, PROMPTS, CHOICES, batch_size=2, plan=p)
-        assert torch.equal(new, old)
-
-
 # --- perplexity, token loss, logits ---------------------------------------------------------------
 
 
@@ -303,20 +253,6 @@ def test_perplexity_refuses_bad_windows(llama, tok):
         lm.perplexity(llama, WordTokenizer(), "one")
 
 
-def test_perplexity_and_token_loss_same_as_reptune(model, tok):
-    from interventions.recipes import reptune
-
-    for window, stride in ((16, 8), (64, 64), (8, 3)):
-        old = reptune.perplexity(model, tok, PROSE, window=window, stride=stride)
-        assert lm.perplexity(model, tok, PROSE, window=window, stride=stride) == old
-    g = torch.Generator().manual_seed(0)
-    logits, labels = torch.randn(2, 5, 11, generator=g), torch.randint(0, 11, (2, 5), generator=g)
-    labels[0, :2] = -100
-    assert torch.equal(
-        lm.token_cross_entropy(logits, labels), reptune.token_cross_entropy(logits, labels)
-    )
-
-
 def test_token_cross_entropy_is_the_mean_nll_of_the_labelled_tokens():
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(2, 4, 7, generator=g), torch.randint(0, 7, (2, 4), generator=g)
@@ -328,16 +264,12 @@ def test_token_cross_entropy_is_the_mean_nll_of_the_labelled_tokens():
 
 
 def test_logits_of_the_last_columns(model, tok):
-    from interventions.recipes import reptune
-
     batch = text.pad([tok.encode(p) for p in PROMPTS], 0, "left")
     with torch.no_grad():
         full = lm.logits(model, batch)
         last = lm.logits(model, batch, keep=2)
-        old = reptune._run(model, reptune.make_batch(tok, PROMPTS), logits_to_keep=2)
     assert last.shape[1] == 2
     torch.testing.assert_close(last, full[:, -2:], atol=1e-6, rtol=0)
-    torch.testing.assert_close(last, old, atol=0, rtol=0)
     with pytest.raises(ValueError, match="keep must be an integer >= 1, got 0"):
         lm.logits(model, batch, keep=0)
 
@@ -363,6 +295,11 @@ def test_sampling_is_seeded_and_leaves_the_global_random_state(llama, tok):
     other = lm.generate_texts(llama, tok, PROMPTS, max_new_tokens=8, sample=True, seed=2)
     greedy = lm.generate_texts(llama, tok, PROMPTS, max_new_tokens=8)
     assert first == again and first != other and first != greedy
+    # any integer torch takes is a seed (HParams(seed=-1) reaches here from AlphaEdit)
+    negative = lm.generate_texts(llama, tok, PROMPTS, max_new_tokens=8, sample=True, seed=-1)
+    assert negative == lm.generate_texts(
+        llama, tok, PROMPTS, max_new_tokens=8, sample=True, seed=-1
+    )
 
 
 def test_generation_under_a_plan(llama, tok):
@@ -395,22 +332,6 @@ def test_generation_refuses_bad_arguments(llama, tok):
         lm.generate_texts(llama, tok, PROMPTS, sample=True, top_k=2.5)
 
 
-def test_generation_same_as_alphaedit_and_dress(model):
-    from interventions.recipes import alphaedit, dress
-
-    tok = WordTokenizer()
-    old = alphaedit.generate_texts(model, tok, PROMPTS, max_new_tokens=6, seed=3, batch_size=2)
-    new = lm.generate_texts(
-        model, tok, PROMPTS, max_new_tokens=6, sample=True, seed=3, batch_size=2
-    )
-    assert new == old
-    questions = ["Why?", "What is the sea?", "Who?"]
-    old = dress.generate_answers(model, tok, questions, max_new_tokens=5, progress=False)
-    prompts = [dress.format_prompt(tok, q) for q in questions]
-    new = lm.generate_texts(model, tok, prompts, max_new_tokens=5, batch_size=20)
-    assert [t.strip() for t in new] == old
-
-
 # --- n-gram entropy -------------------------------------------------------------------------------
 
 
@@ -427,10 +348,3 @@ def test_n_gram_entropy_by_hand():
         lm.n_gram_entropy("a b", ns=(2,), weights=(float("nan"),))
     with pytest.raises(TypeError, match="n_gram_entropy takes a str"):
         lm.n_gram_entropy(["a"])
-
-
-def test_n_gram_entropy_same_as_alphaedit():
-    from interventions.recipes import alphaedit
-
-    for s in ("", "the cat sat on the mat, while a dog ran past the door!", "x y x y x y z"):
-        assert lm.n_gram_entropy(s) == alphaedit.n_gram_entropy(s)

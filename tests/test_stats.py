@@ -60,6 +60,9 @@ def test_a_state_round_trip_restores_the_reducer(kind):
     assert state["count"].dtype == torch.int64 and state["count"].ndim == 0
     loaded = kind().load_state_dict(state)
     assert loaded.count == 5 and torch.equal(loaded.value, reducer.value)
+    # a reducer accumulating in float64 (head scores' do) keeps its precision through a state
+    wide = {"count": state["count"], "total": state["total"].double() / 3}
+    assert torch.equal(kind().load_state_dict(wide).total, wide["total"])
     reducer.reset()
     assert reducer.count == 0 and reducer.total is None
 
@@ -390,43 +393,3 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     for bad in ("", "a/b", "..", 3):
         with pytest.raises(ValueError, match="one folder name"):
             stats.default_cache_dir(bad)
-
-
-class WordTokenizer:
-    """One token per word, ids from a hash of the word (what alphaedit's corpus reader needs)."""
-
-    pad_token_id, eos_token_id = 0, 2
-
-    def __call__(self, text: str) -> dict:
-        return {"input_ids": [3 + sum(map(ord, w)) % 96 for w in text.split()]}
-
-
-@pytest.mark.parametrize("skip_first_token", [False, True])
-def test_tally_gives_alphaedits_key_statistics_exactly(llama, skip_first_token):
-    from interventions.recipes import alphaedit as ae
-
-    corpus = ["a quiet river runs past the mill and the bakers wake early " * 3] * 2 + [
-        "seven birds sat on the wire",
-        "north winds bring snow to the harbour every winter",
-    ]
-    tok, layers = WordTokenizer(), [0, 1]
-    expected = ae.key_stats(
-        llama,
-        tok,
-        corpus,
-        layers,
-        max_length=8,
-        batch_size=3,
-        skip_first_token=skip_first_token,
-        cache=False,
-        progress=False,
-    )
-    chunks = ae._chunks(tok, corpus, 8, 200_000)
-    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))
-    rows = [chunks[i] for i in order]
-    batches = [ae.collate(rows[i : i + 3], 0) for i in range(0, len(rows), 3)]
-    reducers = {f"layers.{layer}.mlp.act": stats.SecondMoment() for layer in layers}
-    got = stats.tally(llama, batches, reducers, skip_first_token=skip_first_token, progress=False)
-    for layer in layers:
-        assert got[f"layers.{layer}.mlp.act"].count == expected.count
-        assert torch.equal(got[f"layers.{layer}.mlp.act"].value, expected.moments[layer])

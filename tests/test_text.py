@@ -267,39 +267,6 @@ def test_token_ids_with_and_without_special_tokens():
 # --- the same as the recipe code it replaces (until phase B removes that code) --------------------
 
 
-def test_same_as_the_recipes_tokenizing_and_padding():
-    from interventions.recipes import alphaedit, dress, head_scores, reptune
-
-    tok = WordTokenizer(bos=True)
-    rows = [tok.encode("a b c"), tok.encode("d")]
-    old = alphaedit.collate(rows, 0)
-    new = text.pad(rows, 0, "right")
-    assert torch.equal(old.input_ids, new.input_ids)
-    assert torch.equal(old.attention_mask, new.attention_mask)
-    old = reptune.make_batch(tok, ["a b c", "d"])
-    new = text.pad([text.token_ids(tok, p) for p in ["a b c", "d"]], reptune._pad_id(tok), "left")
-    for name in ("input_ids", "attention_mask", "position_ids"):
-        assert torch.equal(getattr(old, name), getattr(new, name)), name
-    ids, mask = dress._encode(tok, ["a b c", "d"], torch.device("cpu"))
-    assert torch.equal(ids, new.input_ids) and torch.equal(mask, new.attention_mask)
-    assert torch.equal(dress._position_ids(mask), new.position_ids)
-    s = "The old tower of north harbour"
-    encoded = text.encode(tok, s)
-    assert (encoded.ids, encoded.offsets) == alphaedit._encode(tok, s)
-    assert text.token_span(encoded, (17, 30))[-1] == alphaedit._last_token_in(
-        encoded.offsets, 17, 30
-    )
-    span = text.token_span(encoded, (4, 13))
-    assert (span.start, span.stop) == head_scores._span_from_offsets(encoded.offsets, (4, 13))
-    assert (span.start, span.stop) == head_scores._span_from_prefixes(tok, s, (4, 13), encoded.ids)
-    items = list(range(7))
-    assert list(text.batches(items, 3)) == list(head_scores._batched(items, 3))
-    assert list(text.batches(items, 3)) == [list(c) for c in reptune._chunks(items, 3)]
-    assert list(text.batches(items, 3)) == list(dress._batches(items, 3, "d", False))
-    for recipe in (alphaedit, head_scores, reptune):
-        assert recipe._pad_id(tok) == text.pad_id(tok)
-
-
 @pytest.mark.real
 def test_prefix_offsets_on_smollm2_give_the_fast_tokenizers_spans(real_model):
     """Byte-level BPE with merges, split characters and a chat template's special tokens."""
@@ -319,3 +286,31 @@ def test_prefix_offsets_on_smollm2_give_the_fast_tokenizers_spans(real_model):
         for word in re.finditer(r"\S+", s):
             assert text.token_span(slow, word.span()) == text.token_span(fast, word.span()), word
     assert fast.offsets == slow.offsets  # the chat template: special tokens map to their text
+
+
+# --- chunks --------------------------------------------------------------------------------------
+
+
+def test_chunks_cut_texts_into_pieces_until_the_token_budget():
+    tok = WordTokenizer(bos=True)
+    a, b = text.token_ids(tok, "a b c d e"), text.token_ids(tok, "f g")  # 6 and 3 ids
+    # pieces of 4: a -> 4 + 2, b -> 3; a blank text is skipped
+    assert text.chunks(tok, ["a b c d e", " ", "f g"], 4, 100) == [a[:4], a[4:], b]
+    seven = text.token_ids(tok, "a b c d e f")  # in pieces of 3 the last is a lone token: dropped
+    assert text.chunks(tok, ["a b c d e f"], 3, 100) == [seven[:3], seven[3:6]]
+    # the budget cuts the last piece short (even to one token) and stops
+    assert text.chunks(tok, ["a b c d e", "f g"], 4, 5) == [a[:4], a[4:5]]
+    assert text.chunks(tok, iter(["a b"]), 2, 10) == [text.token_ids(tok, "a b")[:2]]
+
+
+def test_chunks_refuse_bad_texts_and_numbers():
+    tok = WordTokenizer()
+    with pytest.raises(TypeError, match="texts must be an iterable of strings, got str"):
+        text.chunks(tok, "a b c", 4, 10)
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got int"):
+        text.chunks(tok, ["a b", 3], 4, 10)
+    with pytest.raises(ValueError, match="max_length must be an integer >= 2, got 1"):
+        text.chunks(tok, ["a b"], 1, 10)
+    with pytest.raises(TypeError, match="max_tokens must be an integer >= 1, got True"):
+        text.chunks(tok, ["a b"], 4, True)
+    assert text.chunks(tok, ["", "a"], 4, 10) == []  # nothing of two or more tokens

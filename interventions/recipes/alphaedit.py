@@ -1,53 +1,40 @@
 """AlphaEdit: rewrite facts with a closed-form MLP update kept in the null space of what to keep.
 
-Paper
------
-Fang et al., "AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models", ICLR 2025,
-built on MEMIT (Meng et al., "Mass-Editing Memory in a Transformer", ICLR 2023). A request
-``{prompt: "The Eiffel Tower is located in {}", subject: "The Eiffel Tower", target_new: "Rome",
-target_true: "Paris"}`` is written into the MLP down projections of a few layers; AlphaEdit
+Paper: Fang et al., "AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models",
+ICLR 2025, built on MEMIT (Meng et al., "Mass-Editing Memory in a Transformer", ICLR 2023). A
+request ``{prompt: "The Eiffel Tower is located in {}", subject: "The Eiffel Tower", target_new:
+"Rome", target_true: "Paris"}`` is written into the MLP down projections of a few layers; AlphaEdit
 projects the update onto the null space of the keys of preserved knowledge, so what the model
-knew stays put, also over many sequential batches of edits. ``method="memit"`` is the same code
-with MEMIT's own system (P = I, a covariance prior instead of a null space, no accumulation).
+knew stays put, also over many sequential batches. ``method="memit"`` is MEMIT's own system in
+the same code (P = I, a covariance prior instead of a null space, no accumulation).
 
-Algorithm
----------
-1. Key statistics: ``C0 = E[k kᵀ]`` of ``layers.l.mlp.act`` (the input of ``down_proj`` /
-   GPT-2 ``mlp.c_proj``) over a text corpus, for all edited layers in ONE streaming pass, float32,
-   cached on disk (``key_stats``). Null-space projector per layer: ``P = Û Ûᵀ`` with Û the
-   eigenvectors (``eigh``) of C0 whose eigenvalues fall under a threshold (absolute, relative
-   to the largest, or an energy fraction); the null-space dimension is logged.
-2. Target value per request: a residual delta δ added to ``layers.L.resid_post`` (L = last edited
-   layer) at the subject's last token (from tokenizer offsets) is optimised with Adam so the
-   model predicts ``target_new`` after the plain prompt and after 5 short prefixes the model
-   generated (fixed seed); a KL term on "{subject} is a", weight decay ‖δ‖/‖h‖², ‖δ‖ clamped to
-   ``clamp_norm_factor·‖h‖``, early stop under a loss of 0.05. ``z = h + δ``.
-3. Keys ``K1`` (``mlp.act`` at the subject's last token, ½ plain prompt + ½ mean over prefixes).
-   Layer by layer (i-th of n), with ``R = (z − h_L(current model)) / (n − i)``:
-   AlphaEdit ``ΔWᵀ = solve(P (K1K1ᵀ + K_pK_pᵀ) + λI, P K1 Rᵀ)`` (K_p: keys of earlier batches),
-   MEMIT ``ΔWᵀ = solve(λ_mom2·C0 + K1K1ᵀ, K1 Rᵀ)``. Weights are seen in ``[out, in]`` through the
-   adapter (GPT-2's Conv1D handled by module type). After the batch, AlphaEdit adds the keys
-   recomputed on the edited model to ``K_pK_pᵀ``.
-4. The result is an applied ``iv.WeightDelta`` (revert bit-exactly, save, load); a failure
-   midway restores every touched weight.
+Algorithm:
 
-Usage
------
->>> from interventions.models import load
->>> from interventions.recipes import alphaedit
->>> model, tokenizer = load()                                        # SmolLM2-135M-Instruct
->>> records = alphaedit.load_requests()                              # bundled CounterFact-style
->>> stats = alphaedit.key_stats(model, tokenizer, layers=[4, 5, 6, 7, 8])  # cached
->>> before = alphaedit.evaluate(model, tokenizer, records[:10])
->>> delta = alphaedit.edit(model, tokenizer, records[:10], stats=stats)     # method="memit" too
->>> alphaedit.evaluate(model, tokenizer, records[:10]).summary()    # efficacy, paraphrase, ...
->>> delta.revert(model)                                              # bit-exact
->>> editor = alphaedit.Editor(model, tokenizer, stats)               # sequential: P, K_p state
->>> deltas = [editor.edit(batch) for batch in (records[:10], records[10:20])]
->>> editor.save("editor.safetensors"); editor.reset()
+1. ``key_stats``: ``C0 = E[k kᵀ]`` of ``layers.l.mlp.act`` (the down projection's input) over a
+   corpus, one cached ``iv.tally`` pass for all edited layers. ``P = Û Ûᵀ``, Û the eigenvectors
+   of C0 under a threshold (absolute, relative or energy).
+2. ``compute_z``: a δ added to ``layers.L.resid_post`` (L: the last edited layer) at the subject's
+   last token is optimised with Adam to write ``target_new`` after the prompt and 5 generated
+   prefixes (plus KL on "{subject} is a", weight decay, ``‖δ‖ ≤ clamp_norm_factor·‖h‖``). z = h + δ.
+3. Layer by layer (i-th of n), on the model edited so far: keys K1 at the subject (½ plain prompt
+   + ½ mean over prefixes), ``R = (z − h_L) / (n − i)``; AlphaEdit ``ΔWᵀ = solve(P (K1K1ᵀ +
+   K_pK_pᵀ) + λI, P K1 Rᵀ)`` (K_p: keys of earlier batches, added after each batch), MEMIT
+   ``ΔWᵀ = solve(λ_mom2·C0 + K1K1ᵀ, K1 Rᵀ)``.
+4. The result is an applied ``iv.WeightDelta``; a failure midway restores every touched weight.
+
+Usage::
+
+    model, tokenizer = interventions.models.load()                  # SmolLM2-135M-Instruct
+    records = alphaedit.load_requests()                             # bundled CounterFact-style
+    stats = alphaedit.key_stats(model, tokenizer, layers=[4, 5, 6, 7, 8])    # cached
+    delta = alphaedit.edit(model, tokenizer, records[:10], stats=stats)      # method="memit" too
+    alphaedit.evaluate(model, tokenizer, records[:10]).summary()   # efficacy, paraphrase, ...
+    delta.revert(model)                                             # bit-exact
+    editor = alphaedit.Editor(model, tokenizer, stats)              # sequential: P, K_p state
+    deltas = [editor.edit(batch) for batch in (records[:10], records[10:20])]
+    editor.save("editor.safetensors"); editor.reset()
 """
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -55,9 +42,7 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,19 +51,32 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from jaxtyping import Bool, Float, Int
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from jaxtyping import Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions.checks import indices, integer, number
+from interventions.evals import counterfact
+from interventions.evals.counterfact import (
+    BUNDLED_REQUESTS,
+    Request,
+    RequestError,
+    Scores,
+    SequentialRun,
+    as_request,
+    as_requests,
+    evaluate,
+    filter_known,
+    load_requests,
+    scores_from_records,
+    target_logprobs,
+)
+from interventions.lm import n_gram_entropy
+from interventions.weights import load_tensors, save_tensors
 
 log = logging.getLogger("interventions.alphaedit")
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-BUNDLED_REQUESTS = DATA / "counterfact_small.json"
 BUNDLED_CORPUS = (DATA / "prose.txt", DATA / "encyclopedia.txt")
 METHODS = ("alphaedit", "memit")
 THRESHOLD_MODES = ("absolute", "relative", "energy")
@@ -96,11 +94,8 @@ ThresholdMode = Literal["absolute", "relative", "energy"]
 
 @dataclass(frozen=True)
 class HParams:
-    """Hyperparameters, named as in the paper's code. Defaults measured on SmolLM2-135M
-    (docs/alphaedit.md); the paper's Llama3-8B values are noted where they differ.
-
-    ``layers=None`` edits the layers of the key statistics.
-    """
+    """Named as in the paper's code; defaults measured on SmolLM2-135M (docs/alphaedit.md), the
+    paper's Llama3-8B values noted where they differ. ``layers=None``: those of the statistics."""
 
     layers: tuple[int, ...] | None = None  # Llama3-8B: 4..8 of 32
     v_lr: float = 0.5  # Llama3-8B: 0.1 (here it stops far from the target in 25 steps)
@@ -122,11 +117,6 @@ class HParams:
             raise ValueError(
                 f"nullspace_mode must be one of {THRESHOLD_MODES}, got {self.nullspace_mode!r}"
             )
-        if self.nullspace_mode in ("relative", "energy") and not 0 <= self.nullspace_threshold <= 1:
-            raise ValueError(
-                f"a {self.nullspace_mode} nullspace_threshold is a fraction in [0, 1], got "
-                f"{self.nullspace_threshold}"
-            )
         if self.layers is not None:
             if not self.layers or len(set(self.layers)) != len(self.layers):
                 raise ValueError(f"layers must be non-empty without repeats, got {self.layers}")
@@ -137,11 +127,11 @@ class HParams:
         integer("seed", self.seed, minimum=None)
         number("v_lr", self.v_lr, above=0)
         number("clamp_norm_factor", self.clamp_norm_factor, above=0)
-        for name in (
-            "v_weight_decay", "kl_factor", "early_stop_loss", "nullspace_threshold", "L2",
-            "mom2_update_weight",
-        ):  # fmt: skip
+        for name in ("v_weight_decay", "kl_factor", "early_stop_loss", "L2", "mom2_update_weight"):
             number(name, getattr(self, name), at_least=0)
+        fraction = self.nullspace_mode in ("relative", "energy")  # of the largest / of the total
+        at_most = 1.0 if fraction else None
+        number("nullspace_threshold", self.nullspace_threshold, at_least=0, at_most=at_most)
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -152,178 +142,28 @@ def default_layers(n_layers: int) -> list[int]:
     return list(range(start, start + 5))
 
 
-# --- requests ----------------------------------------------------------------------------------
-
-
-class RequestError(ValueError):
-    """A request that cannot be edited or scored; the message names the request and field."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One fact to rewrite, CounterFact style.
-
-    ``prompt`` holds one ``{}`` for the subject; paraphrase and neighbourhood prompts are full
-    strings. Targets are words; the separating space is added when the text is built.
-    """
-
-    prompt: str
-    subject: str
-    target_new: str
-    target_true: str | None = None
-    paraphrase_prompts: tuple[str, ...] = ()
-    neighborhood_prompts: tuple[str, ...] = ()
-    generation_prompts: tuple[str, ...] = ()
-    case_id: int | str | None = None
-
-    @property
-    def text(self) -> str:
-        """The prompt with the subject filled in."""
-        return self.prompt.replace("{}", self.subject, 1)
-
-    @property
-    def subject_start(self) -> int:
-        return self.prompt.index("{}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-
-def as_request(record: Any, where: str = "request") -> Request:
-    """Validate one request: a ``Request``, a flat dict, or a CounterFact record
-    (``requested_rewrite`` with ``target_new: {"str": ...}``)."""
-    if isinstance(record, Request):
-        _check_request(record, where)
-        return record
-    if not isinstance(record, Mapping):
-        raise RequestError(f"{where}: expected a dict or Request, got {type(record).__name__}")
-    rewrite = record.get("requested_rewrite", record)
-    if not isinstance(rewrite, Mapping):
-        raise RequestError(f"{where}: 'requested_rewrite' must be a dict")
-
-    def text(source: Mapping, key: str, required: bool) -> str | None:
-        value = source.get(key)
-        if isinstance(value, Mapping):  # CounterFact {"str": ..., "id": ...}
-            value = value.get("str")
-        if value is None:
-            if required:
-                raise RequestError(f"{where}: field {key!r} is missing")
-            return None
-        if not isinstance(value, str):
-            raise RequestError(f"{where}: field {key!r} must be a string, got {value!r}")
-        return value
-
-    def strings(key: str) -> tuple[str, ...]:
-        value = record.get(key, rewrite.get(key, ()))
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise RequestError(f"{where}: field {key!r} must be a list of strings")
-        return tuple(value)
-
-    request = Request(
-        prompt=text(rewrite, "prompt", True),
-        subject=text(rewrite, "subject", True),
-        target_new=text(rewrite, "target_new", True),
-        target_true=text(rewrite, "target_true", False),
-        paraphrase_prompts=strings("paraphrase_prompts"),
-        neighborhood_prompts=strings("neighborhood_prompts"),
-        generation_prompts=strings("generation_prompts"),
-        case_id=record.get("case_id"),
-    )
-    _check_request(request, where)
-    return request
-
-
-def _check_request(r: Request, where: str) -> None:
-    for name in ("prompt", "subject", "target_new", "target_true"):
-        value = getattr(r, name)
-        if not isinstance(value, str) and (value is not None or name != "target_true"):
-            raise RequestError(f"{where}: field {name!r} must be a string, got {value!r}")
-    if r.prompt.count("{}") != 1:
-        fix = ""
-        if r.subject.strip() and r.subject in r.prompt:
-            fix = f" (it holds the subject itself: write '{{}}' in place of {r.subject!r})"
-        raise RequestError(
-            f"{where}: prompt {r.prompt!r} must contain exactly one '{{}}' where the subject "
-            f"goes{fix}"
-        )
-    if not r.subject.strip():
-        raise RequestError(f"{where}: subject is empty: give the text that '{{}}' stands for")
-    for name in ("target_new", "target_true"):
-        target = getattr(r, name)
-        if target is not None and not target.strip():
-            raise RequestError(
-                f"{where}: {name} is empty ({target!r}): give the word(s) that should follow "
-                "the prompt, e.g. 'Rome' (the space before them is added)"
-            )
-    if r.target_true is not None and r.target_true.strip() == r.target_new.strip():
-        raise RequestError(f"{where}: target_new and target_true are both {r.target_new!r}")
-
-
-def as_requests(records: Iterable[Any]) -> list[Request]:
-    if isinstance(records, (str, Path, Mapping, Request)):
-        raise TypeError("requests is a list of requests; read a file with load_requests(path)")
-    requests = [as_request(record, f"requests[{i}]") for i, record in enumerate(records)]
-    if not requests:
-        raise RequestError("no requests given")
-    return requests
-
-
-def load_requests(path: str | os.PathLike | None = None) -> list[Request]:
-    """Read requests from a JSON array (default: the bundled ``counterfact_small.json``)."""
-    path = Path(path) if path is not None else BUNDLED_REQUESTS
-    if not path.is_file():
-        raise FileNotFoundError(f"request file {path} does not exist")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, list):
-        raise RequestError(f"{path}: expected a JSON array of requests")
-    return [as_request(record, f"{path}[{i}]") for i, record in enumerate(data)]
+# --- the corpus of preserved knowledge -----------------------------------------------------------
 
 
 def load_corpus(path: str | os.PathLike | None = None) -> list[str]:
     """Paragraphs of a plain-text file, split at blank lines (default: the bundled corpus,
-    ``prose.txt`` then ``encyclopedia.txt``: everyday prose and encyclopedia-style articles on
-    places, people, companies, sports, science and culture, written for the project)."""
-    paths = [Path(path)] if path is not None else list(BUNDLED_CORPUS)
-    paragraphs = []
-    for file in paths:
-        text = file.read_text(encoding="utf-8")
-        paragraphs += [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+    ``prose.txt`` then ``encyclopedia.txt``, see docs/alphaedit.md)."""
+    paths = [path] if path is not None else BUNDLED_CORPUS
+    texts = [Path(file).read_text(encoding="utf-8") for file in paths]
+    paragraphs = [" ".join(p.split()) for text in texts for p in re.split(r"\n\s*\n", text)]
     return [p for p in paragraphs if p]
 
 
 # --- tokenizing --------------------------------------------------------------------------------
 
 
-def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    try:
-        encoding = tokenizer(text, return_offsets_mapping=True)
-        offsets = encoding["offset_mapping"]
-    except (NotImplementedError, KeyError, TypeError) as error:
-        raise TypeError(
-            "alphaedit locates subjects and targets from tokenizer offsets: use a fast "
-            "tokenizer (one that supports return_offsets_mapping=True)"
-        ) from error
-    return list(encoding["input_ids"]), [(int(a), int(b)) for a, b in offsets]
-
-
-def _last_token_in(offsets: Sequence[tuple[int, int]], start: int, end: int) -> int | None:
-    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-    return hits[-1] if hits else None
-
-
 def subject_last_token(tokenizer: Any, text: str, start: int, end: int) -> int:
-    """Index of the token that holds the last character of ``text[start:end]`` (the subject),
-    from the tokenizer's character offsets."""
-    _, offsets = _encode(tokenizer, text)
-    index = _last_token_in(offsets, start, end)
-    if index is None:
-        raise RequestError(f"no token covers the subject {text[start:end]!r} in {text!r}")
-    return index
+    """Index of the token holding the last character of ``text[start:end]`` (from offsets)."""
+    return encode(tokenizer, text, subject_span=(start, end)).subject
 
 
 @dataclass(frozen=True)
-class Encoded:
+class EditRow:
     """Token ids of one prompt (plus target tokens), the subject's last token, the targets."""
 
     ids: list[int]
@@ -338,188 +178,70 @@ def encode(
     *,
     subject_span: tuple[int, int] | None = None,
     target: str | None = None,
-) -> Encoded:
+) -> EditRow:
     """Tokenize ``text`` (+ " " + ``target``) and locate the subject's last token and the
     target's tokens by character offsets. The returned ids stop at the last target token."""
-    prompt = text.rstrip() if target is not None else text
-    full = prompt if target is None else f"{prompt} {target.strip()}"
-    ids, offsets = _encode(tokenizer, full)
+    if target is None:
+        encoded, targets = iv.text.encode(tokenizer, text), None
+    else:
+        prompt = text.rstrip()
+        try:
+            encoded, targets = iv.text.encode_continuation(tokenizer, prompt, " " + target.strip())
+        except ValueError as error:
+            raise RequestError(f"the target {target!r} of {prompt!r}: {error}") from None
     subject = -1
     if subject_span is not None:
-        found = _last_token_in(offsets, *subject_span)
-        if found is None:
-            raise RequestError(f"no token covers the subject {text[slice(*subject_span)]!r}")
-        subject = found
-    if target is None:
-        return Encoded(ids, subject, [], len(ids))
-    positions = [i for i, (a, b) in enumerate(offsets) if b > a and a >= len(prompt)]
-    if not positions or positions != list(range(positions[0], positions[-1] + 1)):
-        raise RequestError(
-            f"the target {target!r} of {prompt!r} gives no contiguous tokens of its own: use a "
-            "target the tokenizer writes as one or more tokens after the prompt"
-        )
-    first = positions[0]
-    if first == 0 or any(b > len(prompt) for a, b in offsets[:first]):
-        raise RequestError(f"the tokenizer merges the end of {prompt!r} with target {target!r}")
-    if subject >= first:
-        raise RequestError(f"the subject of {prompt!r} overlaps the target {target!r}")
-    return Encoded(ids[: positions[-1] + 1], subject, [ids[i] for i in positions], first)
+        span = iv.text.token_span(encoded, subject_span)
+        if not span:
+            raise RequestError(
+                f"no token covers the subject {text[slice(*subject_span)]!r} in {text!r}"
+            )
+        subject = span[-1]
+    if targets is None:
+        return EditRow(encoded.ids, subject, [], len(encoded.ids))
+    if subject >= targets.start:
+        raise RequestError(f"the subject of {text!r} overlaps the target {target!r}")
+    return EditRow(encoded.ids, subject, [encoded.ids[i] for i in targets], targets.start)
 
 
-@dataclass
-class Batch:
-    """Right-padded rows (real tokens never attend to padding in a causal model).
-
-    A continuation of a cached prefix carries the mask of prefix + new tokens and explicit
-    ``position_ids`` (so left-padded prefixes keep every row's true positions)."""
-
-    input_ids: Int[Tensor, "b t"]
-    attention_mask: Int[Tensor, "b all"]
-    position_ids: Int[Tensor, "b t"] | None = None
-    past: Any = None  # a KV cache of the prefix (copied before each use)
-
-    def to(self, device: torch.device | str) -> "Batch":
-        position_ids = None if self.position_ids is None else self.position_ids.to(device)
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), position_ids)
-
-    def mask_at(self, positions: Sequence[int]) -> Bool[Tensor, "b t"]:
-        """A boolean mask with one marked token per row."""
-        mask = torch.zeros_like(self.input_ids, dtype=torch.bool)
-        device = self.input_ids.device
-        rows = torch.arange(len(positions), device=device)
-        mask[rows, torch.tensor(list(positions), device=device)] = True
-        return mask
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(tokenizer, "eos_token_id", None)
-    return int(pad) if pad is not None else 0
-
-
-def collate(rows: Sequence[Sequence[int]], pad_id: int) -> Batch:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return Batch(ids, mask)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-# --- running parts of the model through the public API ------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised by ``_Halt`` to end a forward once the sites we need have been seen."""
-
-
-class _Halt(iv.Intervention):
-    """Stops the forward (statistics and keys need no layers past the last edited one)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        raise _StopForward
-
-
-def _halt_after(model: nn.Module, site: str) -> str:
-    """A site whose hook runs after ``site`` (mlp.act -> mlp.out, resid_post -> next block)."""
-    parsed = iv.parse(site)
-    n_layers = iv.geometry(model).n_layers
-    if parsed.kind == "mlp.act":
-        return f"layers.{parsed.layer}.mlp.out"
-    if parsed.kind == "resid_post":
-        nxt = parsed.layer + 1
-        return f"layers.{nxt}.resid_pre" if nxt < n_layers else "final_norm"
-    raise ValueError(f"no halting site after {site}")
-
-
-def _forward(model: nn.Module, batch: Batch, plan: Mapping[str, iv.Intervention]) -> None:
-    """Run ``batch`` with ``plan`` attached, until a ``_Halt`` in the plan stops it."""
-    inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    if batch.position_ids is not None:
-        inputs["position_ids"] = batch.position_ids
-    if batch.past is not None:  # the forward appends to the cache: give it a copy
-        inputs["past_key_values"] = copy.deepcopy(batch.past)
-    with iv.intervene(model, plan), contextlib.suppress(_StopForward):
-        model(**inputs, use_cache=batch.past is not None)
+def _subject_row(
+    tokenizer: Any, context: str, prompt: str, subject: str, target: str | None = None
+) -> EditRow:
+    """``prompt`` with ``subject`` in its ``{}``, put in the ``{}`` of ``context``, encoded with
+    the subject's last token (and ``target``'s tokens)."""
+    start = context.index("{}") + prompt.index("{}")
+    text = context.replace("{}", prompt.replace("{}", subject, 1))
+    return encode(tokenizer, text, subject_span=(start, start + len(subject)), target=target)
 
 
 def _split_at_subject(
-    model: nn.Module, rows: Sequence[Sequence[int]], subjects: Sequence[int], pad_id: int
-) -> tuple[Batch, int]:
-    """Run the tokens before each row's subject token once (no grad) and return the rest as a
-    continuation of that cache, plus the prefix width P (the subject token is column P).
-
-    Nothing before the subject's last token depends on a δ added there, so optimising δ only
-    needs the suffixes: the same logits as whole rows (tested), at a fraction of the cost."""
-    device = _device(model)
+    model: nn.Module, rows: Sequence[Sequence[int]], subjects: Sequence[int], pad_with: int
+) -> tuple[iv.text.Batch, Any, int]:
+    """Nothing before the subject's last token depends on a δ added there: run those tokens once
+    (no grad, left-padded) and return the rest of the rows as a continuation of that KV cache (the
+    same logits as whole rows, tested), the cache (None: no prefix) and its width, the subject's
+    column."""
     width = max(subjects)
-    n = len(rows)
-    prefix = torch.full((n, width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((n, width), dtype=torch.long)
+    prefix = torch.full((len(rows), width), pad_with, dtype=torch.long)
+    prefix_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (row, s) in enumerate(zip(rows, subjects, strict=True)):
         if s:
             prefix[i, width - s :] = torch.tensor(list(row[:s]))
             prefix_mask[i, width - s :] = 1
-    suffix = collate([row[s:] for row, s in zip(rows, subjects, strict=True)], pad_id)
-    length = suffix.input_ids.shape[1]
-    start = torch.tensor(list(subjects))[:, None]
-    positions = start + torch.arange(length)[None]
+    suffix = iv.text.pad([r[s:] for r, s in zip(rows, subjects, strict=True)], pad_with, "right")
+    positions = torch.tensor(list(subjects))[:, None] + torch.arange(suffix.input_ids.shape[1])
+    mask = torch.cat([prefix_mask, suffix.attention_mask], dim=1)
     past = None
     if width > 0:
+        prefix_batch = iv.text.Batch(prefix, prefix_mask, (prefix_mask.cumsum(1) - 1).clamp(min=0))
         with torch.no_grad():
-            past = model(
-                input_ids=prefix.to(device),
-                attention_mask=prefix_mask.to(device),
-                position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0).to(device),
-                use_cache=True,
-            ).past_key_values
-    mask = torch.cat([prefix_mask, suffix.attention_mask], dim=1)
-    batch = Batch(suffix.input_ids, mask, positions).to(device)
-    batch.past = past
-    return batch, width
-
-
-class _Grab(iv.Intervention):
-    """Keeps the activation (with its autograd graph) and stops the forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value: Tensor | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.value = x
-        raise _StopForward
-
-
-def _final_hidden(
-    model: nn.Module, batch: Batch, plan: Mapping[str, iv.Intervention]
-) -> Float[Tensor, "b t d_model"]:
-    """The output of the final norm under ``plan`` (the unembedding is skipped: callers unembed
-    only the positions they score)."""
-    grab = _Grab()
-    _forward(model, batch, {**plan, "final_norm": grab})
-    if grab.value is None:
-        raise RuntimeError("the forward ended before the final norm")
-    return grab.value
-
-
-def _unembed(model: nn.Module, hidden: Float[Tensor, "n d_model"]) -> Float[Tensor, "n vocab"]:
-    table = iv.adapter(model)
-    return table.module(model, table.unembed)(hidden).float()
+            past = model(**prefix_batch.to(model).inputs(model), use_cache=True).past_key_values
+    return iv.text.Batch(suffix.input_ids, mask, positions).to(model), past, width
 
 
 class SubjectShift(iv.Intervention):
-    """Adds a trainable δ (one per request) to the residual stream at each row's subject token.
-
-    ``positions`` is a boolean ``[rows, seq]`` mask with one token per row; ``owner[row]`` is the
-    request (row of ``delta``) of each row. ``seen`` keeps the last unshifted activations.
-    """
+    """Adds ``delta[owner[row]]`` (a trainable δ per request) to the residual stream at the one
+    token per row of the ``positions`` mask; ``seen`` keeps the last unshifted activations."""
 
     def __init__(self, delta: nn.Parameter, owner: Int[Tensor, " rows"], positions: Tensor):
         super().__init__(positions=positions)
@@ -564,12 +286,12 @@ class KeyStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         tensors = {f"layer.{layer}": m.contiguous() for layer, m in self.moments.items()}
-        meta = {"format": _STATS_FORMAT, "count": str(self.count), "info": json.dumps(self.info)}
-        return _atomic_save(tensors, meta, Path(path))
+        meta = {"count": str(self.count), "info": json.dumps(self.info)}
+        return save_tensors(path, tensors, format=_STATS_FORMAT, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "KeyStats":
-        tensors, meta = _load_checked(Path(path), _STATS_FORMAT)
+        tensors, meta = load_tensors(path, format=_STATS_FORMAT)
         moments = {int(k.split(".")[1]): v for k, v in tensors.items()}
         return cls(moments, int(meta["count"]), json.loads(meta.get("info", "{}")))
 
@@ -581,12 +303,9 @@ def null_space_projector(
     *,
     layer: int | None = None,
 ) -> tuple[Float[Tensor, "d d"], int]:
-    """``P = Û Ûᵀ`` from the eigenvectors of ``moment`` under the threshold.
-
-    ``absolute``: eigenvalue < threshold (the paper, 2e-2); ``relative``: eigenvalue <
-    threshold · largest; ``energy``: the smallest eigenvalues holding at most ``threshold`` of
-    the total. Returns ``(P, null_dim)``; the dimension is logged.
-    """
+    """``(P, null_dim)``, ``P = Û Ûᵀ`` from the eigenvectors of ``moment`` with eigenvalues under
+    ``threshold`` (``absolute``, the paper's 2e-2), under threshold · largest (``relative``), or
+    the smallest ones holding at most ``threshold`` of the total (``energy``); logged."""
     if mode not in THRESHOLD_MODES:
         raise ValueError(f"mode must be one of {THRESHOLD_MODES}, got {mode!r}")
     threshold = number("threshold", threshold, at_least=0)
@@ -604,85 +323,14 @@ def null_space_projector(
     kept = float(values[small].clamp(min=0).sum() / values.clamp(min=0).sum().clamp(min=1e-30))
     where = f"layer {layer}: " if layer is not None else ""
     log.info(
-        "%snull space %d of %d dims (%s threshold %g; it holds %.2e of the key energy)",
-        where,
-        null_dim,
-        d,
-        mode,
-        threshold,
-        kept,
+        f"{where}null space {null_dim} of {d} dims ({mode} threshold {threshold:g}; it holds "
+        f"{kept:.2e} of the key energy)"
     )
     if null_dim == 0:
         log.warning("%snull space is empty: AlphaEdit cannot change this layer", where)
     elif null_dim == d:
         log.warning("%snull space is everything: nothing is protected (threshold too high?)", where)
     return projector, null_dim
-
-
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "interventions" / "alphaedit"
-
-
-def _digest(parts: Iterable[bytes | str]) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _tensor_sample(t: Tensor) -> bytes:
-    flat = t.detach().reshape(-1)
-    step = max(1, flat.numel() // 4096)
-    return flat[::step].float().cpu().numpy().tobytes()
-
-
-def model_fingerprint(model: nn.Module, layer: int) -> str:
-    """Identity of everything the keys of ``layer`` depend on: config, embedding and every
-    parameter of blocks 0..layer except the layer's own down projection (sampled values)."""
-    table = iv.adapter(model)
-    config = model.config
-    parts: list[bytes | str] = [
-        str(getattr(config, "_name_or_path", "")),
-        str(config.model_type),
-        str(iv.geometry(model)),
-        str(next(model.parameters()).dtype),
-    ]
-    prefix = table.layers + "."
-    down = f"{table.layers}.{layer}.{table.down_proj}."
-    for name, param in model.named_parameters():
-        if name.startswith(prefix):
-            index = int(name[len(prefix) :].split(".")[0])
-            if index > layer or name.startswith(down):
-                continue
-        parts += [name, _tensor_sample(param)]
-    return _digest(parts)[:20]
-
-
-def _chunks(
-    tokenizer: Any, corpus: Iterable[str], max_length: int, max_tokens: int
-) -> list[list[int]]:
-    chunks: list[list[int]] = []
-    total = 0
-    for text in corpus:
-        if not isinstance(text, str):
-            raise TypeError(f"the corpus must yield strings, got {type(text).__name__}")
-        if not text.strip():
-            continue
-        ids = list(tokenizer(text)["input_ids"])
-        for start in range(0, len(ids), max_length):
-            piece = ids[start : start + max_length]
-            if len(piece) < 2:
-                continue
-            piece = piece[: max_tokens - total]
-            chunks.append(piece)
-            total += len(piece)
-            if total >= max_tokens:
-                return chunks
-    return chunks
 
 
 def require_editable_mlp(model: nn.Module) -> iv.Adapter:
@@ -716,105 +364,44 @@ def key_stats(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> KeyStats:
-    """``E[k kᵀ]`` of ``layers.l.mlp.act`` for every layer in ``layers``, from ONE streaming pass.
-
-    ``corpus``: any iterable of strings (default: the bundled corpus, ``load_corpus()``); each
-    text is cut into pieces of ``max_length`` tokens, until ``max_tokens`` tokens. Padding never
-    counts; ``skip_first_token`` also drops position 0 of each piece (an attention-sink outlier
-    in some models). The forward stops after the last layer needed. Each layer's moment is cached on
-    disk (default ``~/.cache/interventions/alphaedit``, or ``$XDG_CACHE_HOME``) under a key made
-    of the model's weights that feed that layer, the exact token ids used and the options; only
-    missing layers are computed. Nothing is written with ``cache=False``.
-    """
+    """``E[k kᵀ]`` of ``layers.l.mlp.act`` for every layer in ``layers``, from ONE pass of
+    ``iv.tally`` over ``text.chunks`` of ``corpus`` (default ``load_corpus()``), each layer cached
+    in ``cache_dir`` (default ``stats.default_cache_dir("alphaedit")``) unless ``cache=False``."""
     require_editable_mlp(model)
     n_layers = iv.geometry(model).n_layers
     if layers is None:
         layers = default_layers(n_layers)
     hint = "pass the layers to edit, e.g. default_layers(n_layers)"
     layers = sorted(indices("layers", layers, n_layers, hint=hint))
-    max_tokens = integer("max_tokens", max_tokens)
-    max_length = integer("max_length", max_length, minimum=2)  # shorter pieces are dropped
-    batch_size = integer("batch_size", batch_size)
     corpus = load_corpus() if corpus is None else corpus
-    if isinstance(corpus, str):
-        raise TypeError("corpus is an iterable of texts; wrap a single text in a list")
-    chunks = _chunks(tokenizer, corpus, max_length, max_tokens)
+    chunks = iv.text.chunks(tokenizer, corpus, max_length, max_tokens)
     if not chunks:
         raise ValueError(
             "the corpus gave no text to compute key statistics from (no text of two or more "
             "tokens): pass a list of texts, or corpus=None for the bundled one"
         )
-    corpus_id = _digest(
-        [json.dumps(chunks), str(max_length), str(skip_first_token), str(max_tokens)]
-    )[:20]
-    root = _cache_root(cache_dir)
-    paths = {
-        layer: root / f"keys-{model_fingerprint(model, layer)}-L{layer}-{corpus_id}.safetensors"
-        for layer in layers
+    rows = sorted(chunks, key=len, reverse=True)  # little padding
+    pad_with = iv.text.pad_id(tokenizer)
+    padded = [iv.text.pad(part, pad_with, "right") for part in iv.text.batches(rows, batch_size)]
+    folder = iv.stats.default_cache_dir("alphaedit") if cache_dir is None else Path(cache_dir)
+    sites = {layer: f"layers.{layer}.mlp.act" for layer in layers}
+    found = iv.tally(
+        model,
+        padded,
+        {site: iv.SecondMoment() for site in sites.values()},
+        skip_first_token=skip_first_token,
+        cache=folder if cache else None,
+        progress=progress,
+        desc=f"key statistics, layers {layers}",
+    )
+    moments = {layer: found[site].value.float() for layer, site in sites.items()}
+    identity = json.dumps([chunks, max_length, skip_first_token, max_tokens])
+    info = {
+        "corpus": hashlib.sha256(identity.encode()).hexdigest()[:20],
+        "max_length": max_length,
+        "skip_first_token": skip_first_token,
     }
-    moments: dict[int, Tensor] = {}
-    count = None
-    if cache:
-        for layer, path in paths.items():
-            if path.is_file():
-                loaded = KeyStats.load(path)
-                moments[layer], count = loaded.moments[layer], loaded.count
-                log.info("key statistics of layer %d loaded from %s", layer, path)
-    missing = [layer for layer in layers if layer not in moments]
-    if missing:
-        computed, count = _stream_moments(
-            model, tokenizer, chunks, missing, batch_size, skip_first_token, progress
-        )
-        moments.update(computed)
-        if cache:
-            for layer in missing:
-                KeyStats({layer: computed[layer]}, count).save(paths[layer])
-    info = {"corpus": corpus_id, "max_length": max_length, "skip_first_token": skip_first_token}
-    return KeyStats({layer: moments[layer] for layer in layers}, int(count), info)
-
-
-def _stream_moments(
-    model: nn.Module,
-    tokenizer: Any,
-    chunks: list[list[int]],
-    layers: list[int],
-    batch_size: int,
-    skip_first_token: bool,
-    progress: bool,
-) -> tuple[dict[int, Tensor], int]:
-    device = _device(model)
-    pad = _pad_id(tokenizer)
-    reducers = {layer: iv.SecondMoment() for layer in layers}
-    halt = _halt_after(model, f"layers.{max(layers)}.mlp.act")
-    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))  # little padding
-    n_tokens = sum(len(c) - int(skip_first_token) for c in chunks)
-    bar = tqdm(
-        total=n_tokens, unit="tok", desc=f"key statistics, layers {layers}", disable=not progress
-    )
-    started = time.perf_counter()
-    with torch.no_grad(), bar:
-        for start in range(0, len(order), batch_size):
-            rows = [chunks[i] for i in order[start : start + batch_size]]
-            batch = collate(rows, pad).to(device)
-            mask = batch.attention_mask.bool()
-            if skip_first_token:
-                mask[:, 0] = False
-            plan: dict[str, iv.Intervention] = {
-                f"layers.{layer}.mlp.act": iv.Capture(reduce=reducers[layer], positions=mask)
-                for layer in layers
-            }
-            plan[halt] = _Halt()
-            _forward(model, batch, plan)
-            bar.update(int(mask.sum()))
-    elapsed = time.perf_counter() - started
-    count = reducers[layers[0]].count
-    log.info(
-        "key statistics: %d tokens, %d layers, one pass (%.0f tokens/s)",
-        count,
-        len(layers),
-        count / max(elapsed, 1e-9),
-    )
-    return {layer: r.value.detach().float().cpu() for layer, r in reducers.items()}, count
+    return KeyStats(moments, found[sites[layers[0]]].count, info)
 
 
 # --- the closed-form updates -----------------------------------------------------------------
@@ -871,12 +458,8 @@ class ZResult:
 
 
 class Editor:
-    """Editing state for one model: the null-space projectors P and the accumulated keys of past
-    edits per layer (AlphaEdit), or the key covariances (MEMIT), plus the generated prefixes.
-
-    Nothing is global and nothing is written unless ``save`` is called; two editors never share
-    state. ``edit(requests)`` applies one batch and returns its ``iv.WeightDelta``.
-    """
+    """Editing state for one model: per layer P and the keys of past edits (AlphaEdit) or C0
+    (MEMIT), and the prefixes. Two editors share nothing; nothing is written but by ``save``."""
 
     def __init__(
         self,
@@ -894,21 +477,15 @@ class Editor:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.model, self.tokenizer = model, tokenizer
+        self.pad_with = iv.text.pad_id(tokenizer)
         self.method: Method = method
         self.hparams = hparams or HParams()
         self.table = require_editable_mlp(model)
         self.geometry = iv.geometry(model)
-        layers = self.hparams.layers
-        if layers is None and stats is not None:
-            layers = stats.layers
-        if layers is None and projectors is not None:
-            layers = sorted(projectors)
-        if layers is None:
+        layers = self.hparams.layers or (stats and stats.layers) or sorted(projectors or {})
+        if not layers:
             raise ValueError("give key statistics (stats=...), projectors=... or hparams.layers")
-        self.layers: list[int] = sorted(layers)
-        bad = [layer for layer in self.layers if not 0 <= layer < self.geometry.n_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range: the model has {self.geometry.n_layers}")
+        self.layers: list[int] = sorted(indices("layers", layers, self.geometry.n_layers))
         for layer in self.layers:  # refuses weights it cannot edit (offloaded, PEFT-wrapped)
             self.table.weight(self._down_proj(layer))
         d_mlp = self.geometry.d_mlp
@@ -917,15 +494,12 @@ class Editor:
         self.moments: dict[int, Tensor] = {}
         if projectors is not None:
             for layer in self.layers:
-                if layer not in projectors:
-                    raise ValueError(f"projectors has no layer {layer}")
-                if tuple(projectors[layer].shape) != (d_mlp, d_mlp):
-                    raise ValueError(
-                        f"the projector of layer {layer} has shape "
-                        f"{tuple(projectors[layer].shape)}, expected ({d_mlp}, {d_mlp})"
-                    )
-                self.projectors[layer] = projectors[layer].detach().float().cpu()
-                self.null_dims[layer] = round(float(self.projectors[layer].trace()))
+                given = projectors.get(layer)
+                if given is None or tuple(given.shape) != (d_mlp, d_mlp):
+                    shape = None if given is None else tuple(given.shape)
+                    raise ValueError(f"projectors[{layer}] must be ({d_mlp}, {d_mlp}), got {shape}")
+                self.projectors[layer] = given.detach().float().cpu()
+                self.null_dims[layer] = round(float(given.trace()))
         if stats is not None:
             missing = [layer for layer in self.layers if layer not in stats.moments]
             if missing:
@@ -961,36 +535,20 @@ class Editor:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save P, the accumulated keys, hyperparameters and prefixes (one safetensors file)."""
-        tensors: dict[str, Tensor] = {}
-        for layer in self.layers:
-            if layer in self.projectors:
-                tensors[f"P.{layer}"] = self.projectors[layer]
-            if layer in self.moments:
-                tensors[f"C0.{layer}"] = self.moments[layer]
-            if layer in self.past:
-                tensors[f"past.{layer}"] = self.past[layer].cpu()
+        kinds = {"P": self.projectors, "C0": self.moments, "past": self.past}
+        tensors = {f"{k}.{layer}": v[layer] for k, v in kinds.items() for layer in v}
         meta = {
-            "format": _EDITOR_FORMAT,
-            "method": self.method,
-            "layers": json.dumps(self.layers),
+            "method": self.method,  # the layers are those of the P / C0 tensors
             "hparams": json.dumps(asdict(self.hparams)),
             "prefixes": json.dumps(self._prefixes),
-            "null_dims": json.dumps(self.null_dims),
             "n_edits": str(self.n_edits),
-            "d_mlp": str(self.geometry.d_mlp),
         }
-        return _atomic_save(tensors, meta, Path(path))
+        return save_tensors(path, tensors, format=_EDITOR_FORMAT, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module, tokenizer: Any) -> "Editor":
-        tensors, meta = _load_checked(Path(path), _EDITOR_FORMAT)
-        if int(meta["d_mlp"]) != iv.geometry(model).d_mlp:
-            raise ValueError(
-                f"{path} was saved for d_mlp={meta['d_mlp']}, the model has "
-                f"{iv.geometry(model).d_mlp}: another model"
-            )
-        hp = json.loads(meta["hparams"])
-        hp["layers"] = tuple(json.loads(meta["layers"]))
+        """An editor saved by ``save``; the constructor refuses its tensors for another model."""
+        tensors, meta = load_tensors(path, format=_EDITOR_FORMAT)
         by_kind: dict[str, dict[int, Tensor]] = {"P": {}, "C0": {}, "past": {}}
         for key, value in tensors.items():
             kind, layer = key.split(".")
@@ -1001,12 +559,11 @@ class Editor:
             tokenizer,
             None if alphaedit else KeyStats(by_kind["C0"], 0),
             method=meta["method"],
-            hparams=HParams(**hp),
+            hparams=HParams(**json.loads(meta["hparams"])),
             prefixes=json.loads(meta["prefixes"]),
             projectors=by_kind["P"] if alphaedit else None,
         )
         editor.past = by_kind["past"]
-        editor.null_dims = {int(k): v for k, v in json.loads(meta["null_dims"]).items()}
         editor.n_edits = int(meta["n_edits"])
         return editor
 
@@ -1015,12 +572,9 @@ class Editor:
     def prefixes(self) -> list[str]:
         """Context prefixes: generated once by the model (fixed seed), or given."""
         if self._prefixes is None:
+            hp = self.hparams
             self._prefixes = generate_prefixes(
-                self.model,
-                self.tokenizer,
-                self.hparams.n_prefixes,
-                self.hparams.prefix_length,
-                self.hparams.seed,
+                self.model, self.tokenizer, hp.n_prefixes, hp.prefix_length, hp.seed
             )
             log.info("context prefixes: %s", self._prefixes)
         return self._prefixes
@@ -1031,55 +585,36 @@ class Editor:
 
     # --- editing ----------------------------------------------------------------------------------
     def edit(self, requests: Iterable[Any]) -> iv.WeightDelta:
-        """Write one batch of requests; returns the applied ``WeightDelta``.
-
-        Every request is checked before any weight changes; if anything fails midway, the
-        touched weights are restored and the editor's state is unchanged.
-        """
+        """Write one batch of requests; returns the applied ``WeightDelta``. Every request is
+        checked first; on any error the weights and the editor's state stay as they were."""
         requests = as_requests(requests)
-        model = self.model
-        if model.training:
+        if self.model.training:
             raise RuntimeError("put the model in eval mode (model.eval()) before editing")
-        contexts = self.contexts()
-        rows = self._key_rows(requests, contexts)  # validates subjects
-        rewrites = self._rewrite_rows(requests, contexts)  # validates targets
+        rows, rewrites = self._rows(requests, self.contexts())
         started = time.perf_counter()
-        # read from the modules, not by name: a PEFT model wrapping the causal LM names them
-        # differently
-        weights = {self._weight_name(layer): self._down_proj(layer).weight for layer in self.layers}
-        originals = {n: w.detach().clone() for n, w in weights.items()}
-        try:
+        keys = {layer: f"layers.{layer}.mlp.act" for layer in self.layers}
+        value = f"layers.{self.layers[-1]}.resid_post"
+        down = iv.parameters(self.model, [f"layers.{layer}.mlp.down_proj" for layer in self.layers])
+        with iv.WeightDelta.recording(self.model, down) as record:  # restored on any error
             targets = self.compute_z(requests, rewrites)
-            for i, layer in enumerate(self.layers):
-                keys, current = self._keys_and_values(rows, layer, len(requests), len(contexts))
-                residuals = (targets.z - current) / (len(self.layers) - i)
-                self._update_layer(layer, keys, residuals)
+            for i, layer in enumerate(self.layers):  # keys and values of the edited model so far
+                found = self._at_subject(rows, [keys[layer], value], len(requests))
+                residuals = (targets.z - found[value][:, 0]) / (len(self.layers) - i)
+                self._update_layer(layer, _average_contexts(found[keys[layer]]), residuals)
             new_past = dict(self.past)
-            if self.method == "alphaedit":
-                keys = self._keys_all_layers(rows, len(requests), len(contexts))
-                for layer, k in keys.items():
+            if self.method == "alphaedit":  # the keys as the edit left them join K_p
+                found = self._at_subject(rows, list(keys.values()), len(requests))
+                for layer, site in keys.items():
+                    k = _average_contexts(found[site])
                     gram = (k.T @ k).float().cpu()
-                    new_past[layer] = gram if layer not in new_past else new_past[layer] + gram
-        except BaseException:
-            with torch.no_grad():
-                for name, original in originals.items():
-                    weights[name].copy_(original)
-            raise
+                    new_past[layer] = new_past[layer] + gram if layer in new_past else gram
         self.past = new_past
         self.n_edits += len(requests)
-        changes = {n: w.detach().clone() for n, w in weights.items()}
         log.info(
-            "%s: %d request(s) written into layers %s in %.1fs (target prob %s)",
-            self.method,
-            len(requests),
-            self.layers,
-            time.perf_counter() - started,
-            [round(p, 3) for p in targets.prob],
+            f"{self.method}: {len(requests)} request(s) written into layers {self.layers} in "
+            f"{time.perf_counter() - started:.1f}s (target prob {_rounded(targets.prob)})"
         )
-        return iv.WeightDelta(changes=changes, originals=originals, applied=True)
-
-    def _weight_name(self, layer: int) -> str:
-        return f"{self.table.layers}.{layer}.{self.table.down_proj}.weight"
+        return record.delta
 
     def _down_proj(self, layer: int) -> nn.Module:
         return self.table.block_module(self.model, layer, self.table.down_proj)
@@ -1088,128 +623,74 @@ class Editor:
         self, layer: int, keys: Float[Tensor, "n d_mlp"], residuals: Float[Tensor, "n d"]
     ) -> None:
         module = self._down_proj(layer)
-        weight = self.table.weight(module)  # [out, in] by module type, a view
+        weight = self.table.weight(module).detach()  # [out, in] by module type, a view
         k, r = keys.T.float(), residuals.T.float()
         if self.method == "alphaedit":
-            past = self.past.get(layer)
-            delta = alphaedit_update(
-                k, r, self.projectors[layer], None if past is None else past, self.hparams.L2
-            )
+            projector, past = self.projectors[layer], self.past.get(layer)
+            delta = alphaedit_update(k, r, projector, past, self.hparams.L2)
         else:
             delta = memit_update(k, r, self.moments[layer], self.hparams.mom2_update_weight)
-        new = (weight.detach().float() + delta.to(weight.device)).to(weight.dtype)
+        new = (weight.float() + delta.to(weight.device)).to(weight.dtype)
         with torch.no_grad():
             module.weight.copy_(self.table.to_storage(new))
-        log.debug(
-            "layer %d: |ΔW| %.3g, |W| %.3g, |R| %.3g",
-            layer,
-            float(delta.norm()),
-            float(weight.detach().norm()),
-            float(residuals.norm()),
-        )
+        norms = [float(t.norm()) for t in (delta, weight, residuals)]
+        log.debug("layer %d: |ΔW| %.3g, |W| %.3g, |R| %.3g", layer, *norms)
 
     # --- rows -------------------------------------------------------------------------------------
-    def _key_rows(self, requests: list[Request], contexts: list[str]) -> list[Encoded]:
-        """Prompt rows (request-major, context-minor) with the subject's last token."""
-        rows = []
-        for n, r in enumerate(requests):
-            for c in contexts:
-                text = c.replace("{}", r.text)
-                start = c.index("{}") + r.subject_start
-                try:
-                    row = encode(self.tokenizer, text, subject_span=(start, start + len(r.subject)))
-                except RequestError as error:
-                    raise RequestError(f"requests[{n}]: {error}") from None
-                if row.subject == 0 and c == "{}":
-                    raise RequestError(
-                        f"requests[{n}]: the subject {r.subject!r} ends on the first token of "
-                        f"{text!r}, an attention sink in most models: put text before it"
-                    )
-                rows.append(row)
-        return rows
-
-    def _rewrite_rows(
+    def _rows(
         self, requests: list[Request], contexts: list[str]
-    ) -> list[tuple[list[Encoded], Encoded]]:
-        out = []
+    ) -> tuple[list[EditRow], list[tuple[list[EditRow], EditRow]]]:
+        """Key rows (request-major, context-minor) and per request its rows with target_new and
+        its KL row, each with the subject's last token; every request is checked here, first."""
+        keys, rewrites = [], []
         for n, r in enumerate(requests):
             try:
-                rewrites = []
-                for c in contexts:
-                    text = c.replace("{}", r.text)
-                    start = c.index("{}") + r.subject_start
-                    span = (start, start + len(r.subject))
-                    rewrites.append(
-                        encode(self.tokenizer, text, subject_span=span, target=r.target_new)
+                rows = [_subject_row(self.tokenizer, c, r.prompt, r.subject) for c in contexts]
+                if rows[0].subject == 0:
+                    raise RequestError(
+                        f"the subject {r.subject!r} ends on the first token of {r.text!r}, an "
+                        "attention sink in most models: put text before it"
                     )
-                kl_text = KL_PROMPT.replace("{}", r.subject)
-                kl_start = KL_PROMPT.index("{}")
-                kl = encode(
-                    self.tokenizer, kl_text, subject_span=(kl_start, kl_start + len(r.subject))
-                )
+                targets = [
+                    _subject_row(self.tokenizer, c, r.prompt, r.subject, r.target_new)
+                    for c in contexts
+                ]
+                kl = _subject_row(self.tokenizer, "{}", KL_PROMPT, r.subject)
             except RequestError as error:
                 raise RequestError(f"requests[{n}]: {error}") from None
-            out.append((rewrites, kl))
-        return out
+            keys += rows
+            rewrites.append((targets, kl))
+        return keys, rewrites
 
-    def _keys_and_values(
-        self, rows: list[Encoded], layer: int, n_requests: int, n_contexts: int
-    ) -> tuple[Float[Tensor, "n d_mlp"], Float[Tensor, "n d_model"]]:
-        """Keys at ``layer`` (½ plain + ½ mean of prefixed) and ``resid_post`` at the last edited
-        layer for the plain prompts, on the current (partly edited) model."""
-        last = self.layers[-1]
-        found = self._capture(rows, [f"layers.{layer}.mlp.act", f"layers.{last}.resid_post"])
-        keys = _average_contexts(found[f"layers.{layer}.mlp.act"], n_requests, n_contexts)
-        values = rearrange(
-            found[f"layers.{last}.resid_post"], "(r c) d -> r c d", r=n_requests, c=n_contexts
-        )[:, 0]
-        return keys, values
-
-    def _keys_all_layers(
-        self, rows: list[Encoded], n_requests: int, n_contexts: int
-    ) -> dict[int, Float[Tensor, "n d_mlp"]]:
-        found = self._capture(rows, [f"layers.{layer}.mlp.act" for layer in self.layers])
-        return {
-            layer: _average_contexts(found[f"layers.{layer}.mlp.act"], n_requests, n_contexts)
-            for layer in self.layers
-        }
-
-    def _capture(self, rows: list[Encoded], sites: list[str]) -> dict[str, Tensor]:
-        """Activations at ``sites`` at each row's subject token (one batch, halted early)."""
-        batch = collate([r.ids for r in rows], _pad_id(self.tokenizer)).to(_device(self.model))
-        mask = batch.mask_at([r.subject for r in rows])
-        captures = {site: iv.Capture(positions=mask) for site in sites}
-        last = max(sites, key=lambda s: (iv.parse(s).layer, iv.parse(s).kind == "resid_post"))
-        with torch.no_grad():
-            _forward(self.model, batch, {**captures, _halt_after(self.model, last): _Halt()})
-        return {site: c.value.float() for site, c in captures.items()}
+    def _at_subject(
+        self, rows: list[EditRow], sites: list[str], n_requests: int
+    ) -> dict[str, Float[Tensor, "n contexts d"]]:
+        """Activations at ``sites`` at each row's subject token, per request and context (one
+        batch, stopped after the last site)."""
+        batch = iv.text.pad([r.ids for r in rows], self.pad_with, "right").to(self.model)
+        at_subject = batch.mask_at([r.subject for r in rows])
+        with torch.no_grad(), iv.capture(self.model, sites, positions=at_subject, stop=True) as c:
+            self.model(**batch.inputs(self.model), use_cache=False)
+        return {s: rearrange(c[s].float(), "(r c) d -> r c d", r=n_requests) for s in sites}
 
     # --- target values ----------------------------------------------------------------------------
     def compute_z(
-        self,
-        requests: list[Request],
-        rewrites: list[tuple[list[Encoded], Encoded]] | None = None,
+        self, requests: list[Request], rewrites: list[tuple[list[EditRow], EditRow]] | None = None
     ) -> ZResult:
         """Optimise one δ per request at ``resid_post`` of the last edited layer (all requests in
         one batch; each δ acts only on its own rows, so this equals separate optimisations)."""
         hp = self.hparams
         if rewrites is None:
-            rewrites = self._rewrite_rows(requests, self.contexts())
-        device = _device(self.model)
+            rewrites = self._rows(requests, self.contexts())[1]
+        device = iv.text.device_of(self.model)
         n = len(requests)
-        rows: list[Encoded] = []
-        owner: list[int] = []
-        for i, (rewrite, _) in enumerate(rewrites):
-            rows += rewrite
-            owner += [i] * len(rewrite)
-        n_rewrite = len(rows)
-        for i, (_, kl) in enumerate(rewrites):
-            rows.append(kl)
-            owner.append(i)
-        # inputs stop before the last target token; the KL rows are whole
-        inputs = [r.ids[:-1] if r.target else r.ids for r in rows]
+        # every request's target rows, then one KL row per request; owner: the request of a row
+        rows = [row for targets, _ in rewrites for row in targets] + [kl for _, kl in rewrites]
+        owner = [i for i, (targets, _) in enumerate(rewrites) for _ in targets] + list(range(n))
+        n_rewrite = len(rows) - n
+        inputs = [r.ids[:-1] if r.target else r.ids for r in rows]  # up to the last target token
         subjects = [r.subject for r in rows]
-        batch, width = _split_at_subject(self.model, inputs, subjects, _pad_id(self.tokenizer))
+        batch, past, width = _split_at_subject(self.model, inputs, subjects, self.pad_with)
         owner_t = torch.tensor(owner, device=device)
         subject_mask = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
         subject_mask[:, width] = True  # every row's subject token is the first new column
@@ -1222,8 +703,7 @@ class Editor:
         t_row_t, t_pos_t, t_tok_t, t_req_t = torch.tensor(targets, device=device).T
         per_row_tokens = torch.bincount(t_row_t, minlength=n_rewrite).float()
         rows_per_request = torch.bincount(owner_t[:n_rewrite], minlength=n).float()
-        kl_rows = torch.arange(n_rewrite, len(rows), device=device)
-        kl_pos = torch.zeros(len(kl_rows), dtype=torch.long, device=device)
+        kl_rows = torch.arange(n_rewrite, len(rows), device=device)  # scored at the subject
 
         delta = nn.Parameter(torch.zeros(n, self.geometry.d_model, device=device))
         shift = SubjectShift(delta, owner_t, subject_mask)
@@ -1233,18 +713,24 @@ class Editor:
         kl_init: Tensor | None = None
         active = torch.ones(n, dtype=torch.bool, device=device)
         losses, probs, steps = [math.nan] * n, [0.0] * n, [0] * n
-        site = f"layers.{self.layers[-1]}.resid_post"
+        plan = {f"layers.{self.layers[-1]}.resid_post": shift}
         for step in range(max(hp.v_num_grad_steps, 1)):
-            hidden = _final_hidden(self.model, batch, {site: shift})
+            with iv.capture(self.model, "final_norm", keep_grad=True, plan=plan, stop=True) as c:
+                self.model(  # the forward appends to the cache: give it a copy
+                    **batch.inputs(self.model),
+                    past_key_values=copy.deepcopy(past),
+                    use_cache=past is not None,
+                )
+            hidden = c["final_norm"]
             if init is None:
                 init = shift.seen[plain_rows].float()
-            token_lp = _unembed(self.model, hidden[t_row_t, t_pos_t]).log_softmax(-1)
+            token_lp = iv.lm.unembed(self.model, hidden[t_row_t, t_pos_t]).float().log_softmax(-1)
             token_lp = token_lp.gather(1, t_tok_t[:, None])[:, 0]
             row_nll = -torch.zeros(n_rewrite, device=device).index_add(0, t_row_t, token_lp)
             row_nll = row_nll / per_row_tokens
             nll = torch.zeros(n, device=device).index_add(0, owner_t[:n_rewrite], row_nll)
             nll = nll / rows_per_request
-            kl_lp = _unembed(self.model, hidden[kl_rows, kl_pos]).log_softmax(-1)
+            kl_lp = iv.lm.unembed(self.model, hidden[kl_rows, 0]).float().log_softmax(-1)
             if kl_init is None:
                 kl_init = kl_lp.detach().clone()
             kl = F.kl_div(kl_init, kl_lp, log_target=True, reduction="none").sum(-1)
@@ -1269,37 +755,30 @@ class Editor:
                 delta.mul_(torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm)))
         assert init is not None
         z = (init + delta.detach()).float()
-        log.info(
-            "target values: loss %s, target prob %s, steps %s",
-            [round(x, 3) for x in losses],
-            [round(p, 3) for p in probs],
-            steps,
-        )
+        log.info(f"target values: loss {_rounded(losses)}, prob {_rounded(probs)}, steps {steps}")
         return ZResult(z, init, losses, probs, steps)
 
 
-def _average_contexts(
-    found: Float[Tensor, "rows d"], n_requests: int, n_contexts: int
-) -> Float[Tensor, "n d"]:
-    per = rearrange(found, "(r c) d -> r c d", r=n_requests, c=n_contexts)
-    if n_contexts == 1:
-        return per[:, 0]
-    return 0.5 * per[:, 0] + 0.5 * per[:, 1:].mean(1)
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(v, 3) for v in values]
+
+
+def _average_contexts(per: Float[Tensor, "n contexts d"]) -> Float[Tensor, "n d"]:
+    """½ the plain prompt's key + ½ the mean over the prefixed ones (the paper's keys)."""
+    return per[:, 0] if per.shape[1] == 1 else 0.5 * per[:, 0] + 0.5 * per[:, 1:].mean(1)
 
 
 def generate_prefixes(
-    model: nn.Module,
-    tokenizer: Any,
-    n: int = 5,
-    length: int = 10,
-    seed: int = 0,
+    model: nn.Module, tokenizer: Any, n: int = 5, length: int = 10, seed: int = 0
 ) -> list[str]:
     """``n`` short texts the model writes after "The", "Therefore", ... (top-5 sampling, fixed
     seed), used as contexts before the edited prompt. Braces and newlines become spaces."""
     if n == 0:
         return []
     starts = [PREFIX_STARTS[i % len(PREFIX_STARTS)] for i in range(n)]
-    texts = generate_texts(model, tokenizer, starts, max_new_tokens=length, seed=seed)
+    texts = iv.lm.generate_texts(
+        model, tokenizer, starts, max_new_tokens=length, sample=True, seed=seed
+    )
     return [
         " ".join(re.sub(r"[{}]", " ", start + text).split())
         for start, text in zip(starts, texts, strict=True)
@@ -1320,12 +799,8 @@ def edit(
     editor: Editor | None = None,
     prefixes: Sequence[str] | None = None,
 ) -> iv.WeightDelta:
-    """Edit one batch of requests; returns the applied ``iv.WeightDelta``.
-
-    Without ``editor`` a fresh one is made from ``stats`` (no memory of earlier edits); pass an
-    ``Editor`` to edit sequentially (AlphaEdit then keeps the earlier batches' keys).
-    ``prefixes`` replaces the generated context prefixes.
-    """
+    """Edit one batch of requests with ``editor`` (sequential editing), else a fresh editor on
+    ``stats``; returns the applied ``iv.WeightDelta``. ``prefixes`` replace the generated ones."""
     if editor is None:
         editor = Editor(model, tokenizer, stats, method=method, hparams=hparams, prefixes=prefixes)
     elif editor.model is not model:
@@ -1333,240 +808,7 @@ def edit(
     return editor.edit(requests)
 
 
-def combine(deltas: Sequence[iv.WeightDelta]) -> iv.WeightDelta:
-    """One delta from sequential ones: the first originals and the last values of each weight."""
-    if not deltas:
-        raise ValueError("no deltas to combine")
-    changes: dict[str, Tensor] = {}
-    originals: dict[str, Tensor | None] = {}
-    for delta in deltas:
-        for name, value in delta.changes.items():
-            changes[name] = value
-            originals.setdefault(name, delta.originals[name])
-    return iv.WeightDelta(changes=changes, originals=originals, applied=deltas[-1].applied)
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-
-def target_logprobs(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    batch_size: int = 16,
-    names: Sequence[str] | None = None,
-) -> list[float]:
-    """Mean log-probability per token of each ``target`` after its ``prompt``. ``names``
-    says how an error names each pair (default ``pairs[i]``)."""
-    batch_size = integer("batch_size", batch_size)
-    encoded = []
-    for i, (prompt, target) in enumerate(pairs):
-        try:
-            encoded.append(encode(tokenizer, prompt, target=target))
-        except RequestError as error:
-            raise RequestError(f"{names[i] if names else f'pairs[{i}]'}: {error}") from None
-    device = _device(model)
-    pad = _pad_id(tokenizer)
-    out: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            part = encoded[start : start + batch_size]
-            batch = collate([e.ids[:-1] for e in part], pad).to(device)
-            hidden = _final_hidden(model, batch, {})
-            rows = torch.tensor([i for i, e in enumerate(part) for _ in e.target], device=device)
-            positions = [e.target_start - 1 + j for e in part for j in range(len(e.target))]
-            tokens = torch.tensor([t for e in part for t in e.target], device=device)
-            lp = _unembed(model, hidden[rows, torch.tensor(positions, device=device)])
-            lp = lp.log_softmax(-1).gather(1, tokens[:, None])[:, 0]
-            sums = torch.zeros(len(part), device=device).index_add(0, rows, lp)
-            counts = torch.tensor([len(e.target) for e in part], device=device)
-            out += (sums / counts).tolist()
-    return out
-
-
-def n_gram_entropy(
-    text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
-) -> float:
-    """CounterFact's fluency: weighted mean of the bi- and tri-gram entropies (bits) of words."""
-    words = re.findall(r"\w+|[^\w\s]", text.lower())
-    entropies = []
-    for n in ns:
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        total = sum(grams.values())
-        h = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
-        entropies.append(h)
-    return sum(w * h for w, h in zip(weights, entropies, strict=True)) / len(ns)
-
-
-def generate_texts(
-    model: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 40,
-    seed: int = 0,
-    batch_size: int = 16,
-) -> list[str]:
-    """Continue each prompt (top-5 sampling, fixed seed, left-padded batches)."""
-    device = _device(model)
-    pad = _pad_id(tokenizer)
-    devices = [device] if device.type == "cuda" else []
-    texts = []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            rows = [list(tokenizer(p)["input_ids"]) for p in prompts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-            mask = torch.tensor(
-                [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device
-            )
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=True,
-                top_k=5,
-                pad_token_id=pad,
-            )
-            texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return texts
-
-
-@dataclass
-class Scores:
-    """CounterFact metrics. Rates are fractions in [0, 1]; ``*_diff`` are mean probability
-    differences (new − true for efficacy / paraphrase, true − new for neighbourhood)."""
-
-    per_record: list[dict[str, Any]]
-    efficacy: float
-    paraphrase: float
-    neighborhood: float
-    efficacy_diff: float
-    paraphrase_diff: float
-    neighborhood_diff: float
-    fluency: float | None
-    n: int
-
-    def summary(self) -> dict[str, float | int | None]:
-        return {k: v for k, v in asdict(self).items() if k != "per_record"}
-
-    def head(self, n: int) -> "Scores":
-        """The scores of the first ``n`` records alone (e.g. the unedited model on the edits made
-        so far, to compare with ``sequential``'s rows)."""
-        if not 0 < n <= self.n:
-            raise ValueError(f"n must be in 1..{self.n}, got {n}")
-        return scores_from_records(self.per_record[:n], fluency=self.fluency is not None)
-
-
-def evaluate(
-    model: nn.Module,
-    tokenizer: Any,
-    records: Iterable[Any],
-    *,
-    fluency: bool = True,
-    max_new_tokens: int = 40,
-    batch_size: int = 16,
-    seed: int = 0,
-) -> Scores:
-    """Efficacy (P(new) > P(true) after the prompt), paraphrase (same on the paraphrases),
-    neighbourhood specificity (P(true) > P(new) on other subjects' prompts with the same true
-    answer), probability differences, and fluency (n-gram entropy of sampled continuations of the
-    generation prompts, or of the prompt). P is the per-token mean probability of a target."""
-    requests = as_requests(records)
-    missing = [i for i, r in enumerate(requests) if r.target_true is None]
-    if missing:
-        raise RequestError(f"requests {missing[:5]} have no target_true: cannot score them")
-    integer("max_new_tokens", max_new_tokens)
-    integer("seed", seed, minimum=None)
-    pairs: list[tuple[str, str]] = []
-    names: list[str] = []
-    index: list[tuple[int, str]] = []
-    for i, r in enumerate(requests):
-        groups = (
-            ("rewrite", [r.text]),
-            ("paraphrase", list(r.paraphrase_prompts)),
-            ("neighborhood", list(r.neighborhood_prompts)),
-        )
-        for kind, prompts in groups:
-            for prompt in prompts:
-                pairs += [(prompt, r.target_new), (prompt, r.target_true)]
-                names += [
-                    f"requests[{i}] ({kind}, target_new)",
-                    f"requests[{i}] ({kind}, target_true)",
-                ]
-                index.append((i, kind))
-    scores = target_logprobs(model, tokenizer, pairs, batch_size=batch_size, names=names)
-    per = [
-        {"case_id": r.case_id, "rewrite": [], "paraphrase": [], "neighborhood": []}
-        for r in requests
-    ]
-    for k, (i, kind) in enumerate(index):
-        new, true = scores[2 * k], scores[2 * k + 1]
-        per[i][kind].append((new, true))
-    if fluency:
-        prompts = [p for r in requests for p in (r.generation_prompts or (r.text,))]
-        owners = [i for i, r in enumerate(requests) for _ in (r.generation_prompts or (r.text,))]
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed)
-        for i, text in zip(owners, texts, strict=True):
-            per[i].setdefault("generations", []).append(text)
-        for record in per:
-            record["fluency"] = sum(n_gram_entropy(t) for t in record["generations"]) / len(
-                record["generations"]
-            )
-
-    return scores_from_records(per, fluency=fluency)
-
-
-def _rate(per: Sequence[Mapping[str, Any]], kind: str, new_wins: bool) -> tuple[float, float]:
-    hits, diffs = [], []
-    for record in per:
-        for new, true in record[kind]:
-            pn, pt = math.exp(new), math.exp(true)
-            hits.append(float((new > true) == new_wins))
-            diffs.append(pn - pt if new_wins else pt - pn)
-    return (sum(hits) / len(hits), sum(diffs) / len(diffs)) if hits else (math.nan, math.nan)
-
-
-def scores_from_records(per: list[dict[str, Any]], *, fluency: bool) -> Scores:
-    """The metrics of ``evaluate`` from its per-record log-probabilities (and fluencies)."""
-    efficacy, efficacy_diff = _rate(per, "rewrite", True)
-    paraphrase, paraphrase_diff = _rate(per, "paraphrase", True)
-    neighborhood, neighborhood_diff = _rate(per, "neighborhood", False)
-    mean_fluency = sum(r["fluency"] for r in per) / len(per) if fluency and per else None
-    return Scores(
-        per,
-        efficacy,
-        paraphrase,
-        neighborhood,
-        efficacy_diff,
-        paraphrase_diff,
-        neighborhood_diff,
-        mean_fluency,
-        len(per),
-    )
-
-
-def filter_known(model: nn.Module, tokenizer: Any, records: Iterable[Any]) -> list[Request]:
-    """The requests whose rewrite prompt the model answers with target_true over target_new
-    (how the bundled data set was filtered)."""
-    requests = as_requests(records)
-    pairs = [(r.text, t) for r in requests for t in (r.target_true, r.target_new)]
-    scores = target_logprobs(model, tokenizer, pairs)
-    return [r for i, r in enumerate(requests) if scores[2 * i] > scores[2 * i + 1]]
-
-
-# --- sequential editing ----------------------------------------------------------------------
-
-
-@dataclass
-class SequentialRun:
-    """Metrics after each batch (on all edits so far), the editor, and the combined delta."""
-
-    rows: list[dict[str, Any]]
-    editor: Editor
-    delta: iv.WeightDelta
+combine = iv.WeightDelta.combine  # one delta from sequential ones (the name of earlier releases)
 
 
 def sequential(
@@ -1581,89 +823,28 @@ def sequential(
     fluency: bool = False,
     progress: bool = True,
 ) -> SequentialRun:
-    """Edit ``records`` in batches of ``batch_size`` with one editor; after each batch, score all
-    edits so far. The model stays edited: ``run.delta.revert(model)`` undoes every batch."""
-    batch_size = integer("batch_size", batch_size)
-    requests = as_requests(records)
+    """``counterfact.sequential`` with one editor: batches of ``batch_size``, all edits so far
+    scored after each; the model stays edited (``run.delta.revert(model)`` undoes them)."""
     editor = Editor(model, tokenizer, stats, method=method, hparams=hparams)
-    deltas: list[iv.WeightDelta] = []
-    rows = []
-    started = time.perf_counter()
-    batches = range(0, len(requests), batch_size)
-    try:
-        for start in tqdm(batches, desc=f"{method} batches", disable=not progress):
-            deltas.append(editor.edit(requests[start : start + batch_size]))
-            scores = evaluate(model, tokenizer, requests[: start + batch_size], fluency=fluency)
-            rows.append(
-                {"edits": editor.n_edits, "seconds": time.perf_counter() - started}
-                | scores.summary()
-            )
-            log.info("%s after %d edits: %s", method, editor.n_edits, rows[-1])
-    except BaseException:
-        for delta in reversed(deltas):
-            delta.revert(model)
-        raise
-    return SequentialRun(rows, editor, combine(deltas))
+    return counterfact.sequential(
+        model,
+        tokenizer,
+        records,
+        editor,
+        batch_size=batch_size,
+        fluency=fluency,
+        progress=progress,
+        label=method,
+    )
 
 
-# --- files -------------------------------------------------------------------------------------
-
-
-def _atomic_save(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _load_checked(path: Path, fmt: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != fmt:
-        raise ValueError(f"{path} is not a {fmt!r} file")
-    return load_file(str(path)), metadata
-
-
-__all__ = [
-    "BUNDLED_CORPUS",
-    "BUNDLED_REQUESTS",
-    "Editor",
-    "Encoded",
-    "HParams",
-    "KeyStats",
-    "Request",
-    "RequestError",
-    "Scores",
-    "SequentialRun",
-    "SubjectShift",
-    "ZResult",
-    "alphaedit_update",
-    "as_request",
-    "combine",
-    "default_layers",
-    "edit",
-    "encode",
-    "evaluate",
-    "filter_known",
-    "generate_prefixes",
-    "generate_texts",
-    "key_stats",
-    "load_corpus",
-    "load_requests",
-    "memit_update",
-    "model_fingerprint",
-    "n_gram_entropy",
-    "null_space_projector",
-    "scores_from_records",
-    "sequential",
-    "subject_last_token",
-    "target_logprobs",
+# fmt: off
+__all__ = [  # its own names, then those it re-exports (evals.counterfact, lm)
+    "BUNDLED_CORPUS", "EditRow", "Editor", "HParams", "KeyStats", "SubjectShift", "ZResult",
+    "alphaedit_update", "combine", "default_layers", "edit", "encode", "generate_prefixes",
+    "key_stats", "load_corpus", "memit_update", "null_space_projector", "sequential",
+    "subject_last_token", "BUNDLED_REQUESTS", "Request", "RequestError", "Scores", "SequentialRun",
+    "as_request", "as_requests", "evaluate", "filter_known", "load_requests", "n_gram_entropy",
+    "scores_from_records", "target_logprobs",
 ]
+# fmt: on

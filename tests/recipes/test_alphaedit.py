@@ -3,14 +3,15 @@ statistics in one pass, bad requests, and real edits on SmolLM2."""
 
 import importlib.util
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import REQUEST, WordTokenizer
 
 import interventions as iv
+from interventions.evals import counterfact
 from interventions.models import tiny
 from interventions.recipes import alphaedit as ae
 
@@ -18,32 +19,6 @@ METHODS = ("alphaedit", "memit")
 TINY = {"llama": ("llama", 2), "qwen2": ("qwen2", 2), "gpt2": ("gpt2", None)}
 
 
-class WordTokenizer:
-    """A stand-in fast tokenizer for tiny models: one token per word (with its leading space),
-    ids from a hash of the word, character offsets like a fast tokenizer."""
-
-    pad_token_id = 0
-    eos_token_id = 2
-
-    def __call__(self, text: str, return_offsets_mapping: bool = False) -> dict:
-        words = list(re.finditer(r"\s*\S+", text))
-        ids = [
-            3 + sum(ord(c) * (i + 1) for i, c in enumerate(w.group().strip())) % 96 for w in words
-        ]
-        out = {"input_ids": ids, "attention_mask": [1] * len(ids)}
-        if return_offsets_mapping:
-            out["offset_mapping"] = [w.span() for w in words]
-        return out
-
-
-REQUEST = {
-    "prompt": "The old tower of {} stands in",
-    "subject": "north harbour",
-    "target_new": "valley",
-    "target_true": "market",
-    "paraphrase_prompts": ["People say north harbour lies near"],
-    "neighborhood_prompts": ["The old tower of south field stands in"],
-}
 CORPUS = [
     "a quiet river runs past the mill and the bakers wake early",
     "seven birds sat on the wire while the rain kept falling",
@@ -52,14 +27,7 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many small forwards and backwards: on a shared CPU, two OpenMP threads
-    spin against other processes and run ~4x slower than one (measured), so use one here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(arch: str, n_layers: int = 3):
@@ -192,20 +160,23 @@ def _filter_script():
     return module
 
 
-def test_bundled_data_is_well_formed():
-    requests = ae.load_requests()
-    assert len(requests) >= 150
-    assert len({r.subject for r in requests}) == len(requests)  # no subject edited twice
-    assert [r.case_id for r in requests] == list(range(len(requests)))
-    for r in requests:
-        assert len(r.paraphrase_prompts) == 2 and len(r.neighborhood_prompts) == 3
-        assert len(r.generation_prompts) == 1
-        assert r.target_true and r.target_new != r.target_true
+def test_bundled_corpus_is_prose_then_encyclopedia():
     corpus = ae.load_corpus()
     parts = [ae.load_corpus(path) for path in ae.BUNDLED_CORPUS]
     assert corpus == [text for part in parts for text in part]  # prose, then encyclopedia
     assert [len(part) for part in parts] == [50, 633]
     assert all(text.isascii() and "\n" not in text for text in corpus)
+
+
+def test_the_counterfact_names_are_reexported_from_evals():
+    # requests and metrics live in interventions.evals.counterfact; alphaedit.<name> still works
+    for name in (
+        "BUNDLED_REQUESTS", "Request", "RequestError", "Scores", "SequentialRun", "as_request",
+        "as_requests", "evaluate", "filter_known", "load_requests", "scores_from_records",
+        "target_logprobs",
+    ):  # fmt: skip
+        assert getattr(ae, name) is getattr(counterfact, name), name
+        assert name in ae.__all__, name
 
 
 def test_bundled_data_comes_from_the_filter_script_and_never_collides():
@@ -399,6 +370,22 @@ def test_sequential_edits_accumulate_keys_and_editors_do_not_share_state(tmp_pat
     assert loaded.past == {} and first.n_edits == 2
     ae.combine([d1, d2]).revert(model)
     assert all(torch.equal(model.get_parameter(n), o) for n, o in d1.originals.items())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_editor_files_restore_what_follows_from_their_tensors_and_refuse_another_model(
+    tmp_path, method
+):
+    # the layers, null-space dimensions and d_mlp are not stored apart from P / C0: they follow
+    model, tok = make("llama")
+    editor = ae.Editor(model, tok, tiny_stats(model, tok, [0, 2]), method=method)
+    path = editor.save(tmp_path / "editor.safetensors")
+    loaded = ae.Editor.load(path, model, tok)
+    assert loaded.layers == [0, 2] and loaded.hparams == editor.hparams
+    assert loaded.null_dims == editor.null_dims and (method == "memit") == (editor.null_dims == {})
+    other, _ = make("gpt2")  # d_mlp 128, not 64
+    with pytest.raises(ValueError, match="128"):
+        ae.Editor.load(path, other, tok)
 
 
 def test_edit_delta_saves_and_applies(tmp_path):
@@ -638,34 +625,43 @@ def test_key_stats_skip_first_token_and_save(tmp_path):
     assert loaded.count == stats.count and torch.equal(loaded.moments[1], stats.moments[1])
 
 
-# --- evaluation --------------------------------------------------------------------------------
-
-
-def test_evaluate_scores_and_fluency():
+def test_prefixes_are_seeded_samples_of_the_model_after_fixed_starts():
     model, tok = make("llama")
-    scores = ae.evaluate(model, tok, [REQUEST], fluency=False)
-    text = ae.as_request(REQUEST).text
-    lp_new, lp_true = ae.target_logprobs(model, tok, [(text, "valley"), (text, "market")])
-    assert scores.efficacy == float(lp_new > lp_true)
-    assert 0 <= scores.paraphrase <= 1 and 0 <= scores.neighborhood <= 1
-    assert scores.summary()["n"] == 1 and scores.fluency is None
-    assert ae.n_gram_entropy("a a a a a a") == 0.0
-    varied = ae.n_gram_entropy("the cat sat on the mat while a dog ran past the door")
-    assert varied > ae.n_gram_entropy("the cat the cat the cat the cat the cat the cat") > 0
+    state = torch.random.get_rng_state()
+    prefixes = ae.generate_prefixes(model, tok, n=6, length=4, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is untouched
+    starts = ["The", "Therefore", "Because", "I", "You", "The"]
+    for prefix, start in zip(prefixes, starts, strict=True):  # each start and what the model wrote
+        assert prefix.startswith(start) and len(prefix) > len(start)
+        assert "{" not in prefix and "}" not in prefix and prefix == " ".join(prefix.split())
+    assert ae.generate_prefixes(model, tok, n=6, length=4, seed=0) == prefixes
+    assert ae.generate_prefixes(model, tok, n=6, length=4, seed=1) != prefixes
+    assert ae.generate_prefixes(model, tok, n=0) == []
+    hp = ae.HParams(layers=(1,), n_prefixes=2, prefix_length=4)
+    editor = ae.Editor(model, tok, hparams=hp, projectors={1: torch.eye(iv.geometry(model).d_mlp)})
+    two = ae.generate_prefixes(model, tok, n=2, length=4, seed=0)  # its own draw: n is the batch
+    assert editor.contexts() == ["{}"] + [f"{p}. {{}}" for p in two]
 
 
-def test_scores_head_rescores_the_first_records():
-    per = [
-        {"rewrite": [(-1.0, -2.0)], "paraphrase": [(-3.0, -1.0)], "neighborhood": [(-1.0, -2.0)]},
-        {"rewrite": [(-2.0, -1.0)], "paraphrase": [(-1.0, -3.0)], "neighborhood": [(-2.0, -1.0)]},
-    ]
-    scores = ae.scores_from_records(per, fluency=False)
-    assert (scores.efficacy, scores.paraphrase, scores.neighborhood, scores.n) == (0.5, 0.5, 0.5, 2)
-    first = scores.head(1)
-    assert (first.efficacy, first.paraphrase, first.neighborhood, first.n) == (1.0, 0.0, 0.0, 1)
-    assert first.efficacy_diff == pytest.approx(math.exp(-1.0) - math.exp(-2.0))
-    with pytest.raises(ValueError, match="n must be"):
-        scores.head(3)
+# --- sequential editing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sequential_edits_batches_with_one_editor_and_reverts_them_all(method):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [0, 1])
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    requests = [REQUEST, dict(REQUEST, subject="west bridge"), dict(REQUEST, subject="east gate")]
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=2)
+    run = ae.sequential(
+        model, tok, requests, stats=stats, method=method, batch_size=2, hparams=hp, progress=False
+    )
+    assert isinstance(run.editor, ae.Editor) and run.editor.method == method
+    assert run.editor.n_edits == 3 and [row["edits"] for row in run.rows] == [2, 3]
+    assert run.rows[-1]["efficacy"] == ae.evaluate(model, tok, requests, fluency=False).efficacy
+    assert (set(run.editor.past) == {0, 1}) == (method == "alphaedit")  # MEMIT keeps no keys
+    run.delta.revert(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
 
 
 # --- the real model ------------------------------------------------------------------------------

@@ -11,13 +11,16 @@ import pytest
 import torch
 import yaml
 from einops import rearrange
+from fakes import WordTokenizer
 
 import interventions as iv
-from interventions import cli
+from interventions import cli, report
+from interventions.evals import tasks
 from interventions.models import tiny
 from interventions.recipes import head_scores as hs
 
-# --- a character-level tokenizer (fast, with offsets) for tiny models: vocab < 99 -------------
+# --- tokenizers: the suite's fake (one token per character) and, for the command line's saved
+# models, a HuggingFace character-level tokenizer (fast, with offsets; vocab < 99) ------------
 
 CHARS = string.ascii_letters + string.digits + " .,?!'-:;()\n\""
 
@@ -32,16 +35,6 @@ def char_tokenizer():
     assert len(vocab) < 99
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>")
-
-
-class NoOffsetTokenizer:
-    """A stand-in without offsets: a BOS token, then one id per character."""
-
-    pad_token_id = 0
-
-    def __call__(self, text, add_special_tokens=True):
-        ids = [3 + CHARS.index(c) if c in CHARS else 1 for c in text]
-        return {"input_ids": ([2] if add_special_tokens else []) + ids}
 
 
 def mc(question, *texts, answer="A"):
@@ -76,7 +69,7 @@ ARCHS = [
 
 @pytest.fixture(scope="module")
 def tok():
-    return char_tokenizer()
+    return WordTokenizer(chars=True)  # token index = character index
 
 
 def _prompts():
@@ -194,6 +187,35 @@ def test_attention_sums_on_hand_built_patterns():
     normed, _ = hs.attention_sums(pattern, keys, task_keys, task_rows, normalize=True)
     assert normed[0, 0].item() == pytest.approx(1 + 0 + h3 / math.log(3))
     assert normed[1, 0].item() == pytest.approx(1 + 0 + 1)
+
+
+def test_the_reducers_merge_as_one_pass():
+    # halves of the query rows, merged, give the statistics of all rows (data-parallel shards)
+    torch.manual_seed(0)
+    n, h, k, d = 6, 2, 5, 3
+    pattern = torch.softmax(torch.randn(n, h, k), -1)
+    keys = torch.ones(n, k, dtype=torch.bool).tril(1)  # rows see 2..5 keys
+    task_keys = keys.clone()
+    task_keys[:, :2] = False
+    task_rows = torch.tensor([True, False, True, True, False, True])
+    y, w = torch.randn(n, h, d), torch.randn(h, 4, d)
+    gram = torch.einsum("hmd,hme->hde", w, w)
+
+    def fed(rows):
+        attention, outputs = hs.AttentionStats(normalize=True), hs.OutputNorms(gram)
+        attention.rows = hs.QueryRows(keys[rows], task_keys[rows], task_rows[rows])
+        attention.update(pattern[rows])
+        outputs.update(y[rows])
+        return attention, outputs
+
+    (attention, outputs), first, second = fed(slice(None)), fed(slice(0, 2)), fed(slice(2, None))
+    merged = [a.merge(b) for a, b in zip(first, second, strict=True)]
+    torch.testing.assert_close(merged[0].value, attention.value)
+    torch.testing.assert_close(merged[1].value, outputs.value)
+    assert merged[0].count == merged[1].count == n
+    assert attention.value.isnan().sum() == 0 and attention.value.shape == (5, h)
+    stored = hs.AttentionStats(normalize=True).load_state_dict(attention.state_dict())
+    torch.testing.assert_close(stored.value.double(), attention.value, rtol=1e-6, atol=1e-7)
 
 
 # --- streaming: one forward per batch, batch-size invariance, per-batch sums --------------------
@@ -347,22 +369,34 @@ def test_text_records_have_no_task_span(tok):
 
 def test_span_located_with_and_without_offsets(tok):
     prompt = hs.parse_record(RECORDS[0], "r0")
-    with_offsets = hs.encode(tok, prompt)
-    without = hs.encode(NoOffsetTokenizer(), prompt)
+    with_offsets = hs.prompt_tokens(tok, prompt)
+    without = hs.prompt_tokens(WordTokenizer(chars=True, bos=True, offsets=False), prompt)
     question = "Where do fish live?"
     start = len("Question: ")
     assert with_offsets.span == (start, start + len(question))
     assert without.span == (start + 1, start + 1 + len(question))  # after the BOS token
-    cut = hs.encode(tok, prompt, max_length=start + 3)
+    cut = hs.prompt_tokens(tok, prompt, max_length=start + 3)
     assert cut.truncated and cut.span == (start, start + 3)
-    assert hs.encode(tok, prompt, max_length=start).span is None
+    assert hs.prompt_tokens(tok, prompt, max_length=start).span is None
+
+
+class OffsetsTokenizer:
+    """Returns the same ids and offsets for any text (the offsets of a real tokenizer)."""
+
+    def __init__(self, offsets):
+        self.offsets = offsets
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        out = {"input_ids": list(range(3, 3 + len(self.offsets)))}
+        return out | ({"offset_mapping": self.offsets} if return_offsets_mapping else {})
 
 
 def test_span_with_real_style_bpe_offsets():
     # byte-level BPE offsets include the leading space: " Where" starts before the question
     offsets = [(0, 8), (8, 9), (9, 15), (15, 18), (18, 23), (23, 28), (28, 29), (29, 30)]
-    assert hs._span_from_offsets(offsets, (10, 29)) == (2, 7)
-    assert hs._span_from_offsets(offsets, (40, 50)) is None
+    bpe = OffsetsTokenizer(offsets)
+    assert hs.prompt_tokens(bpe, hs.Prompt("x" * 30, (10, 29))).span == (2, 7)
+    assert hs.prompt_tokens(bpe, hs.Prompt("x" * 30, (40, 50))).span is None
 
 
 # --- normalisation, fusion, top-k -------------------------------------------------------------
@@ -417,11 +451,11 @@ def test_fusion_ranks_and_sign_conventions():
 
 def test_table_json_roundtrip_and_csv(tmp_path, tok):
     table = hs.score(tiny("llama"), tok, RECORDS, progress=False)
-    again = hs.HeadScores.load_json(table.save_json(tmp_path / "t.json"))
+    again = hs.HeadScores.from_dict(report.load_json(report.save_json(table, tmp_path / "t.json")))
     for metric in hs.RAW_METRICS:
         np.testing.assert_array_equal(again.raw[metric], table.raw[metric])
     np.testing.assert_array_equal(again.combined, table.combined)
-    table.to_csv(tmp_path / "raw.csv", "raw")
+    report.write_csv(table, tmp_path / "raw.csv", "raw")
     lines = (tmp_path / "raw.csv").read_text().splitlines()
     assert lines[0].startswith("layer,head,out_raw,ent_raw,task_raw")
     assert len(lines) == 1 + 2 * 4
@@ -476,75 +510,31 @@ def test_compare_refuses_other_samples_or_heads(tok):
         hs.compare(a, a, top=2.5)
 
 
-# --- data files --------------------------------------------------------------------------------
+# --- data files (tests/evals/test_tasks.py): re-exported for hs.load_records(hs.BUNDLED_DATA) ----
 
 
-def test_bundled_data_set():
-    records = hs.load_records(hs.BUNDLED_DATA)
-    assert len(records) >= 36
-    assert all(r.span is not None and r.answer in r.labels for r in records)
-    assert len({r.text for r in records}) == len(records)
-
-
-@pytest.mark.parametrize(
-    "content,message",
-    [
-        ("", r"data\.jsonl: no records \(the file is empty\)"),
-        (
-            '{"question": "q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}}\n{oops\n',
-            r"data\.jsonl:2: invalid JSON line",
-        ),
-        (
-            '{"text": "fine"}\n\n{"choices": {"text": ["a", "b"], "label": ["A", "B"]}}\n',
-            r"data\.jsonl:3: field 'question' is missing",
-        ),
-        (
-            '{"question": "q?", "choices": {"text": ["a", "b"]}}\n',
-            r"data\.jsonl:1: field 'choices.label' is missing",
-        ),
-        (
-            '{"question": "q?", "choices": {"text": ["a", "b"], "label": ["A"]}}\n',
-            r"data\.jsonl:1: field 'choices' has 2 texts but 1 labels",
-        ),
-        (
-            '{"question": "q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, '
-            '"answerKey": "C"}\n',
-            r"data\.jsonl:1: field 'answerKey' is 'C'",
-        ),
-        ('{"prompt": "x"}\n', r"data\.jsonl:1: missing field.*'input', 'text', 'question'"),
-        ('{"text": ""}\n', r"data\.jsonl:1: field 'text' must be a non-empty string"),
-        ("[1, 2]\n", r"data\.jsonl:1: expected a JSON object, got int"),
-    ],
-)
-def test_bad_data_names_file_line_and_field(tmp_path, content, message):
-    path = tmp_path / "data.jsonl"
-    path.write_text(content)
-    with pytest.raises(hs.DataError, match=message):
-        hs.load_records(path)
-
-
-def test_json_array_reports_line_of_bad_item(tmp_path):
-    path = tmp_path / "data.json"
-    path.write_text('[\n  {"text": "ok"},\n  {"text": "ok too"},\n  {"txt": "bad"}\n]\n')
-    with pytest.raises(hs.DataError, match=r"data\.json:4: missing field"):
-        hs.load_records(path)
-    path.write_text('[\n  {"text": "ok"},\n  {"text": \n]\n')
-    with pytest.raises(hs.DataError, match=r"data\.json:4: invalid JSON"):
-        hs.load_records(path)
-    path.write_text('[{"text": "a"},\n {"input": "b"}]')
-    assert [p.text for p in hs.load_records(path)] == ["a", "b"]
-    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
-        hs.load_records(tmp_path / "missing.jsonl")
+def test_the_task_data_names_are_re_exported():
+    for name in (
+        "BUNDLED_DATA",
+        "DataError",
+        "Prompt",
+        "load_records",
+        "mc_prompt",
+        "parse_record",
+    ):
+        assert getattr(hs, name) is getattr(tasks, name)
+    assert hs.load_records(hs.BUNDLED_DATA) == tasks.load_records(tasks.BUNDLED_DATA)
 
 
 # --- command line on a tiny model ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory, tok):
+def tiny_dirs(tmp_path_factory):
     """A tiny Llama saved with the char tokenizer, a copy with layer 0 head 1 scaled, data."""
     root = tmp_path_factory.mktemp("cli")
     model = tiny("llama", n_kv_heads=2)
+    tok = char_tokenizer()
     model.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
     _scale_head(copy.deepcopy(model), 0, 1, 4.0).save_pretrained(root / "tuned")
@@ -645,7 +635,7 @@ def test_cli_compare_heads(tiny_dirs, tmp_path, capsys):
     comparison = json.loads((out / "comparison.json").read_text())
     top = comparison["top_movers"]["out_resid"][0]
     assert (top["layer"], top["head"]) == (0, 1) and top["ratio"] == pytest.approx(4.0)
-    before = hs.HeadScores.load_json(out / "before.json")
+    before = hs.HeadScores.from_dict(report.load_json(out / "before.json"))
     assert before.shape == (2, 4)
 
     same = tmp_path / "same"
@@ -738,15 +728,6 @@ def smollm(request):
     except FileNotFoundError as error:
         pytest.skip(str(error))
     return load()
-
-
-@pytest.fixture
-def one_thread():
-    """On small shared VMs (2 vCPUs) two OpenMP threads under load run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.real
