@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions import lm, text
-from interventions.checks import indices, integer, number
+from interventions.checks import choice, indices, integer, number
 from interventions.evals import honesty
 from interventions.evals.honesty import CHOICES, Claim, Pair, claim_prompts, residuals
 
@@ -248,8 +248,7 @@ def extract_direction(
     """Mean (``method="pca"``: first principal component) of paired ``resid_post`` differences
     per layer and position at the last ``n_positions`` prompt tokens; ``only_correct`` keeps the
     pairs the model answers as ``positive_answer`` / ``negative_answer`` expect."""
-    if method not in ("mean", "pca"):
-        raise ValueError(f"method must be 'mean' or 'pca', got {method!r}")
+    method = choice("method", method, ("mean", "pca"))
     if not pairs:
         raise ValueError("extract_direction needs at least one pair")
     hint = "name the layers to read, e.g. [20, 21]"
@@ -294,12 +293,6 @@ def extract_direction(
 # --- losses ---------------------------------------------------------------------------------------
 
 
-def _mode(mode: object) -> str:
-    if mode not in ("in", "out"):
-        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
-    return mode
-
-
 def projection_loss(
     acts: Float[Tensor, "b l p d"],
     direction: Direction | Float[Tensor, "l p d"],
@@ -309,7 +302,7 @@ def projection_loss(
     """Mean over batch, layers and positions of ``(1 - cos) / 2`` (``mode="in"``: 0 aligned,
     1 anti-aligned) or ``|cos|`` (``"out"``) to the direction (``flip``: its negative). A
     Direction must hold exactly the layers of ``acts``; a tensor broadcasts against ``acts[0]``."""
-    mode = _mode(mode)
+    mode = choice("mode", mode, ("in", "out"))
     vectors = direction.vectors if isinstance(direction, Direction) else direction
     _check_vectors(vectors, direction.layers if isinstance(direction, Direction) else None)
     if vectors.shape[-1] != acts.shape[-1]:
@@ -562,7 +555,7 @@ def tune(
     with the projection loss only, ``token_blocks`` (default: their ``mlp``; ``[]``: none) with
     the token loss only. Validation (``val_data`` or ``val_fraction`` of ``data``) every
     ``eval_every`` steps; ``history`` receives a dict per step and per evaluation."""
-    mode = _mode(mode)
+    mode = choice("mode", mode, ("in", "out"))
     hint = "name the layers the projection loss acts at, e.g. list(direction.layers)"
     layers = indices("layers", layers, iv.geometry(model).n_layers, hint=hint)
     vectors = _direction_at(direction, layers, model)
