@@ -305,16 +305,14 @@ def projection_loss(
     mode = choice("mode", mode, ("in", "out"))
     vectors = direction.vectors if isinstance(direction, Direction) else direction
     _check_vectors(vectors, direction.layers if isinstance(direction, Direction) else None)
-    if vectors.shape[-1] != acts.shape[-1]:
-        raise ValueError(f"direction has width {vectors.shape[-1]}, activations {acts.shape[-1]}")
     try:
         fits = torch.broadcast_shapes(vectors.shape, acts.shape[1:]) == acts.shape[1:]
     except RuntimeError:
         fits = False
-    if not fits:
+    if not fits or vectors.shape[-1] != acts.shape[-1]:
         raise ValueError(
-            f"direction of shape {tuple(vectors.shape)} does not match activations "
-            f"[batch, layers, positions, d] = {tuple(acts.shape)}"
+            f"direction of shape {tuple(vectors.shape)} does not match activations [batch, "
+            f"layers, positions, d] = {tuple(acts.shape)}: it must broadcast, with their width"
         )
     vectors = (-vectors if flip else vectors).to(acts.dtype)
     norms = torch.linalg.vector_norm(acts, dim=-1) * torch.linalg.vector_norm(vectors, dim=-1)
@@ -500,6 +498,8 @@ def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
 
 @contextmanager
 def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Only ``params`` require grad inside (a frozen LoRA base weight in a group trains, nothing
+    else builds a graph); every flag is put back after."""
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     keep = {id(p) for p in params}
     try:
@@ -742,8 +742,7 @@ class BlockSearch:
 
 
 def candidate_blocks(
-    layer_ranges: Sequence[tuple[int, int]],
-    modules: Sequence[str] = ("attn.v+attn.o", "mlp"),
+    layer_ranges: Sequence[tuple[int, int]], modules: Sequence[str] = ("attn.v+attn.o", "mlp")
 ) -> list[tuple[str, ...]]:
     """Single blocks ``layers.a:b.{module}`` for every range ``(a, b)`` (b excluded) x module."""
     out = []
