@@ -3,7 +3,7 @@
 - ``final_hidden`` / ``unembed``: the final norm's output with the forward stopped there, and
   the logits of only the rows a caller scores (soft-caps and scales included).
 - ``continuation_logprobs``: log p(continuation | prompt), per-token mean or sum.
-- ``choice_margin``: log p(a) - log p(b) of the next token.
+- ``choice_margin``: log p(a) - log p(b) of the next token (``first_token``: the id it scores).
 - ``perplexity``: sliding-window perplexity of a long text; ``token_cross_entropy`` its loss.
 - ``logits``: a forward's logits, of the last columns only where the model allows it.
 - ``generate_texts``: greedy or seeded top-k continuations; ``n_gram_entropy``: their variety.
@@ -205,7 +205,7 @@ def choice_margin(
     (each choice scored by its first token), float32 on the CPU."""
     if isinstance(choices, str) or not isinstance(choices, Sequence) or len(choices) != 2:
         raise TypeError(f"choices must be a pair of strings (a, b), got {choices!r}")
-    a, b = (_first_token(tokenizer, c, f"choices[{i}]") for i, c in enumerate(choices))
+    a, b = (first_token(tokenizer, c, f"choices[{i}]") for i, c in enumerate(choices))
     if a == b:
         raise ValueError(f"choices {tuple(choices)!r} start with the same token ({a})")
     rows = _prompt_rows(tokenizer, _texts("prompts", prompts), special=True)
@@ -218,12 +218,14 @@ def choice_margin(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def _first_token(tokenizer: Any, choice: object, name: str) -> int:
-    if not isinstance(choice, str):
-        raise TypeError(f"{name} must be a str, got {type(choice).__name__}: {choice!r}")
-    ids = token_ids(tokenizer, choice, special=False)
+def first_token(tokenizer: Any, string: object, name: str = "string") -> int:
+    """The id of the first token of ``string`` (no special tokens), which scores it as a next
+    token; ``name`` names it in errors."""
+    if not isinstance(string, str):
+        raise TypeError(f"{name} must be a str, got {type(string).__name__}: {string!r}")
+    ids = token_ids(tokenizer, string, special=False)
     if not ids:
-        raise ValueError(f"{name} {choice!r} encodes to no token")
+        raise ValueError(f"{name} {string!r} encodes to no token")
     return ids[0]
 
 

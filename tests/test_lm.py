@@ -204,6 +204,15 @@ def test_choice_margin_refuses_bad_choices_and_prompts(llama, tok):
         lm.choice_margin(llama, tok, ["a", 3], CHOICES)
 
 
+def test_first_token_is_the_first_id_without_special_tokens(tok):
+    false = tok.encode(" False", add_special_tokens=False)
+    assert lm.first_token(tok, " False and more") == false[0] != tok.encode(" False")[0]  # BOS
+    with pytest.raises(ValueError, match=r"answer ' ' encodes to no token"):
+        lm.first_token(tok, " ", "answer")
+    with pytest.raises(TypeError, match=r"string must be a str, got int: 3"):
+        lm.first_token(tok, 3)
+
+
 # --- perplexity, token loss, logits ---------------------------------------------------------------
 
 

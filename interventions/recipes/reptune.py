@@ -1,54 +1,28 @@
 """Representation tuning: fine-tune a behaviour direction into (or out of) the residual stream.
 
-Paper
------
-C. Ackerman, "Representation Tuning", 2024 (arXiv:2409.06927). Instead of steering at inference
-(adding a vector to the residual stream on every forward), fine-tune the model so that its own
-residual stream at chosen layers and positions lines up with a behaviour direction ("in") or is
-orthogonal to it ("out"), while a token loss keeps the output coherent.
+Paper: C. Ackerman, "Representation Tuning", 2024 (arXiv:2409.06927). Instead of steering at
+inference, fine-tune the model so that its own residual stream at chosen layers and positions
+lines up with a behaviour direction ("in") or is orthogonal to it ("out"), while a token loss
+keeps the output coherent.
 
-Algorithm
----------
-1. Direction: the mean (or first principal component) of paired ``resid_post`` differences
-   (e.g. a claim after an honest vs a lying context) at the last N prompt tokens, per layer and
-   position; optionally only the pairs the model answers as each prompt expects.
-2. Losses: ``projection_loss`` is ``(1 - cos)/2`` to tune the direction in, ``|cos|`` to tune it
-   out; the token loss is the plain loss on a completion, the cross entropy against a target
-   distribution, or ``format_loss`` (``AnyOf``, the default: keep the answer among the choices
-   without preferring one, so that the projection loss alone decides the behaviour).
-3. Tuning: one forward captures the activations with their graph (and the logits, or stops after
-   the last tuned layer when there is no token loss); each loss updates only its own parameter
-   group (``torch.autograd.grad`` per group), the token step is skipped while the token loss is
-   within ``token_tolerance`` of its minimum; AdamW with warmup, early stopping on a validation
-   split (the best weights kept). The result is the ``iv.WeightDelta`` of what changed; a failed
-   or interrupted run puts every tuned parameter back bit-exactly.
-4. Block search: short runs over parameter blocks (layer ranges x modules), ranked by
-   validation loss. Evaluation: perplexity, forced choice, cosine to the direction, steerability.
+1. Direction: mean (or first principal component) of paired ``resid_post`` differences at the
+   last N prompt tokens (left-padded prompts; never position 0, the attention sink).
+2. Losses: projection ``(1 - cos)/2`` (in) or ``|cos|`` (out); token loss on a completion, a
+   target distribution, or ``AnyOf`` choices (``format_loss``: keeps the format, not an answer).
+3. Tuning: each loss updates only its own parameter group (AdamW with warmup); the token step
+   waits while the token loss is within ``token_tolerance`` of its minimum; early stopping keeps
+   the best validated weights. Returns the ``iv.WeightDelta``.
+4. Block search: short runs over parameter blocks, ranked by validation loss.
 
-Prompts are left-padded with position ids from the mask, so the last N tokens are the same
-columns in every row; they may never include position 0 (the attention sink, with a residual norm
-of ~25,000 in SmolLM2's middle layers). Small models need larger learning rates than the paper's
-1e-6 / 1e-5 on Llama-2-13B: SmolLM2-135M moves at 3e-4 to 1e-3 (docs/reptune.md).
+The honesty data and metrics are ``interventions.evals.honesty``'s (re-exported here). Small
+models need larger learning rates than the paper's 1e-6 / 1e-5 (docs/reptune.md).
 
-Usage
------
->>> from interventions.models import load
->>> from interventions.recipes import reptune
->>> model, tokenizer = load()                                    # SmolLM2-135M-Instruct
 >>> train, test = reptune.split_claims(reptune.load_claims(), held_out=0.3)
->>> pairs = reptune.honesty_pairs(train)                         # honest vs lying context
->>> d = reptune.extract_direction(model, tokenizer, pairs, layers=[20, 21, 22, 23])
->>> d.save("honesty.safetensors")                                # reptune.Direction.load(...)
->>> held_out = reptune.claim_prompts(test)
->>> before = reptune.cosine_to_direction(model, tokenizer, held_out, d, layers=[21, 22, 23])
+>>> d = reptune.extract_direction(model, tokenizer, reptune.honesty_pairs(train), [20, 21, 22])
 >>> delta = reptune.tune(model, tokenizer, reptune.tuning_examples(train), direction=d,
-...                      layers=[21, 22, 23], mode="in", lr=3e-4, steps=30)
->>> after = reptune.cosine_to_direction(model, tokenizer, held_out, d, layers=[21, 22, 23])
->>> reptune.forced_choice(model, tokenizer, held_out).rate_first    # share of " True" answers
->>> reptune.perplexity(model, tokenizer, reptune.load_prose(), window=256, stride=128)
->>> delta.save("honesty_in.safetensors"); delta.revert(model)    # bit-exact original
-
-Walkthrough with measured numbers: ``examples/04_representation_tuning.py``, docs/reptune.md.
+...                      layers=[21, 22], mode="in", lr=3e-4, steps=30)
+>>> reptune.cosine_to_direction(model, tokenizer, reptune.claim_prompts(test), d, [21, 22])
+>>> delta.revert(model)                                          # bit-exact original
 """
 
 import itertools
@@ -59,7 +33,6 @@ import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -70,142 +43,36 @@ from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions import lm, text
-from interventions.checks import indices, integer, number
-from interventions.lm import perplexity as perplexity  # re-exported: reptune.perplexity(...)
+from interventions.checks import choice, indices, integer, number
+from interventions.evals import honesty
+from interventions.evals.honesty import CHOICES, Claim, Pair, claim_prompts, residuals
+
+# re-exported (so are residuals, claim_prompts, CHOICES): reptune.load_claims() keeps working
+from interventions.evals.honesty import claim_prompt as claim_prompt
+from interventions.evals.honesty import forced_choice as forced_choice
+from interventions.evals.honesty import honesty_pairs as honesty_pairs
+from interventions.evals.honesty import load_claims as load_claims
+from interventions.evals.honesty import load_prose as load_prose
+from interventions.evals.honesty import split_claims as split_claims
+from interventions.lm import perplexity as perplexity
 from interventions.lm import token_cross_entropy
 from interventions.weights import load_tensors, save_tensors
 
-CHOICES = (" True", " False")
 _FORMAT = "interventions.reptune.Direction/1"
-
-# --- bundled data ---------------------------------------------------------------------------------
-
-
-def _data_file(name: str) -> Path:
-    return Path(str(resources.files("interventions.data").joinpath(name)))
-
-
-CLAIMS = _data_file("claims.jsonl")
-PROSE = _data_file("prose.txt")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A short factual claim; the two claims of one ``pair`` share a subject (one true)."""
-
-    id: str
-    text: str
-    label: bool
-    pair: int
-    topic: str = ""
-
-
-def load_claims(path: str | os.PathLike = CLAIMS) -> list[Claim]:
-    """Claims from a JSON-lines file with ``id``, ``claim``, ``label`` and ``pair`` fields."""
-    claims = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            missing = {"id", "claim", "label", "pair"} - set(row)
-            if missing:
-                raise ValueError(f"{path}:{line_number}: claim record lacks {sorted(missing)}")
-            topic = row.get("topic", "")
-            claims.append(Claim(row["id"], row["claim"], bool(row["label"]), row["pair"], topic))
-    return claims
-
-
-def load_prose(path: str | os.PathLike = PROSE) -> str:
-    """The bundled plain English prose (for perplexity)."""
-    return Path(path).read_text(encoding="utf-8")
-
-
-def split_claims(
-    claims: Sequence[Claim], held_out: float = 0.3, seed: int = 0
-) -> tuple[list[Claim], list[Claim]]:
-    """Split by ``pair`` (both claims about one subject land on the same side): (train, test)."""
-    if not 0 < held_out < 1:
-        raise ValueError(f"held_out is a fraction in (0, 1), got {held_out}")
-    pairs = sorted({c.pair for c in claims})
-    test_pairs = set(_held_out(pairs, max(1, round(held_out * len(pairs))), seed)[1])
-    train = [c for c in claims if c.pair not in test_pairs]
-    return train, [c for c in claims if c.pair in test_pairs]
-
-
-def _held_out(items: Sequence, n_held: int, seed: int) -> tuple[list, list]:
-    """(kept, held): the first ``n_held`` items of a seeded shuffle are held out."""
-    shuffled = list(items)
-    random.Random(seed).shuffle(shuffled)
-    return shuffled[n_held:], shuffled[:n_held]
-
-
-# --- prompts --------------------------------------------------------------------------------------
-
-# In-context examples (not in claims.jsonl). An honest context answers them correctly, a lying
-# context inverts every answer: the same claim then follows an honest or a dishonest speaker.
-SHOTS = (
-    ("Snow is white.", True),
-    ("Fish can walk on land.", False),
-    ("Cows eat grass.", True),
-    ("The moon is made of cheese.", False),
-)
-
-
-def claim_prompt(text: str, honest: bool = True, shots: Sequence[tuple[str, bool]] = SHOTS) -> str:
-    """``text`` after in-context examples answered honestly (or all inverted): the next token is
-    the answer, " True" or " False"."""
-    lines = [f"{c} {'True' if (label if honest else not label) else 'False'}" for c, label in shots]
-    return "\n".join([*lines, text])
-
-
-def claim_prompts(claims: Iterable[Claim], honest: bool | None = None) -> list[str]:
-    """Prompts of ``claims`` in the honest context, the lying one, or both (``None``)."""
-    contexts = (True, False) if honest is None else (honest,)
-    return [claim_prompt(c.text, h) for h in contexts for c in claims]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """The same prompt in the direction's sense (``positive``) and the opposite (``negative``).
-
-    The answers, when given, are what a model that follows each prompt says next (used by
-    ``extract_direction(only_correct=True)``).
-    """
-
-    positive: str
-    negative: str
-    positive_answer: str | None = None
-    negative_answer: str | None = None
-
-
-def honesty_pairs(claims: Iterable[Claim], choices: tuple[str, str] = CHOICES) -> list[Pair]:
-    """Each claim in the honest context (answered correctly) vs the lying one (inverted)."""
-    true, false = choices
-    return [
-        Pair(
-            claim_prompt(c.text, honest=True),
-            claim_prompt(c.text, honest=False),
-            true if c.label else false,
-            false if c.label else true,
-        )
-        for c in claims
-    ]
 
 
 @dataclass(frozen=True)
 class AnyOf:
-    """A target that keeps the answer format but not the answer: the next token is one of
-    ``choices``, in any proportion (``format_loss``, minimum 0)."""
+    """A target that keeps the answer format, not the answer: the next token is one of
+    ``choices``, in any proportion (``format_loss``)."""
 
     choices: tuple[str, ...] = CHOICES
 
 
 @dataclass(frozen=True)
 class Example:
-    """The projection loss acts at the prompt's last tokens; ``target`` is a completion (plain
-    token loss), a next-token distribution such as ``{" True": 0.5, " False": 0.5}``, an
-    ``AnyOf`` (both at the last prompt token), or None (no token loss)."""
+    """``target``: a completion (plain token loss), a next-token distribution such as
+    ``{" True": 0.5, " False": 0.5}``, an ``AnyOf``, or None (projection loss only)."""
 
     prompt: str
     target: str | Mapping[str, float] | AnyOf | None = None
@@ -216,8 +83,7 @@ def tuning_examples(
     target: str | Mapping[str, float] | AnyOf | None = AnyOf(CHOICES),
     honest: bool | None = None,
 ) -> list[Example]:
-    """Claim prompts (both contexts by default), each with ``target`` (by default: keep
-    answering " True" or " False", in whatever proportion)."""
+    """Claim prompts (both contexts by default), each with ``target``."""
     return [Example(p, target) for p in claim_prompts(claims, honest)]
 
 
@@ -227,7 +93,7 @@ def tuning_examples(
 @dataclass
 class Batch(text.Batch):
     """Left-padded prompts, each followed by its completion (if any); ``prompt_end`` is the
-    column just after each prompt (== t without completions)."""
+    column just after each prompt."""
 
     prompt_end: Int[Tensor, " b"]
 
@@ -267,79 +133,24 @@ def make_batch(
     return Batch(padded.input_ids, padded.attention_mask, padded.position_ids, end)
 
 
-def _first_token(tokenizer, string: str) -> int:
-    ids = text.token_ids(tokenizer, string, special=False)
-    if not ids:
-        raise ValueError(f"{string!r} encodes to no token")
-    return ids[0]
-
-
-def _resid_post(
-    model: nn.Module,
-    batch: Batch,
-    layers: Sequence[int],
-    positions: Bool[Tensor, "b t"],
-    keep_grad: bool,
-    keep_logits: int = 0,
-) -> tuple[Float[Tensor, "b l n d"], Tensor | None]:
-    """``resid_post`` at ``layers`` and the marked positions (the same count per row), as
-    ``[batch, layers, positions, d_model]``, and the logits of the last ``keep_logits`` columns;
-    without logits the forward stops after the last of ``layers``."""
-    sites = [f"layers.{i}.resid_post" for i in layers]
-    per_row = positions.sum(-1)
-    if bool((per_row != per_row[0]).any()):
-        raise ValueError("every row must mark the same number of positions")
-    logits = None
-    stop = not keep_logits
-    with iv.capture(model, sites, positions=positions, keep_grad=keep_grad, stop=stop) as cache:
-        if stop:
-            model(**batch.inputs(model))  # ends the block: nothing after the last layer runs
-        else:
-            logits = lm.logits(model, batch, keep=keep_logits)
-    acts = torch.stack([cache[s] for s in sites])  # [layers, (b n), d]
-    return rearrange(acts, "l (b n) d -> b l n d", n=int(per_row[0])), logits
-
-
-def residuals(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    layers: Sequence[int],
-    n_positions: int,
-    batch_size: int = 16,
-) -> Float[Tensor, "n l p d"]:
-    """``resid_post`` at ``layers`` and the last ``n_positions`` tokens of each prompt (no grad)."""
-    out = []
-    for chunk in text.batches(list(prompts), batch_size):
-        batch = make_batch(tokenizer, chunk).to(model)
-        mask = batch.last_prompt_tokens(n_positions)
-        with torch.no_grad():
-            out.append(_resid_post(model, batch, layers, mask, keep_grad=False)[0].float().cpu())
-    return torch.cat(out)
-
-
 # --- direction ------------------------------------------------------------------------------------
 
 
 def _check_vectors(vectors: Tensor, layers: Sequence[int] | None = None) -> None:
-    """Refuse a direction the projection loss cannot use: NaN or infinite values would reach
-    the weights, and the cosine to a zero vector is 0 whatever the activations (nothing to
-    tune). ``layers`` names the first dimension in the message."""
-    bad = ~torch.isfinite(vectors)
-    if bool(bad.any()):
+    """Refuse NaN or infinite values (they would reach the weights) and zero vectors (the cosine
+    to one is 0 whatever the activations: nothing to tune). ``layers`` names the first axis."""
+    bad = int((~torch.isfinite(vectors)).sum())
+    if bad:
         raise ValueError(
-            f"the direction holds {int(bad.sum())} NaN or infinite values (of "
-            f"{vectors.numel()}): extract it again (extract_direction) from finite activations"
+            f"the direction holds {bad} NaN or infinite values (of {vectors.numel()}): extract "
+            "it again (extract_direction) from finite activations"
         )
     zero = torch.linalg.vector_norm(vectors.double(), dim=-1) == 0
     if bool(zero.any()):
         found = zero.nonzero().tolist()[:4]
-        if zero.ndim == 0:
-            where = ""
-        elif layers is not None:
+        where = "" if zero.ndim == 0 else f" at index {found}"
+        if layers is not None and zero.ndim:
             where = f" at (layer, position) {[(layers[i], *rest) for i, *rest in found]}"
-        else:
-            where = f" at index {found}"
         raise ValueError(
             f"the direction is a zero vector{where}: the cosine to it is 0 whatever the "
             "activations, so the loss cannot tune anything there; use a direction from pairs "
@@ -349,13 +160,9 @@ def _check_vectors(vectors: Tensor, layers: Sequence[int] | None = None) -> None
 
 @dataclass
 class Direction:
-    """A behaviour direction per layer and position (the last ``n_positions`` prompt tokens).
-
-    ``vectors[i, j]`` belongs to layer ``layers[i]`` and the j-th of the last positions (the
-    last token is ``j = n_positions - 1``). Mean differences keep their scale (so
-    ``steering_plan(layer, 1.0)`` adds one average positive-minus-negative difference); principal
-    components are unit vectors oriented to agree with the mean difference.
-    """
+    """``vectors[i, j]``: the direction at layer ``layers[i]`` and the j-th of the last
+    ``n_positions`` prompt tokens. Mean differences keep their scale; principal components are
+    unit vectors, oriented to agree with the mean difference."""
 
     vectors: Float[Tensor, "l p d"]
     layers: tuple[int, ...]
@@ -383,27 +190,20 @@ class Direction:
             raise ValueError(f"the direction has no layer {missing}; it has {list(self.layers)}")
         return self.vectors[[self.layers.index(i) for i in layers]]
 
-    def steering_vector(self, layer: int) -> Float[Tensor, " d"]:
-        """One vector for a layer: the mean over positions."""
-        return reduce(self.at([layer])[0], "p d -> d", "mean")
-
     def steering_plan(
         self, layer: int, alpha: float = 1.0, everywhere: bool = False
     ) -> dict[str, iv.Intervention]:
-        """Add ``alpha`` times the direction at ``layers.{layer}.resid_post``: each position's
-        vector at its own one of the last ``n_positions`` tokens (where the direction was
-        measured and is tuned), or with ``everywhere`` the mean vector at every position."""
+        """Add ``alpha`` times the direction at ``layers.{layer}.resid_post``: each vector at its
+        own one of the last positions, or with ``everywhere`` their mean at every position."""
         alpha = number("alpha", alpha)
-        site = f"layers.{layer}.resid_post"
+        site, vectors, n = f"layers.{layer}.resid_post", self.at([layer])[0], self.n_positions
         if everywhere:
-            return {site: iv.AddBias(self.steering_vector(layer), alpha)}
-        vectors = self.at([layer])[0]
-        n = self.n_positions
+            return {site: iv.AddBias(reduce(vectors, "p d -> d", "mean"), alpha)}
         parts = [iv.AddBias(vectors[j], alpha, positions=j - n) for j in range(n)]
         return {site: iv.Compose(*parts)}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """One safetensors file, written atomically (a failed save leaves an old file intact)."""
+        """One safetensors file, written atomically."""
         metadata = {"layers": json.dumps(list(self.layers)), "method": self.method,
                     "n_pairs": str(self.n_pairs), "meta": json.dumps(self.meta)}  # fmt: skip
         return save_tensors(path, {"vectors": self.vectors}, format=_FORMAT, metadata=metadata)
@@ -416,9 +216,7 @@ class Direction:
 
 
 def _direction_at(direction: Direction, layers: Sequence[int], model: nn.Module) -> Tensor:
-    """The direction's vectors at ``layers`` on the model's device, checked: still finite and
-    non-zero (a Direction's vectors can be changed after it is made), and as wide as the
-    model's residual stream."""
+    """The vectors at ``layers`` on the model's device, checked again (they may have changed)."""
     if not isinstance(direction, Direction):
         raise TypeError(
             "direction must be a reptune.Direction (from extract_direction or Direction.load), "
@@ -447,26 +245,25 @@ def extract_direction(
     choices: tuple[str, str] = CHOICES,
     batch_size: int = 16,
 ) -> Direction:
-    """Mean (or first principal component) of paired ``resid_post`` differences per layer and
-    position, at the last ``n_positions`` prompt tokens.
-
-    ``only_correct`` keeps the pairs whose positive prompt is answered ``positive_answer`` and
-    negative prompt ``negative_answer`` (forced choice between ``choices``).
-    """
-    if method not in ("mean", "pca"):
-        raise ValueError(f"method must be 'mean' or 'pca', got {method!r}")
+    """Mean (``method="pca"``: first principal component) of paired ``resid_post`` differences
+    per layer and position at the last ``n_positions`` prompt tokens; ``only_correct`` keeps the
+    pairs the model answers as ``positive_answer`` / ``negative_answer`` expect."""
+    method = choice("method", method, ("mean", "pca"))
     if not pairs:
         raise ValueError("extract_direction needs at least one pair")
-    layers = indices(
-        "layers", layers, iv.geometry(model).n_layers, hint="name the layers to read, e.g. [20, 21]"
-    )
+    hint = "name the layers to read, e.g. [20, 21]"
+    layers = indices("layers", layers, iv.geometry(model).n_layers, hint=hint)
     n_positions = integer("n_positions", n_positions)
     offered = list(pairs)
-    pairs = (
-        _answered_as_expected(model, tokenizer, offered, choices, batch_size)
-        if only_correct
-        else offered
-    )
+    if only_correct:
+        pairs = honesty.answered_as_expected(
+            model, tokenizer, offered, choices, batch_size=batch_size
+        )
+        if not pairs:
+            raise ValueError(
+                f"none of the {len(offered)} pairs is answered as expected (positive and "
+                "negative); use only_correct=False or other prompts"
+            )
     positive, negative = (
         residuals(model, tokenizer, prompts, layers, n_positions, batch_size)
         for prompts in ([p.positive for p in pairs], [p.negative for p in pairs])
@@ -480,10 +277,8 @@ def extract_direction(
             f"resid_post at (layer, position) {where}: there is no difference to take a "
             "direction from; use pairs whose prompts differ before their last tokens"
         )
-    mean = reduce(diffs, "n l p d -> l p d", "mean")
-    if method == "mean":
-        vectors = mean
-    else:
+    vectors = mean = reduce(diffs, "n l p d -> l p d", "mean")
+    if method == "pca":
         if len(pairs) < 2:
             raise ValueError("method='pca' needs at least two pairs")
         flat = rearrange(diffs, "n l p d -> (l p) n d")
@@ -491,60 +286,11 @@ def extract_direction(
         pc = rearrange(vh[:, 0], "(l p) d -> l p d", l=len(layers))
         sign = torch.sign((pc * mean).sum(-1, keepdim=True))
         vectors = pc * torch.where(sign == 0, torch.ones_like(sign), sign)
-    return Direction(
-        vectors.float(),
-        tuple(layers),
-        method,
-        len(pairs),
-        {"pairs_offered": len(offered), "only_correct": only_correct},
-    )
-
-
-def _answered_as_expected(
-    model: nn.Module, tokenizer, pairs: list[Pair], choices: tuple[str, str], batch_size: int
-) -> list[Pair]:
-    """The pairs whose positive prompt the model answers ``positive_answer`` and negative prompt
-    ``negative_answer`` (forced choice between ``choices``)."""
-    answers = [answer for p in pairs for answer in (p.positive_answer, p.negative_answer)]
-    if None in answers:
-        raise ValueError("only_correct needs positive_answer and negative_answer on every pair")
-    wrong = [answer for answer in answers if answer not in choices]
-    if wrong:
-        raise ValueError(f"answer {wrong[0]!r} is not one of choices {choices!r}")
-    prompts = [p.positive for p in pairs] + [p.negative for p in pairs]
-    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size)
-    said = [choices[0] if m > 0 else choices[1] for m in margins.tolist()]
-    n = len(pairs)
-    kept = [
-        p
-        for i, p in enumerate(pairs)
-        if said[i] == p.positive_answer and said[n + i] == p.negative_answer
-    ]
-    if not kept:
-        raise ValueError(
-            f"none of the {n} pairs is answered as expected (positive and negative); "
-            "use only_correct=False or other prompts"
-        )
-    return kept
+    meta = {"pairs_offered": len(offered), "only_correct": only_correct}
+    return Direction(vectors.float(), tuple(layers), method, len(pairs), meta)
 
 
 # --- losses ---------------------------------------------------------------------------------------
-
-
-def cosine(
-    acts: Float[Tensor, "*batch d"], direction: Float[Tensor, "*dir d"], eps: float = 1e-8
-) -> Float[Tensor, "*batch"]:
-    """Cosine on the last dimension (broadcasting); 0 where either vector is zero (no NaN)."""
-    direction = direction.to(acts.dtype)
-    dot = (acts * direction).sum(-1)
-    norms = torch.linalg.vector_norm(acts, dim=-1) * torch.linalg.vector_norm(direction, dim=-1)
-    return dot / norms.clamp_min(eps)
-
-
-def _mode(mode: object) -> str:
-    if mode not in ("in", "out"):
-        raise ValueError(f"mode must be 'in' or 'out', got {mode!r}")
-    return mode
 
 
 def projection_loss(
@@ -553,28 +299,24 @@ def projection_loss(
     mode: str = "in",
     flip: bool = False,
 ) -> Float[Tensor, ""]:
-    """Cosine loss of activations to a direction, averaged over batch, layers and positions.
-
-    ``mode="in"``: ``(1 - cos) / 2`` (0 aligned, 0.5 orthogonal, 1 anti-aligned);
-    ``mode="out"``: ``|cos|``. ``flip`` uses the negative direction. A Direction must hold exactly
-    the layers of ``acts`` (use ``direction.at(layers)``); a tensor broadcasts against
-    ``acts[0]``. Zero vectors count as orthogonal.
-    """
-    mode = _mode(mode)
+    """Mean over batch, layers and positions of ``(1 - cos) / 2`` (``mode="in"``: 0 aligned,
+    1 anti-aligned) or ``|cos|`` (``"out"``) to the direction (``flip``: its negative). A
+    Direction must hold exactly the layers of ``acts``; a tensor broadcasts against ``acts[0]``."""
+    mode = choice("mode", mode, ("in", "out"))
     vectors = direction.vectors if isinstance(direction, Direction) else direction
     _check_vectors(vectors, direction.layers if isinstance(direction, Direction) else None)
-    if vectors.shape[-1] != acts.shape[-1]:
-        raise ValueError(f"direction has width {vectors.shape[-1]}, activations {acts.shape[-1]}")
     try:
         fits = torch.broadcast_shapes(vectors.shape, acts.shape[1:]) == acts.shape[1:]
     except RuntimeError:
         fits = False
-    if not fits:
+    if not fits or vectors.shape[-1] != acts.shape[-1]:
         raise ValueError(
-            f"direction of shape {tuple(vectors.shape)} does not match activations "
-            f"[batch, layers, positions, d] = {tuple(acts.shape)}"
+            f"direction of shape {tuple(vectors.shape)} does not match activations [batch, "
+            f"layers, positions, d] = {tuple(acts.shape)}: it must broadcast, with their width"
         )
-    cos = cosine(acts, -vectors if flip else vectors)
+    vectors = (-vectors if flip else vectors).to(acts.dtype)
+    norms = torch.linalg.vector_norm(acts, dim=-1) * torch.linalg.vector_norm(vectors, dim=-1)
+    cos = (acts * vectors).sum(-1) / norms.clamp_min(1e-8)  # 0 where a vector is zero, no NaN
     loss = (1 - cos) / 2 if mode == "in" else cos.abs()
     return loss.mean()
 
@@ -582,9 +324,8 @@ def projection_loss(
 def soft_target_cross_entropy(
     logits: Float[Tensor, "*batch vocab"], targets: Float[Tensor, "*batch vocab"], mean: bool = True
 ) -> Float[Tensor, "*b"]:
-    """``-sum(targets * log_softmax(logits))`` averaged over the batch (per row unless
-    ``mean``). Its minimum is the entropy of ``targets`` (``target_entropy``); one-hot targets
-    give the plain token loss."""
+    """``-sum(targets * log_softmax(logits))``, mean over rows unless ``mean=False``; its
+    minimum is ``target_entropy(targets)``."""
     if logits.shape != targets.shape:
         try:
             targets = targets.expand_as(logits)
@@ -600,8 +341,6 @@ def soft_target_cross_entropy(
 def target_entropy(
     targets: Float[Tensor, "*batch vocab"], mean: bool = True
 ) -> Float[Tensor, "*b"]:
-    """Mean (or per-row) entropy of target distributions: the minimum of
-    ``soft_target_cross_entropy``."""
     t = targets.float()
     entropy = -(t * torch.log(t.clamp_min(1e-30))).sum(-1)
     return entropy.mean() if mean else entropy
@@ -610,11 +349,8 @@ def target_entropy(
 def format_loss(
     logits: Float[Tensor, "b vocab"], choices: Bool[Tensor, "b vocab"], mean: bool = True
 ) -> Float[Tensor, "*b"]:
-    """``-log p(choices)``: keep the next token among the choices, whichever it is.
-
-    The gradient reaches the choices' logits only through their mean (each gets the same
-    push against the other tokens), so the loss cannot prefer one choice over another.
-    """
+    """``-log p(choices)``. The gradient reaches the choices' logits only through their mean
+    (one shared push against the other tokens), so the loss never prefers one choice."""
     logits = logits.float()
     n = choices.sum(-1, keepdim=True).clamp_min(1)
     level = (logits * choices).sum(-1, keepdim=True) / n
@@ -631,7 +367,7 @@ def soft_targets(
     total = sum(_probabilities(distribution))
     target = torch.zeros(vocab_size)
     for string, p in distribution.items():
-        target[_first_token(tokenizer, string)] += p / total
+        target[lm.first_token(tokenizer, string, "target key")] += p / total
     return target
 
 
@@ -652,10 +388,8 @@ MODULE_KINDS = tuple(_WEIGHTS)
 
 
 def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str, nn.Parameter]:
-    """Parameters of blocks named ``"layers.{i|a:b|*}.{kind}"``, kind one of ``MODULE_KINDS``
-    (``attn.v`` is the value projection, ``attn.o`` the output projection, ``mlp`` the whole
-    MLP, ``block`` the whole layer). ``"layers.8:12.attn.v+attn.o"`` joins kinds. Keys are the
-    causal LM's parameter names (``iv.parameters``), also when a PEFT model wraps it."""
+    """Parameters of blocks ``"layers.{i|a:b|*}.{kind}"`` (kinds in ``MODULE_KINDS``, joined
+    with ``+``), keyed by the causal LM's parameter names (``iv.parameters``)."""
     n_layers = iv.geometry(model).n_layers
     found: dict[str, nn.Parameter] = {}
     for block in [blocks] if isinstance(blocks, str) else list(blocks):
@@ -665,16 +399,16 @@ def block_parameters(model: nn.Module, blocks: str | Iterable[str]) -> dict[str,
                 f"bad block {block!r}: expected 'layers.{{i|a:b|*}}.{{kind}}' with kind in "
                 f"{', '.join(MODULE_KINDS)}, e.g. 'layers.8:12.attn.v+attn.o'"
             )
-        unknown = [kind for kind in parts[2].split("+") if kind not in _WEIGHTS]
+        kinds = parts[2].split("+")
+        unknown = [kind for kind in kinds if kind not in _WEIGHTS]
         if unknown:
             raise ValueError(
                 f"unknown module kind {unknown[0]!r} in block {block!r}; expected one of "
                 f"{', '.join(MODULE_KINDS)}"
             )
         try:
-            layers = iv.layer_range(parts[1], n_layers)
-            for layer in layers:
-                for kind in parts[2].split("+"):
+            for layer in iv.layer_range(parts[1], n_layers):
+                for kind in kinds:
                     found.update(iv.parameters(model, f"layers.{layer}{_WEIGHTS[kind]}"))
         except (ValueError, NotImplementedError) as error:  # e.g. GPT-2's fused c_attn
             raise ValueError(f"block {block!r}: {error}") from error
@@ -711,17 +445,15 @@ class _Prepared:
 def _prepare(
     tokenizer, examples: Sequence[Example], n_positions: int, vocab: int, device: torch.device
 ) -> _Prepared:
-    completions = [e.target if isinstance(e.target, str) else "" for e in examples]
+    targets = [e.target for e in examples]
+    completions = [t if isinstance(t, str) else "" for t in targets]
     batch = make_batch(tokenizer, [e.prompt for e in examples], completions).to(device)
     width = batch.input_ids.shape[1]
-    soft_rows = torch.tensor(
-        [isinstance(e.target, (Mapping, AnyOf)) for e in examples], device=device
-    )
-    any_of = torch.tensor([isinstance(e.target, AnyOf) for e in examples], device=device)
+    soft_rows = torch.tensor([isinstance(t, (Mapping, AnyOf)) for t in targets], device=device)
+    any_of = torch.tensor([isinstance(t, AnyOf) for t in targets], device=device)
     soft = None
     if bool(soft_rows.any()):
-        rows = [_next_token_target(tokenizer, e.target, vocab) for e in examples]
-        soft = torch.stack(rows).to(device)
+        soft = torch.stack([_next_token_target(tokenizer, t, vocab) for t in targets]).to(device)
     lengths = (width - batch.prompt_end).tolist()  # completion tokens per row
     keep = max([n + 1 for n in lengths if n] + [1 if soft is not None else 0])
     labels = None
@@ -764,27 +496,10 @@ def _token_loss(p: _Prepared, logits: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(losses).mean(), torch.stack(minima).mean()
 
 
-def _losses(
-    model: nn.Module,
-    p: _Prepared,
-    direction: Float[Tensor, "l p d"],
-    layers: Sequence[int],
-    mode: str,
-    flip: bool,
-    with_tokens: bool,
-    keep_grad: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    keep = p.keep if with_tokens else 0  # this batch may hold no token target (keep 0)
-    acts, logits = _resid_post(model, p.batch, layers, p.proj_mask, keep_grad, keep)
-    proj = projection_loss(acts, direction, mode, flip)
-    if logits is None:
-        return proj, None, None
-    token, minimum = _token_loss(p, logits)
-    return proj, token, minimum
-
-
 @contextmanager
 def _only_trainable(model: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Only ``params`` require grad inside (a frozen LoRA base weight in a group trains, nothing
+    else builds a graph); every flag is put back after."""
     saved = {name: p.requires_grad for name, p in model.named_parameters()}
     keep = {id(p) for p in params}
     try:
@@ -803,7 +518,9 @@ def _split(data: Sequence[Example], val_fraction: float, seed: int):
     n_val = round(val_fraction * len(data))
     if n_val >= len(data):
         raise ValueError(f"val_fraction={val_fraction} leaves no training examples")
-    return _held_out(data, n_val, seed)
+    shuffled = list(data)
+    random.Random(seed).shuffle(shuffled)  # the seeded split of honesty.split_claims
+    return shuffled[n_val:], shuffled[:n_val]
 
 
 def tune(
@@ -832,24 +549,15 @@ def tune(
     progress: bool = True,
     history: list[dict] | None = None,
 ) -> iv.WeightDelta:
-    """Tune ``direction`` in (``mode="in"``) or out (``"out"``) at ``layers``; returns the
-    applied ``iv.WeightDelta`` of the parameters it changed (in both groups).
+    """Tune ``direction`` in or out at ``layers``; returns the applied ``iv.WeightDelta``.
 
-    ``projection_blocks`` (default: ``attn.v+attn.o`` of ``layers``; ``attn`` on GPT-2) are
-    updated by the projection loss only; ``token_blocks`` (default: ``mlp`` of ``layers``; ``[]``
-    for none) by the token loss only. The token step is skipped while the token loss is within
-    ``token_tolerance`` nats of its minimum. Validation (``val_data``, or ``val_fraction`` of
-    ``data``) every ``eval_every`` steps: the best weights are kept and tuning stops after
-    ``patience`` evaluations without improvement. ``history``, when given, receives one dict per
-    step and per evaluation. The model stays in eval mode (no dropout).
-    """
-    mode = _mode(mode)
-    layers = indices(
-        "layers",
-        layers,
-        iv.geometry(model).n_layers,
-        hint="name the layers the projection loss acts at, e.g. list(direction.layers)",
-    )
+    ``projection_blocks`` (default: ``attn.v+attn.o`` of ``layers``, ``attn`` on GPT-2) move
+    with the projection loss only, ``token_blocks`` (default: their ``mlp``; ``[]``: none) with
+    the token loss only. Validation (``val_data`` or ``val_fraction`` of ``data``) every
+    ``eval_every`` steps; ``history`` receives a dict per step and per evaluation."""
+    mode = choice("mode", mode, ("in", "out"))
+    hint = "name the layers the projection loss acts at, e.g. list(direction.layers)"
+    layers = indices("layers", layers, iv.geometry(model).n_layers, hint=hint)
     vectors = _direction_at(direction, layers, model)
     lr = number("lr", lr, above=0)
     token_lr = lr if token_lr is None else number("token_lr", token_lr, above=0)
@@ -862,10 +570,9 @@ def tune(
     spec = _layer_spec(min(layers), max(layers) + 1)
     if projection_blocks is None:
         projection_blocks = [f"{spec}.{default_projection_kind(model)}"]
+    token_blocks = [f"{spec}.mlp"] if token_blocks is None else token_blocks
     proj_params = block_parameters(model, projection_blocks)
-    token_params = block_parameters(
-        model, [f"{spec}.mlp"] if token_blocks is None else token_blocks
-    )
+    token_params = block_parameters(model, token_blocks)
     if not proj_params:
         raise ValueError("the projection group is empty: name at least one block")
     train, val = (
@@ -888,33 +595,42 @@ def tune(
     # without a token group (block search) are scored alike.
     val_tokens = any(e.target is not None for e in val)
     vocab, device, n = iv.geometry(model).d_vocab, text.device_of(model), direction.n_positions
+    history = [] if history is None else history
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
 
-    def log(record: dict) -> dict:
-        if history is not None:
-            history.append(record)
-        return record
+    sites = [f"layers.{i}.resid_post" for i in layers]
+
+    def losses(p: _Prepared, with_tokens: bool, keep_grad: bool) -> tuple[Tensor, ...]:
+        """(projection loss, token loss, its minimum); without logits to score, the forward
+        stops after the last tuned layer and the last two are None."""
+        keep, logits = p.keep if with_tokens else 0, None  # a batch may hold no token target
+        mask = p.proj_mask
+        with iv.capture(model, sites, positions=mask, keep_grad=keep_grad, stop=not keep) as c:
+            if keep:
+                logits = lm.logits(model, p.batch, keep=keep)
+            else:
+                model(**p.batch.inputs(model))  # ends the block: nothing after the last layer runs
+        acts = rearrange(torch.stack([c[s] for s in sites]), "l (b n) d -> b l n d", b=len(mask))
+        proj = projection_loss(acts, vectors, mode, flip)
+        return (proj, None, None) if logits is None else (proj, *_token_loss(p, logits))
 
     def validate(step: int) -> float:
         """Logs the mean validation losses; returns their sum (lower is better)."""
         proj_sum, excess_sum = 0.0, 0.0
         with torch.no_grad():
             for p in val_batches:
-                proj, token, minimum = _losses(
-                    model, p, vectors, layers, mode, flip, val_tokens, keep_grad=False
-                )
+                proj, token, minimum = losses(p, val_tokens, keep_grad=False)
                 proj_sum += float(proj)
                 excess_sum += float(token - minimum) if token is not None else 0.0
         k = max(1, len(val_batches))
-        record = log({"step": step, "val_projection": proj_sum / k,
-                      "val_token_excess": excess_sum / k})  # fmt: skip
-        return record["val_projection"] + record["val_token_excess"]
+        history.append({"step": step, "val_projection": proj_sum / k,
+                        "val_token_excess": excess_sum / k})  # fmt: skip
+        return proj_sum / k + excess_sum / k
 
     # a failed or interrupted run (Ctrl-C too) puts every tuned parameter back bit-exactly
     with iv.WeightDelta.recording(model, tuned) as recording:
-        originals = recording.originals
-        proj_group = _Group.of(proj_params, lr, weight_decay, warmup)
-        token_group = _Group.of(token_params, token_lr, weight_decay, warmup)
+        proj_group = _Group(proj_params, lr, weight_decay, warmup)
+        token_group = _Group(token_params, token_lr, weight_decay, warmup)
         val_batches = [
             _prepare(tokenizer, chunk, n, vocab, device) for chunk in text.batches(val, batch_size)
         ]
@@ -923,12 +639,10 @@ def tune(
         bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
         with bar, _only_trainable(model, tuned.values()), torch.enable_grad():
             if val_batches:
-                best, best_state = validate(0), dict(originals)
+                best, best_state = validate(0), dict(recording.originals)
             for step in bar:
                 p = _prepare(tokenizer, next(chunks), n, vocab, device)
-                proj, token, minimum = _losses(
-                    model, p, vectors, layers, mode, flip, bool(token_params), keep_grad=True
-                )
+                proj, token, minimum = losses(p, bool(token_params), keep_grad=True)
                 excess = None if token is None else float((token - minimum).detach())
                 token_step = excess is not None and excess > token_tolerance
                 # both gradients before either step: the token loss's graph holds the old weights
@@ -937,12 +651,10 @@ def tune(
                 proj_group.step(proj_grads)
                 if token_step:
                     token_group.step(token_grads)
-                record = log({"step": step + 1, "projection": float(proj.detach()),
-                              "token_excess": excess, "token_step": token_step})  # fmt: skip
-                bar.set_postfix(
-                    proj=f"{record['projection']:.4f}",
-                    tok="-" if excess is None else f"{excess:.3f}",
-                )
+                proj = float(proj.detach())
+                history.append({"step": step + 1, "projection": proj, "token_excess": excess,
+                                "token_step": token_step})  # fmt: skip
+                bar.set_postfix(proj=f"{proj:.4f}", tok="-" if excess is None else f"{excess:.3f}")
                 if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
                     score = validate(step + 1)
                     if score < best - 1e-6:
@@ -957,23 +669,16 @@ def tune(
     return recording.delta
 
 
-@dataclass
 class _Group:
     """A parameter group with its own AdamW and linear warmup (over its own steps)."""
 
-    params: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer | None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None
-
-    @classmethod
-    def of(cls, params: Mapping[str, nn.Parameter], lr: float, decay: float, warmup: int):
-        if not params:
-            return cls([], None, None)
-        optimizer = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=decay)
-        warm = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
-        )
-        return cls(list(params.values()), optimizer, warm)
+    def __init__(self, params: Mapping[str, nn.Parameter], lr: float, decay: float, warmup: int):
+        self.params = list(params.values())
+        if self.params:  # AdamW refuses an empty group
+            self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=decay)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup))
+            )
 
     def grads(self, loss: Tensor, retain_graph: bool = False) -> tuple[Tensor | None, ...]:
         return torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
@@ -1027,24 +732,17 @@ class BlockSearch:
 
     def table(self) -> str:
         header = f"{'rank':>4}  {'score':>8}  {'val_proj':>8}  {'val_tok+':>8}  projection | token"
-        lines = [header, "-" * len(header)]
-        lines.append(
-            f"{'-':>4}  {sum(self.baseline.values()):8.4f}  "
-            f"{self.baseline['val_projection']:8.4f}  {self.baseline['val_token_excess']:8.4f}  "
-            "(untuned)"
-        )
-        for rank, row in enumerate(self.rows, 1):
-            lines.append(
-                f"{rank:>4}  {row.score:8.4f}  {row.val_projection:8.4f}  "
-                f"{row.val_token_excess:8.4f}  {' '.join(row.projection_blocks)} | "
-                f"{' '.join(row.token_blocks) or '-'}"
-            )
-        return "\n".join(lines)
+        untuned = [self.baseline["val_projection"], self.baseline["val_token_excess"]]
+        rows = [("-", sum(untuned), *untuned, "(untuned)")]
+        for rank, r in enumerate(self.rows, 1):
+            blocks = f"{' '.join(r.projection_blocks)} | {' '.join(r.token_blocks) or '-'}"
+            rows.append((rank, r.score, r.val_projection, r.val_token_excess, blocks))
+        body = [f"{a:>4}  {b:8.4f}  {c:8.4f}  {d:8.4f}  {e}" for a, b, c, d, e in rows]
+        return "\n".join([header, "-" * len(header), *body])
 
 
 def candidate_blocks(
-    layer_ranges: Sequence[tuple[int, int]],
-    modules: Sequence[str] = ("attn.v+attn.o", "mlp"),
+    layer_ranges: Sequence[tuple[int, int]], modules: Sequence[str] = ("attn.v+attn.o", "mlp")
 ) -> list[tuple[str, ...]]:
     """Single blocks ``layers.a:b.{module}`` for every range ``(a, b)`` (b excluded) x module."""
     out = []
@@ -1056,7 +754,6 @@ def candidate_blocks(
 
 
 def _layer_spec(start: int, stop: int) -> str:
-    """``layers.a:b`` (b excluded), or ``layers.a`` for one layer."""
     return f"layers.{start}:{stop}" if stop - start > 1 else f"layers.{start}"
 
 
@@ -1077,21 +774,16 @@ def search_blocks(
     seed: int = 0,
     progress: bool = True,
 ) -> BlockSearch:
-    """Short tuning runs for every (projection blocks, token blocks) combination whose groups
-    do not overlap; each is scored by its validation loss after ``steps`` steps (projection +
-    token excess over its minimum; the untuned score is the table's baseline) and reverted.
-    Returns the ranked table."""
+    """A ``steps``-step run of ``tune`` for every (projection, token) combination whose groups
+    do not overlap, scored by its validation loss, then reverted; the untuned score is the
+    baseline."""
     train, val = _split(data, val_fraction, seed)
-    rows = []
-    baseline: dict[str, float] | None = None
+    rows, baseline = [], None
     proj_candidates = [tuple(c) for c in projection_candidates]
     token_candidates = [tuple(c) for c in token_candidates]
     names = {c: set(block_parameters(model, c)) for c in [*proj_candidates, *token_candidates]}
-    combos = [
-        (a, b)
-        for a, b in itertools.product(proj_candidates, token_candidates)
-        if not names[a] & names[b]
-    ]
+    pairs = itertools.product(proj_candidates, token_candidates)
+    combos = [(a, b) for a, b in pairs if not names[a] & names[b]]
     if not combos:
         raise ValueError("no combination of projection and token blocks is disjoint")
     for proj_blocks, token_blocks in tqdm(combos, desc="block search", disable=not progress):
@@ -1104,55 +796,15 @@ def search_blocks(
         )  # fmt: skip
         delta.revert(model)
         evals = [h for h in history if "val_projection" in h]
-        if baseline is None:
-            baseline = {k: evals[0][k] for k in ("val_projection", "val_token_excess")}
+        keys = ("val_projection", "val_token_excess")
+        baseline = baseline or {k: evals[0][k] for k in keys}
         last = evals[-1]  # after the short run (tune itself would keep the untuned weights)
-        rows.append(
-            BlockScore(proj_blocks, token_blocks, last["val_projection"], last["val_token_excess"])
-        )
+        rows.append(BlockScore(proj_blocks, token_blocks, *(last[k] for k in keys)))
     rows.sort(key=lambda r: r.score)
     return BlockSearch(rows, baseline or {})
 
 
-# --- evaluation -----------------------------------------------------------------------------------
-
-
-@dataclass
-class ForcedChoice:
-    """Forced choice between two answers: margins are ``log p(first) - log p(second)``."""
-
-    margins: Float[Tensor, " n"]
-    labels: Bool[Tensor, " n"] | None = None
-
-    @property
-    def rate_first(self) -> float:
-        return float((self.margins > 0).float().mean())
-
-    @property
-    def mean_margin(self) -> float:
-        return float(self.margins.mean())
-
-    @property
-    def accuracy(self) -> float | None:
-        if self.labels is None:
-            return None
-        return float(((self.margins > 0) == self.labels).float().mean())
-
-
-def forced_choice(
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    labels: Sequence[bool] | None = None,
-    *,
-    choices: tuple[str, str] = CHOICES,
-    batch_size: int = 16,
-    plan: Mapping[str, iv.Intervention] | None = None,
-) -> ForcedChoice:
-    """Which of ``choices`` the model prefers after each prompt (``plan`` steers meanwhile);
-    ``labels[i]`` True means ``choices[0]`` is right."""
-    margins = lm.choice_margin(model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan)
-    return ForcedChoice(margins, None if labels is None else torch.tensor(list(labels)))
+# --- evaluation at a Direction (the metrics are interventions.evals.honesty's) --------------------
 
 
 def cosine_to_direction(
@@ -1163,16 +815,12 @@ def cosine_to_direction(
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> dict[int, dict[str, float]]:
-    """Per layer: mean cosine and mean |cosine| of ``resid_post`` at the last prompt tokens to
-    the direction (over prompts and positions)."""
+    """``honesty.cosine_to_direction`` at ``layers`` of the direction (default: all)."""
     layers = list(direction.layers if layers is None else layers)
-    vectors = _direction_at(direction, layers, model).cpu()
-    acts = residuals(model, tokenizer, prompts, layers, direction.n_positions, batch_size)
-    cos = cosine(acts, vectors)  # [n, layers, positions]
-    return {
-        layer: {"cos": float(cos[:, i].mean()), "abs_cos": float(cos[:, i].abs().mean())}
-        for i, layer in enumerate(layers)
-    }
+    vectors = _direction_at(direction, layers, model)
+    return honesty.cosine_to_direction(
+        model, tokenizer, prompts, vectors, layers, batch_size=batch_size
+    )
 
 
 def steerability(
@@ -1185,22 +833,7 @@ def steerability(
     choices: tuple[str, str] = CHOICES,
     batch_size: int = 16,
 ) -> dict[str, float | list[float]]:
-    """Mean forced-choice margin while adding ``alpha`` times the direction at
-    ``layers.{layer}.resid_post`` (``direction.steering_plan``: each of the last positions its
-    own vector); ``slope`` is the least-squares change of margin per unit alpha (how steerable
-    the model is by this direction)."""
+    """``honesty.steerability`` under ``direction.steering_plan(layer, alpha)``."""
     _direction_at(direction, [layer], model)
-    alphas = [number(f"alphas[{i}]", a) for i, a in enumerate(alphas)]
-    if len(set(alphas)) < 2:
-        raise ValueError(f"steerability needs at least two different alphas, got {alphas}")
-    means = []
-    for alpha in alphas:
-        plan = direction.steering_plan(layer, alpha)
-        margins = lm.choice_margin(
-            model, tokenizer, prompts, choices, batch_size=batch_size, plan=plan
-        )
-        means.append(float(margins.mean()))
-    a = torch.tensor(list(alphas), dtype=torch.float64)
-    m = torch.tensor(means, dtype=torch.float64)
-    slope = float(((a - a.mean()) * (m - m.mean())).sum() / ((a - a.mean()) ** 2).sum())
-    return {"alphas": list(alphas), "margins": means, "slope": slope}
+    plan = lambda alpha: direction.steering_plan(layer, alpha)  # noqa: E731
+    return honesty.steerability(model, tokenizer, prompts, plan, alphas, choices, batch_size)

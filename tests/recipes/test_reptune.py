@@ -9,6 +9,7 @@ from fakes import WordTokenizer
 
 import interventions as iv
 from interventions import lm
+from interventions.evals import honesty
 from interventions.models import tiny
 from interventions.recipes import reptune as rt
 
@@ -34,41 +35,6 @@ def assert_same(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     assert now.keys() == state.keys()
     changed = [k for k, v in state.items() if not torch.equal(v, now[k])]
     assert not changed, f"changed: {changed}"
-
-
-# --- data -----------------------------------------------------------------------------------------
-
-
-def test_bundled_claims_are_balanced_pairs(claims):
-    assert 140 <= len(claims) <= 160
-    assert sum(c.label for c in claims) == len(claims) // 2
-    by_pair: dict[int, list[bool]] = {}
-    for c in claims:
-        by_pair.setdefault(c.pair, []).append(c.label)
-    assert all(sorted(v) == [False, True] for v in by_pair.values())
-    assert len({c.text for c in claims}) == len(claims)
-    shots = {text for text, _ in rt.SHOTS}
-    assert not shots & {c.text for c in claims}
-    assert len(rt.load_prose().split()) > 1000
-
-
-def test_split_keeps_pairs_together(claims):
-    train, test = rt.split_claims(claims, held_out=0.3, seed=1)
-    assert {c.pair for c in train}.isdisjoint({c.pair for c in test})
-    assert len(train) + len(test) == len(claims)
-    assert abs(len(test) / len(claims) - 0.3) < 0.02
-    with pytest.raises(ValueError, match="fraction"):
-        rt.split_claims(claims, held_out=1.5)
-
-
-def test_prompts_invert_the_context():
-    honest = rt.claim_prompt("Grass is green.", honest=True)
-    liar = rt.claim_prompt("Grass is green.", honest=False)
-    assert honest.startswith("Snow is white. True\nFish can walk on land. False")
-    assert liar.startswith("Snow is white. False\nFish can walk on land. True")
-    assert honest.endswith("\nGrass is green.") and liar.endswith("\nGrass is green.")
-    pair = rt.honesty_pairs([rt.Claim("x", "Grass is purple.", False, 0)])[0]
-    assert (pair.positive_answer, pair.negative_answer) == (" False", " True")
 
 
 # --- losses (acceptance 1) ------------------------------------------------------------------------
@@ -216,18 +182,6 @@ def test_soft_targets_refuse_non_finite_and_negative_probabilities(tok, distribu
 # --- batching, residuals, direction ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_left_padding_does_not_change_a_prompt(arch, tok):
-    model = tiny(arch, n_layers=2)
-    prompts = ["a b c d e", "a much longer prompt with many more words in it f g"]
-    alone = rt.residuals(model, tok, prompts[:1], [0, 1], n_positions=3)
-    batched = rt.residuals(model, tok, prompts, [0, 1], n_positions=3)
-    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=1e-5)
-    margins_alone = lm.choice_margin(model, tok, prompts[:1], rt.CHOICES)
-    margins = lm.choice_margin(model, tok, prompts, rt.CHOICES)
-    torch.testing.assert_close(margins[:1], margins_alone, atol=1e-5, rtol=1e-5)
-
-
 def test_last_prompt_tokens_never_include_the_first_token(tok):
     batch = rt.make_batch(tok, ["a b c", "a b c d e f"])  # 4 and 7 tokens with the BOS
     mask = batch.last_prompt_tokens(3)
@@ -235,16 +189,6 @@ def test_last_prompt_tokens_never_include_the_first_token(tok):
     assert mask[:, -3:].all()
     with pytest.raises(ValueError, match="attention sink"):
         batch.last_prompt_tokens(4)
-
-
-def test_residuals_equal_a_plain_capture(tok):
-    model = tiny("llama", n_layers=3)
-    acts = rt.residuals(model, tok, ["one two three four five"], [0, 2], n_positions=2)
-    ids = torch.tensor([tok("one two three four five")["input_ids"]])
-    with torch.no_grad(), iv.capture(model, ["layers.0.resid_post", "layers.2.resid_post"]) as c:
-        model(input_ids=ids)
-    torch.testing.assert_close(acts[0, 0], c["layers.0.resid_post"][0, -2:])
-    torch.testing.assert_close(acts[0, 1], c["layers.2.resid_post"][0, -2:])
 
 
 def test_extract_direction_mean_pca_and_save(tok, claims, tmp_path):
@@ -694,19 +638,19 @@ def test_perplexity_matches_hand_computation(tok):
         rt.perplexity(model, tok, text, window=8, stride=16)
 
 
-def test_forced_choice_and_steerability(tok, claims):
-    model = tiny("llama", n_layers=3)
-    prompts = rt.claim_prompts(claims[:6], honest=True)
-    result = rt.forced_choice(model, tok, prompts, [c.label for c in claims[:6]])
-    assert result.margins.shape == (6,)
-    assert 0 <= result.rate_first <= 1 and result.accuracy is not None
-    d = rt.extract_direction(model, tok, rt.honesty_pairs(claims[:6]), [1], n_positions=2)
+def test_evaluation_at_a_direction_is_the_honesty_metric_at_its_vectors(tok, claims):
+    model, d, _ = _tiny_setup(tok, claims, n_claims=6)
+    prompts = rt.claim_prompts(claims[:6])
+    assert rt.cosine_to_direction(model, tok, prompts, d) == honesty.cosine_to_direction(
+        model, tok, prompts, d.vectors, [1, 2]
+    )
+    got = rt.cosine_to_direction(model, tok, prompts, d, layers=[2], batch_size=4)
+    assert got == honesty.cosine_to_direction(model, tok, prompts, d.at([2]), [2], batch_size=4)
     steer = rt.steerability(model, tok, prompts, d, layer=1, alphas=(0.0, 50.0))
-    assert steer["margins"][0] == pytest.approx(result.mean_margin, abs=1e-5)
-    assert steer["slope"] == pytest.approx((steer["margins"][1] - steer["margins"][0]) / 50)
+    plan = lambda alpha: d.steering_plan(1, alpha)  # noqa: E731
+    assert steer == honesty.steerability(model, tok, prompts, plan, alphas=(0.0, 50.0))
     assert steer["margins"][1] != pytest.approx(steer["margins"][0])
-    with pytest.raises(ValueError, match="same token"):
-        rt.forced_choice(model, tok, prompts, choices=(" True", " True"))
+    assert rt.load_claims is honesty.load_claims and rt.forced_choice is honesty.forced_choice
 
 
 def test_any_of_target_only_keeps_the_answer_format(tok, claims):
