@@ -111,3 +111,11 @@ def real_model():
     from interventions.models import load
 
     return load()
+
+
+@pytest.fixture(scope="session")
+def claims():
+    """The bundled honesty claims (representation tuning and its evaluation)."""
+    from interventions.evals import honesty
+
+    return honesty.load_claims()

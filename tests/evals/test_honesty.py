@@ -18,11 +18,6 @@ def tok() -> WordTokenizer:
     return WordTokenizer(bos=True, vocab=honesty.CHOICES)  # the two answers get distinct ids first
 
 
-@pytest.fixture(scope="module")
-def claims() -> list[honesty.Claim]:
-    return honesty.load_claims()
-
-
 # --- data and prompts -----------------------------------------------------------------------------
 
 

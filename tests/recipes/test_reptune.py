@@ -21,11 +21,6 @@ def tok() -> WordTokenizer:
     return WordTokenizer(bos=True, vocab=rt.CHOICES)  # the two answers get distinct ids first
 
 
-@pytest.fixture(scope="module")
-def claims() -> list[rt.Claim]:
-    return rt.load_claims()
-
-
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
