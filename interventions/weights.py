@@ -791,6 +791,11 @@ def _projection(table: Adapter, block: nn.Module, layer: int, kind: str) -> tupl
         raise NotImplementedError(
             f"{kind} on {table.name}: {path!r} has no weight matrix"
             + (f" (its experts are fused 3-D parameters: {', '.join(fused)})" if fused else "")
+            + (
+                f" (it is a list of {len(module)} expert modules)"
+                if isinstance(module, nn.ModuleList)
+                else ""
+            )
             + f"; {instead}"
         )
     return path, module
