@@ -80,7 +80,10 @@ def write(
     folder = _checked_folder(folder)
     table = adapter(model)
     n_layers = table.geometry(model.config).n_layers
-    names = [str(site) for site in expand(sites, n_layers)]
+    expanded = expand(sites, n_layers)
+    for site in expanded:  # before any forward: a site this architecture has no meaning for
+        table.refuse(site.kind, model.config)
+    names = [str(site) for site in expanded]
     if not names:
         raise ValueError("store.write got no sites: name at least one, e.g. 'layers.3.resid_post'")
     for name in names:
@@ -121,8 +124,7 @@ def write(
         total = None
     digests: dict[str, str] = {}
     options["fingerprints"] = {
-        name: _fingerprint(model, site, digests)
-        for name, site in zip(names, expand(names, n_layers), strict=True)
+        name: _fingerprint(model, site, digests) for name, site in zip(names, expanded, strict=True)
     }
     manifest = _resumed(folder, options)
     bar = tqdm(total=total, unit="tok", desc="store", disable=not progress)

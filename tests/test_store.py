@@ -250,3 +250,27 @@ def test_bad_input_is_refused_before_anything_is_written(llama, tmp_path):
     with pytest.raises(ValueError, match="not empty and holds no manifest.json"):
         store.write(llama, batches, SITES, folder)
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.real
+def test_a_store_of_smollm2_texts_equals_the_in_memory_capture(real_model, tmp_path):
+    model, tokenizer = real_model
+    texts = [
+        "The Eiffel Tower is located in Paris, the capital of France.",
+        "The Colosseum is an ancient amphitheatre in the centre of Rome.",
+        "Water boils at one hundred degrees Celsius at sea level.",
+    ]
+    sites = ["layers.5.resid_post", "layers.5.attn.heads"]
+    data = store.write(
+        model, texts, sites, tmp_path / "acts", tokenizer=tokenizer, max_tokens=1000,
+        batch_size=2, padding="left", skip_first_token=True, shard_tokens=16, progress=False,
+    )  # fmt: skip
+    rows = text.chunks(tokenizer, texts, 128, 1000)
+    batches = [text.pad(b, text.pad_id(tokenizer), "left") for b in text.batches(rows, 2)]
+    expected = in_memory(model, batches, sites)
+    kept = expected["index"][:, 1] != 0
+    stored = everything(data)
+    for name in [*sites, "index"]:
+        assert torch.equal(stored[name], expected[name][kept]), name
+    assert len(data) == sum(len(r) - 1 for r in rows)
+    assert data[0]["layers.5.attn.heads"].shape == (9, 64)  # SmolLM2: 9 heads of 64
