@@ -10,12 +10,9 @@ runs after every needed site raises a private control exception, which ends the 
 """
 
 import inspect
-import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -521,9 +518,6 @@ def _ending_at_stop(handle: Attachment) -> Iterator[None]:
         handle.remove()
 
 
-_CACHE_FORMAT = "interventions.Cache/1"
-
-
 class Cache(Mapping[str, Tensor]):
     """Captured activations keyed by site name (``cache["layers.3.attn.heads"]``)."""
 
@@ -579,61 +573,6 @@ class Cache(Mapping[str, Tensor]):
         # a Cache built without the model: ``*`` keeps only captured sites, so the captured
         # layers are all it can match
         return max((site.layer or 0) for site in self.captures) + 1
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write every site's records to one safetensors file (atomic: an interrupted save
-        leaves any file at ``path`` as it was); ``Cache.load(path)`` reads it back bit for bit.
-        A cache of reduced statistics (``reduce=``) is refused: save ``reducer.state_dict()``
-        or use ``stats.tally(cache=...)``."""
-        from interventions.weights import save_tensors  # weights builds on attach
-
-        reduced = [str(site) for site, c in self.captures.items() if c.reduce is not None]
-        if reduced:
-            raise ValueError(
-                f"Cache.save: the sites {reduced} hold reduced statistics (capture(reduce=...)), "
-                "not records; save their reducers' state_dict() with weights.save_tensors, or "
-                "use stats.tally(..., cache=folder)"
-            )
-        tensors = {}
-        counts = {}
-        for name, capture in self._by_name.items():
-            values = capture.values
-            counts[name] = len(values)
-            tensors.update({f"{name}/{i}": value for i, value in enumerate(values)})
-        # one metadata entry: safetensors writes several in a random order, and the file
-        # should be the same bytes for the same cache
-        layout = {"records": counts, "n_layers": self.n_layers}
-        return save_tensors(
-            path, tensors, format=_CACHE_FORMAT, metadata={"cache": json.dumps(layout)}
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Cache":
-        """The cache a ``Cache.save`` wrote at ``path``: the same sites, records, values and
-        ``stack``. Raises ValueError for a file of another kind or a damaged one."""
-        from interventions.weights import load_tensors  # weights builds on attach
-
-        tensors, metadata = load_tensors(path, format=_CACHE_FORMAT)
-        try:
-            layout = json.loads(metadata["cache"])
-            counts, n_layers = layout["records"], layout["n_layers"]
-            expected = {f"{name}/{i}" for name, n in counts.items() for i in range(n)}
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ValueError(
-                f"{path}: the Cache metadata is missing or damaged ({error!r}); save the cache "
-                "again with Cache.save"
-            ) from None
-        if expected != set(tensors):
-            raise ValueError(
-                f"{path}: the file's tensors {sorted(set(tensors) ^ expected)[:3]} do not match "
-                "its list of records: the file is damaged; save the cache again"
-            )
-        captures = {}
-        for name, n in counts.items():
-            capture = Capture()
-            capture.records = [[tensors[f"{name}/{i}"]] for i in range(n)]
-            captures[parse(name, n_layers)] = capture
-        return cls(captures, n_layers)
 
 
 @contextmanager
