@@ -124,10 +124,20 @@ def write(
     else:
         batches = _checked_batches(data)
         total = None
+        if isinstance(batches, Sequence):  # a list: checked, and counted for the bar, up front
+            masks = [_rows(batch, i)[1] for i, batch in enumerate(batches)]
+            total = sum(int(_selection(m, positions, skip_first_token).sum()) for m in masks)
     digests: dict[str, str] = {}
-    options["fingerprints"] = {
-        name: _fingerprint(model, site, digests) for name, site in zip(names, expanded, strict=True)
-    }
+    try:
+        options["fingerprints"] = {
+            name: _fingerprint(model, site, digests)
+            for name, site in zip(names, expanded, strict=True)
+        }
+    except ValueError as error:  # offloaded weights: nothing to hash
+        raise ValueError(
+            f"store.write: the model cannot be fingerprinted for the manifest ({error}); load "
+            "its weights in memory (no offloading to the meta device)"
+        ) from None
     manifest = _resumed(folder, options)
     bar = tqdm(total=total, unit="tok", desc="store", disable=not progress)
     with bar:

@@ -330,3 +330,10 @@ def test_a_cache_file_missing_a_record_is_refused(llama, ids, tmp_path):
     save_tensors(path, tensors, format="interventions.Cache/1", metadata=metadata)
     with pytest.raises(ValueError, match="damaged"):
         store.load_cache(path)
+
+
+def test_an_offloaded_model_is_refused_for_want_of_a_fingerprint(llama, offload, tmp_path):
+    batches = padded(token_rows(), "right")
+    with pytest.raises(ValueError, match="cannot be fingerprinted"):
+        store.write(offload(llama), batches, SITES, tmp_path / "acts", progress=False)
+    assert not (tmp_path / "acts").exists()
