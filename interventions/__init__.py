@@ -8,7 +8,7 @@ with iv.intervene(model, {"layers.12.attn.heads": iv.AddBias(v, heads=[3])}):
     model.generate(**inputs)
 """
 
-from interventions import lm, stats, text  # modules: iv.text.pad, iv.lm.perplexity, ...
+from interventions import lm, stats, store, text  # modules: iv.text.pad, iv.lm.perplexity, ...
 from interventions.adapters import (
     Adapter,
     BiasFlag,
@@ -21,11 +21,13 @@ from interventions.attach import Attachment, Cache, attach, capture, intervene, 
 from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
 from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
+from interventions.store import ActivationDataset
 from interventions.weights import WeightDelta, bake, parameters
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationDataset",
     "Adapter",
     "AddBias",
     "Attachment",
@@ -59,6 +61,7 @@ __all__ = [
     "parse",
     "register_adapter",
     "stats",
+    "store",
     "tally",
     "text",
 ]
