@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from interventions.adapters import adapter, causal_lm
 from interventions.attach import intervene, last_in_forward
+from interventions.files import load_tensors, save_tensors
 from interventions.ops import Capture
 from interventions.sites import Site, SiteLike, parse
 from interventions.text import device_of
-from interventions.weights import load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from interventions import text
 from interventions.adapters import adapter
 from interventions.attach import Cache, capture
 from interventions.checks import integer
+from interventions.files import load_tensors, save_tensors
 from interventions.ops import Capture
 from interventions.sites import SiteLike, expand, parse
 from interventions.stats import _fingerprint
-from interventions.weights import load_tensors, save_tensors
 
 MANIFEST = "manifest.json"
 _CACHE_FORMAT = "interventions.Cache/1"
@@ -231,7 +231,7 @@ def save_cache(cache: Cache, path: str | os.PathLike) -> Path:
     if reduced:
         raise ValueError(
             f"save_cache: the sites {reduced} hold reduced statistics (capture(reduce=...)), not "
-            "records; save their reducers' state_dict() with weights.save_tensors, or use "
+            "records; save their reducers' state_dict() with files.save_tensors, or use "
             "stats.tally(..., cache=folder)"
         )
     tensors, counts = {}, {}

@@ -319,7 +319,7 @@ def test_save_cache_refuses_statistics_and_load_cache_refuses_other_files(llama,
 
 
 def test_a_cache_file_missing_a_record_is_refused(llama, ids, tmp_path):
-    from interventions.weights import load_tensors, save_tensors
+    from interventions.files import load_tensors, save_tensors
 
     with iv.capture(llama, "layers.0.resid_post") as cache:
         llama(ids)

@@ -71,8 +71,8 @@ from interventions.evals.counterfact import (
     scores_from_records,
     target_logprobs,
 )
+from interventions.files import load_tensors, save_tensors
 from interventions.lm import n_gram_entropy
-from interventions.weights import load_tensors, save_tensors
 
 log = logging.getLogger("interventions.alphaedit")
 

@@ -51,9 +51,9 @@ import interventions as iv
 from interventions import text
 from interventions.checks import choice, integer, interval, number
 from interventions.evals.style import STYLE_INSTRUCTION, Triple, as_triples, load_triples
+from interventions.files import load_tensors, save_tensors
 from interventions.ops import Positions
 from interventions.probes import Ties, probe_pairs
-from interventions.weights import load_tensors, save_tensors
 
 _FORMAT = "interventions.dress/1"
 _SAVED_TENSORS = ("direction", "basis", "styled_mean")  # and the probe scores

@@ -54,9 +54,9 @@ from interventions.evals.honesty import honesty_pairs as honesty_pairs
 from interventions.evals.honesty import load_claims as load_claims
 from interventions.evals.honesty import load_prose as load_prose
 from interventions.evals.honesty import split_claims as split_claims
+from interventions.files import load_tensors, save_tensors
 from interventions.lm import perplexity as perplexity
 from interventions.lm import token_cross_entropy
-from interventions.weights import load_tensors, save_tensors
 
 _FORMAT = "interventions.reptune.Direction/1"
 
