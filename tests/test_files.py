@@ -5,6 +5,8 @@ import re
 import pytest
 import torch
 
+from interventions import files
+
 FORMAT = "tests.Tensors/1"
 
 
@@ -28,8 +30,6 @@ def test_save_tensors_round_trips_tensors_and_metadata(tmp_path):
 def test_a_failed_or_interrupted_save_tensors_leaves_the_file_and_nothing_else(
     tmp_path, monkeypatch
 ):
-    from interventions import files  # noqa: F811 (the module whose save_file is patched)
-
     path = files.save_tensors(tmp_path / "t.safetensors", {"x": torch.ones(2)}, format=FORMAT)
     saved = path.read_bytes()
 
