@@ -360,17 +360,21 @@ class Attachment:
         width = heads * g.d_head
         own = {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj}[which]
         if own is not None:
-            module, start, total = self._in_block(site, own), 0, width
-        else:  # refuse() let only a concatenated fused projection through
-            module, total = self._in_block(site, a.qkv_proj), (g.n_heads + 2 * g.n_kv_heads)
-            total *= g.d_head
+            path, start, total = own, 0, width
+        else:  # refuse() lets only a concatenated fused projection through
+            path, total = a.qkv_proj, (g.n_heads + 2 * g.n_kv_heads) * g.d_head
             start = {"q": 0, "k": g.n_heads, "v": g.n_heads + g.n_kv_heads}[which] * g.d_head
+        module = self._in_block(site, path)
         produced = self._out_features(module)
         if produced is not None and produced != total:
+            layout = (
+                f"{heads} {'query' if which == 'q' else 'KV'} heads"
+                if own is not None
+                else f"{g.n_heads} query heads + 2 x {g.n_kv_heads} KV heads"
+            )
             raise ValueError(
-                f"{site} on {a.name}: {own or a.qkv_proj} produces {produced} features, but the "
-                f"config gives {g.n_heads} query heads and {g.n_kv_heads} KV heads of d_head "
-                f"{g.d_head} ({total}); fix the adapter's config_keys"
+                f"{site} on {a.name}: {path} produces {produced} features, but the config gives "
+                f"{layout} of d_head {g.d_head} = {total}; fix the adapter's config_keys"
             )
         stop = start + width
 

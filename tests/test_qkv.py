@@ -90,7 +90,9 @@ def test_a_projection_wider_than_the_geometry_is_refused(llama, monkeypatch):
     refused by name, and the model keeps no hook."""
     table = iv.adapter(llama)
     monkeypatch.setitem(_REGISTRY, "llama", replace(table, q_proj="mlp.up_proj"))
-    with pytest.raises(ValueError, match="mlp.up_proj produces 64 features.*4 query heads"):
+    with pytest.raises(
+        ValueError, match=r"mlp.up_proj produces 64 features.*4 query heads of d_head 8 = 32"
+    ):
         iv.attach(llama, {"layers.0.resid_pre": iv.Capture(), "layers.0.attn.q": iv.Capture()})
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in llama.modules())
 
@@ -114,3 +116,28 @@ def test_q_k_v_edits_survive_cached_generate(llama, ids):
                 llama.generate(ids, max_new_tokens=4, do_sample=False, use_cache=use_cache)
             )
     assert torch.equal(*outputs)
+
+
+@pytest.mark.real
+def test_on_smollm2_v_is_what_attention_mixes_and_a_module_site_reads_act_fn(real_model):
+    """SmolLM2-135M (9 query heads, 3 KV heads): attn.q / attn.k / attn.v have the stated shapes,
+    the pattern applied to v gives attn.heads, and a module site sees the MLP activation."""
+    model, tokenizer = real_model
+    g = iv.geometry(model)
+    ids = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
+    names = [f"layers.5.{kind}" for kind in ("attn.q", "attn.k", "attn.v", "attn.pattern")]
+    names += ["layers.5.attn.heads", "layers.5.mlp.act", "module:model.layers.5.mlp.act_fn:output"]
+    with torch.no_grad(), iv.capture(model, names) as cache:
+        model(ids)
+    b, t = ids.shape
+    assert (g.n_heads, g.n_kv_heads) == (9, 3)
+    assert cache["layers.5.attn.q"].shape == (b, t, 9, g.d_head)
+    assert cache["layers.5.attn.k"].shape == cache["layers.5.attn.v"].shape == (b, t, 3, g.d_head)
+    v = cache["layers.5.attn.v"].repeat_interleave(3, dim=2)
+    mixed = torch.einsum("bhqk,bkhd->bqhd", cache["layers.5.attn.pattern"], v)
+    torch.testing.assert_close(mixed, cache["layers.5.attn.heads"], rtol=1e-4, atol=1e-4)
+    act = cache["module:model.layers.5.mlp.act_fn:output"]
+    up = model.model.layers[5].mlp.up_proj
+    with torch.no_grad(), iv.capture(model, "layers.5.mlp.in") as inputs:
+        model(ids)
+    torch.testing.assert_close(act * up(inputs["layers.5.mlp.in"]), cache["layers.5.mlp.act"])
