@@ -9,19 +9,31 @@ runs after every needed site raises a private control exception, which ends the 
 (later blocks and the unembedding never run) and which the ``with`` block swallows on exit.
 """
 
+import difflib
 import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from interventions.adapters import Adapter, Geometry, adapter, causal_lm
 from interventions.ops import Capture, Intervention, Positions, Step, is_reducer
-from interventions.sites import HEAD_KINDS, LAYER_KINDS, MODEL_KINDS, Site, SiteLike, expand, parse
+from interventions.sites import (
+    HEAD_KINDS,
+    LAYER_KINDS,
+    MODEL_KINDS,
+    PROJECTION_KINDS,
+    Site,
+    SiteLike,
+    expand,
+    parse,
+)
 
 if TYPE_CHECKING:  # stats builds on attach (tally captures)
     from interventions.stats import Reducer
@@ -59,9 +71,22 @@ def normalize_plan(
                 raise ValueError(
                     f"site {site} appears twice in the plan; combine with iv.Compose(a, b)"
                 )
-            intervention.check(site, geometry)
+            intervention.check(site, site_geometry(site, geometry))
             sites[site] = intervention
     return sites
+
+
+def site_geometry(site: Site, geometry: Geometry) -> Geometry:
+    """The geometry an intervention checks itself against at ``site``.
+
+    At ``attn.q`` / ``attn.k`` / ``attn.v`` the heads are the query heads or the KV heads and
+    each is ``d_head`` wide: ops' checks read ``n_heads`` for the head indices and, for a kind
+    they do not list, ``d_model`` for the width, so this view gives them those numbers.
+    """
+    if site.kind not in PROJECTION_KINDS:
+        return geometry
+    heads = geometry.n_heads if site.kind == "attn.q" else geometry.n_kv_heads
+    return replace(geometry, n_heads=heads, d_model=geometry.d_head)
 
 
 def cached_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
@@ -255,6 +280,12 @@ class Attachment:
         if kind == "attn.heads":  # first: the site most plans use, at every layer
             self._on_input(self._in_block(site, a.o_proj), self._head_editor(intervention))
             return
+        if kind in PROJECTION_KINDS:
+            self._register_projection(site, intervention)
+            return
+        if site.module_path is not None:
+            self._register_module_site(site, intervention)
+            return
         if kind == "attn.pattern":
             module = self._in_block(site, a.attn)
             if _takes_keyword(module, "output_attentions"):
@@ -319,6 +350,66 @@ class Attachment:
             return x if y is heads else y.flatten(-2)
 
         return edit_heads
+
+    def _register_projection(self, site: Site, intervention: Intervention) -> None:
+        """``attn.q`` / ``attn.k`` / ``attn.v``: the projection's output split into heads, or
+        its slice of a fused projection whose output is [queries | keys | values]."""
+        a, g = self.adapter, self.geometry
+        which = site.kind[-1]
+        heads = g.n_heads if which == "q" else g.n_kv_heads
+        width = heads * g.d_head
+        own = {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj}[which]
+        if own is not None:
+            path, start, total = own, 0, width
+        else:  # refuse() lets only a concatenated fused projection through
+            path, total = a.qkv_proj, (g.n_heads + 2 * g.n_kv_heads) * g.d_head
+            start = {"q": 0, "k": g.n_heads, "v": g.n_heads + g.n_kv_heads}[which] * g.d_head
+        module = self._in_block(site, path)
+        produced = self._out_features(module)
+        if produced is not None and produced != total:
+            layout = (
+                f"{heads} {'query' if which == 'q' else 'KV'} heads"
+                if own is not None
+                else f"{g.n_heads} query heads + 2 x {g.n_kv_heads} KV heads"
+            )
+            raise ValueError(
+                f"{site} on {a.name}: {path} produces {produced} features, but the config gives "
+                f"{layout} of d_head {g.d_head} = {total}; fix the adapter's config_keys"
+            )
+        stop = start + width
+
+        def edit_heads(x: Tensor) -> Tensor:
+            part = x if stop - start == x.shape[-1] else x[..., start:stop]
+            split = rearrange(part, "b t (h d) -> b t h d", h=heads)
+            y = intervention.apply(split, self._step_for(x))
+            if y is split:
+                return x
+            merged = rearrange(y, "b t h d -> b t (h d)")
+            if part is x:
+                return merged
+            return torch.cat([x[..., :start], merged, x[..., stop:]], dim=-1)
+
+        self._on_output(module, edit_heads)
+
+    def _out_features(self, module: nn.Module) -> int | None:
+        features = getattr(module, "out_features", None)
+        stored = module._parameters.get("weight")
+        if not isinstance(features, int) and stored is not None:  # Conv1D; the meta device too
+            features = stored.shape[1 if self.adapter.conv1d else 0]
+        return features if isinstance(features, int) else None
+
+    def _register_module_site(self, site: Site, intervention: Intervention) -> None:
+        """The escape hatch: a module's first input or its output, by path."""
+        module = module_at(self.model, site.module_path)
+
+        def edit(x: Tensor) -> Tensor:
+            return intervention.apply(x, self._step_for(x))
+
+        if site.module_end == "output":
+            self._handles.append(module.register_forward_hook(_module_output_hook(site, edit)))
+        else:
+            hook = _module_input_hook(site, edit)
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
     def _pattern_editor(self, intervention: Intervention) -> Callable[[Tensor], Tensor]:
         def edit_pattern(x: Tensor) -> Tensor:  # [b, h, q, k]: tokens (queries) on dim 2
@@ -401,7 +492,13 @@ class Attachment:
         def stop(*_: object) -> None:
             raise _Stopped(self)
 
-        if site.kind == "final_norm":
+        if site.module_path is not None:  # the stop runs after the site's own hooks
+            module = module_at(self.model, site.module_path)
+            if site.module_end == "input":
+                self._handles.append(module.register_forward_pre_hook(stop))
+            else:
+                self._handles.append(module.register_forward_hook(stop))
+        elif site.kind == "final_norm":
             self._handles.append(self._unembedding().register_forward_pre_hook(stop))
             # a model that unembeds without calling that module still stops, at its end
             self._handles.append(self.model.register_forward_hook(stop))
@@ -425,7 +522,19 @@ class _Stopped(BaseException):
 
 
 def last_in_forward(sites: Iterable[Site]) -> Site:
-    """The site computed last in a forward (the order of ``sites.all_sites``)."""
+    """The site computed last in a forward (the order of ``sites.all_sites``).
+
+    A ``module:`` site has no known place in that order: it may be the only site of a stop."""
+    sites = list(sites)
+    modules = [str(site) for site in sites if site.module_path is not None]
+    if modules and len(sites) > 1:
+        raise ValueError(
+            f"cannot stop after several sites that include module sites ({', '.join(modules)}): "
+            "where a module runs in the forward is not known to the adapter; stop after one "
+            "site alone (stop_after='module:...:output'), or leave stop off"
+        )
+    if modules:
+        return sites[0]
 
     def order(site: Site) -> tuple[int, int, int]:
         if site.kind == "embed":
@@ -435,6 +544,61 @@ def last_in_forward(sites: Iterable[Site]) -> Site:
         return (1, site.layer, LAYER_KINDS.index(site.kind))
 
     return max(sites, key=order)
+
+
+def module_at(model: nn.Module, path: str) -> nn.Module:
+    """The module at ``path`` in the causal LM (as ``model.named_modules()`` names it); an unknown
+    path is refused with the closest names."""
+    try:
+        return Adapter.submodule(causal_lm(model), path)
+    except AttributeError:
+        pass
+    names = [name for name, _ in causal_lm(model).named_modules() if name]
+    close = difflib.get_close_matches(path, names, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"module site: {type(causal_lm(model)).__name__} has no module {path!r}.{hint} Paths are "
+        f"those of model.named_modules() on the causal LM, e.g. {names[0]!r}"
+    )
+
+
+def _module_output_hook(site: Site, edit: Callable[[Tensor], Tensor]) -> Callable[..., Any]:
+    """A forward hook editing a module's output: a tensor, or the first element of a tuple."""
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, Tensor):
+            y = edit(output)
+            return None if y is output else y
+        if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+            y = edit(output[0])
+            return None if y is output[0] else type(output)((y, *output[1:]))
+        raise TypeError(
+            f"{site}: the module returned {type(output).__name__}, not a tensor or a tuple "
+            "whose first element is one; hook a module inside it that returns a tensor"
+        )
+
+    return hook
+
+
+def _module_input_hook(site: Site, edit: Callable[[Tensor], Tensor]) -> Callable[..., Any]:
+    """A forward pre-hook editing a module's first input: its first positional argument, or
+    ``hidden_states`` when it is given by keyword."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if args and isinstance(args[0], Tensor):
+            y = edit(args[0])
+            return None if y is args[0] else ((y, *args[1:]), kwargs)
+        if isinstance(kwargs.get("hidden_states"), Tensor):
+            x = kwargs["hidden_states"]
+            y = edit(x)
+            return None if y is x else (args, {**kwargs, "hidden_states": y})
+        given = [type(a).__name__ for a in args] + [f"{k}=" for k in kwargs]
+        raise TypeError(
+            f"{site}: the module's first input is not a tensor (it got {given}); use "
+            f"'{site.kind.rsplit(':', 1)[0]}:output' or a module whose input is a tensor"
+        )
+
+    return hook
 
 
 def _takes_keyword(module: nn.Module, name: str) -> bool:
@@ -626,7 +790,7 @@ def capture(
         raise TypeError(f"capture(stop=...) takes True or False, got {stop!r}")
     combined = normalize_plan(model, plan, geometry) if plan else {}
     for site, cap in captures.items():
-        cap.check(site, geometry)
+        cap.check(site, site_geometry(site, geometry))
         combined[site] = cap if site not in combined else _compose(combined[site], cap)
     last = last_in_forward(captures) if stop else None
     handle = Attachment._of_checked(model, table, geometry, combined, last)

@@ -2,7 +2,12 @@
 
 A site is a small frozen value ``Site(kind, layer)``; its string form is its saved form,
 ``"layers.12.attn.heads"`` or ``"logits"``. Patterns such as ``"layers.*.attn.heads"`` and
-``"layers.3:8.resid_post"`` expand to many sites.
+``"layers.3:8.resid_post"`` and lists such as ``"layers.3,5,9.resid_post"`` expand to many
+sites.
+
+One escape hatch reaches any module by its path in the causal LM, outside the adapter's
+guarantees: ``"module:model.layers.3.mlp.act_fn:output"`` (or ``:input``, the module's first
+input). Its kind is that whole name and it has no layer.
 """
 
 import difflib
@@ -15,6 +20,9 @@ from functools import lru_cache
 LAYER_KINDS = (
     "resid_pre",
     "attn.in",
+    "attn.q",
+    "attn.k",
+    "attn.v",
     "attn.pattern",
     "attn.heads",
     "attn.out",
@@ -25,10 +33,16 @@ LAYER_KINDS = (
     "resid_post",
 )
 MODEL_KINDS = ("embed", "final_norm", "logits")
-HEAD_KINDS = ("attn.heads", "attn.pattern")
+HEAD_KINDS = ("attn.heads", "attn.pattern", "attn.q", "attn.k", "attn.v")
+PROJECTION_KINDS = ("attn.q", "attn.k", "attn.v")  # per head, before rotary; k, v per KV head
 CAPTURE_ONLY_KINDS = ("attn.pattern",)
 
 _LAYER_NAME = re.compile(r"^layers\.(?P<layers>[^.]+)\.(?P<kind>.+)$")
+# "module:" cannot start a site name, and a module path has no ':' of its own
+_MODULE_SITE = re.compile(
+    r"^module:(?P<path>[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*):(?P<end>input|output)$"
+)
+MODULE_FORM = "'module:<path>:output' or 'module:<path>:input', e.g. 'module:model.norm:output'"
 _INDEX = re.compile(r"[0-9]+")  # not str.isdigit: it accepts "²", which int() refuses
 
 
@@ -40,7 +54,11 @@ class Site:
     layer: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind in MODEL_KINDS:
+        if isinstance(self.kind, str) and self.kind.startswith("module:"):
+            _module_parts(self.kind)
+            if self.layer is not None:
+                raise ValueError(f"module site {self.kind!r} has no layer, got layer={self.layer}")
+        elif self.kind in MODEL_KINDS:
             if self.layer is not None:
                 raise ValueError(f"site kind {self.kind!r} has no layer, got layer={self.layer}")
         elif self.kind in LAYER_KINDS:
@@ -60,6 +78,26 @@ class Site:
     @property
     def is_head_site(self) -> bool:
         return self.kind in HEAD_KINDS
+
+    @property
+    def module_path(self) -> str | None:
+        """The module path of a ``module:`` site (None for every other site)."""
+        return _module_parts(self.kind)[0] if self.kind.startswith("module:") else None
+
+    @property
+    def module_end(self) -> str | None:
+        """``"input"`` or ``"output"`` for a ``module:`` site (None for every other site)."""
+        return _module_parts(self.kind)[1] if self.kind.startswith("module:") else None
+
+
+def _module_parts(name: str) -> tuple[str, str]:
+    match = _MODULE_SITE.match(name)
+    if match is None:
+        raise ValueError(
+            f"bad module site {name!r}: expected {MODULE_FORM} (the path as in "
+            "model.named_modules(), of the causal LM)"
+        )
+    return match["path"], match["end"]
 
 
 SiteLike = str | Site
@@ -97,7 +135,10 @@ def _unknown_message(name: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     kinds = ", ".join(MODEL_KINDS) + ", layers.{i}." + ", layers.{i}.".join(LAYER_KINDS)
-    return f"unknown site {name!r}.{hint} Valid sites are: {kinds}."
+    return (
+        f"unknown site {name!r}.{hint} Valid sites are: {kinds}; layers.{{i}} may also be "
+        f"'*', a range '3:8' or a list '3,5,9'; any module by path: {MODULE_FORM}."
+    )
 
 
 def parse(name: SiteLike, n_layers: int | None = None) -> Site:
@@ -108,7 +149,7 @@ def parse(name: SiteLike, n_layers: int | None = None) -> Site:
         raise _not_a_site(name)
     else:
         sites = expand(name, n_layers)
-        if len(sites) != 1 or any(c in name for c in "*:"):
+        if len(sites) != 1 or (not name.startswith("module:") and any(c in name for c in "*:,")):
             raise ValueError(f"{name!r} names {len(sites)} sites; expected exactly one site")
         site = sites[0]
     if site.layer is not None:
@@ -117,7 +158,8 @@ def parse(name: SiteLike, n_layers: int | None = None) -> Site:
 
 
 def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) -> list[Site]:
-    """Expand a name, a pattern (``layers.*.x``, ``layers.3:8.x``) or a list of them."""
+    """Expand a name, a pattern (``layers.*.x``, ``layers.3:8.x``, ``layers.3,5,9.x``) or a
+    list of them."""
     if isinstance(pattern, Site):
         return [parse(pattern, n_layers)]
     if isinstance(pattern, str):
@@ -130,7 +172,7 @@ def expand(pattern: SiteLike | Iterable[SiteLike], n_layers: int | None = None) 
 @lru_cache(maxsize=1024)
 def _expand_name(pattern: str, n_layers: int | None) -> tuple[Site, ...]:
     # cached: every `with iv.capture(model, "layers.*.x")` expands its names again
-    if pattern in MODEL_KINDS:
+    if pattern in MODEL_KINDS or pattern.startswith("module:"):
         return (Site(pattern),)
     match = _LAYER_NAME.match(pattern)
     if match is None or match["kind"] not in LAYER_KINDS:
@@ -141,8 +183,9 @@ def _expand_name(pattern: str, n_layers: int | None) -> tuple[Site, ...]:
 
 
 def layer_range(spec: str, n_layers: int) -> list[int]:
-    """The layer indices of a layer spec as sites write them: ``"3"``, ``"*"`` (every layer)
-    or ``"start:stop"`` (stop excluded, either end may be left out: ``":8"``, ``"3:"``).
+    """The layer indices of a layer spec as sites write them: ``"3"``, ``"*"`` (every layer),
+    ``"start:stop"`` (stop excluded, either end may be left out: ``":8"``, ``"3:"``) or a list of
+    numbers and ranges, in the order written (``"3,5,9"``, ``"1,4:6"``).
 
     >>> layer_range("3:6", 30)
     [3, 4, 5]
@@ -160,7 +203,12 @@ def _within(layers: list[int], n_layers: int | None, what: str) -> list[int]:
     return layers
 
 
+_FORMS = "a number, '*' or 'start:stop', or a list of numbers and ranges such as '3,5,9' or '1,4:6'"
+
+
 def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:
+    if "," in spec:
+        return _listed_layers(spec, n_layers, pattern)
     if _INDEX.fullmatch(spec):
         return [int(spec)]
     if spec.startswith("-") and _INDEX.fullmatch(spec.lstrip("-")):
@@ -193,9 +241,26 @@ def _layer_indices(spec: str, n_layers: int | None, pattern: str) -> list[int]:
                 f"(stop is excluded: {lo}:{lo + 1} is layer {lo} alone)"
             )
         return list(range(lo, hi))
-    raise ValueError(
-        f"bad layer index {spec!r} in {pattern!r}: expected a number, '*' or 'start:stop'"
-    )
+    raise ValueError(f"bad layer index {spec!r} in {pattern!r}: expected {_FORMS}")
+
+
+def _listed_layers(spec: str, n_layers: int | None, pattern: str) -> list[int]:
+    """``"1,4:6"``: each item a number or a range, in the order written, none twice."""
+    layers: list[int] = []
+    for item in spec.split(","):
+        if item == "" or item == "*":
+            raise ValueError(
+                f"bad layer list {spec!r} in {pattern!r}: "
+                + ("an empty item" if item == "" else "'*' is every layer, not a list item")
+                + f"; expected {_FORMS}"
+            )
+        for layer in _layer_indices(item, n_layers, pattern):
+            if layer in layers:
+                raise ValueError(
+                    f"layer {layer} is listed twice in {pattern!r}; name each layer once"
+                )
+            layers.append(layer)
+    return layers
 
 
 def all_sites(n_layers: int) -> list[Site]:

@@ -9,6 +9,8 @@ with the reason, shown in every run's summary.
 """
 
 import copy
+import importlib
+import inspect
 import re
 import warnings
 from contextlib import contextmanager
@@ -634,3 +636,165 @@ def test_every_architecture_names_q_k_v_or_the_module_that_fuses_them():
         qkv = (table.q_proj, table.k_proj, table.v_proj)
         assert all(qkv) or (not any(qkv) and table.qkv_proj) or name == "deepseek_v3", name
         assert table.up_proj or table.gate_up_proj, name
+
+
+# --- attn.q / attn.k / attn.v (per head, before rotary) -------------------------------------------
+QKV = ("attn.q", "attn.k", "attn.v")
+
+
+def projection_outputs(subject: Arch, ids: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """What each layer's q / k / v projection outputs, [b, t, features], by plain torch hooks: the
+    projection's own output, or its slice of a fused [queries | keys | values] output."""
+    model, table, g = subject
+    widths = {"q": g.n_heads * g.d_head, "k": g.n_kv_heads * g.d_head}
+    widths["v"] = widths["k"]
+    paths = {"q": table.q_proj, "k": table.k_proj, "v": table.v_proj}
+    if all(paths.values()):
+        modules = [
+            table.block_module(model, i, p) for i in range(g.n_layers) for p in paths.values()
+        ]
+        with recorded(modules) as out:
+            logits_of(model, ids)
+        return {w: [out[3 * i + j][0] for i in range(g.n_layers)] for j, w in enumerate("qkv")}
+    fused = [table.block_module(model, i, table.qkv_proj) for i in range(g.n_layers)]
+    with recorded(fused) as out:
+        logits_of(model, ids)
+    q, k = widths["q"], widths["k"]
+    slices = {"q": slice(0, q), "k": slice(q, q + k), "v": slice(q + k, q + 2 * k)}
+    return {w: [out[i][0][..., s] for i in range(g.n_layers)] for w, s in slices.items()}
+
+
+@over_covered("qkv", needs=QKV)
+def test_q_k_v_are_the_projection_outputs_split_into_heads(subject, ids):
+    """attn.q is [b, t, n_heads, d_head] and attn.k / attn.v are [b, t, n_kv_heads, d_head]
+    (GQA), each its projection's output split "(h d)"; capturing them changes nothing."""
+    model, table, g = subject
+    expected = projection_outputs(subject, ids)
+    bare = logits_of(model, ids)
+    cache, logits = captured(model, subject.sites(QKV), ids)
+    assert torch.equal(logits, bare)
+    heads = {"q": g.n_heads, "k": g.n_kv_heads, "v": g.n_kv_heads}
+    for i in range(g.n_layers):
+        for w in "qkv":
+            x = cache[f"layers.{i}.attn.{w}"]
+            assert x.shape == (*ids.shape, heads[w], g.d_head), f"layer {i} attn.{w}"
+            assert torch.equal(x.flatten(2), expected[w][i]), f"layer {i} attn.{w}"
+
+
+@over_covered("v through the pattern", needs=("attn.v", "attn.pattern", "attn.heads"))
+def test_the_pattern_applied_to_v_gives_the_heads(subject, ids):
+    """The attention's own computation: each head's output (attn.heads) is its pattern applied to
+    the values of its KV head, so attn.v is the values attention mixes, head by head."""
+    model, table, g = subject
+    cache, _ = captured(model, subject.sites(("attn.v", "attn.pattern", "attn.heads")), ids)
+    group = g.n_heads // g.n_kv_heads
+    for i in range(g.n_layers):
+        v = cache[f"layers.{i}.attn.v"].repeat_interleave(group, dim=2)  # KV head h // group
+        mixed = torch.einsum("bhqk,bkhd->bqhd", cache[f"layers.{i}.attn.pattern"], v)
+        close(mixed, cache[f"layers.{i}.attn.heads"], f"layer {i}: pattern @ v")
+
+
+@over_covered("qkv patched", needs=QKV)
+def test_patching_q_k_v_with_their_own_values_is_bit_identical(subject, ids):
+    model, table, g = subject
+    cache, bare = captured(model, subject.sites(QKV), ids)
+    plan = {name: Replace(value) for name, value in cache.items()}
+    with torch.no_grad(), iv.intervene(model, plan):
+        assert torch.equal(model(ids).logits, bare)
+
+
+class Replace(iv.Intervention):
+    """Writes given values (the whole activation): a patch for the checks above."""
+
+    def __init__(self, values: torch.Tensor):
+        super().__init__()
+        self.register_buffer("values", values.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.values.clone()
+
+
+@over_covered("qkv refused", only=lambda t: any(refuses(t, k) for k in QKV))
+def test_q_k_v_are_refused_where_no_module_or_verified_slice_computes_them(subject):
+    model, table, _ = subject
+    for kind in QKV:
+        with pytest.raises(NotImplementedError, match="use attn.in"):
+            iv.attach(model, {f"layers.0.{kind}": iv.Capture()})
+    assert table.qkv_proj is None or not table.qkv_concatenated
+
+
+def rotary_function(model_type: str):
+    """The ``apply_rotary_pos_emb(q, k, cos, sin, ...)`` the type's attention calls on its
+    queries and keys (None: it has none of that signature)."""
+    if any(refuses(model_type, kind) for kind in QKV):
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    # the causal LM's module defines its attention too
+    causal_lm_class = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
+    module = importlib.import_module(causal_lm_class.__module__)
+    function = getattr(module, "apply_rotary_pos_emb", None)
+    if function is None:
+        return None
+    first = list(inspect.signature(function).parameters)[:2]
+    return (module, function) if first == ["q", "k"] else None
+
+
+def normed(attention: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` [b, t, h, d] through the attention's own q_norm / k_norm where it has one, over each
+    head (weight [d_head]) or over all heads together (OLMo 2: weight [h * d_head])."""
+    norm = getattr(attention, name, None)
+    if norm is None:
+        return x
+    if norm.weight.numel() == x.shape[-1]:
+        return norm(x)
+    return norm(x.flatten(2)).unflatten(-1, x.shape[-2:])
+
+
+@over_covered("q k before rotary", needs=QKV, only=lambda t: rotary_function(t) is not None)
+def test_q_and_k_are_what_attention_rotates(subject, ids, monkeypatch):
+    """The attention's own computation: what it passes to apply_rotary_pos_emb are attn.q and
+    attn.k as [b, h, t, d] (after its q_norm / k_norm, where it has them; the rotated dims only
+    where the rotary embedding is partial, as in Phi and StableLM)."""
+    model, table, g = subject
+    module, function = rotary_function(model.config.model_type)
+    attentions = [table.block_module(model, i, table.attn) for i in range(g.n_layers)]
+    layer, rotated = [None], []
+
+    def spy(q, k, *args, **kwargs):
+        rotated.append((layer[0], q.detach().clone(), k.detach().clone()))
+        return function(q, k, *args, **kwargs)
+
+    def entering(i):
+        return lambda *_: layer.__setitem__(0, i)
+
+    monkeypatch.setattr(module, "apply_rotary_pos_emb", spy)
+    handles = [a.register_forward_pre_hook(entering(i)) for i, a in enumerate(attentions)]
+    try:
+        cache, _ = captured(model, subject.sites(("attn.q", "attn.k")), ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert rotated, "the attention never called apply_rotary_pos_emb"
+    with torch.no_grad():
+        for i, q, k in rotated:
+            for name, seen, norm in (("q", q, "q_norm"), ("k", k, "k_norm")):
+                mine = normed(attentions[i], norm, cache[f"layers.{i}.attn.{name}"])
+                mine = mine.transpose(1, 2)[..., : seen.shape[-1]]
+                close(mine, seen, f"layer {i}: attn.{name} before rotary")
+
+
+@pytest.mark.skipif("gpt2" not in COVERED, reason="no gpt2")
+def test_gpt2_q_and_k_give_its_pattern(tiny_models, ids):
+    """GPT-2 has no rotary embedding: its pattern is softmax(q k^T / sqrt(d_head)), causal, from
+    the q and k slices of c_attn's output."""
+    model = tiny_models("gpt2")
+    g = iv.geometry(model)
+    sites = [f"layers.{i}.{kind}" for i in range(g.n_layers) for kind in QKV + ("attn.pattern",)]
+    cache, _ = captured(model, sites, ids)
+    causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
+    for i in range(g.n_layers):
+        q, k = cache[f"layers.{i}.attn.q"], cache[f"layers.{i}.attn.k"]
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / g.d_head**0.5
+        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        close(pattern, cache[f"layers.{i}.attn.pattern"], f"layer {i}: softmax(q k^T)")

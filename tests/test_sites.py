@@ -106,3 +106,87 @@ def test_site_layers_are_integers_not_bools():
         Site("attn.heads", 1.0)
     site = Site("attn.heads", np.int64(2))  # e.g. an argmax over head scores
     assert type(site.layer) is int and str(site) == "layers.2.attn.heads"
+
+
+def test_layer_lists_expand_in_the_order_written():
+    assert expand("layers.3,5,9.resid_post") == [Site("resid_post", i) for i in (3, 5, 9)]
+    assert expand("layers.1,4:6.mlp.out") == [Site("mlp.out", i) for i in (1, 4, 5)]
+    assert expand("layers.5,0.attn.v", 6) == [Site("attn.v", 5), Site("attn.v", 0)]
+    assert expand("layers.0,2:.attn.q", 4) == [Site("attn.q", i) for i in (0, 2, 3)]
+    assert iv.layer_range("1,3", 4) == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "pattern, message",
+    [
+        ("layers.3,,5.resid_post", "an empty item"),
+        ("layers.3,.resid_post", "an empty item"),
+        ("layers.*,2.resid_post", "'\\*' is every layer, not a list item"),
+        ("layers.3,x.resid_post", "bad layer index 'x'"),
+        ("layers.2,1:3.resid_post", "layer 2 is listed twice"),
+        ("layers.1,-2.resid_post", "cannot be negative"),
+    ],
+)
+def test_bad_layer_lists_name_the_valid_forms(pattern, message):
+    with pytest.raises(ValueError, match=message) as error:
+        expand(pattern, 4)
+    if "twice" not in message and "negative" not in message:
+        assert "'3,5,9' or '1,4:6'" in str(error.value)
+
+
+def test_a_layer_list_checks_every_layer_and_names_many_sites():
+    with pytest.raises(ValueError, match="out of range: the model has 4 layers"):
+        expand("layers.1,7.resid_post", 4)
+    with pytest.raises(ValueError, match="names 2 sites; expected exactly one"):
+        parse("layers.1,2.resid_post", 4)
+
+
+def test_unknown_site_names_every_form_of_layers_and_the_module_site():
+    with pytest.raises(ValueError, match="a list '3,5,9'; any module by path: 'module:<path>"):
+        parse("layers.3.resid_middle")
+
+
+def test_q_k_v_sites_are_head_sites_between_attn_in_and_the_pattern():
+    assert [k for k in LAYER_KINDS if k.startswith("attn.")][:4] == [
+        "attn.in",
+        "attn.q",
+        "attn.k",
+        "attn.v",
+    ]
+    assert all(Site(kind, 0).is_head_site for kind in ("attn.q", "attn.k", "attn.v"))
+    assert parse("layers.2.attn.k") == Site("attn.k", 2)
+
+
+def test_module_sites_are_one_site_with_no_layer():
+    site = parse("module:model.layers.3.mlp.act_fn:output")
+    assert site == Site("module:model.layers.3.mlp.act_fn:output")
+    assert (site.layer, site.module_path, site.module_end) == (
+        None,
+        "model.layers.3.mlp.act_fn",
+        "output",
+    )
+    assert str(site) == "module:model.layers.3.mlp.act_fn:output"
+    assert expand(["module:lm_head:input", "logits"]) == [
+        Site("module:lm_head:input"),
+        Site("logits"),
+    ]
+    assert Site("resid_pre", 0).module_path is None and not site.is_head_site
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "module:model.norm",  # no end
+        "module:model.norm:outputs",
+        "module:model.layers.*.mlp:output",  # one module per site: no wildcards
+        "module::output",
+        "module:model..norm:input",
+    ],
+)
+def test_bad_module_sites_name_the_form(name):
+    with pytest.raises(
+        ValueError, match="expected 'module:<path>:output' or 'module:<path>:input'"
+    ):
+        parse(name)
+    with pytest.raises(ValueError, match="has no layer"):
+        Site("module:model.norm:output", 1)

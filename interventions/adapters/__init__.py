@@ -97,6 +97,10 @@ class Adapter:
     k_proj: str | None = None
     v_proj: str | None = None
     qkv_proj: str | None = None  # one module computing queries, keys and values together
+    # qkv_proj's output is [queries | keys | values] along its features (GPT-2, Phi-3), each
+    # [(heads d_head)]: the attn.q / attn.k / attn.v sites read slices of it. False: another
+    # layout (interleaved per head) or one not verified, and those sites are refused.
+    qkv_concatenated: bool = False
     gate_proj: str | None = None  # the MLP's input projections (None: fused or absent)
     up_proj: str | None = None
     gate_up_proj: str | None = None  # one module (or fused experts) computing gate and up
@@ -127,8 +131,29 @@ class Adapter:
                 "its blocks are parallel: attention and the MLP both read resid_pre, so no "
                 "residual stream exists between them; use resid_pre, attn.out or mlp.out"
             )
+        if reason is None and kind in _PROJECTIONS:
+            reason = self._projection_refusal(kind)
         if reason is not None:
             raise NotImplementedError(f"{kind} on {self.name}: {reason}")
+
+    def _projection_refusal(self, kind: str) -> str | None:
+        """Why ``attn.q`` / ``attn.k`` / ``attn.v`` has no module output here (None: it has)."""
+        if getattr(self, _PROJECTIONS[kind]) is not None:
+            return None
+        if self.qkv_proj is not None and self.qkv_concatenated:
+            return None
+        instead = "use attn.in (what the projections read) or attn.heads"
+        if self.qkv_proj is None:
+            return (
+                f"no module computes {kind} alone (latent attention computes keys and values "
+                f"together from a compressed projection); {instead}"
+            )
+        return (
+            f"queries, keys and values come from one fused module, {self.qkv_proj}, whose "
+            "output interleaves them per head in a layout this adapter does not verify, so "
+            f"no slice of it is known to be {kind}; {instead}, or read the fused output "
+            f"itself with the module site 'module:{self.layers}.{{i}}.{self.qkv_proj}:output'"
+        )
 
     def geometry(self, config) -> Geometry:
         # Plain config attributes are read from __dict__: a transformers config's
@@ -235,6 +260,9 @@ class Adapter:
     def from_storage(self, stored: torch.Tensor) -> torch.Tensor:
         """A weight as the module stores it, seen in [out, in] orientation."""
         return stored.T if self.conv1d else stored
+
+
+_PROJECTIONS = {"attn.q": "q_proj", "attn.k": "k_proj", "attn.v": "v_proj"}
 
 
 def causal_lm(model: nn.Module) -> nn.Module:

@@ -27,6 +27,7 @@ GPT2 = register_adapter(
         config_keys=GPT2_CONFIG_KEYS,
         conv1d=True,
         qkv_proj="attn.c_attn",
+        qkv_concatenated=True,  # c_attn(x).split(d_model, dim=2): queries, keys, values
         up_proj="mlp.c_fc",
     ),
     "gpt2",

@@ -63,6 +63,7 @@ PHI3 = register_adapter(
     Adapter(
         name="phi3",
         **{**LLAMA_PATHS, **FUSED_QKV, **FUSED_GATE_UP, "qkv_proj": "self_attn.qkv_proj"},
+        qkv_concatenated=True,  # queries, then keys, then values (per KV head)
     ),
     "phi3",
 )
