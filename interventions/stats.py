@@ -478,6 +478,8 @@ def _feeding_parameters(model: nn.Module, site: Site) -> list[tuple[str, nn.Para
     """The parameters an activation at ``site`` is computed from (their names and values)."""
     table = adapter(model)
     lm = causal_lm(model)
+    if site.module_path is not None:  # a module site: no adapter says what feeds it, so all
+        return list(lm.named_parameters())
     n_layers = table.geometry(model.config).n_layers
     unembedding = lm.get_output_embeddings()
     unembed = next((n for n, m in lm.named_modules() if m is unembedding), None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import interventions as iv
-from interventions import ops, stats
+from interventions import ops, stats, text
 
 
 def hooks_on(model) -> int:
@@ -393,3 +393,14 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     for bad in ("", "a/b", "..", 3):
         with pytest.raises(ValueError, match="one folder name"):
             stats.default_cache_dir(bad)
+
+
+def test_a_module_site_is_fingerprinted_by_every_weight_and_tallied(llama, ids):
+    site = "module:model.layers.0.mlp.act_fn:output"
+    lm_head = changed_weight(llama, "lm_head.weight")
+    assert stats.fingerprint(lm_head, site) != stats.fingerprint(llama, site)  # no adapter says
+    batch = text.pad(ids.tolist(), 0, "right")
+    tallied = stats.tally(llama, [batch], {site: iv.Mean()}, progress=False)[site]
+    with iv.capture(llama, site) as cache:
+        llama(**batch.inputs(llama))
+    torch.testing.assert_close(tallied.value, cache[site].flatten(0, 1).mean(0))
