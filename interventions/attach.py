@@ -11,10 +11,13 @@ runs after every needed site raises a private control exception, which ends the 
 
 import difflib
 import inspect
+import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from interventions.adapters import Adapter, Geometry, adapter, causal_lm
+from interventions.files import load_tensors, save_tensors
 from interventions.ops import Capture, Intervention, Positions, Step, is_reducer
 from interventions.sites import (
     HEAD_KINDS,
@@ -682,6 +686,9 @@ def _ending_at_stop(handle: Attachment) -> Iterator[None]:
         handle.remove()
 
 
+_CACHE_FORMAT = "interventions.Cache/1"
+
+
 class Cache(Mapping[str, Tensor]):
     """Captured activations keyed by site name (``cache["layers.3.attn.heads"]``)."""
 
@@ -714,6 +721,55 @@ class Cache(Mapping[str, Tensor]):
     def records(self, key: SiteLike) -> list[Tensor]:
         """Every sequence captured at ``key`` (one tensor per sequence / generate call)."""
         return self._capture(key).values
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write every site's records of ``cache`` to one safetensors file (atomic: an interrupted
+        save leaves any file at ``path`` as it was); ``Cache.load(path)`` reads it back bit for bit.
+        A cache of reduced statistics (``reduce=``) is refused: save ``reducer.state_dict()`` or use
+        ``stats.tally(cache=...)``."""
+        reduced = [str(site) for site, c in self.captures.items() if c.reduce is not None]
+        if reduced:
+            raise ValueError(
+                f"Cache.save: the sites {reduced} hold reduced statistics (capture(reduce=...)), "
+                "not records; save their reducers' state_dict() with files.save_tensors, or use "
+                "stats.tally(..., cache=folder)"
+            )
+        tensors, counts = {}, {}
+        for site, capture_ in self.captures.items():
+            values = capture_.values
+            counts[str(site)] = len(values)
+            tensors.update({f"{site}/{i}": value for i, value in enumerate(values)})
+        # one metadata entry: safetensors writes several in a random order, and the same cache
+        # should give the same bytes
+        layout = json.dumps({"records": counts, "n_layers": self.n_layers})
+        return save_tensors(path, tensors, format=_CACHE_FORMAT, metadata={"cache": layout})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Cache":
+        """The cache ``Cache.save`` wrote at ``path``: the same sites, records (dtype and shape of
+        each), ``cache[site]`` and ``stack``. Raises ValueError for a file of another kind or a
+        damaged one, FileNotFoundError for a missing one."""
+        tensors, metadata = load_tensors(path, format=_CACHE_FORMAT)
+        try:
+            layout = json.loads(metadata["cache"])
+            counts, n_layers = layout["records"], layout["n_layers"]
+            expected = {f"{name}/{i}" for name, n in counts.items() for i in range(n)}
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(
+                f"{path}: the Cache metadata is missing or damaged ({error!r}); save the cache "
+                "again with Cache.save"
+            ) from None
+        if expected != set(tensors):
+            raise ValueError(
+                f"{path}: the file's tensors {sorted(set(tensors) ^ expected)[:3]} do not match "
+                "its list of records: the file is damaged; save the cache again"
+            )
+        captures = {}
+        for name, n in counts.items():
+            capture_ = Capture()
+            capture_.records = [[tensors[f"{name}/{i}"]] for i in range(n)]
+            captures[parse(name, n_layers)] = capture_
+        return cls(captures, n_layers)
 
     def stack(self, pattern: SiteLike | Iterable[SiteLike], dim: int = 0) -> Tensor:
         """Stack the values of several sites, in the given order (e.g. all layers).

@@ -32,15 +32,13 @@ from tqdm.auto import tqdm
 
 from interventions import text
 from interventions.adapters import adapter
-from interventions.attach import Cache, capture
+from interventions.attach import capture
 from interventions.checks import integer
-from interventions.files import load_tensors, save_tensors
-from interventions.ops import Capture
-from interventions.sites import SiteLike, expand, parse
+from interventions.files import save_tensors
+from interventions.sites import SiteLike, expand
 from interventions.stats import _fingerprint
 
 MANIFEST = "manifest.json"
-_CACHE_FORMAT = "interventions.Cache/1"
 _FORMAT = "interventions.ActivationStore/1"  # the manifest's
 _SHARD_FORMAT = "interventions.ActivationShard/1"
 _INDEX = "index"  # [rows, 2]: (example, position) of each row
@@ -213,63 +211,6 @@ class ActivationDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": {}}  # memory maps do not pickle: reopened on use
-
-
-# --- one cache, one file -------------------------------------------------------------------------
-
-
-def save_cache(cache: Cache, path: str | os.PathLike) -> Path:
-    """Write every site's records of ``cache`` to one safetensors file (atomic: an interrupted
-    save leaves any file at ``path`` as it was); ``load_cache(path)`` reads it back bit for bit.
-    A cache of reduced statistics (``reduce=``) is refused: save ``reducer.state_dict()`` or use
-    ``stats.tally(cache=...)``."""
-    if not isinstance(cache, Cache):
-        raise TypeError(
-            f"save_cache takes an iv.Cache (from iv.capture), got {type(cache).__name__}"
-        )
-    reduced = [str(site) for site, c in cache.captures.items() if c.reduce is not None]
-    if reduced:
-        raise ValueError(
-            f"save_cache: the sites {reduced} hold reduced statistics (capture(reduce=...)), not "
-            "records; save their reducers' state_dict() with files.save_tensors, or use "
-            "stats.tally(..., cache=folder)"
-        )
-    tensors, counts = {}, {}
-    for site, capture_ in cache.captures.items():
-        values = capture_.values
-        counts[str(site)] = len(values)
-        tensors.update({f"{site}/{i}": value for i, value in enumerate(values)})
-    # one metadata entry: safetensors writes several in a random order, and the same cache
-    # should give the same bytes
-    layout = json.dumps({"records": counts, "n_layers": cache.n_layers})
-    return save_tensors(path, tensors, format=_CACHE_FORMAT, metadata={"cache": layout})
-
-
-def load_cache(path: str | os.PathLike) -> Cache:
-    """The cache ``save_cache`` wrote at ``path``: the same sites, records (dtype and shape of
-    each), ``cache[site]`` and ``stack``. Raises ValueError for a file of another kind or a
-    damaged one, FileNotFoundError for a missing one."""
-    tensors, metadata = load_tensors(path, format=_CACHE_FORMAT)
-    try:
-        layout = json.loads(metadata["cache"])
-        counts, n_layers = layout["records"], layout["n_layers"]
-        expected = {f"{name}/{i}" for name, n in counts.items() for i in range(n)}
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ValueError(
-            f"{path}: the Cache metadata is missing or damaged ({error!r}); save the cache again "
-            "with store.save_cache"
-        ) from None
-    if expected != set(tensors):
-        raise ValueError(
-            f"{path}: the file's tensors {sorted(set(tensors) ^ expected)[:3]} do not match its "
-            "list of records: the file is damaged; save the cache again"
-        )
-    captures = {}
-    for name, n in counts.items():
-        capture_ = Capture()
-        capture_.records = [[tensors[f"{name}/{i}"]] for i in range(n)]
-        captures[parse(name, n_layers)] = capture_
-    return Cache(captures, n_layers)
 
 
 # --- writing ------------------------------------------------------------------------------------

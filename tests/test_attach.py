@@ -610,3 +610,60 @@ def test_stack_takes_the_captured_layers_a_wildcard_matches(llama, ids):
         cache.stack("layers.0:2.resid_post")  # a range names each layer
     with pytest.raises(KeyError, match="matches no captured site"):
         cache.stack("layers.*.attn.out")
+
+
+# --- Cache.save / Cache.load ---------------------------------------------------------------------
+
+
+def test_a_saved_cache_loads_back_bit_for_bit(llama, ids, tmp_path):
+    sites = ["layers.0:2.resid_post", "layers.1.attn.heads"]
+    with iv.capture(llama, sites) as cache:
+        llama(ids)
+        llama(ids[:1, :5].to(torch.int32))  # a second record, of another shape
+    llama.to(torch.bfloat16)
+    with iv.capture(llama, "layers.2.mlp.out", positions=-1) as half:
+        llama(ids)
+    for original in (cache, half):
+        path = original.save(tmp_path / "cache.safetensors")
+        loaded = iv.Cache.load(path)
+        assert list(loaded) == list(original)
+        assert loaded.n_layers == original.n_layers
+        for site in original:
+            assert len(loaded.records(site)) == len(original.records(site))
+            for a, b in zip(loaded.records(site), original.records(site), strict=True):
+                assert a.dtype == b.dtype and torch.equal(a, b)
+            assert torch.equal(loaded[site], original[site])
+    assert iv.Cache.load(tmp_path / "cache.safetensors")["layers.2.mlp.out"].dtype == (
+        torch.bfloat16
+    )
+    loaded = iv.Cache.load(cache.save(tmp_path / "c"))
+    assert torch.equal(loaded.stack("layers.*.resid_post"), cache.stack("layers.*.resid_post"))
+
+
+def test_cache_save_refuses_statistics_and_load_refuses_other_files(llama, ids, tmp_path):
+    with iv.capture(llama, "layers.0.resid_post", reduce=iv.Mean) as mean:
+        llama(ids)
+    with pytest.raises(ValueError, match="reduced statistics"):
+        mean.save(tmp_path / "mean.safetensors")
+    assert not (tmp_path / "mean.safetensors").exists()
+    delta = iv.bake(llama, {"layers.0.attn.out": iv.AddBias(torch.ones(32))})
+    delta.revert(llama)
+    delta.save(tmp_path / "delta.safetensors")
+    with pytest.raises(ValueError, match="not a 'interventions.Cache/1' file"):
+        iv.Cache.load(tmp_path / "delta.safetensors")
+    with pytest.raises(FileNotFoundError):
+        iv.Cache.load(tmp_path / "absent.safetensors")
+
+
+def test_a_cache_file_missing_a_record_is_refused(llama, ids, tmp_path):
+    from interventions.files import load_tensors, save_tensors
+
+    with iv.capture(llama, "layers.0.resid_post") as cache:
+        llama(ids)
+        llama(ids)
+    path = cache.save(tmp_path / "cache.safetensors")
+    tensors, metadata = load_tensors(path, format="interventions.Cache/1")
+    del tensors["layers.0.resid_post/1"]
+    save_tensors(path, tensors, format="interventions.Cache/1", metadata=metadata)
+    with pytest.raises(ValueError, match="damaged"):
+        iv.Cache.load(path)

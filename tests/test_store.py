@@ -276,62 +276,6 @@ def test_a_store_of_smollm2_texts_equals_the_in_memory_capture(real_model, tmp_p
     assert data[0]["layers.5.attn.heads"].shape == (9, 64)  # SmolLM2: 9 heads of 64
 
 
-def test_a_saved_cache_loads_back_bit_for_bit(llama, ids, tmp_path):
-    sites = ["layers.0:2.resid_post", "layers.1.attn.heads"]
-    with iv.capture(llama, sites) as cache:
-        llama(ids)
-        llama(ids[:1, :5].to(torch.int32))  # a second record, of another shape
-    llama.to(torch.bfloat16)
-    with iv.capture(llama, "layers.2.mlp.out", positions=-1) as half:
-        llama(ids)
-    for original in (cache, half):
-        path = store.save_cache(original, tmp_path / "cache.safetensors")
-        loaded = store.load_cache(path)
-        assert list(loaded) == list(original)
-        assert loaded.n_layers == original.n_layers
-        for site in original:
-            assert len(loaded.records(site)) == len(original.records(site))
-            for a, b in zip(loaded.records(site), original.records(site), strict=True):
-                assert a.dtype == b.dtype and torch.equal(a, b)
-            assert torch.equal(loaded[site], original[site])
-    assert store.load_cache(tmp_path / "cache.safetensors")["layers.2.mlp.out"].dtype == (
-        torch.bfloat16
-    )
-    loaded = store.load_cache(store.save_cache(cache, tmp_path / "c"))
-    assert torch.equal(loaded.stack("layers.*.resid_post"), cache.stack("layers.*.resid_post"))
-
-
-def test_save_cache_refuses_statistics_and_load_cache_refuses_other_files(llama, ids, tmp_path):
-    with iv.capture(llama, "layers.0.resid_post", reduce=iv.Mean) as mean:
-        llama(ids)
-    with pytest.raises(ValueError, match="reduced statistics"):
-        store.save_cache(mean, tmp_path / "mean.safetensors")
-    with pytest.raises(TypeError, match="takes an iv.Cache"):
-        store.save_cache({"layers.0.resid_post": ids}, tmp_path / "mean.safetensors")
-    assert not (tmp_path / "mean.safetensors").exists()
-    delta = iv.bake(llama, {"layers.0.attn.out": iv.AddBias(torch.ones(32))})
-    delta.revert(llama)
-    delta.save(tmp_path / "delta.safetensors")
-    with pytest.raises(ValueError, match="not a 'interventions.Cache/1' file"):
-        store.load_cache(tmp_path / "delta.safetensors")
-    with pytest.raises(FileNotFoundError):
-        store.load_cache(tmp_path / "absent.safetensors")
-
-
-def test_a_cache_file_missing_a_record_is_refused(llama, ids, tmp_path):
-    from interventions.files import load_tensors, save_tensors
-
-    with iv.capture(llama, "layers.0.resid_post") as cache:
-        llama(ids)
-        llama(ids)
-    path = store.save_cache(cache, tmp_path / "cache.safetensors")
-    tensors, metadata = load_tensors(path, format="interventions.Cache/1")
-    del tensors["layers.0.resid_post/1"]
-    save_tensors(path, tensors, format="interventions.Cache/1", metadata=metadata)
-    with pytest.raises(ValueError, match="damaged"):
-        store.load_cache(path)
-
-
 def test_an_offloaded_model_is_refused_for_want_of_a_fingerprint(llama, offload, tmp_path):
     batches = padded(token_rows(), "right")
     with pytest.raises(ValueError, match="cannot be fingerprinted"):
