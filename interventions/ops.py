@@ -22,7 +22,7 @@ one ``generate`` call (cached or not):
 """
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -510,6 +510,211 @@ class Compose(Intervention):
         return x
 
 
+# --- patching and ablation ------------------------------------------------------------------------
+
+
+def feature_shape(site: Site, geometry: Geometry) -> tuple[int, ...]:
+    """The dimensions after ``[batch, seq]`` of the activation at ``site`` (heads split)."""
+    if site.kind in HEAD_KINDS:
+        return (geometry.n_heads, geometry.d_head)
+    return (site_width(site, geometry),)
+
+
+class _Marks(Intervention):
+    """Marks the part its selectors pick: ``apply`` on a boolean tensor of ``False`` gives
+    ``True`` exactly where an intervention with the same ``heads`` / ``positions`` acts."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+
+def _replace_from(owner: Intervention, site: Site, source: Tensor, x: Tensor, step: Step) -> Tensor:
+    """``x`` with its selected part taken from ``source``, a whole activation of the site
+    (``[batch or 1, seq, ...]`` over absolute positions from 0), aligned to this forward's
+    columns. Out of place; where nothing is selected ``x`` itself comes back."""
+    marker = owner.__dict__.get("_marker")
+    if marker is None:
+        marker = owner.__dict__["_marker"] = _Marks(heads=owner.heads, positions=owner.positions)
+    marks = marker.apply(torch.zeros(x.shape, dtype=torch.bool, device=x.device), step)
+    columns = marks.reshape(x.shape[0], x.shape[1], -1).any(-1).any(0).nonzero()
+    if len(columns) == 0:
+        return x
+    return torch.where(marks, _aligned(owner, site, source, x, step, int(columns[-1])), x)
+
+
+def _aligned(
+    owner: Intervention, site: Site, source: Tensor, x: Tensor, step: Step, last_column: int
+) -> Tensor:
+    """The columns of ``source`` this forward computes (absolute positions ``first`` to
+    ``first + width``), on ``x``'s batch, device and dtype. Columns past the end of ``source``
+    that nothing selects are filled from ``x`` (never used: the caller selects)."""
+    name = type(owner).__name__
+    width = x.shape[1]
+    first = step.offset + step.length - width
+    have = source.shape[1]
+    if first + last_column >= have:
+        raise ValueError(
+            f"{name} at {site}: the activation to patch from covers {have} positions, but this "
+            f"forward patches position {first + last_column}: capture the clean run over at "
+            "least as many tokens (under generate: the prompt and the generated tokens), or "
+            "select fewer positions"
+        )
+    if source.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"{name} at {site}: the activation to patch from has {source.shape[0]} rows, this "
+            f"forward {x.shape[0]}: give one row (patched into every row) or one per row"
+        )
+    part = source[:, first : min(first + width, have)].to(device=x.device, dtype=x.dtype)
+    part = part.expand(x.shape[0], *part.shape[1:])
+    if part.shape[1] < width:  # unselected columns past the source's end
+        part = torch.cat([part, x[:, part.shape[1] :].detach()], dim=1)
+    return part
+
+
+def _whole_activation(owner: str, site: Site, geometry: Geometry, value: object) -> Tensor:
+    """``value`` checked as a whole activation of ``site``: ``[batch, seq, *features]``."""
+    tensor = finite_tensor(owner, f"the activation at {site}", value)
+    features = feature_shape(site, geometry)
+    if tensor.ndim != 2 + len(features) or tuple(tensor.shape[2:]) != features:
+        layout = ", ".join(["batch", "seq", *map(str, features)])
+        raise ValueError(
+            f"{owner} at {site}: the activation to patch from has shape {tuple(tensor.shape)}, "
+            f"expected [{layout}] (the whole activation of the site, as a capture without "
+            "heads= or positions= records it)"
+        )
+    return tensor
+
+
+class Patch(Intervention):
+    """Replace the selected part of the activation.
+
+    ``Patch(values)``: by ``values``, a tensor broadcastable to the selected part (what
+    ``forward`` sees: ``[batch, positions, ...]``, ``[n, ...]`` under a boolean mask, heads on
+    dim 2 at ``attn.heads``); at one int position it may also have a capture's shape there
+    (``[batch, ...]``, no token dim). ``trainable=True`` makes ``values`` a Parameter.
+
+    ``Patch.from_cache(cache)``: by the values ``cache`` holds for the site the patch is placed
+    at (an ``iv.Cache`` of a clean run, or any ``{site name: activation}``): the whole
+    activation, captured without ``heads=`` / ``positions=``, ``[1 or batch, seq, ...]``. The
+    patch picks the same heads and absolute positions from it as from the activation, so one
+    clean row patches into every row of a corrupted batch, and positions mean the same under
+    ``generate`` (the clean run must cover every position patched). Such a patch belongs to
+    the first site it is placed at: build one per site.
+    """
+
+    def __init__(
+        self,
+        values: Float[Tensor, "..."],
+        *,
+        trainable: bool = False,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(heads=heads, positions=positions)
+        values = finite_tensor("Patch", "values", values)
+        if not isinstance(trainable, bool):
+            raise TypeError(f"Patch: trainable must be True or False, got {trainable!r}")
+        if trainable:
+            self.values = nn.Parameter(values.detach().clone())
+        else:
+            self.register_buffer("values", values.detach().clone())
+        self.__dict__.update(cache=None, site=None, _source=None)
+
+    @classmethod
+    def from_cache(
+        cls,
+        cache: Mapping[str, Tensor],
+        *,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ) -> "Patch":
+        """A patch taking its values from ``cache`` at the site it is placed at."""
+        if not isinstance(cache, Mapping):
+            raise TypeError(
+                "Patch.from_cache takes an iv.Cache (or a dict {site name: activation}), got "
+                f"{type(cache).__name__}"
+            )
+        patch = cls.__new__(cls)
+        Intervention.__init__(patch, heads=heads, positions=positions)
+        patch.values = None
+        patch.__dict__.update(cache=cache, site=None, _source=None)
+        return patch
+
+    def check(self, site: Site, geometry: Geometry) -> None:
+        super().check(site, geometry)
+        if self.cache is None:
+            return
+        if self.site is not None and self.site != site:
+            raise ValueError(
+                f"Patch.from_cache is placed at {site}, but it already patches {self.site}: "
+                "build one per site, e.g. {s: iv.Patch.from_cache(cache) for s in sites}"
+            )
+        self.__dict__.update(site=site, _source=self._source_at(site, geometry))
+
+    def _source_at(self, site: Site, geometry: Geometry) -> Tensor:
+        capture = getattr(self.cache, "captures", {}).get(site)
+        if capture is not None and capture.reduce is not None:
+            raise ValueError(
+                f"Patch.from_cache at {site}: the cache holds a reduced statistic there, not an "
+                "activation; for a mean use iv.Ablate('mean', stats=...)"
+            )
+        if capture is not None and (capture.heads is not None or capture.positions is not None):
+            raise ValueError(
+                f"Patch.from_cache at {site}: the cache was captured with heads= or positions=; "
+                "capture the clean run without them (the patch selects heads and positions "
+                "itself), or pass the selected values to iv.Patch(values)"
+            )
+        try:
+            value = self.cache[str(site)]
+        except KeyError:
+            raise ValueError(
+                f"Patch.from_cache at {site}: the cache holds no {site}; it holds "
+                f"{list(self.cache)}: capture that site in the clean run"
+            ) from None
+        return _whole_activation("Patch.from_cache", site, geometry, value)
+
+    def check_width(self, site: Site, geometry: Geometry) -> None:
+        if self.values is None:
+            return
+        width, n_heads = site_width(site, geometry), self.selected_heads(geometry)
+        values = self.values
+        wrong_heads = (
+            site.kind in HEAD_KINDS and values.ndim >= 2 and values.shape[-2] not in (1, n_heads)
+        )
+        if (values.ndim >= 1 and values.shape[-1] not in (1, width)) or wrong_heads:
+            heads = f" on {n_heads} selected heads" if site.kind in HEAD_KINDS else ""
+            raise ValueError(
+                f"Patch at {site}: values of shape {tuple(values.shape)} cannot broadcast to "
+                f"the activation ([..., {width}]{heads})"
+            )
+
+    def apply(self, x: Tensor, step: Step, *, token_dim: int = 1, head_dim: int = 2) -> Tensor:
+        if self.cache is None:
+            return super().apply(x, step, token_dim=token_dim, head_dim=head_dim)
+        if self._source is None:
+            raise RuntimeError(
+                "Patch.from_cache acts once placed in a plan (iv.intervene(model, {site: "
+                "patch})): the plan tells it its site"
+            )
+        return _replace_from(self, self.site, self._source, x, step)
+
+    def forward(self, x: Tensor) -> Tensor:
+        values = self.values.to(device=x.device, dtype=x.dtype)
+        if isinstance(self.positions, int) and values.ndim == x.ndim - 1 and values.ndim >= 2:
+            values = values.unsqueeze(1)  # a capture at one position has no token dim
+        try:
+            fits = torch.broadcast_shapes(values.shape, x.shape) == x.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"Patch: values of shape {tuple(values.shape)} do not broadcast to the selected "
+                f"part of the activation, {tuple(x.shape)} ([batch, positions, ...], or [n, ...] "
+                "under a boolean mask of positions)"
+            )
+        return values.expand(x.shape).contiguous()
+
+
 # --- capture ------------------------------------------------------------------------------------
 
 
@@ -649,10 +854,12 @@ __all__ = [
     "Capture",
     "Compose",
     "Intervention",
+    "Patch",
     "Positions",
     "Project",
     "Rescale",
     "Step",
+    "feature_shape",
     "is_reducer",
     "resolve",
     "site_width",
