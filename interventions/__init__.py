@@ -19,6 +19,7 @@ from interventions.adapters import (
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
 from interventions.ops import (
+    Ablate,
     AddBias,
     Capture,
     Compose,
@@ -35,6 +36,7 @@ from interventions.weights import WeightDelta, bake, parameters
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ablate",
     "Adapter",
     "AddBias",
     "Attachment",

@@ -31,7 +31,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from interventions.adapters import Geometry
-from interventions.checks import number
+from interventions.checks import choice, integer, number
 from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, Site
 
 if TYPE_CHECKING:  # stats builds on ops (tally captures); at run time ops needs only the duck type
@@ -578,7 +578,8 @@ def _whole_activation(owner: str, site: Site, geometry: Geometry, value: object)
     if tensor.ndim != 2 + len(features) or tuple(tensor.shape[2:]) != features:
         layout = ", ".join(["batch", "seq", *map(str, features)])
         raise ValueError(
-            f"{owner} at {site}: the activation to patch from has shape {tuple(tensor.shape)}, "
+            f"{owner} at {site}: the activation to take values from has shape "
+            f"{tuple(tensor.shape)}, "
             f"expected [{layout}] (the whole activation of the site, as a capture without "
             "heads= or positions= records it)"
         )
@@ -713,6 +714,131 @@ class Patch(Intervention):
                 "under a boolean mask of positions)"
             )
         return values.expand(x.shape).contiguous()
+
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+class Ablate(Intervention):
+    """Ablate the selected part of the activation.
+
+    - ``Ablate("zero")``: zeros.
+    - ``Ablate("mean", mean=m)`` or ``Ablate("mean", stats=reducer)``: the mean activation,
+      given as ``[d]`` (or, at ``attn.heads``, ``[n_heads, d_head]`` over every head of the
+      model, as a mean at the site gives it; the rows of ``heads`` are used), or read from an
+      ``iv.Mean`` filled by ``iv.tally`` or a ``reduce=iv.Mean`` capture.
+    - ``Ablate("resample", values=acts, seed=0)``: the activations of other inputs,
+      ``acts`` ``[n, seq, ...]`` (a whole capture of the site over ``n`` inputs). Each row of
+      each new sequence gets the row of ``acts`` drawn for it by a generator seeded with
+      ``seed``, at the same heads and absolute positions (one draw per sequence, kept through
+      the forwards of a ``generate`` call).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        mean: Float[Tensor, "*heads d"] | None = None,
+        stats: "Reducer | None" = None,
+        values: Float[Tensor, "n seq ..."] | None = None,
+        seed: int = 0,
+        heads: Sequence[int] | None = None,
+        positions: Positions = None,
+    ):
+        super().__init__(heads=heads, positions=positions)
+        choice("Ablate: kind", kind, ABLATIONS)
+        given = {"mean": mean, "stats": stats, "values": values}
+        wanted = {"zero": (), "mean": ("mean", "stats"), "resample": ("values",)}[kind]
+        extra = [name for name, value in given.items() if value is not None and name not in wanted]
+        if extra:
+            raise ValueError(f"Ablate({kind!r}) takes no {' or '.join(extra)}=")
+        if kind == "mean" and (mean is None) == (stats is None):
+            raise ValueError(
+                "Ablate('mean') takes the mean as mean= (a tensor) or stats= (an iv.Mean filled "
+                "by iv.tally or a reduce=iv.Mean capture), exactly one of them"
+            )
+        if kind == "resample" and values is None:
+            raise ValueError(
+                "Ablate('resample') takes values=: other inputs' activations at the site, "
+                "[n, seq, ...], e.g. a capture over a batch of other inputs"
+            )
+        self.kind = kind
+        if stats is not None:
+            mean = _mean_of(stats)
+        if mean is not None:
+            self.register_buffer("mean", finite_tensor("Ablate", "mean", mean).detach().clone())
+        else:
+            self.mean = None
+        if values is not None:
+            values = finite_tensor("Ablate", "values", values)
+            if values.ndim < 3 or values.shape[0] == 0:
+                raise ValueError(
+                    f"Ablate('resample'): values has shape {tuple(values.shape)}, expected "
+                    "[n, seq, ...] with n >= 1 (other inputs' whole activations at the site)"
+                )
+            self.register_buffer("values", values.detach().clone())
+        else:
+            self.values = None
+        self.seed = integer("Ablate: seed", seed, minimum=0)
+        generator = torch.Generator().manual_seed(self.seed)
+        self.__dict__.update(site=None, _generator=generator, _rows=None)
+
+    def check(self, site: Site, geometry: Geometry) -> None:
+        super().check(site, geometry)
+        self.__dict__["site"] = site
+        if self.values is not None:
+            _whole_activation("Ablate('resample')", site, geometry, self.values)
+        if self.mean is not None:
+            _check_mean(self.mean, site, geometry)
+
+    def start_sequence(self) -> None:
+        self.__dict__["_rows"] = None  # draw again for each new sequence
+
+    def apply(self, x: Tensor, step: Step, *, token_dim: int = 1, head_dim: int = 2) -> Tensor:
+        if self.kind != "resample":
+            return super().apply(x, step, token_dim=token_dim, head_dim=head_dim)
+        rows = self._rows
+        if rows is None or len(rows) != x.shape[0]:
+            rows = torch.randint(len(self.values), (x.shape[0],), generator=self._generator)
+            self.__dict__["_rows"] = rows
+        return _replace_from(self, self.site, self.values[rows.to(self.values.device)], x, step)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "zero":
+            return torch.zeros_like(x)
+        mean = self.mean.to(device=x.device, dtype=x.dtype)
+        if mean.ndim == 2 and self.heads is not None:  # every head's mean: the selected rows
+            mean = mean[list(self.heads)]
+        return mean.expand(x.shape).contiguous()
+
+
+def _mean_of(stats: object) -> Tensor:
+    from interventions.stats import Mean  # stats builds on ops: imported when used
+
+    if not isinstance(stats, Mean):
+        raise TypeError(
+            f"Ablate('mean', stats=...) takes an iv.Mean (filled by iv.tally or a "
+            f"reduce=iv.Mean capture), got {type(stats).__name__}"
+        )
+    if stats.count == 0:
+        raise ValueError(
+            "Ablate('mean', stats=...): the iv.Mean has counted no samples; fill it first "
+            "(iv.tally(model, batches, {site: mean}) or iv.capture(..., reduce=iv.Mean))"
+        )
+    return stats.value
+
+
+def _check_mean(mean: Tensor, site: Site, geometry: Geometry) -> None:
+    width = site_width(site, geometry)
+    every_head = site.kind in HEAD_KINDS and mean.shape == (geometry.n_heads, width)
+    if not (mean.shape == (width,) or every_head):
+        expected = f"[{width}]"
+        if site.kind in HEAD_KINDS:
+            expected += f" or [{geometry.n_heads}, {width}] (every head of the model)"
+        raise ValueError(
+            f"Ablate('mean') at {site}: the mean has shape {tuple(mean.shape)}, expected "
+            f"{expected}, as a mean over tokens at the site gives it"
+        )
 
 
 # --- capture ------------------------------------------------------------------------------------
@@ -850,6 +976,7 @@ class Capture(Intervention):
 
 
 __all__ = [
+    "Ablate",
     "AddBias",
     "Capture",
     "Compose",

@@ -405,3 +405,120 @@ def test_patch_refuses_what_cannot_be_patched(model, ids):
         iv.Patch(torch.ones(3), trainable=1)
     with pytest.raises(TypeError, match="iv.Cache"):
         iv.Patch.from_cache(torch.ones(3))
+
+
+# --- Ablate --------------------------------------------------------------------------------------
+
+
+def test_zero_and_mean_ablation_replace_only_the_selection():
+    x = torch.randn(2, 4, 3, 5)
+    step = Step.single(4)
+    y = iv.Ablate("zero", heads=[1], positions=-1).apply(x, step)
+    expected = x.clone()
+    expected[:, 3, 1] = 0
+    assert torch.equal(y, expected)
+    mean = torch.randn(3, 5)  # every head's mean
+    y = iv.Ablate("mean", mean=mean, heads=[2, 0], positions=[0, 2]).apply(x, step)
+    expected = x.clone()
+    for t in (0, 2):
+        expected[:, t, 2], expected[:, t, 0] = mean[2], mean[0]
+    assert torch.equal(y, expected)
+
+
+def test_mean_ablation_equals_rescale_zero_then_add_the_mean(model, ids):
+    site = "layers.1.attn.heads"
+    batches = [
+        torch.randint(3, 99, (3, 7), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+    ]
+    with iv.capture(model, site) as full:
+        for batch in batches:
+            model(batch)
+    by_hand = torch.cat([r.flatten(0, 1) for r in full.records(site)]).mean(0)  # [heads, d_head]
+    tallied = iv.tally(
+        model,
+        [iv.text.Batch(b, torch.ones_like(b), torch.arange(7).expand_as(b)) for b in batches],
+        {site: iv.Mean()},
+        progress=False,
+    )[site]
+    torch.testing.assert_close(tallied.value, by_hand)
+    heads, positions = [0, 2], torch.tensor([0, 1, 0, 0, 1, 1, 0, 0, 1]).bool()
+    composed = iv.Compose(
+        iv.Rescale(0.0, heads=heads, positions=positions),
+        iv.AddBias(by_hand[heads], heads=heads, positions=positions),
+    )
+    with iv.intervene(model, {site: composed}):
+        expected = model(ids).logits
+    for ablation in (
+        iv.Ablate("mean", mean=by_hand, heads=heads, positions=positions),
+        iv.Ablate("mean", stats=tallied, heads=heads, positions=positions),
+    ):
+        with iv.intervene(model, {site: ablation}):
+            torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=1e-6)
+    with iv.capture(model, "layers.0.mlp.out", reduce=iv.Mean) as means:
+        model(ids)
+    captured = means.captures[iv.parse("layers.0.mlp.out", 3)].reduce
+    with iv.intervene(model, {"layers.0.mlp.out": iv.Ablate("mean", stats=captured)}):
+        ablated = model(ids).logits
+    with iv.intervene(model, {"layers.0.mlp.out": iv.Patch(means["layers.0.mlp.out"])}):
+        torch.testing.assert_close(ablated, model(ids).logits, rtol=0, atol=0)
+
+
+def test_resample_ablation_takes_the_seeded_rows_of_other_inputs(model, ids):
+    site, positions = "layers.1.resid_pre", [1, 4, 8]
+    others = torch.randint(3, 99, (5, 9), generator=torch.Generator().manual_seed(4))
+    with iv.capture(model, site) as pool:
+        model(others)
+    with iv.capture(model, site) as corrupted:
+        model(ids)
+    generator = torch.Generator().manual_seed(11)
+    draws = [torch.randint(5, (2,), generator=generator) for _ in range(2)]
+    ablation = iv.Ablate("resample", values=pool[site], seed=11, positions=positions)
+    for rows in draws:  # each new sequence draws again, from the same seeded generator
+        expected_activation = corrupted[site].clone()
+        for b in range(2):
+            expected_activation[b, positions] = pool[site][rows[b], positions]
+        with substituted(model, site, expected_activation):
+            expected = model(ids).logits
+        with iv.intervene(model, {site: ablation}):
+            torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda: iv.Ablate("mode"), ValueError, "kind must be one of"),
+        (lambda: iv.Ablate("mean"), ValueError, "exactly one of them"),
+        (lambda: iv.Ablate("mean", mean=torch.ones(3), stats=iv.Mean()), ValueError, "exactly"),
+        (lambda: iv.Ablate("mean", stats=iv.MeanNorm()), TypeError, "takes an iv.Mean"),
+        (lambda: iv.Ablate("mean", stats=iv.Mean()), ValueError, "counted no samples"),
+        (lambda: iv.Ablate("mean", mean=torch.tensor([float("nan")])), ValueError, "non-finite"),
+        (lambda: iv.Ablate("zero", mean=torch.ones(3)), ValueError, "takes no mean="),
+        (lambda: iv.Ablate("resample"), ValueError, "takes values="),
+        (lambda: iv.Ablate("resample", values=torch.ones(4, 3)), ValueError, r"\[n, seq, \.\.\.\]"),
+        (lambda: iv.Ablate("resample", values=torch.ones(1, 2, 3), seed=True), TypeError, "seed"),
+        (lambda: iv.Ablate("resample", values=torch.ones(1, 2, 3), seed=-1), ValueError, "seed"),
+    ],
+)
+def test_ablate_refuses_what_it_cannot_use(build, error, words):
+    with pytest.raises(error, match=words):
+        build()
+
+
+def test_ablate_checks_its_values_against_the_site(model, ids):
+    for site, ablation, words in [
+        ("layers.0.resid_post", iv.Ablate("mean", mean=torch.ones(8)), r"expected \[32\]"),
+        ("layers.0.attn.heads", iv.Ablate("mean", mean=torch.ones(2, 8)), r"\[4, 8\] \(every"),
+        (
+            "layers.0.mlp.act",
+            iv.Ablate("resample", values=torch.ones(3, 9, 32)),
+            r"expected \[batch, seq, ",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=words), iv.intervene(model, {site: ablation}):
+            pass
+    short = iv.Ablate("resample", values=torch.ones(3, 5, 32), positions=[2, 7])
+    with (
+        pytest.raises(ValueError, match="covers 5 positions"),
+        iv.intervene(model, {"layers.0.resid_post": short}),
+    ):
+        model(ids)
