@@ -853,6 +853,11 @@ def _replaying() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def _same_device(device: torch.device, wanted: str | torch.device) -> bool:
+    wanted = torch.device(wanted)
+    return device.type == wanted.type and wanted.index in (None, device.index)
+
+
 def is_reducer(value: object) -> bool:
     """Whether ``value`` is a reducer instance (an ``iv.Reducer``: ``update(x)`` and ``value``),
     not a class or factory."""
@@ -867,7 +872,10 @@ def is_reducer(value: object) -> bool:
 class Capture(Intervention):
     """Record the activation (returns it unchanged, so a plan of captures is bit-exact).
 
-    ``keep_grad`` keeps the autograd graph; ``device`` moves records (e.g. ``"cpu"``);
+    ``keep_grad`` keeps the autograd graph, and the record of a forward run with gradients
+    (on the model's device) hands out ``.grad`` after ``backward``: the gradient with respect
+    to the activation at the selection (retained-grad semantics: it accumulates over backward
+    calls). ``device`` moves records (e.g. ``"cpu"``);
     ``reduce`` (``Mean()``, ``MeanNorm()``, ``SecondMoment()`` or your own ``Reducer``)
     accumulates a statistic instead of keeping every activation.
     """
@@ -913,8 +921,12 @@ class Capture(Intervention):
         return super().apply(x, step, token_dim=token_dim, head_dim=head_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        if _replaying():  # these values were recorded when the forward first ran
-            return x
+        tapped = self._taps(x)
+        if _replaying():  # these values were recorded when the forward first ran; an edit to
+            # the graph is made again (checkpointing checks the replay computes the same)
+            return self._passed_on(x, self._one_position(x)) if tapped else x
+        if tapped:
+            return self._record_on_the_path(x)
         seen = x if self.keep_grad else x.detach()
         if self.device is not None:
             seen = seen.to(self.device)
@@ -928,12 +940,50 @@ class Capture(Intervention):
             # op later in the forward (Falcon's ``mlp_output += attention_output``) would
             # rewrite the record
             seen = seen.clone()
-        if isinstance(self.positions, int) and seen.ndim >= 2 + self._feature_dims:
+        if self._one_position(seen):
             seen = seen.squeeze(2 if self._pattern else 1)
+        self._store(seen)
+        return x
+
+    def _store(self, record: Tensor) -> None:
         if not self.records:
             self.records.append([])
-        self.records[-1].append(seen)
-        return x
+        self.records[-1].append(record)
+
+    def _one_position(self, x: Tensor) -> bool:
+        return isinstance(self.positions, int) and x.ndim >= 2 + self._feature_dims
+
+    def _taps(self, x: Tensor) -> bool:
+        """Whether the record hands out ``.grad``: a kept graph, a record of the activation
+        itself, on the model's device (a moved copy is not what the forward goes on with). The
+        pattern is left out: attention has used it before its hook sees it."""
+        return (
+            self.keep_grad
+            and self.reduce is None
+            and not self._pattern
+            and x.requires_grad
+            and torch.is_grad_enabled()
+            and (self.device is None or _same_device(x.device, self.device))
+        )
+
+    def _record_on_the_path(self, x: Tensor) -> Tensor:
+        """Record ``x`` so that the forward goes on from the record: every gradient reaching
+        the activation then passes through it, and ``record.grad`` (retained) is the gradient
+        of a loss with respect to the activation, after ``backward``."""
+        one_position = self._one_position(x)
+        record = x.squeeze(1) if one_position else x
+        record.retain_grad()
+        self._store(record)
+        return self._passed_on(record, one_position)
+
+    def _passed_on(self, record: Tensor, one_position: bool) -> Tensor:
+        """What the forward goes on with: a tensor computed from ``record``, not ``record``
+        itself (an in-place op later in the forward would rewrite the record)."""
+        if one_position:
+            return record.unsqueeze(1)
+        if self.heads is None and self.positions is None:  # the model's own tensor: a copy
+            return record.clone()
+        return record.view_as(record)  # a selection: the write-back copies it
 
     @property
     def values(self) -> list[Tensor]:

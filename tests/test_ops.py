@@ -522,3 +522,93 @@ def test_ablate_checks_its_values_against_the_site(model, ids):
         iv.intervene(model, {"layers.0.resid_post": short}),
     ):
         model(ids)
+
+
+# --- gradients of captures -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def grabbed(model, sites):
+    """The activation tensors the forward goes on with at ``sites``, grabbed with plain torch
+    hooks (no iv): ``{site: tensor}`` (``attn.heads`` as ``o_proj`` takes it, heads flat)."""
+    table, seen, handles = iv.adapter(model), {}, []
+    for site in sites:
+        layer, kind = int(site.split(".")[1]), site.split(".", 2)[2]
+        if kind == "attn.heads":
+
+            def keep_input(module, args, site=site):
+                seen[site] = args[0]
+
+            module = table.block_module(model, layer, table.o_proj)
+            handles.append(module.register_forward_pre_hook(keep_input))
+            continue
+
+        def keep_output(module, args, output, site=site):
+            seen[site] = output[0] if isinstance(output, tuple) else output
+
+        if kind == "mlp.out":
+            module = table.block_module(model, layer, table.mlp_out_path)
+        else:
+            module = table.blocks(model)[layer]
+        handles.append(module.register_forward_hook(keep_output))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+MASK = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0, 0, 0, 1]]).bool()
+
+
+@pytest.mark.parametrize(
+    "sites, heads, positions",
+    [
+        (["layers.0.resid_post", "layers.1.attn.heads", "layers.2.mlp.out"], None, None),
+        (["layers.0.resid_post", "layers.1.attn.heads", "layers.2.mlp.out"], None, -1),
+        (["layers.1.resid_post", "layers.2.mlp.out"], None, MASK),
+        (["layers.0.attn.heads", "layers.2.attn.heads"], [1, 3], [2, 5]),
+    ],
+    ids=["whole", "last", "mask", "heads"],
+)
+def test_kept_captures_hand_out_the_gradient_of_the_activation(model, ids, sites, heads, positions):
+    def select(activation):
+        x = activation
+        if heads is not None:
+            x = x[:, :, heads]
+        if isinstance(positions, torch.Tensor):
+            return x[positions]
+        return x if positions is None else x[:, positions]
+
+    def loss_of(logits, records):  # through the model's output and through the records
+        return logits[:, -1].log_softmax(-1)[:, 5].sum() + sum(r.pow(2).mean() for r in records)
+
+    def split(site, tensor):  # the site's layout: heads on their own dim
+        n_heads = iv.geometry(model).n_heads
+        return tensor.unflatten(-1, (n_heads, -1)) if site.endswith("attn.heads") else tensor
+
+    with grabbed(model, sites) as seen:
+        logits = model(ids).logits
+    records = [select(split(s, seen[s])) for s in sites]
+    grads = torch.autograd.grad(loss_of(logits, records), [seen[s] for s in sites])
+    expected = {s: select(split(s, g)) for s, g in zip(sites, grads, strict=True)}
+    model.zero_grad()
+    with iv.capture(model, sites, keep_grad=True, heads=heads, positions=positions) as cache:
+        kept_logits = model(ids).logits
+    assert torch.equal(kept_logits, logits)  # bit-exact: the forward goes on from equal values
+    loss_of(kept_logits, [cache[s] for s in sites]).backward()
+    for site in sites:
+        torch.testing.assert_close(cache[site].grad, expected[site], rtol=1e-5, atol=1e-7)
+
+
+def test_kept_gradients_accumulate_over_backward_calls_and_need_a_graph(model, ids):
+    with iv.capture(model, "layers.1.resid_post", keep_grad=True) as cache:
+        logits = model(ids).logits
+    logits.sum().backward(retain_graph=True)
+    first = cache["layers.1.resid_post"].grad.clone()
+    logits.sum().backward()
+    torch.testing.assert_close(cache["layers.1.resid_post"].grad, 2 * first)
+    with torch.no_grad(), iv.capture(model, "layers.1.resid_post", keep_grad=True) as cache:
+        model(ids)
+    assert not cache["layers.1.resid_post"].requires_grad
+    assert cache["layers.1.resid_post"].grad is None
