@@ -303,12 +303,27 @@ def test_patching_a_site_with_its_own_values_is_bit_identical(model, ids):
     with iv.capture(model, sites) as own:
         model(ids)
     mask = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) > 0.5
-    for positions in (None, mask, [0, -1]):
-        plan = {site: iv.Patch.from_cache(own, positions=positions) for site in sites}
-        with iv.intervene(model, plan):
-            assert torch.equal(model(ids).logits, bare)
+    for site in sites:  # one at a time: a later exact patch would hide an earlier change
+        for positions in (None, mask):
+            with iv.intervene(model, {site: iv.Patch.from_cache(own, positions=positions)}):
+                assert torch.equal(model(ids).logits, bare), (site, positions)
     with iv.intervene(model, {"layers.1.resid_post": iv.Patch(own["layers.1.resid_post"])}):
         assert torch.equal(model(ids).logits, bare)
+
+
+def test_one_forward_with_a_diagonal_mask_equals_one_patch_per_position(model, ids):
+    """The batched sweep: row i of a corrupted batch patches position i alone."""
+    clean_ids, corrupted = ids[:1], ids[1:]
+    with iv.capture(model, "layers.1.resid_pre") as clean:
+        model(clean_ids)
+    seq = ids.shape[1]
+    rows = torch.eye(seq, dtype=torch.bool)
+    with iv.intervene(model, {"layers.1.resid_pre": iv.Patch.from_cache(clean, positions=rows)}):
+        swept = model(corrupted.expand(seq, -1)).logits
+    for position in range(seq):
+        patch = iv.Patch.from_cache(clean, positions=position)
+        with iv.intervene(model, {"layers.1.resid_pre": patch}):
+            torch.testing.assert_close(swept[position], model(corrupted).logits[0])
 
 
 @pytest.mark.parametrize("positions", [-1, slice(7, 12), "generated"])
@@ -534,6 +549,7 @@ def grabbed(model, sites):
     table, seen, handles = iv.adapter(model), {}, []
     for site in sites:
         layer, kind = int(site.split(".")[1]), site.split(".", 2)[2]
+        assert kind in ("attn.heads", "mlp.out", "resid_post"), kind
         if kind == "attn.heads":
 
             def keep_input(module, args, site=site):
@@ -559,6 +575,42 @@ def grabbed(model, sites):
 
 
 MASK = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 1, 1], [0, 1, 0, 0, 0, 0, 0, 0, 1]]).bool()
+
+
+@pytest.mark.real
+def test_patch_ablate_and_kept_gradients_on_the_real_model(real_model, one_thread):
+    model, tokenizer = real_model
+    texts = ["The Eiffel Tower is in the city of", "The Colosseum is in the city of"]
+    clean_ids, corrupted_ids = (tokenizer(t, return_tensors="pt").input_ids for t in texts)
+    paris, rome = (tokenizer(w).input_ids[0] for w in (" Paris", " Rome"))
+
+    def logit_difference(logits):
+        return logits[:, -1, paris] - logits[:, -1, rome]
+
+    sites = ["layers.10.resid_pre", "layers.10.attn.heads", "layers.29.resid_post"]
+    with torch.no_grad(), iv.capture(model, sites) as clean:
+        clean_logits = model(clean_ids).logits
+    with torch.no_grad():
+        corrupted_logits = model(corrupted_ids).logits
+        plan = {site: iv.Patch.from_cache(clean) for site in sites}
+        with iv.intervene(model, plan):  # a run patched with its own values is the run
+            assert torch.equal(model(clean_ids).logits, clean_logits)
+        last = iv.Patch.from_cache(clean, positions=-1)
+        assert clean_ids.shape == corrupted_ids.shape  # nine tokens each
+        with iv.intervene(model, {"layers.29.resid_post": last}):  # the last block's output
+            patched = model(corrupted_ids).logits
+        torch.testing.assert_close(patched[:, -1], clean_logits[:, -1])
+        assert logit_difference(clean_logits) > 0 > logit_difference(corrupted_logits)
+        zero = iv.Ablate("zero", heads=[0, 1, 2], positions=-1)
+        with iv.intervene(model, {"layers.10.attn.heads": zero}):
+            assert not torch.equal(model(clean_ids).logits, clean_logits)
+    with grabbed(model, ["layers.10.resid_post"]) as seen:
+        loss = logit_difference(model(corrupted_ids).logits).sum()
+    expected = torch.autograd.grad(loss, seen["layers.10.resid_post"])[0]
+    with iv.capture(model, "layers.10.resid_post", keep_grad=True) as kept:
+        logit_difference(model(corrupted_ids).logits).sum().backward()
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(kept["layers.10.resid_post"].grad, expected)
 
 
 @pytest.mark.parametrize(
