@@ -812,10 +812,17 @@ class Ablate(Intervention):
         return mean.expand(x.shape).contiguous()
 
 
-def _mean_of(stats: object) -> Tensor:
-    from interventions.stats import Mean  # stats builds on ops: imported when used
+def _is_mean(value: object) -> bool:
+    """Whether ``value`` is an ``iv.Mean`` (or a subclass): stats builds on ops, so ops names
+    the class instead of importing it."""
+    return any(
+        (c.__module__, c.__qualname__) == ("interventions.stats", "Mean")
+        for c in type(value).__mro__
+    )
 
-    if not isinstance(stats, Mean):
+
+def _mean_of(stats: object) -> Tensor:
+    if not _is_mean(stats):
         raise TypeError(
             f"Ablate('mean', stats=...) takes an iv.Mean (filled by iv.tally or a "
             f"reduce=iv.Mean capture), got {type(stats).__name__}"
