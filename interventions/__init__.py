@@ -18,7 +18,17 @@ from interventions.adapters import (
     register_adapter,
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
-from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
+from interventions.ops import (
+    Ablate,
+    AddBias,
+    Capture,
+    Compose,
+    Intervention,
+    Patch,
+    Project,
+    Rescale,
+    Step,
+)
 from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.store import ActivationDataset
@@ -27,6 +37,7 @@ from interventions.weights import WeightDelta, bake, parameters
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ablate",
     "ActivationDataset",
     "Adapter",
     "AddBias",
@@ -39,6 +50,7 @@ __all__ = [
     "Intervention",
     "Mean",
     "MeanNorm",
+    "Patch",
     "Project",
     "Reducer",
     "Rescale",

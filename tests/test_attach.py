@@ -302,6 +302,24 @@ def test_activation_checkpointing_replays_edits_and_records_once(model, ids, ree
     torch.testing.assert_close(embed_grad, expected_embed_grad)
 
 
+def test_kept_captures_hand_out_the_same_gradients_under_checkpointing(model, ids):
+    # the replay inside backward must rebuild the record's place in the graph, not record again
+    sites = ["layers.0.resid_post", "layers.1.attn.heads", "layers.2.mlp.out"]
+
+    def run(model):
+        with iv.capture(model, sites, keep_grad=True, positions=[1, 4]) as cache:
+            model(ids, labels=ids).loss.backward()
+        assert all(len(cache.records(site)) == 1 for site in sites)
+        return [cache[site].grad for site in sites]
+
+    training_without_dropout(model)
+    expected = run(model)
+    model.zero_grad()
+    for grad, expected_grad in zip(run(checkpointed(model, False)), expected, strict=True):
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(grad, expected_grad)
+
+
 def test_peft_models_capture_steer_and_generate(model, ids, lora):
     wrapped = lora(model)
     table = iv.adapter(model)
