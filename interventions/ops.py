@@ -812,17 +812,8 @@ class Ablate(Intervention):
         return mean.expand(x.shape).contiguous()
 
 
-def _is_mean(value: object) -> bool:
-    """Whether ``value`` is an ``iv.Mean`` (or a subclass): stats builds on ops, so ops names
-    the class instead of importing it."""
-    return any(
-        (c.__module__, c.__qualname__) == ("interventions.stats", "Mean")
-        for c in type(value).__mro__
-    )
-
-
 def _mean_of(stats: object) -> Tensor:
-    if not _is_mean(stats):
+    if not (is_reducer(stats) and getattr(stats, "is_mean", False)):
         raise TypeError(
             f"Ablate('mean', stats=...) takes an iv.Mean (filled by iv.tally or a "
             f"reduce=iv.Mean capture), got {type(stats).__name__}"

@@ -121,6 +121,8 @@ class Reducer:
 class Mean(Reducer):
     """Running mean over samples (float32 accumulation)."""
 
+    is_mean = True  # what Ablate("mean", stats=...) asks of a reducer (ops cannot import stats)
+
     def summand(self, x: Float[Tensor, "n ..."]) -> Float[Tensor, "..."]:
         return x.sum(0)
 
