@@ -19,6 +19,14 @@ from interventions.adapters import (
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
 from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
+from interventions.patching import (
+    Lens,
+    PatchingResult,
+    attribution_patching,
+    logit_diff,
+    logit_lens,
+    patching,
+)
 from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.weights import WeightDelta, bake, parameters
@@ -35,8 +43,10 @@ __all__ = [
     "Compose",
     "Geometry",
     "Intervention",
+    "Lens",
     "Mean",
     "MeanNorm",
+    "PatchingResult",
     "Project",
     "Reducer",
     "Rescale",
@@ -47,6 +57,7 @@ __all__ = [
     "adapter",
     "all_sites",
     "attach",
+    "attribution_patching",
     "bake",
     "capture",
     "expand",
@@ -54,9 +65,12 @@ __all__ = [
     "intervene",
     "layer_range",
     "lm",
+    "logit_diff",
+    "logit_lens",
     "normalize_plan",
     "parameters",
     "parse",
+    "patching",
     "register_adapter",
     "stats",
     "tally",
