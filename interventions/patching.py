@@ -20,6 +20,7 @@
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -138,6 +139,14 @@ class PatchingResult:
     def peak(self) -> dict[str, Any]:
         """The row of the cell with the largest metric."""
         return max(self.table(), key=lambda row: row["metric"])
+
+    def plot(self, path: str | Path, *, normalized: bool = False) -> Path:
+        """The map as a heatmap PNG (``plot.patching_map``), raw or normalised."""
+        from interventions import plot
+
+        values = self.normalized() if normalized else self.values
+        title = f"{self.site}: {'normalised ' if normalized else ''}metric of the patched run"
+        return plot.patching_map(values.numpy(), self.layers, self.columns, path, title=title)
 
 
 def patching(
@@ -352,6 +361,24 @@ class Lens:
     top_logprobs: Float[Tensor, "sites b t k"]
     token_logprobs: Float[Tensor, "sites b t n"] | None  # of ``tokens``, when asked
     top_tokens: list[list[list[list[str]]]] | None  # [site][row][position][k], with a tokenizer
+
+    def plot(
+        self, path: str | Path, *, row: int = 0, positions: Sequence[str] | None = None
+    ) -> Path:
+        """Row ``row``'s top-1 tokens and their probabilities per site and position, as a PNG
+        (``plot.logit_lens``); needs ``top_tokens`` (a tokenizer given to ``logit_lens``)."""
+        from interventions import plot
+
+        if self.top_tokens is None:
+            raise ValueError("the lens has no token strings: call logit_lens(..., tokenizer=tok)")
+        row = integer("row", row, minimum=0)
+        if row >= self.top_ids.shape[1]:
+            raise ValueError(f"row {row} is out of range: the lens has {self.top_ids.shape[1]}")
+        width = self.top_ids.shape[2]
+        labels = [str(p) for p in range(width)] if positions is None else list(positions)
+        tokens = [[cell[0] for cell in site[row]] for site in self.top_tokens]
+        logprobs = self.top_logprobs[:, row, :, 0].numpy()
+        return plot.logit_lens(logprobs, tokens, self.sites, labels, path)
 
 
 def logit_lens(
