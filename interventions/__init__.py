@@ -18,7 +18,17 @@ from interventions.adapters import (
     register_adapter,
 )
 from interventions.attach import Attachment, Cache, attach, capture, intervene, normalize_plan
-from interventions.ops import AddBias, Capture, Compose, Intervention, Project, Rescale, Step
+from interventions.ops import (
+    Ablate,
+    AddBias,
+    Capture,
+    Compose,
+    Intervention,
+    Patch,
+    Project,
+    Rescale,
+    Step,
+)
 from interventions.patching import (
     Lens,
     PatchingResult,
@@ -34,6 +44,7 @@ from interventions.weights import WeightDelta, bake, parameters
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ablate",
     "Adapter",
     "AddBias",
     "Attachment",
@@ -46,6 +57,7 @@ __all__ = [
     "Lens",
     "Mean",
     "MeanNorm",
+    "Patch",
     "PatchingResult",
     "Project",
     "Reducer",

@@ -1,8 +1,10 @@
+import contextlib
 import copy
 import io
 
 import pytest
 import torch
+from generation import NEW, generate
 
 import interventions as iv
 from interventions.ops import Step, resolve
@@ -206,3 +208,317 @@ def test_apply_selects_on_the_token_and_head_dims_it_is_told():
     assert torch.equal(y, expected)
     y = iv.Compose(iv.Rescale(3.0, positions=slice(0, 2))).apply(x, step, token_dim=2, head_dim=1)
     assert torch.equal(y[:, :, :2], 3 * x[:, :, :2]) and torch.equal(y[:, :, 2:], x[:, :, 2:])
+
+
+# --- Patch ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def substituted(model, site, activation):
+    """The activation at ``site`` replaced by ``activation`` with a plain torch hook (no iv)."""
+    table, layer = iv.adapter(model), int(site.split(".")[1])
+    kind = site.split(".", 2)[2]
+    if kind == "resid_pre":
+        module = table.blocks(model)[layer]
+    elif kind == "attn.heads":
+        module, activation = table.block_module(model, layer, table.o_proj), activation.flatten(-2)
+    if kind == "mlp.out":
+        handle = table.block_module(model, layer, table.mlp_out_path).register_forward_hook(
+            lambda module, args, output: activation
+        )
+    else:
+
+        def replace_input(module, args, kwargs):
+            if args:
+                return (activation, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": activation}
+
+        handle = module.register_forward_pre_hook(replace_input, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def by_hand(corrupted, clean, heads, positions):
+    """``corrupted`` with ``clean``'s one row written at the selection, element by element."""
+    expected = corrupted.clone()
+    rows, seq = corrupted.shape[:2]
+    if isinstance(positions, torch.Tensor):
+        mask = positions.expand(rows, seq)
+        cells = [(b, t) for b in range(rows) for t in range(seq) if mask[b, t]]
+    else:
+        columns = [positions] if isinstance(positions, int) else positions
+        cells = [(b, t) for b in range(rows) for t in columns]
+    for b, t in cells:
+        for h in heads or [slice(None)]:
+            expected[b, t, h] = clean[0, t, h]
+    return expected
+
+
+SELECTIONS = [
+    ("layers.1.resid_pre", None, 3),
+    ("layers.1.attn.heads", [1, 3], [2, 5]),
+    ("layers.2.mlp.out", None, torch.tensor([[1, 0, 0, 1, 0, 0, 0, 0, 1], [0] * 8 + [1]]).bool()),
+    ("layers.0.attn.heads", [2], torch.tensor([0, 1, 1, 0, 0, 0, 1, 0, 0]).bool()),
+]
+
+
+@pytest.mark.parametrize("site, heads, positions", SELECTIONS, ids=lambda v: str(v)[:20])
+def test_patch_equals_substituting_the_clean_activation_by_hand(model, ids, site, heads, positions):
+    clean_ids = torch.randint(3, 99, (1, 9), generator=torch.Generator().manual_seed(7))
+    with iv.capture(model, site) as clean:
+        model(clean_ids)
+    with iv.capture(model, site) as corrupted:
+        bare = model(ids).logits
+    expected_activation = by_hand(corrupted[site], clean[site], heads, positions)
+    assert not torch.equal(expected_activation, corrupted[site])
+    with substituted(model, site, expected_activation):
+        expected = model(ids).logits
+    assert not torch.allclose(expected, bare)
+    from_cache = iv.Patch.from_cache(clean, heads=heads, positions=positions)
+    with iv.intervene(model, {site: from_cache}):
+        torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+    # the same values given as a tensor shaped as the selected part
+    source = clean[site].expand(ids.shape[0], *clean[site].shape[1:])
+    if heads is not None:
+        source = source[:, :, heads]
+    if isinstance(positions, torch.Tensor):
+        values = source[positions.expand(ids.shape)]  # [n, ...]: the selected tokens
+    elif isinstance(positions, int):
+        values = clean[site][:, positions]  # a capture's shape at one position: [1, ...]
+    else:
+        values = source[:, positions]
+    with iv.intervene(model, {site: iv.Patch(values, heads=heads, positions=positions)}):
+        torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+
+
+def test_patching_a_site_with_its_own_values_is_bit_identical(model, ids):
+    bare = model(ids).logits
+    sites = ["embed", "final_norm", "logits"] + [
+        f"layers.1.{kind}"
+        for kind in ("resid_pre", "attn.in", "attn.heads", "attn.out", "resid_mid", "mlp.in")
+    ]
+    sites += ["layers.1.mlp.act", "layers.1.mlp.out", "layers.1.resid_post"]
+    with iv.capture(model, sites) as own:
+        model(ids)
+    mask = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    for positions in (None, mask, [0, -1]):
+        plan = {site: iv.Patch.from_cache(own, positions=positions) for site in sites}
+        with iv.intervene(model, plan):
+            assert torch.equal(model(ids).logits, bare)
+    with iv.intervene(model, {"layers.1.resid_post": iv.Patch(own["layers.1.resid_post"])}):
+        assert torch.equal(model(ids).logits, bare)
+
+
+@pytest.mark.parametrize("positions", [-1, slice(7, 12), "generated"])
+def test_patches_mean_the_same_with_and_without_the_kv_cache(model, ids, positions):
+    clean_ids = torch.randint(3, 99, (1, 9 + NEW), generator=torch.Generator().manual_seed(3))
+    sites = ["layers.0.resid_post", "layers.1.attn.heads"]
+    with iv.capture(model, sites) as clean:
+        model(clean_ids)
+
+    def plan():
+        return {
+            "layers.0.resid_post": iv.Patch.from_cache(clean, positions=positions),
+            "layers.1.attn.heads": iv.Patch.from_cache(clean, heads=[0], positions=positions),
+            "layers.2.mlp.out": iv.Patch(torch.linspace(-1, 1, 32), positions=positions),
+        }
+
+    _, bare_logits = generate(model, ids, {}, use_cache=True)
+    tokens, logits = generate(model, ids, plan(), use_cache=True)
+    re_tokens, re_logits = generate(model, ids, plan(), use_cache=False)
+    assert not torch.allclose(logits, bare_logits, atol=1e-4)
+    assert torch.equal(tokens, re_tokens)
+    torch.testing.assert_close(logits, re_logits, atol=1e-5, rtol=1e-5)
+    if not isinstance(positions, slice):  # -1 and "generated" are read per forward
+        return
+    with iv.intervene(model, plan()):  # one forward over the sequence patches the same positions
+        full = model(tokens[:, :-1]).logits[:, ids.shape[1] - 1 :]
+    torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_trainable_values_and_not_the_replaced_activation(model, ids):
+    values = iv.Patch(torch.zeros(8), trainable=True, heads=[1], positions=-1)
+    under = iv.AddBias(torch.zeros(2, 8), trainable=True, heads=[1, 2], positions=-1)
+    with iv.intervene(model, {"layers.1.attn.heads": iv.Compose(under, values)}):
+        model(ids).logits[:, -1].logsumexp(-1).sum().backward()
+    assert values.values.grad.abs().sum() > 0
+    # the bias on head 1 is overwritten by the patch: no gradient; on head 2 it acts
+    assert torch.all(under.vector.grad[0] == 0) and under.vector.grad[1].abs().sum() > 0
+    with iv.capture(model, "layers.0.resid_post") as clean:
+        model(ids[:1])
+    below = iv.AddBias(torch.zeros(32), trainable=True)
+    patch = iv.Patch.from_cache(clean, positions=[0, 4])
+    with iv.intervene(model, {"layers.0.resid_post": iv.Compose(below, patch)}):
+        model(ids).logits.sum().backward()
+    assert below.vector.grad.abs().sum() > 0  # through the positions not patched
+    selected = iv.AddBias(torch.zeros(32), trainable=True, positions=[0, 4])
+    with iv.intervene(model, {"layers.0.resid_post": iv.Compose(selected, patch)}):
+        model(ids).logits.sum().backward()
+    assert torch.all(selected.vector.grad == 0)
+
+
+def test_patch_refuses_what_cannot_be_patched(model, ids):
+    with iv.capture(model, ["layers.0.resid_post", "layers.1.mlp.act"]) as clean:
+        model(ids[:1])
+    with iv.capture(model, "layers.0.resid_post", positions=-1) as selected:
+        model(ids[:1])
+    with iv.capture(model, "layers.0.resid_post", reduce=iv.Mean) as mean:
+        model(ids[:1])
+    short = {"layers.0.resid_post": clean["layers.0.resid_post"][:, :4]}
+    three = {"layers.0.resid_post": clean["layers.0.resid_post"].expand(3, -1, -1)}
+    nan = {"layers.0.resid_post": torch.full((1, 9, 32), float("nan"))}
+    refused_at_attach = [
+        (iv.Patch(torch.ones(5)), ValueError, r"values of shape \(5,\) cannot broadcast"),
+        (iv.Patch(torch.ones(3, 32), heads=[0]), ValueError, "heads can only be selected"),
+        (iv.Patch.from_cache(selected), ValueError, "captured with heads= or positions="),
+        (iv.Patch.from_cache(mean), ValueError, "reduced statistic"),
+        (iv.Patch.from_cache({"layers.1.mlp.act": torch.ones(1, 9, 64)}), ValueError, "holds no"),
+        (iv.Patch.from_cache(nan), ValueError, "non-finite"),
+        (iv.Patch.from_cache({"layers.0.resid_post": torch.ones(9, 32)}), ValueError, "expected"),
+    ]
+    for patch, error, words in refused_at_attach:
+        with pytest.raises(error, match=words), iv.intervene(model, {"layers.0.resid_post": patch}):
+            pass
+    patched = "layers.0.resid_post"
+    refused_in_the_forward = [
+        (iv.Patch(torch.ones(3, 32), positions=[1, 2]), "do not broadcast to the selected part"),
+        (iv.Patch.from_cache(short, positions=[1, 6]), "covers 4 positions.*position 6"),
+        (iv.Patch.from_cache(three), "has 3 rows, this forward 2"),
+    ]
+    for patch, words in refused_in_the_forward:
+        with pytest.raises(ValueError, match=words), iv.intervene(model, {patched: patch}):
+            model(ids)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    twice = iv.Patch.from_cache(clean)
+    with (
+        pytest.raises(ValueError, match="already patches layers.0.resid_post: build one per"),
+        iv.intervene(model, {"layers.0.resid_post": twice, "layers.1.resid_post": twice}),
+    ):
+        pass
+    with pytest.raises(RuntimeError, match="placed in a plan"):
+        iv.Patch.from_cache(clean).apply(torch.zeros(1, 9, 32), Step.single(9))
+    with pytest.raises(ValueError, match="non-finite"):
+        iv.Patch(torch.tensor([0.0, float("inf")]))
+    with pytest.raises(TypeError, match="trainable must be True or False"):
+        iv.Patch(torch.ones(3), trainable=1)
+    with pytest.raises(TypeError, match="iv.Cache"):
+        iv.Patch.from_cache(torch.ones(3))
+
+
+# --- Ablate --------------------------------------------------------------------------------------
+
+
+def test_zero_and_mean_ablation_replace_only_the_selection():
+    x = torch.randn(2, 4, 3, 5)
+    step = Step.single(4)
+    y = iv.Ablate("zero", heads=[1], positions=-1).apply(x, step)
+    expected = x.clone()
+    expected[:, 3, 1] = 0
+    assert torch.equal(y, expected)
+    mean = torch.randn(3, 5)  # every head's mean
+    y = iv.Ablate("mean", mean=mean, heads=[2, 0], positions=[0, 2]).apply(x, step)
+    expected = x.clone()
+    for t in (0, 2):
+        expected[:, t, 2], expected[:, t, 0] = mean[2], mean[0]
+    assert torch.equal(y, expected)
+
+
+def test_mean_ablation_equals_rescale_zero_then_add_the_mean(model, ids):
+    site = "layers.1.attn.heads"
+    batches = [
+        torch.randint(3, 99, (3, 7), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+    ]
+    with iv.capture(model, site) as full:
+        for batch in batches:
+            model(batch)
+    by_hand = torch.cat([r.flatten(0, 1) for r in full.records(site)]).mean(0)  # [heads, d_head]
+    tallied = iv.tally(
+        model,
+        [iv.text.Batch(b, torch.ones_like(b), torch.arange(7).expand_as(b)) for b in batches],
+        {site: iv.Mean()},
+        progress=False,
+    )[site]
+    torch.testing.assert_close(tallied.value, by_hand)
+    heads, positions = [0, 2], torch.tensor([0, 1, 0, 0, 1, 1, 0, 0, 1]).bool()
+    composed = iv.Compose(
+        iv.Rescale(0.0, heads=heads, positions=positions),
+        iv.AddBias(by_hand[heads], heads=heads, positions=positions),
+    )
+    with iv.intervene(model, {site: composed}):
+        expected = model(ids).logits
+    for ablation in (
+        iv.Ablate("mean", mean=by_hand, heads=heads, positions=positions),
+        iv.Ablate("mean", stats=tallied, heads=heads, positions=positions),
+    ):
+        with iv.intervene(model, {site: ablation}):
+            torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=1e-6)
+    with iv.capture(model, "layers.0.mlp.out", reduce=iv.Mean) as means:
+        model(ids)
+    captured = means.captures[iv.parse("layers.0.mlp.out", 3)].reduce
+    with iv.intervene(model, {"layers.0.mlp.out": iv.Ablate("mean", stats=captured)}):
+        ablated = model(ids).logits
+    with iv.intervene(model, {"layers.0.mlp.out": iv.Patch(means["layers.0.mlp.out"])}):
+        torch.testing.assert_close(ablated, model(ids).logits, rtol=0, atol=0)
+
+
+def test_resample_ablation_takes_the_seeded_rows_of_other_inputs(model, ids):
+    site, positions = "layers.1.resid_pre", [1, 4, 8]
+    others = torch.randint(3, 99, (5, 9), generator=torch.Generator().manual_seed(4))
+    with iv.capture(model, site) as pool:
+        model(others)
+    with iv.capture(model, site) as corrupted:
+        model(ids)
+    generator = torch.Generator().manual_seed(11)
+    draws = [torch.randint(5, (2,), generator=generator) for _ in range(2)]
+    ablation = iv.Ablate("resample", values=pool[site], seed=11, positions=positions)
+    for rows in draws:  # each new sequence draws again, from the same seeded generator
+        expected_activation = corrupted[site].clone()
+        for b in range(2):
+            expected_activation[b, positions] = pool[site][rows[b], positions]
+        with substituted(model, site, expected_activation):
+            expected = model(ids).logits
+        with iv.intervene(model, {site: ablation}):
+            torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda: iv.Ablate("mode"), ValueError, "kind must be one of"),
+        (lambda: iv.Ablate("mean"), ValueError, "exactly one of them"),
+        (lambda: iv.Ablate("mean", mean=torch.ones(3), stats=iv.Mean()), ValueError, "exactly"),
+        (lambda: iv.Ablate("mean", stats=iv.MeanNorm()), TypeError, "takes an iv.Mean"),
+        (lambda: iv.Ablate("mean", stats=iv.Mean()), ValueError, "counted no samples"),
+        (lambda: iv.Ablate("mean", mean=torch.tensor([float("nan")])), ValueError, "non-finite"),
+        (lambda: iv.Ablate("zero", mean=torch.ones(3)), ValueError, "takes no mean="),
+        (lambda: iv.Ablate("resample"), ValueError, "takes values="),
+        (lambda: iv.Ablate("resample", values=torch.ones(4, 3)), ValueError, r"\[n, seq, \.\.\.\]"),
+        (lambda: iv.Ablate("resample", values=torch.ones(1, 2, 3), seed=True), TypeError, "seed"),
+        (lambda: iv.Ablate("resample", values=torch.ones(1, 2, 3), seed=-1), ValueError, "seed"),
+    ],
+)
+def test_ablate_refuses_what_it_cannot_use(build, error, words):
+    with pytest.raises(error, match=words):
+        build()
+
+
+def test_ablate_checks_its_values_against_the_site(model, ids):
+    for site, ablation, words in [
+        ("layers.0.resid_post", iv.Ablate("mean", mean=torch.ones(8)), r"expected \[32\]"),
+        ("layers.0.attn.heads", iv.Ablate("mean", mean=torch.ones(2, 8)), r"\[4, 8\] \(every"),
+        (
+            "layers.0.mlp.act",
+            iv.Ablate("resample", values=torch.ones(3, 9, 32)),
+            r"expected \[batch, seq, ",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=words), iv.intervene(model, {site: ablation}):
+            pass
+    short = iv.Ablate("resample", values=torch.ones(3, 5, 32), positions=[2, 7])
+    with (
+        pytest.raises(ValueError, match="covers 5 positions"),
+        iv.intervene(model, {"layers.0.resid_post": short}),
+    ):
+        model(ids)
