@@ -3,7 +3,8 @@
 - ``patching``: put the clean run's activation into the corrupted run, one (layer, position)
   or (layer, head) cell at a time, and read a metric of the logits (a logit difference by
   default). The cells are batched: one forward runs many corrupted rows, each row patched at
-  its own cell (a boolean-mask ``positions`` per layer, one value per row).
+  its own cell (an ``iv.Patch`` per layer whose boolean-mask ``positions`` mark each row's
+  cell).
 - ``attribution_patching``: the gradient approximation of the same map from one corrupted
   forward and one backward: ``metric(corrupted) + (clean - corrupted) . d metric / d act``.
 - ``logit_lens``: decode residual states (``embed``, ``resid_pre`` / ``resid_mid`` /
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -32,7 +33,7 @@ from interventions.adapters import adapter
 from interventions.attach import Cache, capture, intervene
 from interventions.checks import integer
 from interventions.lm import unembed
-from interventions.ops import Intervention
+from interventions.ops import Compose, Intervention, Patch
 from interventions.sites import Site, SiteLike, expand
 from interventions.text import device_of
 
@@ -77,26 +78,6 @@ def _rows_of(metric: Metric, logits: Tensor) -> Tensor:
 
 
 # --- patching -----------------------------------------------------------------------------------
-
-
-class _Replace(Intervention):
-    """Write ``values`` over the selected tokens (a boolean mask, one row per patch); with
-    ``cells`` (``[n, heads]``), only over the heads it marks."""
-
-    def __init__(
-        self,
-        values: Tensor,
-        mask: Bool[Tensor, "b t"],
-        cells: Bool[Tensor, "n heads"] | None = None,
-    ):
-        super().__init__(positions=mask)
-        self.values, self.cells = values, cells
-
-    def forward(self, x: Tensor) -> Tensor:
-        values = self.values.to(device=x.device, dtype=x.dtype)
-        if self.cells is None:
-            return values
-        return torch.where(self.cells.to(x.device)[..., None], values, x)
 
 
 @dataclass
@@ -207,23 +188,24 @@ def _patch_plan(
     length: int,
     by: str,
 ) -> dict[Site, Intervention]:
-    """One ``_Replace`` per layer that a chunk of cells touches: row r of the batch is patched
-    at cell ``cells[r]`` only."""
+    """The plan of one chunk of cells: row r of the batch is patched at ``cells[r]`` only, by
+    an ``iv.Patch`` per layer the chunk touches (per layer and head at ``attn.heads``) whose
+    boolean-mask ``positions`` mark that row's cell."""
     plan: dict[Site, Intervention] = {}
     for i in sorted({i for i, _ in cells}):
-        rows = [r for r, (layer, _) in enumerate(cells) if layer == i]
-        act = clean_acts[sites[i]][0]  # [t, d] or [t, heads, d_head]
-        mask = torch.zeros(len(cells), length, dtype=torch.bool)
+        clean = {str(sites[i]): clean_acts[sites[i]]}  # the whole clean activation [1, t, ...]
         if by == "position":
-            columns = [cells[r][1] for r in rows]
-            mask[rows, columns] = True
-            plan[sites[i]] = _Replace(act[columns], mask)
-        else:  # the head at every position; mask order is row-major: rows, then positions
-            mask[rows] = True
-            heads = torch.zeros(len(rows), act.shape[1], dtype=torch.bool)
-            heads[range(len(rows)), [cells[r][1] for r in rows]] = True
-            cell_mask = heads.repeat_interleave(length, dim=0)
-            plan[sites[i]] = _Replace(act.repeat(len(rows), 1, 1), mask, cell_mask)
+            mask = torch.zeros(len(cells), length, dtype=torch.bool)
+            for r, (layer, position) in enumerate(cells):
+                mask[r, position] = layer == i
+            plan[sites[i]] = Patch.from_cache(clean, positions=mask)
+            continue
+        patches = []
+        for head in sorted({h for layer, h in cells if layer == i}):
+            mask = torch.zeros(len(cells), length, dtype=torch.bool)
+            mask[[r for r, cell in enumerate(cells) if cell == (i, head)]] = True
+            patches.append(Patch.from_cache(clean, heads=[head], positions=mask))
+        plan[sites[i]] = patches[0] if len(patches) == 1 else Compose(*patches)
     return plan
 
 

@@ -217,3 +217,28 @@ def test_lens_refuses_contributions_and_missing_sites(llama, ids):
         iv.logit_lens(llama, ids, tokens=[10_000])
     with pytest.raises(TypeError, match="token ids"):
         iv.logit_lens(llama, ids.float())
+
+
+# --- the real model ---------------------------------------------------------------------------
+
+
+@pytest.mark.real
+def test_eiffel_tower_patching_and_lens_on_the_real_model(real_model):
+    model, tokenizer = real_model
+    clean = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
+    corrupted = tokenizer("The Colosseum is in the city of", return_tensors="pt").input_ids
+    paris, rome = (iv.lm.first_token(tokenizer, a) for a in (" Paris", " Rome"))
+    result = iv.patching(
+        model, clean, corrupted, "layers.0:3.resid_pre", answers=(paris, rome), progress=False
+    )
+    assert result.clean_metric > 0 > result.corrupted_metric
+    normalized = result.normalized()
+    assert normalized[:, 2].min() > 0.5  # the subject's token carries it in the early layers
+    assert normalized[:, 0].abs().max() < 1e-4  # "The": the same token in both prompts
+    lens = iv.logit_lens(model, clean, "layers.29.resid_post", tokens=[paris])
+    with torch.no_grad():
+        expected = model(input_ids=clean).logits[0, -1].log_softmax(-1)
+    assert int(lens.top_ids[0, 0, -1, 0]) == paris == int(expected.argmax())
+    assert lens.token_logprobs[0, 0, -1, 0].item() == pytest.approx(
+        expected[paris].item(), abs=1e-4
+    )
