@@ -87,6 +87,7 @@ class PatchingResult:
 
     values: Float[Tensor, "layers columns"]
     site: str  # the pattern, e.g. "layers.*.resid_pre"
+    kind: str  # its site kind, e.g. "resid_pre"
     layers: list[int]
     by: str  # "position" or "head"
     columns: list[str]  # a label per column: "3 ' Tower'" or "head 2"
@@ -103,15 +104,16 @@ class PatchingResult:
 
     def table(self) -> list[dict[str, Any]]:
         """One row per cell: site, layer, the column's index and label, metric, normalised."""
-        gap = self.clean_metric - self.corrupted_metric
+        same = self.clean_metric == self.corrupted_metric
+        normalized = torch.full_like(self.values, float("nan")) if same else self.normalized()
         return [
             {
-                "site": f"layers.{layer}.{self.site.split('.', 2)[2]}",
+                "site": str(Site(self.kind, layer)),
                 "layer": layer,
                 self.by: j,
                 "label": label,
                 "metric": float(self.values[i, j]),
-                "normalized": float("nan") if gap == 0 else float(self.normalized()[i, j]),
+                "normalized": float(normalized[i, j]),
             }
             for i, layer in enumerate(self.layers)
             for j, label in enumerate(self.columns)
@@ -173,6 +175,7 @@ def patching(
     return PatchingResult(
         values=values.reshape(len(sites), width),
         site=str(site),
+        kind=sites[0].kind,
         layers=[s.layer for s in sites],
         by=by,
         columns=_columns(by, width, clean_ids, tokenizer),
@@ -242,6 +245,7 @@ def attribution_patching(
     return PatchingResult(
         values=torch.stack(rows).float().cpu() + corrupted_metric,
         site=str(site),
+        kind=sites[0].kind,
         layers=[s.layer for s in sites],
         by=by,
         columns=_columns(by, rows[0].shape[0], clean_ids, tokenizer) if width else [],

@@ -107,6 +107,11 @@ def test_table_labels_every_cell(llama):
     assert rows[7]["site"] == "layers.1.resid_pre" and rows[7]["position"] == 1
     assert rows[7]["metric"] == pytest.approx(float(result.values[1, 1]))
     assert result.peak()["metric"] == pytest.approx(float(result.values.max()))
+    listed = iv.patching(
+        llama, CLEAN, CORRUPTED, ["layers.0.mlp.out", "layers.2.mlp.out"], answers=ANSWERS,
+        progress=False,
+    )  # fmt: skip
+    assert listed.layers == [0, 2] and listed.table()[-1]["site"] == "layers.2.mlp.out"
 
 
 def test_a_custom_metric_of_logits_is_used(llama):
