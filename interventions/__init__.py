@@ -29,6 +29,14 @@ from interventions.ops import (
     Rescale,
     Step,
 )
+from interventions.patching import (
+    Lens,
+    PatchingResult,
+    attribution_patching,
+    logit_diff,
+    logit_lens,
+    patching,
+)
 from interventions.sites import Site, all_sites, expand, layer_range, parse
 from interventions.stats import Mean, MeanNorm, Reducer, SecondMoment, tally
 from interventions.store import ActivationDataset
@@ -48,9 +56,11 @@ __all__ = [
     "Compose",
     "Geometry",
     "Intervention",
+    "Lens",
     "Mean",
     "MeanNorm",
     "Patch",
+    "PatchingResult",
     "Project",
     "Reducer",
     "Rescale",
@@ -61,6 +71,7 @@ __all__ = [
     "adapter",
     "all_sites",
     "attach",
+    "attribution_patching",
     "bake",
     "capture",
     "expand",
@@ -68,9 +79,12 @@ __all__ = [
     "intervene",
     "layer_range",
     "lm",
+    "logit_diff",
+    "logit_lens",
     "normalize_plan",
     "parameters",
     "parse",
+    "patching",
     "register_adapter",
     "stats",
     "store",
