@@ -410,7 +410,7 @@ def test_a_failed_save_leaves_the_file_there_as_it_was(tiny_fit, tmp_path, monke
     def broken(*_, metadata=None):
         raise KeyboardInterrupt  # Ctrl-C in the middle of writing
 
-    monkeypatch.setattr("interventions.weights.save_file", broken)
+    monkeypatch.setattr("interventions.files.save_file", broken)
     with pytest.raises(KeyboardInterrupt):
         fit.with_alpha(9.0).save(path)
     assert path.read_bytes() == before
