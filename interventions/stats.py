@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -28,7 +28,7 @@ from interventions.attach import intervene, last_in_forward
 from interventions.files import load_tensors, save_tensors
 from interventions.ops import Capture
 from interventions.sites import Site, SiteLike, parse
-from interventions.text import device_of
+from interventions.text import checked_rows, device_of, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -343,16 +343,17 @@ def _reduce(
     total = None
     if isinstance(batches, Sequence):
         total = sum(
-            int(_counted(_rows(b, i)[1], skip_first_token).sum()) for i, b in enumerate(batches)
+            int(_counted(checked_rows(b, i, "tally")[1], skip_first_token).sum())
+            for i, b in enumerate(batches)
         )
     name = desc or f"tally, {len(sites)} site{'s' if len(sites) > 1 else ''}"
     bar = tqdm(total=total, unit="tok", desc=name, disable=not progress)
     n_batches = 0
     with torch.no_grad(), bar:
         for index, batch in enumerate(batches):
-            _, mask = _rows(batch, index)
+            _, mask = checked_rows(batch, index, "tally")
             counted = _counted(mask.to(device), skip_first_token)
-            inputs = {k: v.to(device) for k, v in _inputs(model, batch).items()}
+            inputs = {k: v.to(device) for k, v in model_inputs(model, batch).items()}
             plan = {site: Capture(reduce=r, positions=counted) for site, r in sites.items()}
             with intervene(model, plan, stop_after=last):
                 model(**inputs, use_cache=False)
@@ -375,38 +376,6 @@ def _reduce(
         reducer.total = reducer.total.cpu()
 
 
-def _rows(batch: Any, index: int) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b t"]]:
-    """``(input_ids, attention_mask)`` of a batch, checked (an all-ones mask when it has none)."""
-    ids = getattr(batch, "input_ids", None)
-    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype not in _INTEGER_DTYPES:
-        raise TypeError(
-            f"tally: batch {index} is a {type(batch).__name__} whose input_ids are "
-            f"{_describe(ids)}; expected a text.Batch (input_ids: integer tensor [batch, tokens])"
-        )
-    if ids.numel() == 0:
-        raise ValueError(f"tally: batch {index} is empty (input_ids of shape {tuple(ids.shape)})")
-    mask = getattr(batch, "attention_mask", None)
-    if mask is None:
-        return ids, torch.ones_like(ids)
-    if not isinstance(mask, Tensor) or mask.shape != ids.shape:
-        raise ValueError(
-            f"tally: batch {index}'s attention_mask is {_describe(mask)}; expected a tensor of "
-            f"the input_ids' shape {tuple(ids.shape)}"
-        )
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"tally: batch {index}'s attention_mask holds values other than 0 and 1")
-    return ids, mask
-
-
-_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"{type(value).__name__} {value!r}"[:80]
-
-
 def _counted(mask: Tensor, skip_first_token: bool) -> Bool[Tensor, "b t"]:
     """The tokens that count: the real ones, less each row's first with ``skip_first_token``."""
     counted = mask.bool()
@@ -415,17 +384,6 @@ def _counted(mask: Tensor, skip_first_token: bool) -> Bool[Tensor, "b t"]:
         first = mask.long().argmax(-1)  # the first real column (0 for right padding)
         counted[torch.arange(mask.shape[0], device=mask.device), first] = False
     return counted
-
-
-def _inputs(model: nn.Module, batch: Any) -> dict[str, Tensor]:
-    if callable(getattr(batch, "inputs", None)):  # a text.Batch knows what the model takes
-        return dict(batch.inputs(model))
-    inputs = {"input_ids": batch.input_ids}
-    for name in ("attention_mask", "position_ids"):
-        value = getattr(batch, name, None)
-        if value is not None:
-            inputs[name] = value
-    return inputs
 
 
 # --- keys --------------------------------------------------------------------------------------
@@ -447,7 +405,7 @@ def _tensor_bytes(t: Tensor) -> bytes:
 def _tokens_digest(batches: Sequence[Any]) -> str:
     parts: list[bytes | str] = [str(len(batches))]
     for index, batch in enumerate(batches):
-        ids, mask = _rows(batch, index)
+        ids, mask = checked_rows(batch, index, "tally")
         parts += [_tensor_bytes(ids.long()), _tensor_bytes(mask.long())]
         positions = getattr(batch, "position_ids", None)
         parts.append(b"" if positions is None else _tensor_bytes(positions.long()))

@@ -274,7 +274,7 @@ def _fill(
 def _forward(
     model: nn.Module, batch: Any, names: list[str], selected: Tensor, device: torch.device
 ) -> dict[str, Tensor]:
-    inputs = {k: v.to(device) for k, v in _inputs(model, batch).items()}
+    inputs = {k: v.to(device) for k, v in text.model_inputs(model, batch).items()}
     with torch.no_grad(), capture(model, names, positions=selected, device="cpu", stop=True) as c:
         model(**inputs, use_cache=False)
     return {name: c[name] for name in names}
@@ -385,45 +385,11 @@ def _rows(batch: Any, index: int) -> tuple[Tensor, Tensor, Tensor]:
             f"store.write: item {index} of data is a text ({batch[:40]!r}); give "
             "tokenizer=... to capture texts, or give text.Batch values"
         )
-    ids = getattr(batch, "input_ids", None)
-    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype.is_floating_point:
-        raise TypeError(
-            f"store.write: batch {index} is a {type(batch).__name__} whose input_ids are "
-            f"{_describe(ids)}; expected a text.Batch (input_ids: integer tensor [batch, tokens])"
-        )
-    if ids.numel() == 0:
-        raise ValueError(f"store.write: batch {index} is empty (input_ids {tuple(ids.shape)})")
-    mask = getattr(batch, "attention_mask", None)
-    mask = torch.ones_like(ids) if mask is None else mask
-    if not isinstance(mask, Tensor) or mask.shape != ids.shape:
-        raise ValueError(
-            f"store.write: batch {index}'s attention_mask is {_describe(mask)}; expected a "
-            f"tensor of the input_ids' shape {tuple(ids.shape)}"
-        )
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(
-            f"store.write: batch {index}'s attention_mask holds values other than 0 and 1"
-        )
+    ids, mask = text.checked_rows(batch, index, "store.write")
     position_ids = getattr(batch, "position_ids", None)
     if position_ids is None:
         position_ids = text.positions(mask)
     return ids.cpu().long(), mask.cpu().long(), position_ids.cpu().long()
-
-
-def _inputs(model: nn.Module, batch: Any) -> dict[str, Tensor]:
-    if callable(getattr(batch, "inputs", None)):  # a text.Batch knows what the model takes
-        return dict(batch.inputs(model))
-    inputs = {"input_ids": batch.input_ids}
-    for name in ("attention_mask", "position_ids"):
-        if getattr(batch, name, None) is not None:
-            inputs[name] = getattr(batch, name)
-    return inputs
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"{type(value).__name__} {value!r}"[:80]
 
 
 def _tensor_bytes(t: Tensor) -> bytes:

@@ -350,3 +350,55 @@ def chunks(
             if total >= max_tokens:
                 return pieces
     return pieces
+
+
+def checked_rows(
+    batch: Any, index: int, caller: str
+) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b t"]]:
+    """``(input_ids, attention_mask)`` of ``batch`` (a ``Batch`` or anything with those
+    attributes), checked for ``caller``'s errors; an all-ones mask when it has none."""
+    ids = getattr(batch, "input_ids", None)
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.dtype not in _INTEGER_DTYPES:
+        raise TypeError(
+            f"{caller}: batch {index} is a {type(batch).__name__} whose input_ids are "
+            f"{_describe(ids)}; expected a text.Batch (input_ids: integer tensor [batch, tokens])"
+        )
+    if ids.numel() == 0:
+        raise ValueError(
+            f"{caller}: batch {index} is empty (input_ids of shape {tuple(ids.shape)})"
+        )
+    mask = getattr(batch, "attention_mask", None)
+    if mask is None:
+        return ids, torch.ones_like(ids)
+    if not isinstance(mask, Tensor) or mask.shape != ids.shape:
+        raise ValueError(
+            f"{caller}: batch {index}'s attention_mask is {_describe(mask)}; expected a tensor "
+            f"of the input_ids' shape {tuple(ids.shape)}"
+        )
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(
+            f"{caller}: batch {index}'s attention_mask holds values other than 0 and 1"
+        )
+    return ids, mask
+
+
+def model_inputs(model: nn.Module, batch: Any) -> dict[str, Tensor]:
+    """Keyword arguments for ``model(**...)`` from a ``Batch`` (which knows what the model takes)
+    or from anything with ``input_ids`` and optional ``attention_mask`` / ``position_ids``."""
+    if isinstance(batch, Batch):
+        return batch.inputs(model)
+    inputs = {"input_ids": batch.input_ids}
+    for name in ("attention_mask", "position_ids"):
+        value = getattr(batch, name, None)
+        if value is not None:
+            inputs[name] = value
+    return inputs
+
+
+_INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"[:80]

@@ -323,3 +323,34 @@ def test_chunks_refuse_bad_texts_and_numbers():
     with pytest.raises(TypeError, match="max_tokens must be an integer >= 1, got True"):
         text.chunks(tok, ["a b"], 4, True)
     assert text.chunks(tok, ["", "a"], 4, 10) == []  # nothing of two or more tokens
+
+
+def test_checked_rows_and_model_inputs_of_batches_and_lookalikes(llama):
+    batch = text.pad([[5, 6, 7], [8]], 0, "right")
+    ids, mask = text.checked_rows(batch, 0, "caller")
+    assert ids is batch.input_ids and mask is batch.attention_mask
+    assert text.model_inputs(llama, batch).keys() == {"input_ids", "attention_mask", "position_ids"}
+
+    class Bare:  # anything with input_ids: an all-ones mask, inputs of what it has
+        input_ids = torch.tensor([[5, 6]])
+        attention_mask = None
+
+    assert torch.equal(
+        text.checked_rows(Bare(), 3, "caller")[1], torch.ones(1, 2, dtype=torch.long)
+    )
+    assert text.model_inputs(llama, Bare()).keys() == {"input_ids"}
+    floats = Bare()
+    floats.input_ids = torch.ones(1, 2)
+    with pytest.raises(TypeError, match="caller: batch 3 is a Bare whose input_ids are a torch.fl"):
+        text.checked_rows(floats, 3, "caller")
+    empty = Bare()
+    empty.input_ids = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match="caller: batch 1 is empty"):
+        text.checked_rows(empty, 1, "caller")
+    odd = Bare()
+    odd.attention_mask = torch.tensor([[1, 2]])
+    with pytest.raises(ValueError, match="holds values other than 0 and 1"):
+        text.checked_rows(odd, 0, "caller")
+    odd.attention_mask = torch.ones(2, 2)
+    with pytest.raises(ValueError, match="expected a tensor of the input_ids' shape \\(1, 2\\)"):
+        text.checked_rows(odd, 0, "caller")
