@@ -198,12 +198,12 @@ def tally(
     if folder is not None:
         batches = list(batches)  # the key holds every token id: read them before any forward
         tokens = _tokens_digest(batches)
-        digests: dict[str, str] = {}  # parameter name -> digest, shared by the sites
+        weights = fingerprints(model, list(sites))
         for site, reducer in sites.items():
             key = _digest(
                 [
                     _FORMAT,
-                    _fingerprint(model, site, digests),
+                    weights[str(site)],
                     tokens,
                     _options(reducer, skip_first_token),
                 ]
@@ -231,8 +231,16 @@ def fingerprint(model: nn.Module, site: SiteLike) -> str:
     it, its own block but for the module that only reads it: ``down_proj`` for ``mlp.act``,
     ``o_proj`` for ``attn.heads``; the final norm for ``final_norm``, and the unembedding only
     for ``logits``). Every byte of those parameters is hashed (sha256)."""
-    table = adapter(model)
-    return _fingerprint(model, parse(site, table.geometry(model.config).n_layers), {})
+    (value,) = fingerprints(model, [site]).values()
+    return value
+
+
+def fingerprints(model: nn.Module, sites: Sequence[SiteLike]) -> dict[str, str]:
+    """``{site name: fingerprint(model, site)}``, hashing each parameter once for all sites."""
+    n_layers = adapter(model).geometry(model.config).n_layers
+    digests: dict[str, str] = {}
+    parsed = [parse(site, n_layers) for site in sites]
+    return {str(site): _fingerprint(model, site, digests) for site in parsed}
 
 
 def default_cache_dir(name: str) -> Path:

@@ -36,7 +36,7 @@ from interventions.attach import capture
 from interventions.checks import integer
 from interventions.files import save_tensors
 from interventions.sites import SiteLike, expand
-from interventions.stats import _fingerprint
+from interventions.stats import fingerprints
 
 MANIFEST = "manifest.json"
 _FORMAT = "interventions.ActivationStore/1"  # the manifest's
@@ -125,12 +125,8 @@ def write(
         if isinstance(batches, Sequence):  # a list: checked, and counted for the bar, up front
             masks = [_rows(batch, i)[1] for i, batch in enumerate(batches)]
             total = sum(int(_selection(m, positions, skip_first_token).sum()) for m in masks)
-    digests: dict[str, str] = {}
     try:
-        options["fingerprints"] = {
-            name: _fingerprint(model, site, digests)
-            for name, site in zip(names, expanded, strict=True)
-        }
+        options["fingerprints"] = fingerprints(model, expanded)  # keyed by the names
     except ValueError as error:  # offloaded weights: nothing to hash
         raise ValueError(
             f"store.write: the model cannot be fingerprinted for the manifest ({error}); load "

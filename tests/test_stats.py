@@ -404,3 +404,10 @@ def test_a_module_site_is_fingerprinted_by_every_weight_and_tallied(llama, ids):
     with iv.capture(llama, site) as cache:
         llama(**batch.inputs(llama))
     torch.testing.assert_close(tallied.value, cache[site].flatten(0, 1).mean(0))
+
+
+def test_fingerprints_of_many_sites_equal_each_sites_own(llama):
+    sites = ["layers.0.mlp.act", "layers.1.resid_post", "final_norm"]
+    together = stats.fingerprints(llama, sites)
+    assert together == {site: stats.fingerprint(llama, site) for site in sites}
+    assert len(set(together.values())) == len(sites)  # each site is fed by other weights
