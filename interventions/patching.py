@@ -232,13 +232,12 @@ def attribution_patching(
     with torch.no_grad():
         clean_acts, clean_logits = _run(model, clean_ids, sites)
         clean_metric = float(_rows_of(metric, clean_logits)[0])
-    probes = {s: _GradientProbe() for s in sites}
-    with torch.enable_grad(), intervene(model, probes):
+    with torch.enable_grad(), capture(model, sites, keep_grad=True) as corrupted_acts:
         value = _rows_of(metric, model(input_ids=corrupted_ids).logits)[0]
-        grads = torch.autograd.grad(value, [probes[s].zero for s in sites])
+        grads = torch.autograd.grad(value, [corrupted_acts[s] for s in sites])
     rows = []
     for s, grad in zip(sites, grads, strict=True):
-        delta = (clean_acts[s] - probes[s].activation) * grad  # [1, t, d] or [1, t, heads, d]
+        delta = (clean_acts[s] - corrupted_acts[s].detach()) * grad  # [1, t, d] / [1, t, h, d]
         rows.append(delta[0].sum(-1) if by == "position" else delta[0].sum((0, 2)))
     corrupted_metric = float(value.detach())
     width = clean_ids.shape[1]
@@ -252,16 +251,6 @@ def attribution_patching(
         clean_metric=clean_metric,
         corrupted_metric=corrupted_metric,
     )
-
-
-class _GradientProbe(Intervention):
-    """Adds a zero that requires grad: the gradient with respect to it is the gradient with
-    respect to the activation (which is not a leaf, and whose ``.grad`` autograd keeps not)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.activation = x.detach()
-        self.zero = torch.zeros_like(x, requires_grad=True)
-        return x + self.zero
 
 
 def _run(model: nn.Module, ids: Tensor, sites: list[Site]) -> tuple[dict[Site, Tensor], Tensor]:
