@@ -36,7 +36,7 @@ from interventions.attach import capture
 from interventions.checks import integer
 from interventions.files import save_tensors
 from interventions.sites import SiteLike, expand
-from interventions.stats import fingerprints
+from interventions.stats import fingerprints, hash_tensor
 
 MANIFEST = "manifest.json"
 _FORMAT = "interventions.ActivationStore/1"  # the manifest's
@@ -234,7 +234,7 @@ def _fill(
     for index, batch in enumerate(batches):
         ids, mask, position_ids = _rows(batch, index)
         for t in (ids, mask, position_ids):
-            inputs.update(_tensor_bytes(t))
+            hash_tensor(inputs, t)
         selected = _selection(mask, positions, skip_first_token)
         n = int(selected.sum())
         where = selected.nonzero(as_tuple=True)
@@ -386,11 +386,6 @@ def _rows(batch: Any, index: int) -> tuple[Tensor, Tensor, Tensor]:
     if position_ids is None:
         position_ids = text.positions(mask)
     return ids.cpu().long(), mask.cpu().long(), position_ids.cpu().long()
-
-
-def _tensor_bytes(t: Tensor) -> bytes:
-    flat = t.reshape(-1).contiguous()
-    return f"{tuple(t.shape)}".encode() + flat.view(torch.uint8).numpy().tobytes()
 
 
 # --- the folder ----------------------------------------------------------------------------------
