@@ -16,7 +16,6 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,22 +74,9 @@ def normalize_plan(
                 raise ValueError(
                     f"site {site} appears twice in the plan; combine with iv.Compose(a, b)"
                 )
-            intervention.check(site, site_geometry(site, geometry))
+            intervention.check(site, geometry)
             sites[site] = intervention
     return sites
-
-
-def site_geometry(site: Site, geometry: Geometry) -> Geometry:
-    """The geometry an intervention checks itself against at ``site``.
-
-    At ``attn.q`` / ``attn.k`` / ``attn.v`` the heads are the query heads or the KV heads and
-    each is ``d_head`` wide: ops' checks read ``n_heads`` for the head indices and, for a kind
-    they do not list, ``d_model`` for the width, so this view gives them those numbers.
-    """
-    if site.kind not in PROJECTION_KINDS:
-        return geometry
-    heads = geometry.n_heads if site.kind == "attn.q" else geometry.n_kv_heads
-    return replace(geometry, n_heads=heads, d_model=geometry.d_head)
 
 
 def cached_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
@@ -846,7 +832,7 @@ def capture(
         raise TypeError(f"capture(stop=...) takes True or False, got {stop!r}")
     combined = normalize_plan(model, plan, geometry) if plan else {}
     for site, cap in captures.items():
-        cap.check(site, site_geometry(site, geometry))
+        cap.check(site, geometry)
         combined[site] = cap if site not in combined else _compose(combined[site], cap)
     last = last_in_forward(captures) if stop else None
     handle = Attachment._of_checked(model, table, geometry, combined, last)

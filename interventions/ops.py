@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from interventions.adapters import Geometry
 from interventions.checks import choice, integer, number
-from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, Site
+from interventions.sites import CAPTURE_ONLY_KINDS, HEAD_KINDS, KV_KINDS, PROJECTION_KINDS, Site
 
 if TYPE_CHECKING:  # stats builds on ops (tally captures); at run time ops needs only the duck type
     from interventions.stats import Reducer
@@ -255,11 +255,13 @@ class Intervention(nn.Module):
                     f"{type(self).__name__}(heads=...) at {site}: heads can only be selected at "
                     f"head sites ({', '.join(HEAD_KINDS)})"
                 )
-            bad = [h for h in self.heads if not 0 <= h < geometry.n_heads]
+            n_heads = site_heads(site, geometry)
+            bad = [h for h in self.heads if not 0 <= h < n_heads]
             if bad:
+                kind = " KV" if site.kind in KV_KINDS else ""
                 raise ValueError(
                     f"head index {bad} out of range at {site}: the model has "
-                    f"{geometry.n_heads} heads (valid 0..{geometry.n_heads - 1})"
+                    f"{n_heads}{kind} heads there (valid 0..{n_heads - 1})"
                 )
         if site.kind in CAPTURE_ONLY_KINDS and not self.reads_only:
             raise ValueError(f"{site} can only be captured; {type(self).__name__} edits it")
@@ -279,8 +281,8 @@ class Intervention(nn.Module):
     def start_sequence(self) -> None:
         """Called when a new sequence starts (a forward that continues no earlier one)."""
 
-    def selected_heads(self, geometry: Geometry) -> int:
-        return geometry.n_heads if self.heads is None else len(self.heads)
+    def selected_heads(self, site: Site, geometry: Geometry) -> int:
+        return site_heads(site, geometry) if self.heads is None else len(self.heads)
 
     def apply(self, x: Tensor, step: Step, *, token_dim: int = 1, head_dim: int = 2) -> Tensor:
         """Select heads and positions, run ``forward``, write back out of place.
@@ -354,6 +356,8 @@ def finite_tensor(owner: str, name: str, value: object) -> Tensor:
 
 def site_width(site: Site, geometry: Geometry) -> int:
     """Size of the last dimension of the activation at ``site``."""
+    if site.kind in PROJECTION_KINDS:
+        return geometry.d_head
     return {
         "attn.heads": geometry.d_head,
         "mlp.act": geometry.d_mlp,
@@ -362,11 +366,17 @@ def site_width(site: Site, geometry: Geometry) -> int:
     }.get(site.kind, geometry.d_model)
 
 
+def site_heads(site: Site, geometry: Geometry) -> int:
+    """How many heads the activation at a head site has: the KV heads at ``attn.k`` /
+    ``attn.v`` (fewer than the query heads under GQA), the query heads elsewhere."""
+    return geometry.n_kv_heads if site.kind in KV_KINDS else geometry.n_heads
+
+
 def _check_vector(
     owner: Intervention, name: str, vector: Tensor, site: Site, geometry: Geometry
 ) -> None:
     width = site_width(site, geometry)
-    n_heads = owner.selected_heads(geometry)
+    n_heads = owner.selected_heads(site, geometry)
     per_head_ok = site.kind in HEAD_KINDS and vector.ndim == 2 and vector.shape[0] == n_heads
     expected = f"[{width}]"
     if site.kind in HEAD_KINDS:
@@ -516,7 +526,7 @@ class Compose(Intervention):
 def feature_shape(site: Site, geometry: Geometry) -> tuple[int, ...]:
     """The dimensions after ``[batch, seq]`` of the activation at ``site`` (heads split)."""
     if site.kind in HEAD_KINDS:
-        return (geometry.n_heads, geometry.d_head)
+        return (site_heads(site, geometry), site_width(site, geometry))
     return (site_width(site, geometry),)
 
 
@@ -677,7 +687,7 @@ class Patch(Intervention):
     def check_width(self, site: Site, geometry: Geometry) -> None:
         if self.values is None:
             return
-        width, n_heads = site_width(site, geometry), self.selected_heads(geometry)
+        width, n_heads = site_width(site, geometry), self.selected_heads(site, geometry)
         values = self.values
         wrong_heads = (
             site.kind in HEAD_KINDS and values.ndim >= 2 and values.shape[-2] not in (1, n_heads)
@@ -827,12 +837,12 @@ def _mean_of(stats: object) -> Tensor:
 
 
 def _check_mean(mean: Tensor, site: Site, geometry: Geometry) -> None:
-    width = site_width(site, geometry)
-    every_head = site.kind in HEAD_KINDS and mean.shape == (geometry.n_heads, width)
+    width, n_heads = site_width(site, geometry), site_heads(site, geometry)
+    every_head = site.kind in HEAD_KINDS and mean.shape == (n_heads, width)
     if not (mean.shape == (width,) or every_head):
         expected = f"[{width}]"
         if site.kind in HEAD_KINDS:
-            expected += f" or [{geometry.n_heads}, {width}] (every head of the model)"
+            expected += f" or [{n_heads}, {width}] (every head of the site)"
         raise ValueError(
             f"Ablate('mean') at {site}: the mean has shape {tuple(mean.shape)}, expected "
             f"{expected}, as a mean over tokens at the site gives it"
@@ -1037,5 +1047,6 @@ __all__ = [
     "feature_shape",
     "is_reducer",
     "resolve",
+    "site_heads",
     "site_width",
 ]

@@ -35,6 +35,7 @@ LAYER_KINDS = (
 MODEL_KINDS = ("embed", "final_norm", "logits")
 HEAD_KINDS = ("attn.heads", "attn.pattern", "attn.q", "attn.k", "attn.v")
 PROJECTION_KINDS = ("attn.q", "attn.k", "attn.v")  # per head, before rotary; k, v per KV head
+KV_KINDS = ("attn.k", "attn.v")
 CAPTURE_ONLY_KINDS = ("attn.pattern",)
 
 _LAYER_NAME = re.compile(r"^layers\.(?P<layers>[^.]+)\.(?P<kind>.+)$")

@@ -67,8 +67,12 @@ def test_a_query_bias_reaches_the_query_heads_only(llama, ids):
 def test_k_and_v_have_the_kv_heads_and_q_the_query_heads(llama):
     g = iv.geometry(llama)
     assert (g.n_heads, g.n_kv_heads) == (4, 2)
-    with pytest.raises(ValueError, match="the model has 2 heads"):
+    assert [iv.ops.site_heads(iv.parse(f"layers.0.attn.{x}"), g) for x in "qkv"] == [4, 2, 2]
+    with pytest.raises(ValueError, match="the model has 2 KV heads there"):
         iv.attach(llama, {"layers.0.attn.k": iv.AddBias(torch.ones(g.d_head), heads=[2])})
+    with pytest.raises(ValueError, match=r"expected \[8\] or \[2, 8\] \(every head of the site"):
+        iv.attach(llama, {"layers.0.attn.k": iv.Ablate("mean", mean=torch.ones(4, g.d_head))})
+    iv.attach(llama, {"layers.0.attn.k": iv.Ablate("mean", mean=torch.ones(2, g.d_head))}).remove()
     with pytest.raises(ValueError, match=r"expected \[8\] or \[2, 8\]"):
         iv.attach(llama, {"layers.0.attn.v": iv.AddBias(torch.ones(4, g.d_head))})
     iv.attach(llama, {"layers.0.attn.q": iv.AddBias(torch.ones(4, g.d_head))}).remove()
