@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -28,7 +28,7 @@ from interventions.attach import intervene, last_in_forward
 from interventions.files import load_tensors, save_tensors
 from interventions.ops import Capture
 from interventions.sites import Site, SiteLike, parse
-from interventions.text import checked_rows, device_of, model_inputs
+from interventions.text import checked_rows, device_of, model_inputs, selected_tokens
 
 log = logging.getLogger(__name__)
 
@@ -350,17 +350,15 @@ def _reduce(
     last = last_in_forward(sites)
     total = None
     if isinstance(batches, Sequence):
-        total = sum(
-            int(_counted(checked_rows(b, i, "tally")[1], skip_first_token).sum())
-            for i, b in enumerate(batches)
-        )
+        masks = (checked_rows(b, i, "tally")[1] for i, b in enumerate(batches))
+        total = sum(int(selected_tokens(m, skip_first_token=skip_first_token).sum()) for m in masks)
     name = desc or f"tally, {len(sites)} site{'s' if len(sites) > 1 else ''}"
     bar = tqdm(total=total, unit="tok", desc=name, disable=not progress)
     n_batches = 0
     with torch.no_grad(), bar:
         for index, batch in enumerate(batches):
             _, mask = checked_rows(batch, index, "tally")
-            counted = _counted(mask.to(device), skip_first_token)
+            counted = selected_tokens(mask.to(device), skip_first_token=skip_first_token)
             inputs = {k: v.to(device) for k, v in model_inputs(model, batch).items()}
             plan = {site: Capture(reduce=r, positions=counted) for site, r in sites.items()}
             with intervene(model, plan, stop_after=last):
@@ -382,16 +380,6 @@ def _reduce(
                 "statistic is meaningless; check the model (a float16 overflow?) and the inputs"
             )
         reducer.total = reducer.total.cpu()
-
-
-def _counted(mask: Tensor, skip_first_token: bool) -> Bool[Tensor, "b t"]:
-    """The tokens that count: the real ones, less each row's first with ``skip_first_token``."""
-    counted = mask.bool()
-    if skip_first_token:
-        counted = counted.clone()
-        first = mask.long().argmax(-1)  # the first real column (0 for right padding)
-        counted[torch.arange(mask.shape[0], device=mask.device), first] = False
-    return counted
 
 
 # --- keys --------------------------------------------------------------------------------------

@@ -342,18 +342,8 @@ def _checked_positions(positions: object) -> int | str:
 def _selection(
     mask: Int[Tensor, "b t"], positions: int | str, skip_first_token: bool
 ) -> Bool[Tensor, "b t"]:
-    """The tokens kept: real ones (the mask), the ``positions``-th of each row's real tokens
-    when it is an int, less each row's first real token with ``skip_first_token``."""
-    real = mask.bool()
-    rank = mask.long().cumsum(-1) - 1  # a real token's place among its row's real tokens
-    selected = real
-    if positions != "all":
-        length = mask.long().sum(-1, keepdim=True)
-        target = positions if positions >= 0 else length + positions
-        selected = selected & (rank == target)
-    if skip_first_token:
-        selected = selected & (rank != 0)
-    return selected
+    nth = None if positions == "all" else int(positions)
+    return text.selected_tokens(mask, nth, skip_first_token=skip_first_token)
 
 
 def _count(length: int, positions: int | str, skip_first_token: bool) -> int:

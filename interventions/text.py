@@ -245,6 +245,26 @@ def positions(attention_mask: Int[Tensor, "b t"]) -> Int[Tensor, "b t"]:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def selected_tokens(
+    attention_mask: Int[Tensor, "b t"],
+    nth: int | None = None,
+    *,
+    skip_first_token: bool = False,
+) -> Bool[Tensor, "b t"]:
+    """The tokens a pass over a batch reads: the real ones (the mask), only each row's ``nth``
+    real token when one is given (``-1`` the last), less each row's first real token with
+    ``skip_first_token`` (the attention sink, an outlier in many models). Either padding side."""
+    real = attention_mask.bool()
+    rank = attention_mask.long().cumsum(-1) - 1  # a real token's place among its row's
+    selected = real
+    if nth is not None:
+        length = attention_mask.long().sum(-1, keepdim=True)
+        selected = selected & (rank == (nth if nth >= 0 else length + nth))
+    if skip_first_token:
+        selected = selected & (rank != 0)
+    return selected
+
+
 def batches(
     items: Iterable[Any], size: int, *, desc: str | None = None, progress: bool = False
 ) -> Iterator[list[Any]]:

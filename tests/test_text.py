@@ -209,6 +209,20 @@ def test_positions_count_the_real_tokens_of_each_row():
     assert torch.equal(batch.position_ids, text.positions(batch.attention_mask))
 
 
+def test_selected_tokens_on_either_padding_side():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0]])
+
+    def rows(selected):
+        return [row.nonzero().flatten().tolist() for row in selected]
+
+    assert rows(text.selected_tokens(mask)) == [[2, 3, 4], [0, 1, 2, 3], []]
+    assert rows(text.selected_tokens(mask, skip_first_token=True)) == [[3, 4], [1, 2, 3], []]
+    assert rows(text.selected_tokens(mask, -1)) == [[4], [3], []]
+    assert rows(text.selected_tokens(mask, 1, skip_first_token=True)) == [[3], [1], []]
+    assert rows(text.selected_tokens(mask, 0, skip_first_token=True)) == [[], [], []]
+    assert rows(text.selected_tokens(mask, 9)) == [[], [], []]  # past a row's end: none
+
+
 def test_left_and_right_padding_give_the_same_logits_for_real_tokens(llama):
     rows = [[5, 6, 7, 8], [9, 10]]
     with torch.no_grad():
