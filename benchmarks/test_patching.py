@@ -1,7 +1,8 @@
 """The resid_pre patching sweep against TransformerLens's ``get_act_patch_resid_pre``.
 
     pytest benchmarks/test_patching.py -s -p no:cacheprovider
-    (TransformerLens 4.x importable: ``pip install transformer-lens``; skipped otherwise)
+    (TransformerLens 4.x and nnsight importable: ``pip install transformer-lens nnsight``;
+    skipped without TransformerLens, the nnsight column left out without nnsight)
 
 Every (layer, position) of ``resid_pre`` on SmolLM2-135M for the Eiffel Tower / Colosseum pair,
 metric logit(" Paris") - logit(" Rome") at the last token:
@@ -9,7 +10,9 @@ metric logit(" Paris") - logit(" Rome") at the last token:
 - ``ours``: ``iv.patching`` (the cells batched, ``BATCH`` patched rows per forward);
 - ``loop``: one patch per forward through ``iv.intervene`` (what batching saves);
 - ``transformer_lens``: ``patching.get_act_patch_resid_pre`` on a ``TransformerBridge`` booted
-  from a copy of the same HF model (no weight processing: the same numbers).
+  from a copy of the same HF model (no weight processing: the same numbers);
+- ``nnsight``: the loop nnsight's tutorials write, one ``trace`` per (layer, position) that sets
+  the layer's input at that position to the clean value (``TransformersModel`` around a copy).
 
 TransformerLens forces eager attention; ours runs on a copy switched to eager too, so the maps
 are compared (within 1e-4) before any time is. Each is timed once (CPU time of the process,
@@ -103,6 +106,12 @@ def test_patching_sweep_against_transformer_lens(benchmark, bench_model):
     loop_map, loop_s = _cpu_seconds(loop)
     torch.testing.assert_close(ours_map, tl_map.float().cpu(), atol=1e-4, rtol=0)
     torch.testing.assert_close(ours_map, loop_map, atol=1e-4, rtol=0)
+    peers = {}
+    nnsight_loop = _nnsight_loop(ours_model, tokenizer, clean, corrupted, (paris, rome))
+    if nnsight_loop is not None:
+        nnsight_map, nnsight_s = _cpu_seconds(nnsight_loop)
+        torch.testing.assert_close(ours_map, nnsight_map, atol=1e-4, rtol=0)
+        peers = {"nnsight_s": nnsight_s, "ours_over_nnsight": ours_s / nnsight_s}
     default_map, default_s = _cpu_seconds(
         lambda: iv.patching(model, clean, corrupted, answers=(paris, rome), progress=False).values
     )
@@ -115,8 +124,38 @@ def test_patching_sweep_against_transformer_lens(benchmark, bench_model):
         "transformer_lens_s": tl_s,
         "ours_over_transformer_lens": ours_s / tl_s,
         "ours_over_loop": ours_s / loop_s,
+        **peers,
         "max_abs_difference_vs_transformer_lens": float((ours_map - tl_map.float()).abs().max()),
     }
     benchmark.extra_info.update(info)
     print("\n" + "\n".join(f"{k}: {v:.4g}" for k, v in info.items()))
     assert default_map.shape == ours_map.shape
+
+
+def _nnsight_loop(model, tokenizer, clean, corrupted, answers):
+    """nnsight's patching loop over a copy of ``model``, or None when nnsight is not installed."""
+    try:
+        from nnsight.modeling.transformers import TransformersModel
+    except ImportError:
+        return None
+    wrapped = TransformersModel(copy.deepcopy(model), tokenizer=tokenizer)
+    layers = wrapped.model.layers
+    paris, rome = answers
+
+    # nnsight runs the body of a trace from its source: plain loops, no comprehensions.
+    def run():
+        n_layers, n_positions = len(layers), clean.shape[1]
+        saved = []
+        with wrapped.trace(clean):
+            for i in range(n_layers):
+                saved.append(layers[i].input.save())
+        out = torch.empty(n_layers, n_positions)
+        for i in range(n_layers):
+            for j in range(n_positions):
+                with wrapped.trace(corrupted):
+                    layers[i].input[:, j] = saved[i][:, j]
+                    logits = wrapped.lm_head.output.save()
+                out[i, j] = logits[0, -1, paris] - logits[0, -1, rome]
+        return out
+
+    return run
