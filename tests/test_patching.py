@@ -247,3 +247,62 @@ def test_eiffel_tower_patching_and_lens_on_the_real_model(real_model):
     assert lens.token_logprobs[0, 0, -1, 0].item() == pytest.approx(
         expected[paris].item(), abs=1e-4
     )
+
+
+@pytest.mark.real
+def test_head_sweep_attribution_ablation_lists_and_plots_on_the_real_model(real_model, tmp_path):
+    pytest.importorskip("matplotlib")
+    model, tokenizer = real_model
+    clean = tokenizer("The Eiffel Tower is in the city of", return_tensors="pt").input_ids
+    corrupted = tokenizer("The Colosseum is in the city of", return_tensors="pt").input_ids
+    answers = tuple(iv.lm.first_token(tokenizer, a) for a in (" Paris", " Rome"))
+    sites = "layers.0,14,29.resid_pre"  # a site list: three layers
+    exact = iv.patching(model, clean, corrupted, sites, answers=answers, progress=False)
+    assert exact.layers == [0, 14, 29]
+    estimate = iv.attribution_patching(model, clean, corrupted, sites, answers=answers)
+    # at layer 0, "The" and "is in the city of" are the same tokens in both runs: no change
+    same_token = (clean == corrupted)[0]
+    unchanged = torch.full((int(same_token.sum()),), exact.corrupted_metric)
+    torch.testing.assert_close(exact.values[0, same_token], unchanged)
+    torch.testing.assert_close(estimate.values[0, same_token], unchanged)
+    assert (exact.values[:, ~same_token] - exact.corrupted_metric).abs().max() > 5
+    heads = iv.patching(
+        model, clean, corrupted, "layers.20,27.attn.heads", answers=answers, progress=False
+    )
+    assert heads.values.shape == (2, 9) and heads.by == "head"
+    # one head's contribution is a small change: there the first-order estimate is close (on the
+    # residual stream, where a patch moves the metric by up to 10, it is not, even in sign)
+    head_estimate = iv.attribution_patching(
+        model, clean, corrupted, "layers.20,27.attn.heads", answers=answers
+    )
+    torch.testing.assert_close(head_estimate.values, heads.values, atol=0.05, rtol=0)
+    assert (heads.values - heads.corrupted_metric).abs().max() > 0.3
+    with torch.no_grad():  # one cell by hand: head 4 of layer 27 from the clean run
+        with iv.capture(model, "layers.27.attn.heads") as cache:
+            model(input_ids=clean)
+        with iv.intervene(model, {"layers.27.attn.heads": iv.Patch.from_cache(cache, heads=[4])}):
+            logits = model(input_ids=corrupted).logits
+    assert heads.values[1, 4].item() == pytest.approx(
+        (logits[0, -1, answers[0]] - logits[0, -1, answers[1]]).item(), abs=1e-4
+    )
+    site = "layers.20.attn.heads"
+    with torch.no_grad(), iv.capture(model, site) as other:
+        model(input_ids=corrupted)
+    mean = iv.Mean()
+    iv.tally(model, [iv.text.pad([clean[0].tolist()], 0, "left")], {site: mean}, progress=False)
+    same = {  # each ablation against the patch that writes what it should write
+        "mean": (iv.Ablate("mean", stats=mean), iv.Patch(mean.value)),
+        "resample": (iv.Ablate("resample", values=other[site]), iv.Patch.from_cache(other)),
+    }
+    with torch.no_grad():
+        for ablation, patch in same.values():
+            with iv.intervene(model, {site: ablation}):
+                ablated = model(input_ids=clean).logits
+            with iv.intervene(model, {site: patch}):
+                torch.testing.assert_close(ablated, model(input_ids=clean).logits)
+        with iv.intervene(model, {site: iv.Ablate("zero")}):
+            assert not torch.allclose(model(input_ids=clean).logits, ablated)
+    assert heads.plot(tmp_path / "heads.png").stat().st_size > 0
+    lens = iv.logit_lens(model, clean, "layers.*.resid_post", tokenizer=tokenizer)
+    assert lens.top_tokens[-1][0][-1][0] == " Paris"
+    assert lens.plot(tmp_path / "lens.png").stat().st_size > 0
