@@ -53,13 +53,8 @@ _REVERT_ADDS_CONFIG_FLAG = (
     "down_proj's bias and WeightDelta.revert leaves config.mlp_bias = False instead of removing "
     "the attribute it added"
 )
-_FALCON_KV_HEADS = (
-    "Falcon-7B's layout (multi_query, not new_decoder_architecture) has one KV head, but its "
-    "config's num_kv_heads defaults to num_attention_heads: n_kv_heads reads 4 instead of 1"
-)
 KNOWN_DEFECTS: dict[str, dict[str, tuple[bool, bool, str]]] = {
     "bake": {"smollm3": (before_4_57, False, _REVERT_ADDS_CONFIG_FLAG)},
-    "geometry": {"falcon": (True, True, _FALCON_KV_HEADS)},
 }
 
 

@@ -104,6 +104,10 @@ class Adapter:
     gate_proj: str | None = None  # the MLP's input projections (None: fused or absent)
     up_proj: str | None = None
     gate_up_proj: str | None = None  # one module (or fused experts) computing gate and up
+    # a config flag that, set, means one KV head whatever n_kv_heads' keys read (Falcon-7B's
+    # multi_query: its num_kv_heads defaults to the query heads) unless the config's
+    # `new_decoder_architecture` says the keys are right
+    multi_query_flag: str | None = None
 
     @property
     def attn_out_path(self) -> str:
@@ -169,6 +173,10 @@ class Adapter:
                     break
         if values.get("n_kv_heads") is None:
             values["n_kv_heads"] = values["n_heads"]
+        flag = self.multi_query_flag
+        new_layout = getattr(config, "new_decoder_architecture", False)
+        if flag and getattr(config, flag, False) and not new_layout:
+            values["n_kv_heads"] = 1
         if values.get("d_head") is None:
             values["d_head"] = values["d_model"] // values["n_heads"]
         if values.get("d_mlp") is None:

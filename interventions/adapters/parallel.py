@@ -100,6 +100,7 @@ FALCON = register_adapter(
         parallel=True,
         qkv_proj="self_attention.query_key_value",
         up_proj="mlp.dense_h_to_4h",
+        multi_query_flag="multi_query",
     ),
     "falcon",
 )
