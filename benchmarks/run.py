@@ -365,6 +365,12 @@ give a median overhead with a distribution-free 95% confidence interval; the bar
 with itself shows the noise floor. The goals and the ours ÷ peer quotients use these paired
 numbers.
 
+The researcher's toolkit (results under a machine name ending in `-toolkit`):
+`benchmarks/test_patching.py` times one `resid_pre` patching map of SmolLM2 by `iv.patching`,
+by a patch per forward, by TransformerLens and by nnsight; `benchmarks/test_store.py` the
+activation store against an in-memory capture, and its peak memory over the dataset size;
+`benchmarks/test_load.py` the first and the cached load of the bundled model.
+
 `benchmarks/test_compile.py` (results under a machine name ending in `-compile`, in the table of
 other benchmarks; every `x_` value a median of paired ratios): `torch.compile` (inductor) on the
 tiny model, `x_eager_bare` compiled bare ÷ eager bare, `x_compiled_bare` compiled steering ÷
@@ -440,7 +446,8 @@ def machine_section(result: dict) -> list[str]:
         lines += paired_table(model, libraries, by_key)
     lines += ours_vs_peers_table(summary["ours_vs_peers"])
     lines += goals_table(summary["goals"])
-    lines += others_table(summary.get("others", []))
+    toolkit, others = toolkit_tables(summary.get("others", []))
+    lines += toolkit + others_table(others)
     if summary["skipped"]:
         lines += ["Skipped cases:", ""]
         lines += [f"- `{case}`: {reason}" for case, reason in sorted(summary["skipped"].items())]
@@ -526,6 +533,99 @@ def goals_table(rows: list[dict]) -> list[str]:
             met = "**no**, by less than the run's noise"
         lines.append(f"| {row['goal']} | {row['ours']} | {value} | {met} |")
     return [*lines, ""]
+
+
+def toolkit_tables(rows: list[dict]) -> tuple[list[str], list[dict]]:
+    """The researcher's-toolkit benchmarks (patching sweep, activation store, model load) as
+    tables with their goals, and the rows that are none of them."""
+    by_name = {row["name"]: row for row in rows}
+    lines: list[str] = []
+    sweep = by_name.pop("test_patching_sweep_against_transformer_lens", None)
+    if sweep is not None:
+        peers = [("a patch per forward (`iv.intervene` loop)", "loop_s", "ours_over_loop")]
+        peers.append(("TransformerLens `get_act_patch_resid_pre`", "transformer_lens_s", None))
+        if "nnsight_s" in sweep:
+            peers.append(("nnsight, a `trace` per cell", "nnsight_s", "ours_over_nnsight"))
+        lines += [
+            f"Patching sweep (`benchmarks/test_patching.py`): `resid_pre` at every (layer, "
+            f"position) of SmolLM2, {sweep['cells']} cells, Eiffel Tower / Colosseum, CPU "
+            "seconds of one map (eager attention for all; ours with SDPA: "
+            f"{sweep['ours_sdpa_s']:.1f} s). The maps agree within "
+            f"{sweep['max_abs_difference_vs_transformer_lens']:.1e} before any time is taken.",
+            "",
+            "| way | seconds | ours ÷ it |",
+            "|---|---:|---:|",
+            f"| `iv.patching` (batched cells) | {sweep['ours_s']:.1f} | 1 |",
+        ]
+        for label, seconds, _ in peers:
+            lines.append(
+                f"| {label} | {sweep[seconds]:.1f} | {sweep['ours_s'] / sweep[seconds]:.3f} |"
+            )
+        ratio = sweep["ours_over_transformer_lens"]
+        lines += [
+            "",
+            f"Goal ours ÷ TransformerLens ≤ 0.33: {ratio:.3f}, {_met(ratio <= 0.33)}.",
+            "",
+        ]
+    stores = [by_name.pop(n) for n in list(by_name) if n.startswith("test_store_throughput[")]
+    if stores:
+        lines += [
+            "Activation store (`benchmarks/test_store.py`): `store.write` of the middle layer's "
+            "`resid_post` ÷ an in-memory capture of the same batches (median of paired rounds; "
+            "goal ≥ 0.9). Each write also hashes the weights feeding the site for its manifest, "
+            "a fixed cost:",
+            "",
+            "| model | tokens | throughput ÷ in-memory | goal met | fixed hashing cost |",
+            "|---|---:|---:|---|---:|",
+        ]
+        for row in stores:
+            model = row["name"].split("[")[1].rstrip("]")
+            hashing = f"{row['fingerprint_s']:.2f} s" if "fingerprint_s" in row else ""
+            lines.append(
+                f"| {model} | {row['tokens']} | {row['ratio']:.3f} | {_met(row['ratio'] >= 0.9)} "
+                f"| {hashing} |"
+            )
+        lines.append("")
+    rss = by_name.pop("test_store_peak_rss", None)
+    if rss is not None:
+        peaks = rss["peak_rss"]
+        sizes = [k.split()[-1] for k in peaks if k.startswith("store ")]
+        lines += [
+            "Peak RSS (MiB) of a process that writes 1×, 4×, 16× a dataset (1× = 32,768 rows of "
+            "the tiny Llama's `layers.3.mlp.act`, 8 MiB) to a store, or keeps it in memory:",
+            "",
+            "| way | " + " | ".join(sizes) + " |",
+            "|---|" + "---:|" * len(sizes),
+        ]
+        for way in ("store", "in-memory"):
+            cells = [f"{peaks[f'{way} {size}']['peak_rss_mib']:.0f}" for size in sizes]
+            lines.append(f"| {way} | " + " | ".join(cells) + " |")
+        first, last = (peaks[f"store {size}"]["peak_rss_mib"] for size in (sizes[0], sizes[-1]))
+        grows = peaks[f"in-memory {sizes[-1]}"]["peak_rss_mib"] > 1.1 * last
+        lines += [
+            "",
+            "Goal: the store's stays flat (within 10 %) where the in-memory one grows (else the "
+            f"measure sees no data): {_met(last <= 1.1 * first and grows)}.",
+            "",
+        ]
+    loads = {n: by_name.pop(n) for n in list(by_name) if n.startswith("test_load[")}
+    if loads:
+        lines += [
+            "Loading the bundled SmolLM2 (`benchmarks/test_load.py`, a fresh process each, "
+            "wall seconds of `models.load()` / of the whole process):",
+            "",
+            "| load | `load()` s | process s |",
+            "|---|---:|---:|",
+        ]
+        for name, row in loads.items():
+            label = name.split("[")[1].rstrip("]")
+            lines.append(f"| {label} | {row['load_s']:.1f} | {row['process_s']:.1f} |")
+        lines.append("")
+    return lines, list(by_name.values())
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "**not met**"
 
 
 def others_table(rows: list[dict]) -> list[str]:
