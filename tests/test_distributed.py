@@ -213,7 +213,7 @@ def run_ranks(tmp_path: Path, job: str, size: int = 2, hung: int | None = None, 
     gloo processes; rank ``hung`` is not waited for but killed once the others are done."""
     (tmp_path / "shared").mkdir(exist_ok=True)
     port, payload = _free_port(), pickle.dumps(arguments)
-    context = mp.get_context("spawn")
+    context = mp.get_context("fork")
     ranks = [
         context.Process(target=_rank_main, args=(rank, size, port, str(tmp_path), job, payload))
         for rank in range(size)
