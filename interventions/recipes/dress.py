@@ -532,18 +532,23 @@ def fit(
     options: Options = DEFAULT_OPTIONS,
     batch_size: int = 16,
     progress: bool = True,
+    distributed: bool | iv.distributed.World | None = None,
 ) -> DressFit:
     """Fit DRESS on (question, styled, plain) triples: capture (step 1), then
-    ``fit_activations``. Every argument is checked before the first forward."""
+    ``fit_activations``. Every argument is checked before the first forward. Under ``torchrun``
+    the captures are shared out (``head_activations``) and every rank fits the same result."""
     triples = as_triples(triples)  # refuses, or warns about, identical styled and plain answers
     if len(triples) < 5:
         raise ValueError(f"DRESS needs at least 5 triples, got {len(triples)}")
     g = iv.geometry(model)
     _checked(num_heads, alpha, options, g.n_layers * g.n_heads)  # batch_size: text.batches
+    world = iv.distributed.world(distributed)
 
     def heads_after(side: str) -> Tensor:
         texts = [format_prompt(tokenizer, t.question) + getattr(t, side) for t in triples]
-        return head_activations(model, tokenizer, texts, batch_size=batch_size, progress=progress)
+        return head_activations(
+            model, tokenizer, texts, batch_size=batch_size, progress=progress, distributed=world
+        )
 
     styled, plain = heads_after("styled"), heads_after("plain")
     return fit_activations(styled, plain, num_heads, alpha, options=options)
