@@ -232,9 +232,9 @@ def all_reduce(
 ) -> list[dict[str, Tensor]]:
     """The entry-wise sums over every rank of ``states`` (e.g. reducers' ``state_dict()``, one
     list per rank in the same order). An entry a rank lacks (no samples yet) counts as zeros of
-    the others' shape and dtype, created on ``device`` (default: where its other entries are, or
-    the CPU). Sums run on the tensors' device and dtype (integers exactly); every rank gets the
-    same result."""
+    the others' shape, dtype and kind of device (``device`` if it is of that kind, else the
+    current one). Sums run on the tensors' device and dtype (integers exactly): CPU tensors
+    through gloo, CUDA ones through the default group (nccl); every rank gets the same result."""
     if world.size == 1:
         return [dict(state) for state in states]
     layout = [{k: (tuple(t.shape), t.dtype, t.device.type) for k, t in s.items()} for s in states]

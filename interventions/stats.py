@@ -272,9 +272,10 @@ def tally(
     if missing:
         try:
             _reduce(model, batches, missing, skip_first_token, progress, desc, world)
-            with world.guard("tally: writing the cache (rank 0)"):
-                if world.rank == 0:
-                    _save_cached(paths, missing)
+            if paths:  # every rank returns once the files are there
+                with world.guard("tally: writing the cache (rank 0)"):
+                    if world.rank == 0:
+                        _save_cached(paths, missing)
         except BaseException:
             for reducer in sites.values():  # cached ones too: a failed tally gives nothing
                 reducer.reset()
