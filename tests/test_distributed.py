@@ -1,4 +1,4 @@
-"""Data-parallel passes: two gloo processes (spawned here) give what one process gives.
+"""Data-parallel passes: two gloo processes (forked here) give what one process gives.
 
 Every pass runs on 2 ranks over uneven shards (odd numbers of batches of different sizes, and a
 rank with no sample at all for ``Reducer.all_reduce``) and is compared with the same call in this
@@ -93,8 +93,9 @@ def tally_states(world: World, cache: Path | None = None) -> dict:
     return {site: r.state_dict() for site, r in found.items()}
 
 
-def passes(world: World, tokenizer: WordTokenizer, folder: Path) -> dict:
-    """Every distributed pass on the tiny model; ``folder``: for the store and the cache."""
+def passes(world: World | None, tokenizer: WordTokenizer, folder: Path) -> dict:
+    """Every distributed pass on the tiny model; ``folder``: for the store and the cache.
+    ``world`` None: each pass finds its own (the default)."""
     net = model()
     stats = alphaedit.key_stats(
         net,
@@ -114,29 +115,35 @@ def passes(world: World, tokenizer: WordTokenizer, folder: Path) -> dict:
     heads = dress.head_activations(
         net, tokenizer, CORPUS, batch_size=2, progress=False, distributed=world
     )
-    written = store.write(
-        net,
-        CORPUS,
-        ["layers.1.resid_post", "layers.0.attn.heads"],
-        folder / "store",
-        tokenizer=tokenizer,
-        max_tokens=150,
-        max_length=12,
-        batch_size=2,
-        shard_tokens=16,
-        progress=False,
-        distributed=world,
-    )
+
+    def write():
+        return store.write(
+            net,
+            CORPUS,
+            ["layers.1.resid_post", "layers.0.attn.heads"],
+            folder / "store",
+            tokenizer=tokenizer,
+            max_tokens=150,
+            max_length=12,
+            batch_size=2,
+            shard_tokens=16,
+            progress=False,
+            distributed=world,
+        )
+
+    written = write()
+    again = write()  # a finished store: checked against its inputs, nothing run
     cached = tally_states(world, folder / "cache")
     files = sorted(p.name for p in (folder / "cache").iterdir())
-    again = tally_states(world, folder / "cache")  # read back from the files, on every rank
+    read_back = tally_states(world, folder / "cache")  # from the files, on every rank
     return {
         "tally": tally_states(world),
         "key_stats": (stats.moments, stats.count),
         "head_scores": ({k: v.tolist() for k, v in table.raw.items()}, table.stats),
         "head_activations": heads,
         "store": [written[i] for i in range(len(written))],
-        "cached": (cached, files, again),
+        "store_again": [again[i] for i in range(len(again))],
+        "cached": (cached, files, read_back),
     }
 
 
@@ -187,20 +194,24 @@ def _free_port() -> int:
 def _rank_main(rank: int, size: int, port: int, out: str, job: str, payload: bytes) -> None:
     torch.set_num_threads(1)
     folder = Path(out)
-    torch_dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=size,
-        timeout=timedelta(seconds=60),
-    )
-    world = World(rank, size, timedelta(seconds=TIMEOUT))
     arguments = pickle.loads(payload)
     try:
-        if job == "passes":
-            result = passes(world, arguments["tokenizer"], folder / "shared")
+        if job == "passes":  # as torchrun starts a rank: the passes find the group themselves
+            torchrun = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=size, MASTER_PORT=port)
+            os.environ.update({k: str(v) for k, v in torchrun.items()}, MASTER_ADDR="127.0.0.1")
+            result = passes(None, arguments["tokenizer"], folder / "shared")
+            world = distributed.world()
+            result["world"] = (world.rank, world.size)
             result["all_reduce"] = empty_rank_all_reduce(world)
-        else:
+        else:  # a group the script made, and a short timeout
+            torch_dist.init_process_group(
+                "gloo",
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=rank,
+                world_size=size,
+                timeout=timedelta(seconds=60),
+            )
+            world = World(rank, size, timedelta(seconds=TIMEOUT))
             result = failing_tally(world, job, arguments["rank"], folder / "shared" / "cache")
         torch.save(result, folder / f"rank{rank}.pt")
     except BaseException:
@@ -209,10 +220,12 @@ def _rank_main(rank: int, size: int, port: int, out: str, job: str, payload: byt
 
 
 def run_ranks(tmp_path: Path, job: str, size: int = 2, hung: int | None = None, **arguments):
-    """Each rank's result of ``job`` (None for a rank that gave none), run on ``size`` spawned
+    """Each rank's result of ``job`` (None for a rank that gave none), run on ``size`` forked
     gloo processes; rank ``hung`` is not waited for but killed once the others are done."""
     (tmp_path / "shared").mkdir(exist_ok=True)
     port, payload = _free_port(), pickle.dumps(arguments)
+    # fork, as DataLoader workers start on Linux: spawn imports torch and transformers again in
+    # every rank, ~25 s a test on the 2 shared cores, against ~0.3 s
     context = mp.get_context("fork")
     ranks = [
         context.Process(target=_rank_main, args=(rank, size, port, str(tmp_path), job, payload))
@@ -300,14 +313,16 @@ def test_head_activations_on_two_ranks_are_the_rows_of_one_process(two_ranks):
     assert torch.equal(ranks[0]["head_activations"], alone["head_activations"])
 
 
-def test_activation_store_on_two_ranks_has_the_rows_of_one_process(two_ranks, tmp_path):
+def test_activation_store_on_two_ranks_has_the_rows_of_one_process(two_ranks):
     alone, ranks = two_ranks
     rows, expected = ranks[0]["store"], alone["store"]
     assert len(rows) == len(expected) > 16  # more than one shard
-    for got, want in zip(rows, expected, strict=True):
-        assert got.keys() == want.keys()
-        for key in got:
-            assert torch.equal(got[key], want[key]), key
+    assert same(rows, expected)  # activations, example and position of every row
+    assert same(ranks[0]["store_again"], expected)  # written again: the same store
+
+
+def test_the_passes_find_the_group_from_torchruns_environment(two_ranks):
+    assert [rank["world"] for rank in two_ranks[1]] == [(0, 2), (1, 2)]
 
 
 def test_the_cache_is_written_once_by_rank_0_and_read_back_by_every_rank(two_ranks):
