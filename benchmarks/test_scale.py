@@ -27,7 +27,7 @@ import pytest
 import torch
 
 LAYERS = [4, 5, 6, 7, 8]
-TOKENS = 6000
+TOKENS = 12_000
 MERGES = 5
 pytestmark = pytest.mark.real
 
