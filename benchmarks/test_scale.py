@@ -1,7 +1,7 @@
 """Data-parallel key statistics: ``alphaedit.key_stats`` on the real model, 1 and 2 processes.
 
-    pytest benchmarks/test_scale.py -s
-    INTERVENTIONS_BENCH_MODEL=/path/to/SmolLM2 pytest benchmarks/test_scale.py -s
+    pytest benchmarks/test_scale.py -s --clock wall
+    INTERVENTIONS_BENCH_MODEL=/path/to/SmolLM2 pytest benchmarks/test_scale.py -s --clock wall
 
 Each case launches ``torchrun --standalone --nproc_per_node=N`` on this file (N = 1, then 2),
 one torch thread per process. Every rank loads the model, warms up, waits for the others, then
@@ -12,7 +12,9 @@ each) through gloo, median of ``MERGES``. ``extra_info`` (and stdout) holds the 
 speed-up ``seconds(1) / seconds(2)``, the merge's share of the 2-process pass and the largest
 difference between the two runs' statistics (relative to the largest entry of each layer's
 moment). Nothing is asserted on times: on a machine with 2 cores, shared, the speed-up is bounded
-by 2 and by whatever else runs there.
+by 2 and by whatever else runs there. pytest-benchmark's own round is the 2-process launch,
+model loads included, timed by this process's clock: with the default ``--clock cpu`` it is this
+process's CPU time (milliseconds, the ranks run elsewhere), so read the printed figures.
 """
 
 import json

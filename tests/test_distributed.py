@@ -250,9 +250,13 @@ def run_ranks(tmp_path: Path, job: str, size: int = 2, hung: int | None = None, 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """(one process's results, [rank 0's, rank 1's]) of ``passes``."""
+    threads = torch.get_num_threads()  # one thread, as the one_thread fixture (function-scoped)
+    torch.set_num_threads(1)
     tokenizer = WordTokenizer(chars=True)  # ids in the order first seen: the same on every rank
     alone = passes(World(), tokenizer, tmp_path_factory.mktemp("alone"))
-    return alone, run_ranks(tmp_path_factory.mktemp("ranks"), "passes", tokenizer=tokenizer)
+    ranks = run_ranks(tmp_path_factory.mktemp("ranks"), "passes", tokenizer=tokenizer)
+    torch.set_num_threads(threads)
+    return alone, ranks
 
 
 def assert_states_close(ours: dict, theirs: dict) -> None:
