@@ -8,7 +8,13 @@ with iv.intervene(model, {"layers.12.attn.heads": iv.AddBias(v, heads=[3])}):
     model.generate(**inputs)
 """
 
-from interventions import lm, stats, store, text  # modules: iv.text.pad, iv.lm.perplexity, ...
+from interventions import (
+    distributed,
+    lm,
+    stats,
+    store,
+    text,
+)  # modules: iv.text.pad, iv.lm.perplexity, ...
 from interventions.adapters import (
     Adapter,
     BiasFlag,
@@ -74,6 +80,7 @@ __all__ = [
     "attribution_patching",
     "bake",
     "capture",
+    "distributed",
     "expand",
     "geometry",
     "intervene",

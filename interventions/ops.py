@@ -388,6 +388,29 @@ def _check_vector(
         )
 
 
+def moved(owner: nn.Module, name: str, like: Tensor) -> Tensor:
+    """``owner``'s tensor ``name`` on ``like``'s device and dtype, copied once, not per call.
+
+    On a model split over devices (``device_map``) a vector kept on another device would cross
+    at every forward. The copy is kept per (name, device, dtype) and made again when the tensor
+    changes: another tensor (``module.to``, ``param.data = ...``), or the same one written in
+    place (an optimizer step, ``load_state_dict``: its version counter moves). A tensor that
+    autograd must reach (a trainable vector, gradients on) is moved every call, in the graph.
+    """
+    source = getattr(owner, name)
+    if source.device == like.device and source.dtype == like.dtype:
+        return source
+    if (source.requires_grad and torch.is_grad_enabled()) or source.is_inference():
+        return source.to(device=like.device, dtype=like.dtype)
+    stamp = (id(source), source.data_ptr(), source._version)
+    copies = owner.__dict__.setdefault("_moved", {})
+    key = (name, like.device, like.dtype)
+    if key not in copies or copies[key][0] != stamp:
+        with torch.inference_mode(False), torch.no_grad():  # a copy later forwards can use
+            copies[key] = (stamp, source.detach().to(device=like.device, dtype=like.dtype))
+    return copies[key][1]
+
+
 class AddBias(Intervention):
     """Add ``alpha * vector``. Trainable when asked (``trainable=True`` makes it a Parameter)."""
 
@@ -414,7 +437,7 @@ class AddBias(Intervention):
         _check_vector(self, "vector", self.vector, site, geometry)
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
-        vector = self.vector.to(device=x.device, dtype=x.dtype)
+        vector = moved(self, "vector", x)
         return x + vector if self.alpha == 1.0 else x + self.alpha * vector
 
 
@@ -447,7 +470,7 @@ class Rescale(Intervention):
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
         if self.direction is None:
             return x * self.factor
-        u = self.direction.to(device=x.device, dtype=x.dtype)
+        u = moved(self, "direction", x)
         return x + (self.factor - 1.0) * (x * u).sum(-1, keepdim=True) * u
 
 
@@ -479,7 +502,7 @@ class Project(Intervention):
         _check_vector(self, "basis", self.basis[0], site, geometry)
 
     def forward(self, x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch d"]:
-        b = self.basis.to(device=x.device, dtype=x.dtype)
+        b = moved(self, "basis", x)
         inside = (x @ b.T) @ b
         return inside if self.keep else x - inside
 
@@ -710,7 +733,7 @@ class Patch(Intervention):
         return _replace_from(self, self.site, self._source, x, step)
 
     def forward(self, x: Tensor) -> Tensor:
-        values = self.values.to(device=x.device, dtype=x.dtype)
+        values = moved(self, "values", x)
         if isinstance(self.positions, int) and values.ndim == x.ndim - 1 and values.ndim >= 2:
             values = values.unsqueeze(1)  # a capture at one position has no token dim
         try:

@@ -2,12 +2,15 @@
 
 A ``Reducer`` keeps a running sum of per-sample terms and the number of samples: ``Mean``,
 ``MeanNorm`` (of the L2 norm over the last dimension) and ``SecondMoment`` (``E[x xᵀ]``).
-Reducers of the same kind ``merge`` (halves of a dataset, or shards of several processes, give
-the statistic of the whole), and ``state_dict`` / ``load_state_dict`` are what a file stores.
+Reducers of the same kind ``merge`` (halves of a dataset give the statistic of the whole),
+``all_reduce`` across the processes of ``torch.distributed`` (each rank's shard), and
+``state_dict`` / ``load_state_dict`` are what a file stores.
 
 ``tally(model, batches, {site: reducer})`` fills the reducers over a dataset in one streaming
 pass (real tokens only, each forward stopped after the last site), optionally cached on disk
 under a key of the weights that feed each site (``fingerprint``), the tokens and the options.
+Launched on N processes (``torchrun``), each runs its shard of the batches and the reducers are
+summed over all (``interventions.distributed``; docs/scale.md).
 """
 
 import hashlib
@@ -23,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from interventions import distributed as dist
 from interventions.adapters import adapter, causal_lm
 from interventions.attach import intervene, last_in_forward
 from interventions.files import load_tensors, save_tensors
@@ -37,7 +41,11 @@ class Reducer:
     """Streaming statistic over samples ``[n, *features]``; ``value`` is the result so far.
 
     Subclasses write ``summand(x)``: the sum over the samples of ``x`` of the term averaged.
-    Sums are kept in float32 on the device the samples come from.
+    Sums are kept in float32 on the device the samples come from (or the dtype ``summand``
+    returns, e.g. float64). That one method is all a subclass provides: ``merge``,
+    ``all_reduce`` and the files work on its state (``count`` and ``total``), which is sums.
+    A subclass whose state is not a sum over samples (a maximum, a sketch) overrides ``merge``,
+    ``all_reduce`` and ``state_dict`` / ``load_state_dict`` together.
     """
 
     def __init__(self) -> None:
@@ -87,6 +95,20 @@ class Reducer:
         self.count += other.count
         return self
 
+    def all_reduce(
+        self, world: "dist.World | None" = None, device: torch.device | str | None = None
+    ) -> "Reducer":
+        """Add the samples every other rank's reducer has seen (every rank calls this on its
+        reducer of the same kind, in the same order); returns ``self``, the same on every rank.
+
+        ``world``: default ``distributed.world()`` (torchrun's processes; one process alone:
+        nothing changes). The sums run through ``torch.distributed`` on the device of
+        ``total`` (gloo on CPU, nccl on GPU) in its dtype; the count is summed exactly. A rank
+        that has seen no samples takes part with zeros (made on ``device`` if given).
+        """
+        all_reduce([self], dist.world() if world is None else world, device)
+        return self
+
     def state_dict(self) -> dict[str, Tensor]:
         """``{"count": int64 scalar, "total": float32 sum}`` (no total before any sample)."""
         state = {"count": torch.tensor(self.count, dtype=torch.int64)}
@@ -116,6 +138,21 @@ class Reducer:
                 raise ValueError(f"{name}: 'total' holds NaN or infinite values")
         self.count, self.total = count, None if total is None else total.detach().clone()
         return self
+
+
+def all_reduce(
+    reducers: Sequence[Reducer],
+    world: dist.World,
+    device: torch.device | str | None = None,
+    what: str = "merging the statistics",
+) -> None:
+    """``reducer.all_reduce`` for many reducers at once (one exchange of their layouts), the
+    merge every distributed pass ends with; every rank passes its reducers in the same order."""
+    if world.size == 1:
+        return
+    merged = dist.all_reduce([r.state_dict() for r in reducers], world, device, what)
+    for reducer, state in zip(reducers, merged, strict=True):
+        reducer.load_state_dict(state)
 
 
 class Mean(Reducer):
@@ -166,6 +203,7 @@ def tally(
     cache: str | os.PathLike | None | Literal[False] = None,
     progress: bool = True,
     desc: str | None = None,
+    distributed: "bool | dist.World | None" = None,
 ) -> dict[str, Reducer]:
     """Reduce the activations at every site of ``reducers`` over ``batches``, in ONE pass.
 
@@ -182,6 +220,16 @@ def tally(
     (``fingerprint``), the exact token ids and the options, and read back instead of computed
     when present; the sites missing are computed together, in one pass. Files are written
     after the pass: an interrupted or failed tally writes none, and leaves the reducers empty.
+
+    ``distributed`` (``distributed.world``): by default, when this process is one of N
+    (``torchrun``, or an initialised process group), every rank must call ``tally`` with the
+    same batches; each runs a contiguous block of them (balanced by padded size) and the
+    reducers are summed over all ranks, so every rank returns the statistic of every batch (the
+    order of summation is the only difference from one process). A rank that fails makes every
+    rank raise ``distributed.RankFailed`` naming it. The cache is written by rank 0 alone, after
+    the merge (a folder every rank can read, for the next run); a site is read from it only if
+    every rank finds its file. ``False``: this process alone, whatever the group. One process
+    (no torchrun) runs exactly as without the option.
     """
     sites = _checked_reducers(model, reducers)
     _check_flag("skip_first_token", skip_first_token)
@@ -194,7 +242,10 @@ def tally(
             f"tally: batches must be an iterable of text.Batch values, got "
             f"{type(batches).__name__}: wrap a single batch in a list"
         )
+    world = dist.world(distributed)
     missing, paths = dict(sites), {}
+    if world.size > 1:
+        batches = list(batches)  # every rank takes its block of the list
     if folder is not None:
         batches = list(batches)  # the key holds every token id: read them before any forward
         tokens = _tokens_digest(batches)
@@ -211,17 +262,24 @@ def tally(
             paths[site] = folder / f"{site}-{type(reducer).__name__}-{key[:24]}.safetensors"
             if _load_cached(reducer, paths[site], site):
                 del missing[site]
+    if world.size > 1 and folder is not None:  # one set of sites to compute, or ranks disagree
+        anywhere = {
+            name for names in world.exchange(sorted(map(str, missing)), "tally") for name in names
+        }
+        missing = {site: r for site, r in sites.items() if str(site) in anywhere}
+        for reducer in missing.values():
+            reducer.reset()
     if missing:
         try:
-            _reduce(model, batches, missing, skip_first_token, progress, desc)
+            _reduce(model, batches, missing, skip_first_token, progress, desc, world)
+            if paths:  # every rank returns once the files are there
+                with world.guard("tally: writing the cache (rank 0)"):
+                    if world.rank == 0:
+                        _save_cached(paths, missing)
         except BaseException:
             for reducer in sites.values():  # cached ones too: a failed tally gives nothing
                 reducer.reset()
             raise
-        for site in paths.keys() & missing.keys():
-            metadata = {"site": str(site), "reducer": _kind(missing[site])}
-            save_tensors(paths[site], missing[site].state_dict(), format=_FORMAT, metadata=metadata)
-            log.info("statistic of %s saved to %s", site, paths[site])
     return {str(site): reducer for site, reducer in sites.items()}
 
 
@@ -318,6 +376,13 @@ def _options(reducer: Reducer, skip_first_token: bool) -> str:
     return json.dumps({"reducer": _kind(reducer), "skip_first_token": skip_first_token})
 
 
+def _save_cached(paths: Mapping[Site, Path], computed: Mapping[Site, Reducer]) -> None:
+    for site in paths.keys() & computed.keys():
+        metadata = {"site": str(site), "reducer": _kind(computed[site])}
+        save_tensors(paths[site], computed[site].state_dict(), format=_FORMAT, metadata=metadata)
+        log.info("statistic of %s saved to %s", site, paths[site])
+
+
 def _load_cached(reducer: Reducer, path: Path, site: Site) -> bool:
     """Fill ``reducer`` from the file at ``path`` if it holds this site's statistic."""
     if not path.is_file():
@@ -345,8 +410,14 @@ def _reduce(
     skip_first_token: bool,
     progress: bool,
     desc: str | None,
+    world: dist.World,
 ) -> None:
     device = device_of(model)
+    if world.size > 1:
+        if not batches:
+            raise ValueError("tally got no batches: give at least one batch of token ids")
+        sizes = [checked_rows(b, i, "tally")[0].numel() for i, b in enumerate(batches)]
+        batches = world.shard(batches, weights=sizes)  # a forward costs its padded size
     last = last_in_forward(sites)
     total = None
     if isinstance(batches, Sequence):
@@ -355,7 +426,7 @@ def _reduce(
     name = desc or f"tally, {len(sites)} site{'s' if len(sites) > 1 else ''}"
     bar = tqdm(total=total, unit="tok", desc=name, disable=not progress)
     n_batches = 0
-    with torch.no_grad(), bar:
+    with world.guard("tally"), torch.no_grad(), bar:
         for index, batch in enumerate(batches):
             _, mask = checked_rows(batch, index, "tally")
             counted = selected_tokens(mask.to(device), skip_first_token=skip_first_token)
@@ -365,19 +436,22 @@ def _reduce(
                 model(**inputs, use_cache=False)
             bar.update(int(counted.sum()))
             n_batches += 1
-    if n_batches == 0:
-        raise ValueError("tally got no batches: give at least one batch of token ids")
+        if n_batches == 0 and world.size == 1:
+            raise ValueError("tally got no batches: give at least one batch of token ids")
+        for site, reducer in sites.items():
+            if reducer.count and not bool(torch.isfinite(reducer.total).all()):
+                raise ValueError(
+                    f"tally: the activations at {site} hold NaN or infinite values, so their "
+                    "statistic is meaningless; check the model (a float16 overflow?) and the "
+                    "inputs"
+                )
+    all_reduce(list(sites.values()), world, device, "tally: merging the statistics")
     for site, reducer in sites.items():
         if reducer.count == 0:
             raise ValueError(
                 f"tally: no token was counted at {site} (every token is padding"
                 + (", or the first of its row, skipped" if skip_first_token else "")
                 + "): give batches with real tokens"
-            )
-        if not bool(torch.isfinite(reducer.total).all()):
-            raise ValueError(
-                f"tally: the activations at {site} hold NaN or infinite values, so their "
-                "statistic is meaningless; check the model (a float16 overflow?) and the inputs"
             )
         reducer.total = reducer.total.cpu()
 

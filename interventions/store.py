@@ -34,6 +34,9 @@ from interventions import text
 from interventions.adapters import adapter
 from interventions.attach import capture
 from interventions.checks import integer
+from interventions.distributed import World
+from interventions.distributed import shard as shard_of
+from interventions.distributed import world as distributed_world
 from interventions.files import save_tensors
 from interventions.sites import SiteLike, expand
 from interventions.stats import fingerprints, hash_tensor
@@ -59,6 +62,7 @@ def write(
     skip_first_token: bool = False,
     shard_tokens: int = 65_536,
     progress: bool = True,
+    distributed: "bool | World | None" = None,
 ) -> "ActivationDataset":
     """Capture ``sites`` over ``data`` into ``folder``; returns ``read(folder)``.
 
@@ -76,6 +80,12 @@ def write(
     options against the manifest, runs no forward for the finished shards and writes the rest,
     giving the same files as an uninterrupted write. A folder written with other options, another
     model or other inputs is refused.
+
+    ``distributed`` (as in ``stats.tally``): under ``torchrun`` every rank calls ``write`` with
+    the same data; each captures a contiguous block of the batches into its own store
+    ``folder/part-RRRRR-of-NNNNN`` (resumable alone), and rank 0 then writes the manifest that
+    lists every part's shards in order: ``read(folder)`` gives the rows one process gives, with
+    the same ``example`` and ``position`` (the shards are cut per part).
     """
     folder = _checked_folder(folder)
     table = adapter(model)
@@ -132,6 +142,13 @@ def write(
             f"store.write: the model cannot be fingerprinted for the manifest ({error}); load "
             "its weights in memory (no offloading to the meta device)"
         ) from None
+    world = distributed_world(distributed)
+    if world.size > 1:
+        batches = list(batches)
+        _write_parts(
+            model, batches, names, folder, options, positions, skip_first_token, progress, world
+        )
+        return read(folder)
     manifest = _resumed(folder, options)
     bar = tqdm(total=total, unit="tok", desc="store", disable=not progress)
     with bar:
@@ -212,6 +229,64 @@ class ActivationDataset(Dataset):
 # --- writing ------------------------------------------------------------------------------------
 
 
+def _write_parts(
+    model: nn.Module,
+    batches: list[Any],
+    names: list[str],
+    folder: Path,
+    options: dict[str, Any],
+    positions: int | str,
+    skip_first_token: bool,
+    progress: bool,
+    world: World,
+) -> None:
+    """``write`` on every rank: this rank's block of ``batches`` into its part, then rank 0
+    writes the manifest of the whole."""
+    whole = {**options, "parts": world.size}
+    with world.guard("store.write"):
+        rows = [_rows(batch, i) for i, batch in enumerate(batches)]
+        selected = [int(_selection(mask, positions, skip_first_token).sum()) for _, mask, _ in rows]
+        if sum(selected) == 0:
+            raise ValueError(_NOTHING_SELECTED)
+        block = shard_of(len(batches), world.rank, world.size, [ids.numel() for ids, _, _ in rows])
+        first_example = sum(ids.shape[0] for ids, _, _ in rows[: block.start])
+        _resumed(folder, whole, parts=world.size)  # a foreign folder is refused
+        part = folder / _part_name(world.rank, world.size)
+        manifest = _resumed(part, options)
+        mine = batches[block.start : block.stop]
+        with tqdm(total=sum(selected[block.start : block.stop]), unit="tok", disable=True) as bar:
+            _fill(
+                model, mine, names, part, manifest, positions, skip_first_token, bar, first_example
+            )
+    parts = world.exchange(_read_manifest(part), "store.write")
+    with world.guard("store.write: the manifest (rank 0)"):
+        if world.rank == 0:
+            _write_manifest(folder, _joined(whole, parts))
+
+
+def _part_name(rank: int, size: int) -> str:
+    return f"part-{rank:05d}-of-{size:05d}"
+
+
+def _joined(options: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of a store made of ``parts`` (each a finished store's manifest, in order)."""
+    shards = [
+        {**written, "file": f"{_part_name(rank, len(parts))}/{written['file']}"}
+        for rank, part in enumerate(parts)
+        for written in part["shards"]
+    ]
+    inputs = hashlib.sha256("".join(part["inputs"] for part in parts).encode()).hexdigest()
+    rows = sum(int(part["rows"]) for part in parts)
+    return {
+        "format": _FORMAT,
+        "options": options,
+        "shards": shards,
+        "complete": True,
+        "rows": rows,
+        "inputs": inputs,
+    }
+
+
 def _fill(
     model: nn.Module,
     batches: Iterable[Any],
@@ -221,15 +296,18 @@ def _fill(
     positions: int | str,
     skip_first_token: bool,
     bar: tqdm,
+    first_example: int | None = None,
 ) -> None:
     """Run the batches whose rows are not stored yet, checking those that are against the
-    manifest (their inputs' running digest where each finished shard ended)."""
+    manifest (their inputs' running digest where each finished shard ended). Rows count their
+    ``example`` from ``first_example``; a part of a distributed store may hold no row."""
     done = manifest["shards"]
     ends = [sum(int(s["rows"]) for s in done[: k + 1]) for k in range(len(done))]
     stored = ends[-1] if ends else 0
     shards = _Shards(folder, names, manifest)
     inputs = hashlib.sha256()
-    seen = examples = checked = 0
+    seen = checked = 0
+    examples = first_example or 0
     device = text.device_of(model)
     for index, batch in enumerate(batches):
         ids, mask, position_ids = _rows(batch, index)
@@ -259,12 +337,15 @@ def _fill(
         if seen != stored or manifest["inputs"] != inputs.hexdigest():
             raise ValueError(_other_inputs(folder, len(done)))
         return
-    if seen == 0:
-        raise ValueError(
-            "store.write: no token was selected (no batches, or every token is padding, or "
-            "skipped by positions / skip_first_token): give batches with real tokens"
-        )
+    if seen == 0 and first_example is None:
+        raise ValueError(_NOTHING_SELECTED)
     shards.finish(inputs.hexdigest(), seen)
+
+
+_NOTHING_SELECTED = (
+    "store.write: no token was selected (no batches, or every token is padding, or skipped by "
+    "positions / skip_first_token): give batches with real tokens"
+)
 
 
 def _forward(
@@ -390,11 +471,13 @@ def _checked_folder(folder: object) -> Path:
     return path
 
 
-def _resumed(folder: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """The manifest to go on from: the folder's (same options), or a new one."""
+def _resumed(folder: Path, options: dict[str, Any], parts: int | None = None) -> dict[str, Any]:
+    """The manifest to go on from: the folder's (same options), or a new one. With ``parts``,
+    the folder of a distributed store: its parts' folders may be there before its manifest."""
     manifest = _read_manifest(folder)
     if manifest is None:
-        if folder.exists() and any(folder.iterdir()):
+        ours = {_part_name(rank, parts) for rank in range(parts)} if parts else set()
+        if folder.exists() and any(entry.name not in ours for entry in folder.iterdir()):
             raise ValueError(
                 f"store.write: {folder} is not empty and holds no {MANIFEST}: it is not an "
                 "activation store; give a new or empty folder"

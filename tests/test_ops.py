@@ -664,3 +664,52 @@ def test_kept_gradients_accumulate_over_backward_calls_and_need_a_graph(model, i
         model(ids)
     assert not cache["layers.1.resid_post"].requires_grad
     assert cache["layers.1.resid_post"].grad is None
+
+
+# --- vectors on another device or dtype than the activation: moved once ----------------------
+
+
+def test_a_vector_on_another_device_is_moved_once_per_device_and_dtype():
+    # the meta device stands in for a second GPU of a device_map: the only other device here
+    add = iv.AddBias(torch.randn(6))
+    elsewhere = torch.empty(2, 6, device="meta")
+    first, again = iv.ops.moved(add, "vector", elsewhere), iv.ops.moved(add, "vector", elsewhere)
+    assert first.device.type == "meta" and first is again  # one copy, kept
+    half = iv.ops.moved(add, "vector", torch.zeros(2, 6, dtype=torch.bfloat16))
+    assert half.dtype == torch.bfloat16 and half is not first  # one copy per (device, dtype)
+    assert iv.ops.moved(add, "vector", torch.zeros(2, 6)) is add.vector  # same place: itself
+
+
+@pytest.mark.parametrize(
+    "op,name",
+    [
+        (iv.AddBias(torch.randn(6, dtype=torch.float64), alpha=0.5), "vector"),
+        (iv.Rescale(2.0, direction=torch.randn(6, dtype=torch.float64)), "direction"),
+        (iv.Project(torch.randn(2, 6, dtype=torch.float64)), "basis"),
+    ],
+    ids=["AddBias", "Rescale", "Project"],
+)
+def test_moved_copies_give_what_a_conversion_per_call_gives(op, name):
+    x = torch.randn(2, 3, 6).to(torch.bfloat16)
+    converted = copy.deepcopy(op)  # its tensor already in the activation's dtype: no copy
+    setattr(converted, name, getattr(op, name).to(torch.bfloat16))
+    expected = converted(x)
+    assert torch.equal(op(x), expected)
+    assert torch.equal(op(x), expected)  # from the kept copy
+    assert op._moved[(name, x.device, x.dtype)][1] is iv.ops.moved(op, name, x)
+
+
+def test_a_trained_vector_is_moved_again_after_each_change_and_gets_its_gradient():
+    add = iv.AddBias(torch.zeros(4, dtype=torch.float64), trainable=True)
+    x = torch.ones(3, 4)  # float32: the float64 vector is converted
+    with torch.no_grad():
+        assert torch.equal(add(x), x)  # a copy is kept
+    optimizer = torch.optim.SGD(add.parameters(), lr=1.0)
+    add(x).sum().backward()  # gradients on: moved in the graph, so the parameter gets them
+    assert torch.equal(add.vector.grad, torch.full((4,), 3.0, dtype=torch.float64))
+    optimizer.step()  # in place: the kept copy is stale
+    with torch.no_grad():
+        assert torch.equal(add(x), x - 3.0)
+    add.vector.data = torch.ones(4, dtype=torch.float64)  # another tensor
+    with torch.no_grad():
+        assert torch.equal(add(x), x + 1.0)

@@ -363,10 +363,13 @@ def key_stats(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    distributed: bool | iv.distributed.World | None = None,
 ) -> KeyStats:
     """``E[k kᵀ]`` of ``layers.l.mlp.act`` for every layer in ``layers``, from ONE pass of
     ``iv.tally`` over ``text.chunks`` of ``corpus`` (default ``load_corpus()``), each layer cached
-    in ``cache_dir`` (default ``stats.default_cache_dir("alphaedit")``) unless ``cache=False``."""
+    in ``cache_dir`` (default ``stats.default_cache_dir("alphaedit")``) unless ``cache=False``.
+    Under ``torchrun`` every rank passes the same corpus and gets the statistics of all of it,
+    each rank running a block of the batches (``distributed``: see ``iv.tally``)."""
     require_editable_mlp(model)
     n_layers = iv.geometry(model).n_layers
     if layers is None:
@@ -393,6 +396,7 @@ def key_stats(
         cache=folder if cache else None,
         progress=progress,
         desc=f"key statistics, layers {layers}",
+        distributed=distributed,
     )
     moments = {layer: found[site].value.float() for layer, site in sites.items()}
     identity = json.dumps([chunks, max_length, skip_first_token, max_tokens])

@@ -46,6 +46,7 @@ from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 import interventions as iv
 from interventions import text
@@ -85,18 +86,31 @@ def special_tokens(tokenizer) -> bool:
 
 @torch.no_grad()
 def head_activations(
-    model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 16, progress: bool = True
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    distributed: bool | iv.distributed.World | None = None,
 ) -> Float[Tensor, "n layers heads d_head"]:
     """``layers.*.attn.heads`` at each text's last token (float32, CPU): left-padded batches,
-    each forward stopped once the last layer's heads are captured."""
-    rows, pad_with = [], text.pad_id(tokenizer)
-    for chunk in text.batches(texts, batch_size, desc="attn.heads", progress=progress):
-        ids = [text.token_ids(tokenizer, t, special=special_tokens(tokenizer)) for t in chunk]
-        batch = text.pad(ids, pad_with, "left").to(model)
-        with iv.capture(model, HEADS, positions=-1, device="cpu", stop=True) as cache:
-            model(**batch.inputs(model))
-        rows.append(cache.stack(HEADS, dim=1).float())
-    return torch.cat(rows, dim=0)
+    each forward stopped once the last layer's heads are captured. Under ``torchrun`` each rank
+    runs its block of the batches and every rank gets all the rows, in order (``distributed``,
+    as in ``iv.tally``)."""
+    world = iv.distributed.world(distributed)
+    geometry = iv.geometry(model)
+    chunks = world.shard(list(text.batches(texts, batch_size)))
+    rows = [torch.zeros(0, geometry.n_layers, geometry.n_heads, geometry.d_head)]
+    pad_with = text.pad_id(tokenizer)
+    with world.guard("dress.head_activations"):
+        for chunk in tqdm(chunks, desc="attn.heads", unit="batch", disable=not progress):
+            ids = [text.token_ids(tokenizer, t, special=special_tokens(tokenizer)) for t in chunk]
+            batch = text.pad(ids, pad_with, "left").to(model)
+            with iv.capture(model, HEADS, positions=-1, device="cpu", stop=True) as cache:
+                model(**batch.inputs(model))
+            rows.append(cache.stack(HEADS, dim=1).float())
+    return world.gather_rows(torch.cat(rows, dim=0), "dress.head_activations")
 
 
 # --- the style subspace and the options -----------------------------------------------------------
@@ -518,18 +532,23 @@ def fit(
     options: Options = DEFAULT_OPTIONS,
     batch_size: int = 16,
     progress: bool = True,
+    distributed: bool | iv.distributed.World | None = None,
 ) -> DressFit:
     """Fit DRESS on (question, styled, plain) triples: capture (step 1), then
-    ``fit_activations``. Every argument is checked before the first forward."""
+    ``fit_activations``. Every argument is checked before the first forward. Under ``torchrun``
+    the captures are shared out (``head_activations``) and every rank fits the same result."""
     triples = as_triples(triples)  # refuses, or warns about, identical styled and plain answers
     if len(triples) < 5:
         raise ValueError(f"DRESS needs at least 5 triples, got {len(triples)}")
     g = iv.geometry(model)
     _checked(num_heads, alpha, options, g.n_layers * g.n_heads)  # batch_size: text.batches
+    world = iv.distributed.world(distributed)
 
     def heads_after(side: str) -> Tensor:
         texts = [format_prompt(tokenizer, t.question) + getattr(t, side) for t in triples]
-        return head_activations(model, tokenizer, texts, batch_size=batch_size, progress=progress)
+        return head_activations(
+            model, tokenizer, texts, batch_size=batch_size, progress=progress, distributed=world
+        )
 
     styled, plain = heads_after("styled"), heads_after("plain")
     return fit_activations(styled, plain, num_heads, alpha, options=options)

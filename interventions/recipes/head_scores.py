@@ -444,10 +444,12 @@ def score(
     heads: Sequence[int] | None = None,
     max_length: int | None = 512,
     progress: bool = True,
+    distributed: bool | iv.distributed.World | None = None,
 ) -> HeadScores:
     """Score every (layer, head) from one streaming pass, one forward per batch. ``records``:
     ``Prompt`` values, records as in the data files (``parse_record``) or strings, any iterable
-    (read once); the options are described in docs/head_scores.md."""
+    (read once); the options are described in docs/head_scores.md. Under ``torchrun`` each rank
+    scores its block of the batches and the sums merge, as in ``iv.tally`` (``distributed``)."""
     geometry = iv.geometry(model)
     layers = _indices(layers, geometry.n_layers, "layer")
     heads = _indices(heads, geometry.n_heads, "head")
@@ -467,35 +469,57 @@ def score(
     counts = dict(
         samples=0, tokens=0, query_tokens=0, task_found=0, task_missing=0, truncated=0, batches=0
     )
-    fingerprint = hashlib.sha1()
+    digests = []  # one per prompt, in order: the same however prompts are batched or sharded
     last = f"layers.{layers[-1]}.attn.heads"  # the forward ends after it: no later layer, no logits
     started = time.perf_counter()
+    world = iv.distributed.world(distributed)
     chunks = text.batches(records, batch_size, desc="scoring heads", progress=progress)
-    for b, chunk in enumerate(chunks):
-        prompts = [parse_record(r, f"records[{b * batch_size + i}]") for i, r in enumerate(chunk)]
-        encoded = [prompt_tokens(tokenizer, prompt, max_length) for prompt in prompts]
-        batch = text.pad([e.ids for e in encoded], pad_id, "right").to(device)
-        lengths = batch.attention_mask.sum(-1)
-        mask = query_mask(lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
-        rows = query_rows(batch.attention_mask, mask, [e.span for e in encoded])
-        for layer in layers:
-            patterns[layer].rows = rows
-        plan = {
-            f"layers.{layer}.attn.{kind}": iv.Capture(reduce=r[layer], positions=mask, heads=select)
-            for layer in layers
-            for kind, r in (("heads", outputs), ("pattern", patterns))
-        }
-        with torch.inference_mode(), iv.intervene(model, plan, stop_after=last):
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        for e in encoded:
-            fingerprint.update(json.dumps([e.ids, e.span]).encode())
-        counts["samples"] += len(encoded)
-        counts["batches"] += 1
-        counts["tokens"] += int(lengths.sum())
-        counts["query_tokens"] += int(mask.sum())
-        counts["task_found"] += sum(e.span is not None for e in encoded)
-        counts["truncated"] += sum(e.truncated for e in encoded)
+    first = 0
+    if world.size > 1:
+        chunks = list(chunks)
+        block = iv.distributed.shard(len(chunks), world.rank, world.size, [len(c) for c in chunks])
+        first, chunks = block.start, chunks[block.start : block.stop]
+    with world.guard("head_scores.score"):
+        for b, chunk in enumerate(chunks, start=first):
+            prompts = [
+                parse_record(r, f"records[{b * batch_size + i}]") for i, r in enumerate(chunk)
+            ]
+            encoded = [prompt_tokens(tokenizer, prompt, max_length) for prompt in prompts]
+            batch = text.pad([e.ids for e in encoded], pad_id, "right").to(device)
+            lengths = batch.attention_mask.sum(-1)
+            mask = query_mask(lengths, batch.input_ids.shape[1], query_mode, exclude_first_token)
+            rows = query_rows(batch.attention_mask, mask, [e.span for e in encoded])
+            for layer in layers:
+                patterns[layer].rows = rows
+            plan = {
+                f"layers.{layer}.attn.{kind}": iv.Capture(
+                    reduce=r[layer], positions=mask, heads=select
+                )
+                for layer in layers
+                for kind, r in (("heads", outputs), ("pattern", patterns))
+            }
+            with torch.inference_mode(), iv.intervene(model, plan, stop_after=last):
+                model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+                )
+            digests += [
+                hashlib.sha1(json.dumps([e.ids, e.span]).encode()).hexdigest() for e in encoded
+            ]
+            counts["samples"] += len(encoded)
+            counts["batches"] += 1
+            counts["tokens"] += int(lengths.sum())
+            counts["query_tokens"] += int(mask.sum())
+            counts["task_found"] += sum(e.span is not None for e in encoded)
+            counts["truncated"] += sum(e.truncated for e in encoded)
     seconds = time.perf_counter() - started
+    if world.size > 1:
+        reducers = [*outputs.values(), *patterns.values()]
+        iv.stats.all_reduce(reducers, world, device, "head_scores.score: merging the statistics")
+        parts = world.exchange((counts, digests, seconds), "head_scores.score")
+        counts = {key: sum(part[0][key] for part in parts) for key in counts}
+        digests = [digest for part in parts for digest in part[1]]
+        seconds = max(part[2] for part in parts)
+    fingerprint = hashlib.sha1("".join(digests).encode())
     if counts["samples"] == 0:
         raise ValueError(NO_RECORDS)
     if counts["query_tokens"] == 0:
