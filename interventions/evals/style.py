@@ -365,6 +365,48 @@ class Scores:
         )
 
 
+@dataclass
+class AnswerScores:
+    """The metrics of each answer (one entry per answer, for error bars and paired tests)."""
+
+    styled: Float[Tensor, " n"]  # 1.0 where the judge calls the answer styled
+    semantic: Float[Tensor, " n"]  # cosine to the plain reference
+    inverse_log_perplexity: Float[Tensor, " n"]  # 1 / (1 + ln PPL) under the unedited model
+
+    def means(self) -> Scores:
+        return Scores(
+            style_intensity=float(self.styled.mean()),
+            semantic=float(self.semantic.mean()),
+            inverse_log_perplexity=float(self.inverse_log_perplexity.mean()),
+            n=len(self.styled),
+        )
+
+
+def answer_scores(
+    model: nn.Module,
+    tokenizer,
+    judge: StyleJudge,
+    prompts: list[str],
+    answers: list[str],
+    references: list[str],
+    *,
+    special: bool = True,
+) -> AnswerScores:
+    """Style (judged), semantic preservation (to ``references``) and inverse log-perplexity
+    of each of ``answers`` given ``prompts`` (the plain prompts; ``model`` must be the unedited
+    one)."""
+    _paired("prompts, answers and references", prompts, answers, references)
+    if not answers:
+        raise ValueError("score_answers needs at least one answer, got none")
+    return AnswerScores(
+        styled=judge.is_styled(answers).float(),
+        semantic=semantic_preservation(judge.embedder, answers, references).float(),
+        inverse_log_perplexity=inverse_log_perplexity(
+            model, tokenizer, prompts, answers, special=special
+        ),
+    )
+
+
 def score_answers(
     model: nn.Module,
     tokenizer,
@@ -375,30 +417,22 @@ def score_answers(
     *,
     special: bool = True,
 ) -> Scores:
-    """Style intensity, semantic preservation (to ``references``) and inverse log-perplexity
-    of ``answers`` given ``prompts`` (the plain prompts; ``model`` must be the unedited one)."""
-    _paired("prompts, answers and references", prompts, answers, references)
-    if not answers:
-        raise ValueError("score_answers needs at least one answer, got none")
-    styled = judge.is_styled(answers).float()
-    semantic = semantic_preservation(judge.embedder, answers, references)
-    fluent = inverse_log_perplexity(model, tokenizer, prompts, answers, special=special)
-    return Scores(
-        style_intensity=float(styled.mean()),
-        semantic=float(semantic.mean()),
-        inverse_log_perplexity=float(fluent.mean()),
-        n=len(answers),
-    )
+    """The means of ``answer_scores``."""
+    return answer_scores(
+        model, tokenizer, judge, prompts, answers, references, special=special
+    ).means()
 
 
 __all__ = [
     "STYLE_INSTRUCTION",
+    "AnswerScores",
     "TRIPLE_FIELDS",
     "Embedder",
     "Scores",
     "SteeredScores",
     "StyleJudge",
     "Triple",
+    "answer_scores",
     "as_triples",
     "generate_answers",
     "inverse_log_perplexity",

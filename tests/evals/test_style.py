@@ -190,6 +190,10 @@ def test_score_answers_is_the_mean_of_each_metric(model):
     fluency = style.inverse_log_perplexity(model, tok, prompts, answers)
     assert scores.inverse_log_perplexity == pytest.approx(float(fluency.mean()))
     assert scores.n == 3
+    each = style.answer_scores(model, tok, judge, prompts, answers, references)
+    assert each.styled.tolist() == [1.0, 0.0, 1.0] and each.means() == scores
+    torch.testing.assert_close(each.semantic, semantic.float())
+    torch.testing.assert_close(each.inverse_log_perplexity, fluency)
     assert scores.row() == (
         f"{2 / 3:.3f} | {float(semantic.mean()):.3f} | {float(fluency.mean()):.3f}"
     )
