@@ -800,18 +800,18 @@ def test_real_model_dress_at_its_defaults_stays_fluent_and_adds_style(real_model
     judge = style.StyleJudge.fit(style.Embedder(), [t.styled for t in train],
                                  [t.plain for t in train])  # fmt: skip
     prompts = [dress.format_prompt(tok, t.question) for t in test]
+    references = [t.plain for t in test]
 
-    def answer_scores() -> style.Scores:
-        answers = style.generate_answers(model, tok, prompts, max_new_tokens=24, special=False,
-                                         progress=False)  # fmt: skip
-        return answers, [t.plain for t in test]
+    def answers() -> list[str]:
+        return style.generate_answers(model, tok, prompts, max_new_tokens=24, special=False,
+                                      progress=False)  # fmt: skip
 
-    plain_answers, references = answer_scores()
+    unsteered = answers()
     with fit.adaptive(model):
-        steered_answers, _ = answer_scores()
+        steered = answers()
     scores = [
         style.score_answers(model, tok, judge, prompts, a, references, special=False)
-        for a in (plain_answers, steered_answers)
+        for a in (unsteered, steered)
     ]
     before, after = scores
     drop = before.inverse_log_perplexity - after.inverse_log_perplexity
