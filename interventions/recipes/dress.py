@@ -8,6 +8,9 @@ Editing", ICLR 2025; on top of Inference-Time Intervention (ITI; Li et al., 2023
 2. One logistic probe per head on a split of the pairs, all heads at once; rank by validation
    accuracy, then validation log-loss, then effect size; keep the top ``num_heads``.
 3. Vector per head ``v = alpha · (mean styled − mean plain)`` (or ITI's, ``vectors="iti"``).
+   ``alpha="auto"`` (the default): the largest alpha of a small grid whose adaptive edit keeps
+   the fluency of short answers to the probes' validation questions within a budget of the
+   unsteered model's and raises their style margin over alpha 0 (``choose_alpha``).
 4. Static edit: ``v`` baked into ``o_proj.bias = W_o · v``, or added at run time.
 5. Style subspace per head: the top-K right singular vectors ``V`` of ``styled_i − plain_i``.
 6. Adaptive rule per head and position: ``w = V v``, ``w_cur = V a_cur``, ``w_tgt = V
@@ -19,8 +22,10 @@ Usage (docs/dress.md)::
 
     from interventions.recipes import dress
     triples = dress.load_triples("train")                      # bundled Shakespeare set
+    fit = dress.fit(model, tokenizer, triples)                 # probes, vectors, subspaces,
+    print(fit.summary())                                       # alpha chosen on validation
     fit = dress.fit(model, tokenizer, triples, num_heads=16, alpha=3.0,
-                    options=dress.Options(beta=0.5))           # probes, vectors, subspaces
+                    options=dress.Options(beta=0.5))           # the paper's fixed strength
     delta = fit.bake(model); delta.revert(model)               # static edit in o_proj.bias
     with fit.adaptive(model):                                  # per-token subspace rule
         model.generate(**inputs)
@@ -51,10 +56,16 @@ from tqdm.auto import tqdm
 import interventions as iv
 from interventions import text
 from interventions.checks import choice, integer, interval, number
-from interventions.evals.style import STYLE_INSTRUCTION, Triple, as_triples, load_triples
+from interventions.evals.style import (
+    STYLE_INSTRUCTION,
+    Triple,
+    as_triples,
+    load_triples,
+    steered_scores,
+)
 from interventions.files import load_tensors, save_tensors
 from interventions.ops import Positions
-from interventions.probes import Ties, probe_pairs
+from interventions.probes import Ties, probe_pairs, split_pairs
 
 _FORMAT = "interventions.dress/1"
 _SAVED_TENSORS = ("direction", "basis", "styled_mean")  # and the probe scores
@@ -63,6 +74,8 @@ VECTOR_KINDS = ("mean_diff", "iti")
 SCORES = ("val_accuracy", "val_loss", "effect", "train_accuracy")  # per head, of the probes
 HEADS = "layers.*.attn.heads"
 Clamp = tuple[float, float] | None  # bounds of the adaptive factor (None: unbounded)
+AUTO = "auto"  # alpha chosen on the validation pairs (``choose_alpha``)
+DEFAULT_ALPHA_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # up to the paper's 3.0 (for 7B)
 
 
 # --- prompts and activations ----------------------------------------------------------------------
@@ -167,6 +180,9 @@ class Options:
     val_ratio: float = 0.2  # share of the pairs that validate the probes
     seed: int = 42  # of the pair split
     probe_c: float = 1.0  # inverse L2 strength of the probes
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID  # alpha="auto": the strengths tried
+    fluency_budget: float = 0.05  # alpha="auto": the largest validation fluency drop allowed
+    alpha_tokens: int = 16  # alpha="auto": new tokens of each validation answer
 
     def __post_init__(self) -> None:
         choice("vectors", self.vectors, VECTOR_KINDS)
@@ -179,6 +195,23 @@ class Options:
         object.__setattr__(self, "rank", rank)
         object.__setattr__(self, "beta", number("beta", self.beta, at_least=0))
         object.__setattr__(self, "clamp", interval("clamp", self.clamp, optional=True))
+        object.__setattr__(self, "alpha_grid", _grid(self.alpha_grid))
+        budget = number("fluency_budget", self.fluency_budget, at_least=0)
+        object.__setattr__(self, "fluency_budget", budget)
+        integer("alpha_tokens", self.alpha_tokens)
+
+
+def _grid(values: object) -> tuple[float, ...]:
+    """The alpha grid as distinct positive finite numbers, ascending."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise TypeError(
+            f"alpha_grid must be a non-empty sequence of alphas > 0, e.g. {DEFAULT_ALPHA_GRID}, "
+            f"got {values!r}"
+        )
+    grid = [number(f"alpha_grid[{i}]", v, above=0) for i, v in enumerate(values)]
+    if len(set(grid)) < len(grid):
+        raise ValueError(f"alpha_grid repeats an alpha: give each once, got {tuple(values)}")
+    return tuple(sorted(grid))
 
 
 DEFAULT_OPTIONS = Options()
@@ -193,6 +226,10 @@ def _checked(num_heads: object, alpha: object, options: object, total_heads: int
         )
     if not isinstance(options, Options):
         raise TypeError(f"options must be a dress.Options, got {type(options).__name__}")
+    if isinstance(alpha, str):
+        if alpha != AUTO:
+            raise ValueError(f"alpha must be 'auto' or a finite number, got {alpha!r}")
+        return num_heads, alpha
     return num_heads, number("alpha", alpha)
 
 
@@ -400,6 +437,17 @@ class DressFit:
             f"effect {float(effect[i, j]):.2f}, |v| {v.norm():.3f}"
             for (i, j), v in zip(self.heads, self.vectors, strict=True)
         ]
+        choice = self.config.get("alpha_choice")
+        if choice is not None:
+            lines.append(
+                f"alpha auto: {choice['alpha']} (largest whose fluency drop on "
+                f"{choice['validation_pairs']} validation pairs is <= {choice['fluency_budget']} "
+                f"and whose style margin beats alpha 0; within budget: {choice['within_budget']})"
+            )
+            lines += [
+                f"  alpha {r['alpha']:<5g} fluency {r['fluency']:.4f}  style {r['style']:+.4f}"
+                for r in choice["grid"]
+            ]
         return "\n".join(lines)
 
 
@@ -495,6 +543,11 @@ def fit_activations(
         )
     n, n_layers, n_heads, d_head = styled.shape
     num_heads, alpha = _checked(num_heads, alpha, options, n_layers * n_heads)
+    if alpha == AUTO:
+        raise ValueError(
+            "alpha='auto' scores the model on the validation pairs: call dress.fit, or give a "
+            "number here and then dress.choose_alpha(fit, model, tokenizer, triples)"
+        )
     _check_differences(styled, plain)
     o = options
     paired = probe_pairs(
@@ -527,7 +580,7 @@ def fit(
     tokenizer,
     triples: Sequence,
     num_heads: int = 16,
-    alpha: float = 3.0,
+    alpha: float | str = AUTO,
     *,
     options: Options = DEFAULT_OPTIONS,
     batch_size: int = 16,
@@ -535,8 +588,9 @@ def fit(
     distributed: bool | iv.distributed.World | None = None,
 ) -> DressFit:
     """Fit DRESS on (question, styled, plain) triples: capture (step 1), then
-    ``fit_activations``. Every argument is checked before the first forward. Under ``torchrun``
-    the captures are shared out (``head_activations``) and every rank fits the same result."""
+    ``fit_activations``, then for ``alpha="auto"`` ``choose_alpha`` on the options' grid and
+    fluency budget. Every argument is checked before the first forward. Under ``torchrun`` the
+    captures are shared out (``head_activations``) and every rank fits the same result."""
     triples = as_triples(triples)  # refuses, or warns about, identical styled and plain answers
     if len(triples) < 5:
         raise ValueError(f"DRESS needs at least 5 triples, got {len(triples)}")
@@ -551,7 +605,74 @@ def fit(
         )
 
     styled, plain = heads_after("styled"), heads_after("plain")
-    return fit_activations(styled, plain, num_heads, alpha, options=options)
+    fitted = fit_activations(styled, plain, num_heads, 1.0 if alpha == AUTO else alpha,
+                             options=options)  # fmt: skip
+    if alpha != AUTO:
+        return fitted
+    return choose_alpha(
+        fitted, model, tokenizer, triples, grid=options.alpha_grid,
+        budget=options.fluency_budget, new_tokens=options.alpha_tokens, batch_size=batch_size,
+    )  # fmt: skip
+
+
+def choose_alpha(
+    fit: DressFit,
+    model: nn.Module,
+    tokenizer,
+    triples: Sequence,
+    *,
+    grid: Sequence[float] = DEFAULT_ALPHA_GRID,
+    budget: float = 0.05,
+    new_tokens: int = 16,
+    batch_size: int = 16,
+) -> DressFit:
+    """``fit`` at the largest alpha of ``grid`` whose adaptive edit (the defaults of
+    ``fit.adaptive``) keeps the fluency of greedy ``new_tokens``-token answers to the probes'
+    validation questions within ``budget`` of the same heads at alpha 0, and raises the
+    teacher-forced style margin of their reference answers over alpha 0
+    (``evals.style.steered_scores``). ``triples`` are the ones ``fit`` was fitted on. With no
+    such alpha it warns and takes the smallest. The grid's scores and the choice are in
+    ``fit.config["alpha_choice"]`` (saved, and shown by ``summary``)."""
+    grid, budget = _grid(grid), number("fluency_budget", budget, at_least=0)
+    new_tokens = integer("new_tokens", new_tokens)
+    triples = as_triples(triples)
+    if len(triples) != fit.config.get("n_pairs"):
+        raise ValueError(
+            f"choose_alpha needs the {fit.config.get('n_pairs')} triples the fit was made on "
+            f"(its validation pairs are indices into them), got {len(triples)}"
+        )
+    fit.check_model(model)
+    _, val = split_pairs(len(triples), fit.config["val_ratio"], fit.config["seed"])
+    held_out = [triples[i] for i in val.tolist()]
+    prompts = [format_prompt(tokenizer, t.question) for t in held_out]
+
+    def scored(alpha: float) -> dict[str, float]:
+        scores = steered_scores(
+            model, tokenizer, lambda: fit.with_alpha(alpha).adaptive(model), prompts,
+            [t.styled for t in held_out], [t.plain for t in held_out], max_new_tokens=new_tokens,
+            batch_size=batch_size, special=special_tokens(tokenizer),
+        )  # fmt: skip
+        return {"alpha": alpha, **scores.means()}
+
+    rows = [scored(a) for a in (0.0, *grid)]
+    base = rows[0]
+    good = [
+        r["alpha"]
+        for r in rows[1:]
+        if base["fluency"] - r["fluency"] <= budget and r["style"] > base["style"]
+    ]
+    if not good:
+        warnings.warn(
+            f"no alpha of {grid} keeps the validation fluency within {budget} of alpha 0 and "
+            f"raises the style margin (grid in fit.summary()); took the smallest, {grid[0]}: "
+            "give a smaller alpha_grid, a larger fluency_budget or an explicit alpha",
+            stacklevel=2,
+        )
+    chosen = max(good) if good else grid[0]
+    choice = {"alpha": chosen, "fluency_budget": budget, "validation_pairs": len(held_out)}
+    choice |= {"new_tokens": new_tokens}
+    choice |= {"within_budget": bool(good), "grid": rows}
+    return replace(fit, alpha=chosen, config={**fit.config, "alpha_choice": choice})
 
 
 def random_heads(fit: DressFit, seed: int = 0) -> DressFit:
@@ -644,11 +765,14 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "DEFAULT_RANK",
     "STYLE_INSTRUCTION",
+    "AUTO",
+    "DEFAULT_ALPHA_GRID",
     "AdaptiveSteer",
     "DressFit",
     "Options",
     "Rank",
     "Triple",
+    "choose_alpha",
     "fit",
     "fit_activations",
     "format_prompt",

@@ -43,7 +43,8 @@ def test_bundled_triples():
         .splitlines()
     ]
     assert len(rows) >= 200
-    assert sum(r["split"] == "test" for r in rows) == 40
+    assert sum(r["split"] == "test" for r in rows) == 124
+    assert len({r["id"] for r in rows}) == len(rows)
     assert len({r["question"] for r in rows}) == len(rows)
     assert all(r["question"] and r["styled"] and r["plain"] for r in rows)
     assert len(style.load_triples("train")) + len(style.load_triples("test")) == len(rows)
@@ -129,6 +130,49 @@ def test_inverse_log_perplexity_refuses_unpaired_lists_and_bad_batch_sizes(model
         style.inverse_log_perplexity(model, tok, ["a"], ["b"], batch_size=True)
 
 
+def test_style_margin_by_hand(model):
+    tok = WordTokenizer()
+    prompts = ["Question: Why?\nAnswer:", "Question: Who?\nAnswer:"]
+    styled, plain = ["Thou art kind.", "Hath thou seen it?"], ["You are kind.", "Have you seen it?"]
+    margin = style.style_margin(model, tok, prompts, styled, plain)
+    # a prompt without trailing white space gets its answer after a space, as running text has
+    spaced = [[" " + a for a in answers] for answers in (styled, plain)]
+    on_styled, on_plain = (style.inverse_log_perplexity(model, tok, prompts, a) for a in spaced)
+    torch.testing.assert_close(margin, (1 / on_plain - 1) - (1 / on_styled - 1))
+    with pytest.raises(ValueError, match=r"non-empty styled and plain answer .* at \[1\]"):
+        style.style_margin(model, tok, prompts, styled, ["You are kind.", ""])
+    with pytest.raises(ValueError, match=r"at least one prompt"):
+        style.style_margin(model, tok, [], [], [])
+    with pytest.raises(ValueError, match=r"must pair up one to one"):
+        style.style_margin(model, tok, prompts, styled, plain[:1])
+
+
+def test_steered_scores_generate_and_margin_under_the_steer_and_fluency_without(model):
+    tok = WordTokenizer()
+    prompts = ["Question: Why?\nAnswer:", "Question: Who is it?\nAnswer:"]
+    styled, plain = ["Thou art kind.", "Hath thou seen it?"], ["You are kind.", "Have you seen it?"]
+    bias = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    plan = {"layers.1.resid_post": iv.AddBias(bias * 3)}
+
+    def steer():
+        return iv.intervene(model, plan)
+
+    scores = style.steered_scores(model, tok, steer, prompts, styled, plain, max_new_tokens=5)
+    with steer():
+        answers = style.generate_answers(model, tok, prompts, max_new_tokens=5)
+        margin = style.style_margin(model, tok, prompts, styled, plain)
+    assert scores.answers == answers
+    torch.testing.assert_close(scores.style, margin)
+    spaced = [" " + a for a in answers]  # "Answer:" ends without a space
+    fluency = style.inverse_log_perplexity(model, tok, prompts, spaced)  # the unedited model
+    torch.testing.assert_close(scores.fluency, fluency)
+    assert not torch.allclose(margin, style.style_margin(model, tok, prompts, styled, plain))
+    assert scores.means() == {
+        "fluency": pytest.approx(float(fluency.mean())),
+        "style": pytest.approx(float(margin.mean())),
+    }
+
+
 def test_score_answers_is_the_mean_of_each_metric(model):
     tok = WordTokenizer()
     judge = style.StyleJudge.fit(bag_of_words, STYLED, PLAIN)
@@ -146,6 +190,10 @@ def test_score_answers_is_the_mean_of_each_metric(model):
     fluency = style.inverse_log_perplexity(model, tok, prompts, answers)
     assert scores.inverse_log_perplexity == pytest.approx(float(fluency.mean()))
     assert scores.n == 3
+    each = style.answer_scores(model, tok, judge, prompts, answers, references)
+    assert each.styled.tolist() == [1.0, 0.0, 1.0] and each.means() == scores
+    torch.testing.assert_close(each.semantic, semantic.float())
+    torch.testing.assert_close(each.inverse_log_perplexity, fluency)
     assert scores.row() == (
         f"{2 / 3:.3f} | {float(semantic.mean()):.3f} | {float(fluency.mean()):.3f}"
     )

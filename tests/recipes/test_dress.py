@@ -3,6 +3,7 @@ the data set and the style metrics tests/evals/test_style.py."""
 
 import dataclasses
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -103,7 +104,7 @@ def test_identical_styled_and_plain_answers_are_refused_or_warned_about(untouche
     some = _triples(TRIPLES.__len__())[:60]
     some[3] = dict(some[3], styled=some[3]["plain"])
     with pytest.warns(UserWarning, match=r"1 of 60 triples have identical .* \(triples \[3\]\)"):
-        dress.fit(model, tok, some, num_heads=2, progress=False)
+        dress.fit(model, tok, some, num_heads=2, alpha=1.0, progress=False)
 
 
 def test_probes_at_chance_warn_that_the_heads_are_arbitrary():
@@ -227,7 +228,9 @@ def test_rank_as_count_fraction_or_variance(tiny_fit):
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_baked_static_equals_runtime_edit_at_all_positions(arch):
     model = make_model(arch)
-    fit = strong(dress.fit(model, WordTokenizer(), TRIPLES[:20], num_heads=4, progress=False))
+    fit = strong(
+        dress.fit(model, WordTokenizer(), TRIPLES[:20], num_heads=4, alpha=1.0, progress=False)
+    )
     x = ids()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -316,7 +319,9 @@ def test_adaptive_reads_a_cur_before_steering_in_the_same_forward(tiny_fit):
 @pytest.mark.parametrize("arch", ["llama-gqa", "gpt2"])
 def test_adaptive_generation_with_cache_equals_full_recompute(arch, positions):
     model = make_model(arch)
-    fit = strong(dress.fit(model, WordTokenizer(), TRIPLES[:20], num_heads=4, progress=False))
+    fit = strong(
+        dress.fit(model, WordTokenizer(), TRIPLES[:20], num_heads=4, alpha=1.0, progress=False)
+    )
     prompt = ids(seed=2)
 
     def generate(use_cache: bool, steer: bool = True):
@@ -373,14 +378,169 @@ def _generate_separate_and_spy(fit, model, prompt, source):
     return out, seen
 
 
+# --- alpha="auto" ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "chosen", "within"),
+    [
+        # fluency drop 0.05 at 0.5 is inside the budget; 1.0 drops more
+        ({0.0: (0.60, 0.0), 0.5: (0.55, 0.3), 1.0: (0.50, 0.9)}, 0.5, True),
+        # 1.0 is fluent enough but does not beat alpha 0 on style: 0.5 is the largest good one
+        ({0.0: (0.60, 0.2), 0.5: (0.59, 0.3), 1.0: (0.60, 0.2)}, 0.5, True),
+        # a larger alpha can qualify after a smaller one fails
+        ({0.0: (0.60, 0.0), 0.5: (0.50, 0.3), 1.0: (0.58, 0.4)}, 1.0, True),
+        # none qualifies: the smallest, with a warning
+        ({0.0: (0.60, 0.0), 0.5: (0.40, 0.3), 1.0: (0.30, 0.9)}, 0.5, False),
+    ],
+)
+def test_auto_alpha_is_the_largest_within_the_budget_that_beats_alpha_zero(
+    tiny_fit, monkeypatch, table, chosen, within
+):
+    model, fit = tiny_fit
+    calls = []
+
+    def scripted(model, tokenizer, steer, prompts, styled, plain, **_):
+        alpha = alphas[len(calls)]
+        calls.append(alpha)
+        with torch.no_grad(), steer():
+            seen.append(model(x).logits)  # the edit under which it scores
+        fluency, margin = table[alpha]
+        full = torch.full((len(prompts),), 1.0)
+        return style.SteeredScores([""] * len(prompts), fluency * full, margin * full)
+
+    alphas, x, seen = [0.0, 0.5, 1.0], ids(), []
+    monkeypatch.setattr(dress, "steered_scores", scripted)
+    tok = WordTokenizer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen_fit = dress.choose_alpha(
+            fit, model, tok, TRIPLES, grid=[1.0, 0.5], budget=0.05 + 1e-9
+        )
+    assert calls == alphas
+    for alpha, logits in zip(alphas, seen, strict=True):  # each scored under the fit at alpha
+        with torch.no_grad(), fit.with_alpha(alpha).adaptive(model):
+            torch.testing.assert_close(logits, model(x).logits)
+    assert chosen_fit.alpha == chosen
+    torch.testing.assert_close(chosen_fit.vectors, chosen * fit.direction)
+    record = chosen_fit.config["alpha_choice"]
+    assert record["alpha"] == chosen and record["within_budget"] is within
+    assert record["grid"] == [
+        {"alpha": a, "fluency": pytest.approx(table[a][0]), "style": pytest.approx(table[a][1])}
+        for a in alphas
+    ]
+    assert record["validation_pairs"] == 43 and record["fluency_budget"] == 0.05 + 1e-9
+    assert record["new_tokens"] == 16
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any("no alpha of (0.5, 1.0) keeps" in m for m in messages) is (not within)
+    assert "alpha auto: " + str(chosen) in chosen_fit.summary()
+
+
+def _first(fit: dress.DressFit, n: int = 40) -> tuple[dress.DressFit, list]:
+    """The fit on the first ``n`` triples only (8 validation pairs at 40: fast to score)."""
+    styled, plain = (a[:n] for a in fit.activations)
+    options = dress.Options(rank=3)
+    return dress.fit_activations(styled, plain, 5, 1.0, options=options), TRIPLES[:n]
+
+
+def test_auto_alpha_records_the_scores_of_the_validation_questions(tiny_fit):
+    model, fit = tiny_fit
+    fit, triples = _first(fit)
+    tok = WordTokenizer()
+    big = 4.0 / float(fit.direction.norm(dim=-1).mean())  # tiny models need large alphas
+    grid = (big / 4, big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whether a random model's style rises is not the point
+        chosen = dress.choose_alpha(fit, model, tok, triples, grid=grid, new_tokens=4)
+    _, val = split_pairs(len(triples), 0.2, 42)
+    held_out = [triples[i] for i in val.tolist()]
+    prompts = [dress.format_prompt(tok, t.question) for t in held_out]
+    rows = chosen.config["alpha_choice"]["grid"]
+    assert [r["alpha"] for r in rows] == [0.0, *grid]
+    assert chosen.config["alpha_choice"]["validation_pairs"] == len(held_out) == 8
+    styled, plain = [t.styled for t in held_out], [t.plain for t in held_out]
+    # the fake tokenizer numbers words as it meets them: replay the calls on a fresh one
+    tok = WordTokenizer()
+    for row in rows:
+        edit = fit.with_alpha(row["alpha"])
+        expected = style.steered_scores(
+            model, tok, partial(edit.adaptive, model), prompts, styled, plain, max_new_tokens=4
+        ).means()
+        assert row["fluency"] == pytest.approx(expected["fluency"], abs=1e-6)
+        assert row["style"] == pytest.approx(expected["style"], abs=1e-6)
+    tok = WordTokenizer()
+    answers = style.generate_answers(model, tok, prompts, max_new_tokens=4)  # alpha 0: unsteered
+    margin = style.style_margin(model, tok, prompts, styled, plain)
+    unsteered = style.inverse_log_perplexity(model, tok, prompts, [" " + a for a in answers])
+    assert rows[0]["fluency"] == pytest.approx(float(unsteered.mean()), abs=1e-6)
+    assert rows[0]["style"] == pytest.approx(float(margin.mean()), abs=1e-6)
+    assert rows[2]["style"] != pytest.approx(rows[0]["style"], abs=1e-6), "the edit acts"
+    good = [
+        r["alpha"]
+        for r in rows[1:]
+        if rows[0]["fluency"] - r["fluency"] <= 0.05 and r["style"] > rows[0]["style"]
+    ]
+    assert chosen.alpha == (max(good) if good else grid[0])
+
+
+def test_fit_chooses_alpha_by_default_and_an_explicit_alpha_works_as_before(tiny_fit):
+    model, _ = tiny_fit
+    tok, triples = WordTokenizer(), TRIPLES[:40]
+    explicit = dress.fit(model, tok, triples, num_heads=5, alpha=3.0,
+                         options=dress.Options(rank=3), progress=False)  # fmt: skip
+    assert "alpha_choice" not in explicit.config and explicit.alpha == 3.0
+    torch.testing.assert_close(explicit.vectors, 3.0 * explicit.direction)
+    grid = (0.5, 20.0)
+    options = dress.Options(rank=3, alpha_grid=grid, fluency_budget=0.1, alpha_tokens=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = dress.fit(model, tok, triples, num_heads=5, options=options, progress=False)
+        by_hand = dress.choose_alpha(explicit, model, tok, triples, grid=grid, budget=0.1,
+                                     new_tokens=3)  # fmt: skip
+    assert auto.alpha in grid and auto.alpha == by_hand.alpha and auto.config == by_hand.config
+    assert auto.heads == explicit.heads and torch.equal(auto.direction, explicit.direction)
+    assert auto.config["alpha_choice"]["fluency_budget"] == 0.1
+
+
+def test_auto_alpha_refusals(tiny_fit):
+    model, fit = tiny_fit
+    tok = WordTokenizer()
+    with pytest.raises(ValueError, match=r"alpha='auto' scores the model .* dress.choose_alpha"):
+        dress.fit_activations(*fit.activations, 5, "auto")
+    with pytest.raises(ValueError, match=r"needs the 217 triples the fit was made on"):
+        dress.choose_alpha(fit, model, tok, TRIPLES[:50])
+    with pytest.raises(ValueError, match=r"was made for a model"):
+        dress.choose_alpha(fit, tiny("llama", n_layers=2), tok, TRIPLES)
+    with pytest.raises(ValueError, match=r"fluency_budget must be a finite number >= 0"):
+        dress.choose_alpha(fit, model, tok, TRIPLES, budget=-1.0)
+    with pytest.raises(TypeError, match=r"alpha_grid must be a non-empty sequence"):
+        dress.choose_alpha(fit, model, tok, TRIPLES, grid=[])
+    assert dress.Options(alpha_grid=[2, 0.5]).alpha_grid == (0.5, 2.0)
+
+
+def test_an_interrupted_alpha_choice_leaves_the_model_as_it_was(tiny_fit, untouched, interrupt):
+    model, fit = tiny_fit
+    fit, triples = _first(fit)
+    check = untouched(model)
+    calls = interrupt(model, 1, lambda call: call == 4)  # in the scoring under an edit
+    with pytest.raises(KeyboardInterrupt):
+        dress.choose_alpha(fit, model, WordTokenizer(), triples, new_tokens=3)
+    assert calls[-1] and len(calls) == 4
+    check()
+
+
 # --- files, controls, errors ----------------------------------------------------------------------
 
 
 def test_save_and_load_round_trip(tiny_fit, tmp_path):
     model, fit = tiny_fit
     fit = strong(fit).with_alpha(7.0)
+    choice = {"alpha": 7.0, "fluency_budget": 0.05, "validation_pairs": 43, "within_budget": True}
+    choice["grid"] = [{"alpha": 0.0, "fluency": 0.5, "style": -0.25}]  # as choose_alpha writes
+    fit = dataclasses.replace(fit, config={**fit.config, "alpha_choice": choice})
     path = fit.save(tmp_path / "dress.safetensors")
     loaded = dress.load(path)
+    assert loaded.config["alpha_choice"] == choice and loaded.summary() == fit.summary()
     assert loaded.heads == fit.heads and loaded.ranks == fit.ranks
     assert (loaded.alpha, loaded.beta, loaded.clamp) == (fit.alpha, fit.beta, fit.clamp)
     assert loaded.ties == fit.ties and loaded.config == fit.config
@@ -447,6 +607,15 @@ OPTIONS = {f.name for f in dataclasses.fields(dress.Options)}  # the rest are fi
     [
         ({"alpha": INF}, ValueError, r"alpha must be a finite number, got inf"),
         ({"alpha": NAN}, ValueError, r"alpha must be a finite number, got nan"),
+        ({"alpha": "best"}, ValueError, r"alpha must be 'auto' or a finite number, got 'best'"),
+        ({"alpha_grid": ()}, TypeError, r"alpha_grid must be a non-empty sequence of alphas"),
+        ({"alpha_grid": "0.5"}, TypeError, r"alpha_grid must be a non-empty sequence"),
+        ({"alpha_grid": (0.5, NAN)}, ValueError, r"alpha_grid\[1\] must be a finite number > 0"),
+        ({"alpha_grid": (0.5, 0.0)}, ValueError, r"alpha_grid\[1\] must be a finite number > 0"),
+        ({"alpha_grid": (1, 1.0)}, ValueError, r"alpha_grid repeats an alpha"),
+        ({"fluency_budget": -0.1}, ValueError, r"fluency_budget must be a finite number >= 0"),
+        ({"fluency_budget": INF}, ValueError, r"fluency_budget must be a finite number >= 0"),
+        ({"alpha_tokens": 0}, ValueError, r"alpha_tokens must be an integer >= 1, got 0"),
         ({"beta": -0.5}, ValueError, r"beta must be a finite number >= 0, got -0.5"),
         ({"beta": NAN}, ValueError, r"beta must be a finite number >= 0"),
         ({"num_heads": 0}, ValueError, r"num_heads must be an integer >= 1, got 0"),
@@ -616,3 +785,39 @@ def test_real_model_adaptive_steering_favours_the_style(real_model, real_fit):
     with dress.random_heads(fit, seed=0).adaptive(model):
         control = styled_minus_plain_nll()
     assert steered > before + 0.5 and steered > control + 0.5, (before, steered, control)
+
+
+@pytest.mark.real
+def test_real_model_dress_at_its_defaults_stays_fluent_and_adds_style(real_model):
+    """Issue 19's acceptance: ``dress.fit`` and ``fit.adaptive`` at their defaults (alpha
+    chosen on the validation pairs) keep the fluency of greedy answers to held-out questions
+    within the budget and raise Style Intensity over no steering (full table: docs/dress.md)."""
+    model, tok = real_model
+    train, test = dress.load_triples("train"), dress.load_triples("test")[:SLICE]
+    fit = dress.fit(model, tok, train[:64], progress=False)
+    choice = fit.config["alpha_choice"]
+    assert choice["within_budget"] and fit.alpha in dress.DEFAULT_ALPHA_GRID, fit.summary()
+    judge = style.StyleJudge.fit(style.Embedder(), [t.styled for t in train],
+                                 [t.plain for t in train])  # fmt: skip
+    prompts = [dress.format_prompt(tok, t.question) for t in test]
+    references = [t.plain for t in test]
+
+    def answers() -> list[str]:
+        return style.generate_answers(model, tok, prompts, max_new_tokens=24, special=False,
+                                      progress=False)  # fmt: skip
+
+    unsteered = answers()
+    with fit.adaptive(model):
+        steered = answers()
+    scores = [
+        style.score_answers(model, tok, judge, prompts, a, references, special=False)
+        for a in (unsteered, steered)
+    ]
+    before, after = scores
+    drop = before.inverse_log_perplexity - after.inverse_log_perplexity
+    report = (fit.alpha, before, after)
+    assert drop <= choice["fluency_budget"], report
+    assert after.style_intensity > before.style_intensity, report
+
+
+SLICE = 40  # held-out questions of the acceptance test
