@@ -607,6 +607,58 @@ def test_key_stats_one_pass_for_all_layers_cached_and_exact(tmp_path, monkeypatc
     assert list(workdir.iterdir()) == [] and len(list(cache.iterdir())) == 4
 
 
+def test_edit_without_statistics_computes_them_on_the_bundled_corpus_once(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the default cache, here
+    folder = tmp_path / "interventions" / "alphaedit"
+    model, tok = make("llama", n_layers=3)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=3)
+    caplog.set_level("INFO", logger="interventions")
+    delta = ae.edit(model, tok, [REQUEST])  # no other argument
+    assert (
+        "loaded from" not in caplog.text
+        and str(folder) in caplog.text
+        and "no key statistics given" in caplog.text
+    )
+    assert sorted(delta.names) == sorted(
+        f"model.layers.{i}.mlp.down_proj.weight" for i in ae.default_layers(3)
+    )
+    assert all(not torch.equal(delta.changes[n], delta.originals[n]) for n in delta.names)
+    delta.revert(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    files = sorted(folder.iterdir())
+    assert len(files) == 3  # one per default layer
+    # the same statistics as asked for by hand: bundled corpus, default layers
+    by_hand = ae.key_stats(model, tok, cache=False, progress=False)
+    editor = ae.Editor(model, tok, hparams=hp)
+    assert editor.layers == by_hand.layers == ae.default_layers(3)
+    for layer in editor.layers:
+        expected, _ = by_hand.projector(layer)
+        assert torch.equal(editor.projectors[layer], expected)
+    memit = ae.Editor(model, tok, method="memit", hparams=hp)
+    assert all(torch.equal(memit.moments[i], by_hand.moments[i]) for i in memit.layers)
+    # the second and third editors were served from the cache: no new files, loads logged
+    assert sorted(folder.iterdir()) == files
+    assert caplog.text.count("loaded from") >= 6
+    # hparams.layers choose the layers the statistics are computed for
+    assert ae.Editor(model, tok, hparams=replace(hp, layers=(1,))).layers == [1]
+
+
+def test_edit_without_statistics_refuses_bad_input_clearly(tmp_path, monkeypatch, untouched):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model, tok = make("llama", n_layers=3)
+    check = untouched(model)
+    with pytest.raises(TypeError, match=r"stats must be KeyStats .* got dict"):
+        ae.edit(model, tok, [REQUEST], stats={1: torch.eye(64)})
+    with pytest.raises(ValueError, match=r"layers: layer index \[5\] out of range"):
+        ae.edit(model, tok, [REQUEST], hparams=ae.HParams(layers=(5,)))
+    with pytest.raises(ae.RequestError, match="exactly one"):
+        ae.edit(model, tok, [dict(REQUEST, prompt="The old tower stands in")])
+    check()
+
+
 def preserved_keys_all(model, tok, layer: int, text: str) -> torch.Tensor:
     ids = torch.tensor([tok(text)["input_ids"]])
     with torch.no_grad(), iv.capture(model, f"layers.{layer}.mlp.act") as cache:
@@ -683,6 +735,23 @@ def test_real_edits_flip_facts_and_keep_neighbours(real_model, tmp_path):
         print("before", before.summary(), "\nafter", after.summary())
         assert after.efficacy >= 0.8
         assert after.neighborhood >= before.neighborhood - 0.2
+    finally:
+        delta.revert(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.real
+def test_real_edit_with_no_other_argument(real_model, caplog):
+    # the default cache (~/.cache/interventions/alphaedit): only the first run computes them
+    model, tok = real_model
+    requests = ae.load_requests()[:3]
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with caplog.at_level("INFO", logger="interventions"):
+        delta = ae.edit(model, tok, requests)
+    try:
+        assert "no key statistics given" in caplog.text
+        assert str(iv.stats.default_cache_dir("alphaedit")) in caplog.text
+        assert ae.evaluate(model, tok, requests, fluency=False).efficacy >= 2 / 3
     finally:
         delta.revert(model)
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
