@@ -305,7 +305,7 @@ def plot(found: dict) -> str:
     return str(PLOT.relative_to(DOC.parent))
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     go = commands.add_parser("run", help="edit (or resume) one method's long run")
@@ -317,7 +317,11 @@ def main() -> None:
     go.add_argument("--results", default=str(RESULTS), help="folder of the committed rows")
     go.add_argument("--threads", type=int, default=1)
     commands.add_parser("report", help="table and plot into docs/alphaedit.md")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("interventions").setLevel(logging.INFO)
     run(args) if args.command == "run" else report(args)

@@ -2,6 +2,7 @@
 statistics in one pass, bad requests, and real edits on SmolLM2."""
 
 import importlib.util
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -774,3 +775,63 @@ def test_edit_and_key_stats_refuse_mlps_that_are_not_one_down_projection(
     with pytest.raises(NotImplementedError, match=reason):
         ae.Editor(model, tok, None)
     check()
+
+
+# --- the long sequential run (examples/05_alphaedit_long.py) -----------------------------------
+
+
+def _long_run_script():
+    path = Path(__file__).resolve().parents[2] / "examples" / "05_alphaedit_long.py"
+    spec = importlib.util.spec_from_file_location("alphaedit_long", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_long_run_resumes_after_an_interrupt_to_the_same_edits(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    script = _long_run_script()
+    tok = WordTokenizer()
+    monkeypatch.setattr(script, "load", lambda name: (tiny("llama", n_kv_heads=2), tok))
+
+    def run(state: str, results: str) -> None:
+        folder = tmp_path / state
+        argv = ["run", "--method", "alphaedit", "--edits", "4", "--batch", "2"]
+        argv += ["--state", str(folder), "--results", str(tmp_path / results)]
+        script.run(script.arguments().parse_args(argv))
+
+    run("straight", "straight-results")
+    real_edit = ae.Editor.edit
+
+    def interrupted(editor, requests):
+        if editor.n_edits == 2:  # Ctrl-C in the second batch
+            raise KeyboardInterrupt
+        return real_edit(editor, requests)
+
+    monkeypatch.setattr(ae.Editor, "edit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", "resumed-results")
+    state = tmp_path / "resumed"
+    after_one = {p.name: p.read_bytes() for p in [*state.iterdir(), tmp_path / "resumed-results"
+                                                  / "alphaedit.json"]}  # fmt: skip
+    assert json.loads((state / "progress.json").read_text())["edits"] == 2
+    monkeypatch.setattr(ae.Editor, "edit", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # a second interrupt changes no file
+        run("resumed", "resumed-results")
+    assert {p.name: p.read_bytes() for p in [*state.iterdir(), tmp_path / "resumed-results"
+                                             / "alphaedit.json"]} == after_one  # fmt: skip
+    monkeypatch.setattr(ae.Editor, "edit", real_edit)
+    run("resumed", "resumed-results")
+    straight = iv.WeightDelta.load(tmp_path / "straight" / "delta-4.safetensors")
+    resumed = iv.WeightDelta.load(state / "delta-4.safetensors")
+    assert straight.names == resumed.names
+    assert all(torch.equal(straight.changes[n], resumed.changes[n]) for n in straight.names)
+    rows = json.loads((tmp_path / "resumed-results" / "alphaedit.json").read_text())["rows"]
+    assert [r["edits"] for r in rows] == [2, 4]
+    same = json.loads((tmp_path / "straight-results" / "alphaedit.json").read_text())["rows"]
+    keys = ("efficacy", "paraphrase", "neighborhood", "perplexity", "mc_accuracy")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in same]
+    # a restart on other facts than those edited refuses to go on
+    monkeypatch.setattr(script.counterfact, "load_requests", lambda: ae.load_requests()[::-1])
+    with pytest.raises(SystemExit, match="facts changed"):
+        run("resumed", "resumed-results")
