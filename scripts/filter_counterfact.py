@@ -65,6 +65,18 @@ INSTRUMENT = ("The musician {} was famous for playing the", ("The instrument pla
 BORN = ("The scientist {} was born in the country of", ("{} was a native of the country of", "The birthplace of {} is the country of"), "The scientist {} is best known for")
 COMPOSER = ("The composer {} was born in the country of", ("{} was a native of the country of", "The homeland of the composer {} is"), "The composer {} wrote")
 HEADQUARTERS = ("The headquarters of {} are in the city of", ("{} has its main offices in the city of", "The company {} is based in the city of"), "The company {} is known for")
+ANIMAL = ("The {} is a kind of", ("Biologists classify the {} as a", "In the animal kingdom, the {} is a"), "The {} lives in")
+CITY = ("The city of {} is located in the country of", ("{} is a city in the country of", "You can find the city of {} in the country of"), "The city of {} is known for")
+FOOD = ("The dish called {} comes from the country of", ("{} is a traditional dish of the country of", "The national cuisine that gave the world {} is that of"), "The dish called {} is made with")
+WRITER = ("The books of the writer {} were written in", ("The novels of {} were first published in", "The writer {} wrote in the language"), "The writer {} is remembered for")
+PAINTER = ("The painter {} was born in the country of", ("{} was an artist from the country of", "The homeland of the painter {} is"), "The painter {} is famous for")
+TEAM = ("{} is a professional team that plays", ("{} is a famous club in the sport of", "The sport played by {} is"), "{} won")
+FOUNDED = ("The company {} was founded in the country of", ("{} is a company that comes from the country of", "The home country of the company {} is"), "The company {} sells")
+GOD = ("The god {} belongs to the mythology of the", ("{} was a god worshipped by the", "In old myths, {} was a god of the"), "The god {} was")
+PRODUCE = ("In the kitchen, {} is considered a", ("Cooks usually call {} a", "At the market, {} is sold as a"), "In the kitchen, {} is used to")
+PLACE = ("{} is located on the continent of", ("You can visit {} on the continent of", "{} lies on the continent of"), "{} is famous for")
+STATE = ("At room temperature, {} is a", ("Under normal conditions, {} is a", "At twenty degrees, the element {} is a"), "The element {} is used")
+
 
 
 def group(kind: tuple, neighbour: str, facts: list[Fact]) -> Group:
@@ -446,6 +458,368 @@ NEW: list[Group] = [
         ("The Metropolitan Museum of Art", "New York", "Washington", full("Central Park is located in the city of", "The Empire State Building is located in the city of", "Times Square is located in the city of")),
     ]),
 ]
+
+
+def same_answer(true: str, wrongs: tuple[str, ...], pools: tuple[tuple[str, str, str], ...], subjects: str) -> list[Fact]:
+    """Facts that share ``true``: the ``;``-separated subjects, each with the next wrong answer and
+    the next pool of three neighbour subjects in turn (neighbours are never subjects)."""
+    names = [s.strip() for s in subjects.split(";") if s.strip()]
+    return [(s, true, wrongs[i % len(wrongs)], pools[i % len(pools)]) for i, s in enumerate(names)]
+
+
+def answers(kind: tuple, rows: list[tuple[str, tuple[str, ...], tuple[tuple[str, str, str], ...], str]]) -> list[Group]:
+    """One group per true answer of a relation whose neighbour template is its prompt."""
+    return [group(kind, kind[0], same_answer(*row)) for row in rows]
+
+
+# New candidates for the 1,000-fact set, written for the project: relations whose neighbours are
+# other subjects with the same answer. Each answer is a group, so the interleaving mixes them.
+BIG: list[Group] = [
+    *answers(ANIMAL, [
+        ("mammal", ("bird", "fish", "reptile"), (("horse", "elephant", "dolphin"), ("dog", "whale", "gorilla"), ("cow", "bear", "rabbit")),
+         "cat; lion; tiger; wolf; fox; deer; giraffe; zebra; camel; kangaroo; koala; panda; chimpanzee; monkey; mouse; rat; squirrel; bat; pig; sheep; goat; donkey; hippopotamus; rhinoceros; leopard; cheetah; hedgehog; otter; beaver; moose; bison; buffalo; llama; hamster; raccoon; skunk; badger; porcupine; mole; walrus; sloth; armadillo; hyena; lynx; reindeer; antelope; orangutan; lemur; weasel; ferret; yak; elk; gazelle; meerkat; platypus; jackal; baboon; chipmunk; opossum; manatee"),
+        ("bird", ("mammal", "fish", "insect"), (("eagle", "sparrow", "parrot"), ("owl", "pigeon", "swan"), ("crow", "robin", "duck")),
+         "penguin; ostrich; flamingo; peacock; hawk; falcon; vulture; seagull; pelican; stork; heron; crane; woodpecker; hummingbird; kingfisher; canary; finch; magpie; raven; goose; turkey bird; chicken; rooster; quail; pheasant; albatross; puffin; toucan; cockatoo; budgie; nightingale; lark; swallow; cuckoo; emu; kiwi bird; condor; kestrel; blackbird; starling; wren; jay; macaw; partridge; dove; osprey; cormorant"),
+        ("fish", ("mammal", "bird", "reptile"), (("salmon", "tuna", "shark"), ("trout", "cod", "goldfish"), ("carp", "sardine", "herring")),
+         "mackerel; anchovy; catfish; piranha; swordfish; halibut; haddock; pike; perch; bass; tilapia; eel; stingray; barracuda; marlin; minnow; guppy; clownfish; pufferfish; seahorse; sturgeon; flounder; sole; snapper; grouper; mullet; bream; angelfish; monkfish; whiting; plaice; zander; koi; lamprey"),
+        ("insect", ("bird", "mammal", "fish"), (("ant", "bee", "butterfly"), ("fly", "mosquito", "beetle"), ("wasp", "moth", "cricket")),
+         "grasshopper; dragonfly; ladybug; cockroach; termite; flea; louse; firefly; hornet; locust; cicada; mantis; bumblebee; gnat; aphid; earwig; weevil; silverfish; caterpillar; bedbug; horsefly; stick insect; mayfly; damselfly; scarab; housefly"),
+        ("reptile", ("mammal", "fish", "bird"), (("snake", "crocodile", "lizard"), ("turtle", "alligator", "iguana"), ("cobra", "tortoise", "python")),
+         "gecko; chameleon; viper; rattlesnake; anaconda; boa; komodo dragon; gila monster; skink; caiman; gharial; mamba; adder; tuatara; sea turtle; terrapin; garter snake"),
+        ("amphibian", ("reptile", "fish"), (("frog", "toad", "salamander"),),
+         "newt; axolotl; bullfrog; caecilian; tadpole"),
+    ]),
+]
+BIG += [
+    *answers(CITY, [
+        ("France", ("Belgium", "Italy", "Spain"), (("Marseille", "Lyon", "Toulouse"), ("Bordeaux", "Lille", "Nantes")),
+         "Nice; Strasbourg; Montpellier; Rennes; Grenoble; Dijon; Reims; Le Havre; Cannes; Avignon; Toulon; Nîmes; Rouen; Tours; Orléans; Limoges; Brest; Calais; Perpignan; Biarritz; Versailles"),
+        ("Germany", ("Austria", "Poland", "Switzerland"), (("Munich", "Hamburg", "Frankfurt"), ("Cologne", "Stuttgart", "Dresden")),
+         "Düsseldorf; Leipzig; Dortmund; Essen; Bremen; Hanover; Nuremberg; Duisburg; Bochum; Bonn; Heidelberg; Mannheim; Karlsruhe; Freiburg; Augsburg; Wiesbaden; Aachen; Kiel; Lübeck; Rostock; Potsdam; Regensburg; Würzburg; Mainz"),
+        ("Italy", ("Spain", "Greece", "France"), (("Milan", "Naples", "Turin"), ("Florence", "Venice", "Bologna")),
+         "Palermo; Genoa; Verona; Pisa; Siena; Bari; Catania; Padua; Trieste; Parma; Modena; Brescia; Bergamo; Perugia; Ravenna; Salerno; Lucca; Como; Cagliari; Amalfi; Sorrento; Assisi"),
+        ("Spain", ("Portugal", "Italy", "Mexico"), (("Seville", "Valencia", "Bilbao"), ("Malaga", "Granada", "Zaragoza")),
+         "Cordoba; Toledo; Salamanca; Alicante; Murcia; Cadiz; Pamplona; San Sebastián; Santander; Oviedo; Valladolid; Ibiza; Marbella; Tarragona; Girona; Segovia; Burgos; León"),
+        ("Japan", ("China", "Korea", "Vietnam"), (("Osaka", "Kyoto", "Yokohama"), ("Nagoya", "Sapporo", "Kobe")),
+         "Hiroshima; Nagasaki; Fukuoka; Sendai; Nara; Kawasaki; Okinawa; Kagoshima; Yokosuka; Kanazawa; Niigata; Hakodate; Okayama; Kumamoto; Nikko"),
+        ("China", ("Japan", "India", "Korea"), (("Shanghai", "Guangzhou", "Shenzhen"), ("Chengdu", "Wuhan", "Xi'an")),
+         "Nanjing; Tianjin; Hangzhou; Chongqing; Harbin; Suzhou; Qingdao; Dalian; Xiamen; Kunming; Lhasa; Guilin; Shenyang; Changsha; Zhengzhou; Macau"),
+        ("India", ("Pakistan", "Bangladesh", "Nepal"), (("Delhi", "Mumbai", "Kolkata"), ("Chennai", "Bangalore", "Hyderabad")),
+         "Jaipur; Agra; Varanasi; Pune; Ahmedabad; Lucknow; Goa; Amritsar; Udaipur; Mysore; Kochi; Surat; Nagpur; Bhopal; Indore; Patna; Kanpur; Chandigarh; Jodhpur; Darjeeling"),
+        ("Russia", ("Ukraine", "Poland", "Belarus"), (("Saint Petersburg", "Novosibirsk", "Yekaterinburg"), ("Kazan", "Sochi", "Vladivostok")),
+         "Samara; Omsk; Volgograd; Murmansk; Irkutsk; Rostov; Krasnoyarsk; Perm; Kaliningrad; Ufa; Voronezh; Nizhny Novgorod; Yakutsk; Tomsk"),
+        ("Brazil", ("Argentina", "Portugal", "Mexico"), (("São Paulo", "Brasília", "Salvador"), ("Recife", "Fortaleza", "Manaus")),
+         "Curitiba; Belo Horizonte; Porto Alegre; Belém; Florianópolis; Natal; Goiânia; Campinas; Santos; Maceió"),
+        ("Canada", ("Australia", "England", "Ireland"), (("Vancouver", "Montreal", "Ottawa"), ("Calgary", "Edmonton", "Winnipeg")),
+         "Halifax; Victoria; Regina; Saskatoon; Hamilton; Kingston; Mississauga; Windsor; St. John's; Banff; Whistler"),
+        ("Australia", ("New Zealand", "Canada", "England"), (("Melbourne", "Brisbane", "Perth"), ("Adelaide", "Canberra", "Hobart")),
+         "Darwin; Cairns; Gold Coast; Newcastle; Wollongong; Geelong; Townsville; Alice Springs; Ballarat; Launceston"),
+        ("Mexico", ("Spain", "Brazil", "Argentina"), (("Guadalajara", "Monterrey", "Tijuana"), ("Cancún", "Acapulco", "Puebla")),
+         "Oaxaca; Mérida; Veracruz; León de los Aldamas; Querétaro; Chihuahua; Toluca; Mazatlán; Ciudad Juárez; Hermosillo"),
+        ("England", ("Scotland", "Ireland", "Wales"), (("Manchester", "Liverpool", "Birmingham"), ("Leeds", "Bristol", "Oxford")),
+         "Cambridge; Sheffield; Nottingham; Leicester; Southampton; Brighton; Coventry; York; Bath; Canterbury; Norwich; Plymouth; Portsmouth; Exeter; Reading; Bournemouth; Cheltenham; Durham; Blackpool; Sunderland"),
+        ("Scotland", ("England", "Ireland", "Wales"), (("Edinburgh", "Glasgow", "Aberdeen"),),
+         "Dundee; Inverness; Stirling; St Andrews"),
+        ("the United States", ("Canada", "Mexico", "England"), (("Houston", "Phoenix", "Philadelphia"), ("Dallas", "Denver", "Atlanta")),
+         "San Diego; San Antonio; Detroit; Memphis; Nashville; Baltimore; Milwaukee; Portland; Las Vegas; Minneapolis; Cleveland; Pittsburgh; Cincinnati; New Orleans; Sacramento; Orlando; Tampa; St. Louis; Honolulu; Anchorage; Austin; Charlotte; Indianapolis; Columbus; Albuquerque; Tucson; Omaha; Buffalo"),
+        ("Turkey", ("Greece", "Iran", "Egypt"), (("Izmir", "Antalya", "Bursa"),),
+         "Konya; Adana; Trabzon; Gaziantep; Bodrum; Kayseri"),
+        ("Egypt", ("Morocco", "Turkey", "Tunisia"), (("Alexandria", "Luxor", "Aswan"),),
+         "Giza; Port Said; Suez; Sharm el-Sheikh; Hurghada"),
+        ("Greece", ("Italy", "Turkey", "Cyprus"), (("Thessaloniki", "Patras", "Heraklion"),),
+         "Rhodes; Corfu; Sparta; Delphi; Olympia; Larissa"),
+        ("Poland", ("Germany", "Russia", "Ukraine"), (("Gdansk", "Wroclaw", "Poznan"),),
+         "Lodz; Lublin; Szczecin; Katowice; Bialystok"),
+        ("Switzerland", ("Austria", "Germany", "France"), (("Zurich", "Geneva", "Basel"),),
+         "Lausanne; Lucerne; Lugano; St. Gallen; Zermatt; Interlaken"),
+        ("the Netherlands", ("Belgium", "Germany", "Denmark"), (("Rotterdam", "Utrecht", "The Hague"),),
+         "Eindhoven; Groningen; Leiden; Delft; Haarlem; Maastricht; Tilburg; Nijmegen"),
+        ("Belgium", ("the Netherlands", "France", "Luxembourg"), (("Antwerp", "Ghent", "Bruges"),),
+         "Liège; Leuven; Charleroi; Namur; Mons"),
+        ("Sweden", ("Norway", "Finland", "Denmark"), (("Malmö", "Uppsala", "Gothenburg"),),
+         "Linköping; Västerås; Örebro; Lund; Kiruna"),
+        ("Norway", ("Sweden", "Denmark", "Finland"), (("Bergen", "Trondheim", "Stavanger"),),
+         "Tromsø; Kristiansand; Drammen; Bodø"),
+        ("Argentina", ("Chile", "Brazil", "Uruguay"), (("Buenos Aires", "Rosario", "Mendoza"),),
+         "La Plata; Mar del Plata; Salta; Ushuaia; Bariloche; Tucumán"),
+        ("Vietnam", ("Thailand", "Laos", "Cambodia"), (("Ho Chi Minh City", "Da Nang", "Hue"),),
+         "Haiphong; Nha Trang; Can Tho; Hoi An"),
+        ("Pakistan", ("India", "Afghanistan", "Iran"), (("Karachi", "Lahore", "Islamabad"),),
+         "Peshawar; Quetta; Multan; Faisalabad; Rawalpindi"),
+        ("Iran", ("Iraq", "Turkey", "Pakistan"), (("Tehran", "Isfahan", "Shiraz"),),
+         "Tabriz; Mashhad; Yazd; Qom"),
+        ("South Africa", ("Nigeria", "Kenya", "Egypt"), (("Johannesburg", "Cape Town", "Durban"),),
+         "Pretoria; Port Elizabeth; Bloemfontein; Soweto; Stellenbosch"),
+        ("Ireland", ("Scotland", "England", "Wales"), (("Cork", "Galway", "Limerick"),),
+         "Waterford; Killarney; Kilkenny"),
+        ("Portugal", ("Spain", "Brazil", "Italy"), (("Porto", "Coimbra", "Faro"),),
+         "Braga; Sintra; Aveiro; Évora; Funchal"),
+        ("Ukraine", ("Russia", "Poland", "Belarus"), (("Kharkiv", "Odessa", "Lviv"),),
+         "Dnipro; Zaporizhzhia; Mariupol; Chernobyl; Sevastopol"),
+        ("Indonesia", ("Malaysia", "the Philippines", "Thailand"), (("Jakarta", "Surabaya", "Bandung"),),
+         "Yogyakarta; Medan; Denpasar; Semarang; Makassar"),
+        ("Morocco", ("Egypt", "Algeria", "Tunisia"), (("Casablanca", "Marrakesh", "Fez"),),
+         "Rabat; Tangier; Agadir; Meknes; Essaouira"),
+        ("South Korea", ("Japan", "China", "North Korea"), (("Busan", "Incheon", "Daegu"),),
+         "Gwangju; Daejeon; Ulsan; Suwon; Jeju"),
+        ("Colombia", ("Venezuela", "Peru", "Ecuador"), (("Bogotá", "Medellín", "Cali"),),
+         "Cartagena; Barranquilla; Santa Marta; Bucaramanga"),
+        ("Peru", ("Bolivia", "Chile", "Colombia"), (("Lima", "Cusco", "Arequipa"),),
+         "Trujillo; Iquitos; Puno; Chiclayo"),
+        ("Austria", ("Germany", "Switzerland", "Hungary"), (("Salzburg", "Innsbruck", "Graz"),),
+         "Linz; Klagenfurt; Hallstatt; Bregenz"),
+    ]),
+]
+BIG += [
+    *answers(FOOD, [
+        ("Italy", ("Spain", "France", "Greece"), (("pizza", "lasagna", "risotto"), ("spaghetti carbonara", "tiramisu", "ravioli")),
+         "gnocchi; focaccia; bruschetta; minestrone; ossobuco; panna cotta; cannoli; calzone; tortellini; pesto; polenta; fettuccine alfredo; penne arrabbiata; gelato; biscotti; prosciutto; arancini; saltimbocca; caprese salad; carpaccio; limoncello; tagliatelle"),
+        ("Japan", ("China", "Korea", "Thailand"), (("sushi", "ramen", "tempura"), ("miso soup", "sashimi", "teriyaki")),
+         "udon; soba; onigiri; takoyaki; okonomiyaki; yakitori; tonkatsu; mochi; wasabi; edamame; sukiyaki; shabu-shabu; gyoza; natto; bento; matcha; sake; unagi; katsu curry; dorayaki"),
+        ("Mexico", ("Spain", "Brazil", "Peru"), (("tacos", "burritos", "enchiladas"), ("guacamole", "quesadillas", "nachos")),
+         "tamales; fajitas; churros; mole poblano; salsa verde; pozole; chilaquiles; tostadas; huevos rancheros; tequila; carnitas; elote; sopes; tortilla soup; chimichanga"),
+        ("India", ("Pakistan", "Thailand", "China"), (("curry", "naan", "biryani"), ("samosa", "tandoori chicken", "dal")),
+         "chapati; paneer tikka; masala dosa; idli; butter chicken; lassi; pakora; vindaloo; korma; gulab jamun; chutney; raita; dhal makhani; roti; chai; jalebi; vada pav; palak paneer; rogan josh"),
+        ("France", ("Italy", "Belgium", "Spain"), (("croissant", "baguette", "crêpes"), ("ratatouille", "quiche", "bouillabaisse")),
+         "coq au vin; crème brûlée; escargots; foie gras; macarons; soufflé; beef bourguignon; cassoulet; croque monsieur; éclair; profiteroles; madeleines; brioche; tarte tatin; pain au chocolat; camembert; brie; confit de canard; onion soup gratinée; mousse au chocolat"),
+        ("Spain", ("Italy", "Portugal", "Mexico"), (("paella", "gazpacho", "tapas"),),
+         "churros con chocolate; tortilla española; sangria; chorizo; jamón ibérico; patatas bravas; crema catalana; pisto; fabada; salmorejo; turrón"),
+        ("China", ("Japan", "Vietnam", "Korea"), (("dim sum", "Peking duck", "chow mein"), ("spring rolls", "kung pao chicken", "fried rice")),
+         "mapo tofu; wonton soup; hot pot; dumplings; sweet and sour pork; char siu; congee; bao buns; chop suey; mooncake; hot and sour soup; xiaolongbao"),
+        ("Greece", ("Turkey", "Italy", "Cyprus"), (("moussaka", "souvlaki", "tzatziki"),),
+         "gyros; spanakopita; baklava; feta cheese; dolmades; taramasalata; pastitsio; ouzo; halloumi; Greek salad; loukoumades; kleftiko"),
+        ("Turkey", ("Greece", "Iran", "Lebanon"), (("kebab", "doner", "Turkish delight"),),
+         "lahmacun; börek; köfte; pide; ayran; simit; menemen; iskender; künefe; manti"),
+        ("Thailand", ("Vietnam", "China", "India"), (("pad thai", "tom yum", "green curry"),),
+         " som tam; tom kha gai; pad see ew; mango sticky rice; satay; larb; khao pad"),
+        ("Germany", ("Austria", "Poland", "Switzerland"), (("sauerkraut", "bratwurst", "pretzel"),),
+         "schnitzel; strudel; currywurst; black forest cake; spätzle; sauerbraten; knödel; weisswurst; lebkuchen; stollen"),
+        ("Korea", ("Japan", "China", "Vietnam"), (("kimchi", "bibimbap", "bulgogi"),),
+         "tteokbokki; kimbap; japchae; samgyeopsal; soju; galbi; sundubu; naengmyeon"),
+        ("Vietnam", ("Thailand", "China", "Cambodia"), (("pho", "banh mi", "spring rolls from Hanoi"),),
+         "bun cha; goi cuon; bun bo hue; cao lau; ca phe sua da"),
+        ("the United States", ("Canada", "England", "Mexico"), (("hamburger", "hot dog", "apple pie"),),
+         "buffalo wings; clam chowder; cornbread; barbecue ribs; peanut butter and jelly sandwich; mac and cheese; brownies; cheesecake; pancakes with maple syrup; chili con carne; key lime pie; s'mores; jambalaya; gumbo; meatloaf; corn dog"),
+        ("England", ("Scotland", "Ireland", "France"), (("fish and chips", "roast beef", "shepherd's pie"),),
+         "bangers and mash; Yorkshire pudding; Cornish pasty; scones; trifle; toad in the hole; sticky toffee pudding; Eton mess; full breakfast; pork pie; bread and butter pudding"),
+    ]),
+]
+BIG += [
+    *answers(WRITER, [
+        ("English", ("French", "German", "Spanish"), (("Charles Dickens", "Jane Austen", "Mark Twain"), ("Ernest Hemingway", "Virginia Woolf", "George Orwell")),
+         "Agatha Christie; J.K. Rowling; Stephen King; Oscar Wilde; Thomas Hardy; Charlotte Brontë; Emily Brontë; Lewis Carroll; Rudyard Kipling; H.G. Wells; Arthur Conan Doyle; J.R.R. Tolkien; C.S. Lewis; Herman Melville; Edgar Allan Poe; F. Scott Fitzgerald; John Steinbeck; William Faulkner; Toni Morrison; Jack London; Mary Shelley; Bram Stoker; Aldous Huxley; Roald Dahl; Ian Fleming; Jonathan Swift; Daniel Defoe; Harper Lee; Kurt Vonnegut; Ray Bradbury; Isaac Asimov; Dan Brown; John Grisham; Walt Whitman; Emily Dickinson; Robert Frost; Sylvia Plath; Louisa May Alcott; Nathaniel Hawthorne; Salman Rushdie; Kazuo Ishiguro; Zadie Smith; Margaret Atwood; Terry Pratchett; Neil Gaiman; Douglas Adams; Enid Blyton; Beatrix Potter"),
+        ("French", ("English", "Italian", "Spanish"), (("Victor Hugo", "Albert Camus", "Marcel Proust"),),
+         "Alexandre Dumas; Gustave Flaubert; Honoré de Balzac; Émile Zola; Jules Verne; Voltaire; Molière; Jean-Paul Sartre; Simone de Beauvoir; Guy de Maupassant; Stendhal; Charles Baudelaire; Arthur Rimbaud; Antoine de Saint-Exupéry; Colette; André Gide; Marguerite Duras; George Sand; Jean Racine; Pierre Corneille; Michel Houellebecq; Paul Verlaine"),
+        ("Russian", ("Polish", "German", "English"), (("Leo Tolstoy", "Fyodor Dostoevsky", "Anton Chekhov"),),
+         "Alexander Pushkin; Nikolai Gogol; Ivan Turgenev; Mikhail Bulgakov; Boris Pasternak; Aleksandr Solzhenitsyn; Maxim Gorky; Vladimir Mayakovsky; Anna Akhmatova; Mikhail Lermontov; Ivan Bunin; Marina Tsvetaeva"),
+        ("German", ("Dutch", "French", "English"), (("Johann Wolfgang von Goethe", "Thomas Mann", "Hermann Hesse"),),
+         "Friedrich Schiller; Franz Kafka; Heinrich Heine; Günter Grass; Bertolt Brecht; Erich Maria Remarque; Rainer Maria Rilke; the Brothers Grimm; Stefan Zweig; Heinrich Böll; Patrick Süskind; Theodor Fontane"),
+        ("Spanish", ("Portuguese", "Italian", "French"), (("Miguel de Cervantes", "Gabriel García Márquez", "Jorge Luis Borges"),),
+         "Pablo Neruda; Isabel Allende; Mario Vargas Llosa; Julio Cortázar; Octavio Paz; Carlos Fuentes; Roberto Bolaño; Lope de Vega; Juan Rulfo; Carlos Ruiz Zafón"),
+        ("Italian", ("Spanish", "Latin", "French"), (("Dante Alighieri", "Umberto Eco", "Italo Calvino"),),
+         "Giovanni Boccaccio; Petrarch; Alessandro Manzoni; Primo Levi; Luigi Pirandello; Elena Ferrante; Alberto Moravia; Giacomo Leopardi; Cesare Pavese; Natalia Ginzburg"),
+    ]),
+    *answers(PAINTER, [
+        ("Italy", ("Spain", "France", "Greece"), (("Leonardo da Vinci", "Michelangelo", "Raphael"),),
+         "Caravaggio; Titian; Sandro Botticelli; Giotto; Donatello; Tintoretto; Amedeo Modigliani; Canaletto; Giorgione; Paolo Veronese; Fra Angelico; Piero della Francesca"),
+        ("Spain", ("Italy", "Portugal", "France"), (("Pablo Picasso", "Salvador Dalí", "Francisco Goya"),),
+         "Diego Velázquez; Joan Miró; El Greco; Bartolomé Murillo; Joaquín Sorolla; Juan Gris"),
+        ("the Netherlands", ("Belgium", "Germany", "Denmark"), (("Rembrandt", "Vincent van Gogh", "Johannes Vermeer"),),
+         "Piet Mondrian; Frans Hals; Hieronymus Bosch; M.C. Escher; Jan Steen; Willem de Kooning"),
+        ("France", ("Belgium", "Italy", "Spain"), (("Claude Monet", "Paul Cézanne", "Henri Matisse"),),
+         "Edgar Degas; Pierre-Auguste Renoir; Édouard Manet; Georges Seurat; Eugène Delacroix; Camille Pissarro; Jacques-Louis David; Marcel Duchamp; Georges Braque"),
+        ("Germany", ("Austria", "Switzerland", "the Netherlands"), (("Albrecht Dürer", "Hans Holbein", "Caspar David Friedrich"),),
+         "Gerhard Richter; Max Ernst; Franz Marc; Lucas Cranach; Otto Dix; Anselm Kiefer"),
+        ("the United States", ("Canada", "England", "Mexico"), (("Andy Warhol", "Jackson Pollock", "Georgia O'Keeffe"),),
+         "Edward Hopper; Roy Lichtenstein; Norman Rockwell; Mark Rothko; Jean-Michel Basquiat; Keith Haring; James Whistler; Winslow Homer; Grant Wood"),
+        ("England", ("France", "Scotland", "Ireland"), (("J.M.W. Turner", "John Constable", "David Hockney"),),
+         "Thomas Gainsborough; William Blake; Joshua Reynolds; Dante Gabriel Rossetti; Banksy; Lucian Freud"),
+        ("Mexico", ("Spain", "Argentina", "Cuba"), (("Frida Kahlo", "Diego Rivera", "José Clemente Orozco"),),
+         "David Alfaro Siqueiros; Rufino Tamayo; Remedios Varo"),
+        ("Norway", ("Sweden", "Denmark", "Finland"), (("Edvard Munch",  "Nikolai Astrup", "Harald Sohlberg"),),
+         "Frits Thaulow"),
+    ]),
+]
+BIG += [
+    *answers(TEAM, [
+        ("basketball", ("baseball", "hockey", "football"), (("the Los Angeles Lakers", "the Boston Celtics", "the Chicago Bulls"),),
+         "the Golden State Warriors; the Miami Heat; the San Antonio Spurs; the New York Knicks; the Houston Rockets; the Dallas Mavericks; the Brooklyn Nets; the Phoenix Suns; the Milwaukee Bucks; the Toronto Raptors; the Denver Nuggets; the Philadelphia 76ers; the Cleveland Cavaliers; the Detroit Pistons; the Utah Jazz; the Portland Trail Blazers; the Orlando Magic; the Atlanta Hawks; the Sacramento Kings; the Minnesota Timberwolves; the Oklahoma City Thunder; the Memphis Grizzlies; the Indiana Pacers; the Charlotte Hornets; the Washington Wizards; the New Orleans Pelicans; the Harlem Globetrotters"),
+        ("baseball", ("basketball", "hockey", "football"), (("the New York Yankees", "the Boston Red Sox", "the Los Angeles Dodgers"),),
+         "the Chicago Cubs; the San Francisco Giants; the St. Louis Cardinals; the Atlanta Braves; the Houston Astros; the Philadelphia Phillies; the Detroit Tigers; the Cleveland Guardians; the Seattle Mariners; the Texas Rangers; the Toronto Blue Jays; the Baltimore Orioles; the Oakland Athletics; the Chicago White Sox; the Minnesota Twins; the Kansas City Royals; the Pittsburgh Pirates; the Cincinnati Reds; the Milwaukee Brewers; the San Diego Padres; the Colorado Rockies; the Arizona Diamondbacks; the Tampa Bay Rays; the Miami Marlins"),
+        ("hockey", ("basketball", "baseball", "football"), (("the Montreal Canadiens", "the Toronto Maple Leafs", "the Detroit Red Wings"),),
+         "the Boston Bruins; the Chicago Blackhawks; the New York Rangers; the Edmonton Oilers; the Pittsburgh Penguins; the Philadelphia Flyers; the Vancouver Canucks; the Calgary Flames; the Ottawa Senators; the Colorado Avalanche; the Tampa Bay Lightning; the Washington Capitals; the New Jersey Devils; the Buffalo Sabres; the Winnipeg Jets; the Vegas Golden Knights; the Anaheim Ducks; the San Jose Sharks; the St. Louis Blues; the Dallas Stars; the Nashville Predators; the Florida Panthers; the Minnesota Wild; the Carolina Hurricanes"),
+        ("football", ("basketball", "rugby", "cricket"), (("Manchester United", "Real Madrid", "FC Barcelona"),),
+         "Liverpool FC; Chelsea FC; Arsenal FC; Tottenham Hotspur; Bayern Munich; Borussia Dortmund; Juventus; AC Milan; Inter Milan; AS Roma; SSC Napoli; Paris Saint-Germain; Olympique de Marseille; Ajax Amsterdam; PSV Eindhoven; FC Porto; Benfica; Sporting Lisbon; Celtic FC; Rangers FC; Sevilla FC; Valencia CF; Boca Juniors; River Plate; Santos FC; Flamengo; Galatasaray; Fenerbahçe; Everton FC; Aston Villa; Lazio; Fiorentina; Bayer Leverkusen; Schalke 04; Olympique Lyonnais"),
+    ]),
+    *answers(FOUNDED, [
+        ("Japan", ("China", "Korea", "Germany"), (("Toyota", "Sony", "Nintendo"), ("Panasonic", "Mitsubishi", "Canon")),
+         "Nissan; Mazda; Subaru; Suzuki; Nikon; Yamaha; Toshiba; Hitachi; Fujifilm; Casio; Sharp; Olympus; Kawasaki; Uniqlo; Seiko; Sega; Bridgestone; Daikin; Shiseido; Asics; Lexus; Isuzu; Ricoh; Epson; Kyocera; Konami; Capcom; Square Enix; Bandai; Shimano"),
+        ("Germany", ("Austria", "Switzerland", "France"), (("Siemens", "Bosch", "BMW"), ("Adidas", "Audi", "Porsche")),
+         "Volkswagen; Mercedes; Bayer; BASF; SAP; Lufthansa; Puma; Deutsche Bank; Allianz; Continental; Opel; Braun; Miele; Haribo; Nivea; Lidl; Aldi; Hugo Boss; Leica; Zeiss; Rimowa; Montblanc; Deutsche Telekom; Henkel; Beiersdorf; Osram; Grundig; Faber-Castell; Stabilo; Playmobil"),
+        ("the United States", ("Canada", "England", "Germany"), (("Google", "Microsoft", "Apple"), ("Ford", "Boeing", "Intel")),
+         "IBM; PepsiCo; McDonald's; Walmart; Nike; General Motors; Chrysler; Harley-Davidson; Disney; Netflix; Facebook; Twitter; Oracle; Cisco; Dell; HP; Nvidia; AMD; Qualcomm; Starbucks; KFC; Burger King; Pfizer; Johnson & Johnson; Procter & Gamble; Kellogg's; Hershey's; Colgate; Levi's; Gap; eBay; Uber; Airbnb; Tesla Motors; ExxonMobil; Chevron; General Electric; Caterpillar; 3M"),
+        ("South Korea", ("Japan", "China", "Taiwan"), (("Samsung", "Hyundai", "LG"),),
+         "Kia; SK Hynix; Daewoo; Lotte; Naver; Kakao; Posco; Hanwha; Amorepacific; Nexon"),
+        ("Italy", ("Spain", "France", "Germany"), (("Ferrari", "Fiat", "Lamborghini"),),
+         "Gucci; Prada; Armani; Versace; Benetton; Ferrero; Barilla; Maserati; Alfa Romeo; Ducati; Vespa; Pirelli; Lavazza; Olivetti; Bulgari; Fendi; Dolce & Gabbana; Nutella; Luxottica; Campari"),
+        ("France", ("Belgium", "Italy", "Switzerland"), (("Renault", "Peugeot", "Michelin"),),
+         "Chanel; L'Oréal; Danone; Louis Vuitton; Hermès; Dior; Citroën; Bugatti; Carrefour; Total; Air France; Yves Saint Laurent; Lacoste; Bic; Moët & Chandon; Cartier; Sanofi; Alstom; Thales; Evian"),
+        ("Sweden", ("Norway", "Denmark", "Finland"), (("IKEA", "Ericsson", "Spotify"),),
+         "H&M; Saab; Electrolux; Scania; Absolut; Tetra Pak; Husqvarna; Hasselblad; Skype Technologies"),
+        ("Switzerland", ("Austria", "Germany", "Belgium"), (("Nestlé", "Rolex", "Swatch"),),
+         "Novartis; Roche; Omega; Tag Heuer; Lindt; Toblerone; Victorinox; UBS; Credit Suisse; Logitech; Swarovski; Patek Philippe"),
+        ("China", ("Japan", "Korea", "Taiwan"), (("Huawei", "Alibaba", "Xiaomi"),),
+         "Tencent; Baidu; BYD; Haier; ZTE; DJI; ByteDance; Geely; Oppo; Vivo; Lenovo Group; JD.com"),
+        ("the United Kingdom", ("Ireland", "France", "Germany"), (("Rolls-Royce", "BP", "Tesco"),),
+         "HSBC; Barclays; Jaguar Land Rover; Aston Martin; Burberry; Unilever; Vodafone; Cadbury; Dyson; Marks & Spencer; Bentley; Mini; Lotus Cars; British Airways; GlaxoSmithKline; AstraZeneca; ARM Holdings"),
+        ("the Netherlands", ("Belgium", "Germany", "Denmark"), (("Shell", "KLM", "ING"),),
+         "TomTom; Booking.com; ASML; Albert Heijn; Grolsch; DAF Trucks"),
+        ("Finland", ("Sweden", "Norway", "Denmark"), (("Nokia", "Rovio", "Supercell"),),
+         "Kone; Fiskars; Marimekko; Fazer; Wärtsilä"),
+        ("Taiwan", ("China", "Japan", "Korea"), (("Acer", "Asus", "Foxconn"),),
+         "HTC; TSMC; Giant Bicycles; MediaTek; Gigabyte"),
+        ("Canada", ("the United States", "England", "Australia"), (("BlackBerry", "Bombardier", "Tim Hortons"),),
+         "Shopify; Lululemon; Canada Goose; Air Canada; Roots; Molson; McCain Foods"),
+        ("Denmark", ("Sweden", "Norway", "Germany"), (("Lego", "Carlsberg", "Maersk"),),
+         "Pandora jewellery; Bang & Olufsen; Novo Nordisk; Vestas; Ecco; Arla"),
+    ]),
+]
+BIG += [
+    *answers(GOD, [
+        ("Greeks", ("Romans", "Egyptians", "Vikings"), (("Zeus", "Athena", "Poseidon"),),
+         "Apollo; Hermes; Aphrodite; Ares; Hera; Hades; Artemis; Demeter; Dionysus; Hephaestus; Persephone; Eros; Gaia; Kronos; Helios; Nike the goddess; Pan; Hestia; Nemesis; Prometheus; Atlas the titan; Selene; Hecate; Asclepius"),
+        ("Romans", ("Greeks", "Egyptians", "Celts"), (("Jupiter", "Mars", "Venus"),),
+         "Neptune; Mercury; Minerva; Juno; Diana; Vulcan; Janus; Saturn; Pluto; Ceres; Bacchus; Cupid; Vesta; Aurora; Fortuna; Faunus; Quirinus; Bellona"),
+        ("Egyptians", ("Greeks", "Romans", "Babylonians"), (("Ra", "Osiris", "Isis"),),
+         "Anubis; Horus; Set; Thoth; Bastet; Amun; Ptah; Hathor; Sekhmet; Sobek; Nut; Geb; Khnum; Maat; Aten; Nephthys; Bes; Taweret"),
+        ("Vikings", ("Greeks", "Romans", "Celts"), (("Odin", "Thor", "Loki"),),
+         "Freya; Frigg; Baldur; Tyr; Heimdall; Njord; Freyr; Hel; Bragi; Idun; Vidar; Ullr; Skadi; Forseti"),
+        ("Hindus", ("Buddhists", "Greeks", "Egyptians"), (("Vishnu", "Shiva", "Brahma"),),
+         "Ganesha; Krishna; Rama; Lakshmi; Parvati; Durga; Kali; Hanuman; Indra; Agni; Saraswati; Surya; Varuna; Kartikeya; Yama"),
+        ("Aztecs", ("Maya", "Incas", "Egyptians"), (("Quetzalcoatl", "Huitzilopochtli", "Tezcatlipoca"),),
+         "Tlaloc; Xipe Totec; Mictlantecuhtli; Coatlicue; Xochiquetzal; Chalchiuhtlicue; Tonatiuh"),
+    ]),
+    *answers(PRODUCE, [
+        ("fruit", ("vegetable", "spice"), (("an apple", "a banana", "an orange"), ("a pear", "a peach", "a mango")),
+         "a strawberry; a cherry; a grape; a pineapple; a watermelon; a lemon; a lime; a plum; an apricot; a kiwi; a papaya; a coconut; a pomegranate; a fig; a blueberry; a raspberry; a blackberry; a grapefruit; a tangerine; a melon; a cantaloupe; a guava; a lychee; a passion fruit; a nectarine; a cranberry; a date; a persimmon; a quince; a gooseberry; a mandarin; a dragon fruit; a clementine; an elderberry; a mulberry"),
+        ("vegetable", ("fruit", "spice"), (("a carrot", "a potato", "an onion"), ("a cabbage", "a lettuce", "a cucumber")),
+         "broccoli; spinach; a cauliflower; a turnip; a radish; a beetroot; celery; asparagus; a leek; kale; a parsnip; a zucchini; an eggplant; a pumpkin; garlic; a courgette; an artichoke; Brussels sprouts; a pea; a bean; okra; a yam; a squash; a shallot; fennel; a kohlrabi; a swede; chard; a corn cob; a bell pepper; an aubergine; watercress; a green bean; rocket salad"),
+        ("spice", ("fruit", "vegetable"), (("cinnamon", "pepper", "nutmeg"),),
+         "cumin; turmeric; paprika; saffron; cardamom; cloves; ginger powder; coriander seed; chili powder; star anise; allspice; fenugreek; mace; vanilla; sumac; caraway"),
+    ]),
+    *answers(PLACE, [
+        ("Africa", ("Asia", "Europe", "South America"), (("Mount Kilimanjaro", "the Sahara desert", "Victoria Falls"),),
+         "the Serengeti; the Nile delta; the Atlas Mountains; the Okavango Delta; Timbuktu; Zanzibar; the Congo rainforest; Lake Tanganyika; the Great Pyramid of Giza; the Sphinx; Madagascar; the Masai Mara; Kruger National Park; the Drakensberg; Lake Malawi; Marrakech medina"),
+        ("Asia", ("Europe", "Africa", "Oceania"), (("Mount Everest", "the Great Wall", "the Gobi desert"),),
+         "the Taj Mahal; Angkor Wat; the Himalayas; the Yangtze River; the Ganges; Lake Baikal; the Mekong River; Ha Long Bay; the Forbidden City in Beijing; Borobudur; Petra; the Dead Sea; the Maldives; Bali; K2; the Tibetan Plateau; Siberia; the Mongolian steppe; the Khyber Pass; the Indus River; Kathmandu; the Terracotta Army"),
+        ("Europe", ("Asia", "Africa", "North America"), (("the Alps", "the Danube", "the Eiffel Tower"),),
+         "the Colosseum in Rome; Stonehenge; the Rhine; the Pyrenees; the Acropolis of Athens; Mont Blanc; the Matterhorn; the Black Forest; Lake Geneva; the Carpathian Mountains; the Seine; the Thames; the Scottish Highlands; the Dolomites; Lake Como; the Fjords of Norway; Neuschwanstein Castle; the Louvre; the Vatican; Venice; the Cliffs of Moher; the Loire Valley"),
+        ("South America", ("Africa", "Asia", "North America"), (("the Amazon rainforest", "the Andes", "Machu Picchu"),),
+         " Lake Titicaca; Angel Falls; the Atacama Desert; Patagonia; the Galápagos Islands; Iguazu Falls; Easter Island; the Pantanal; Tierra del Fuego; Aconcagua; the Orinoco; the Nazca Lines; Christ the Redeemer; the Salar de Uyuni"),
+        ("North America", ("South America", "Europe", "Asia"), (("the Grand Canyon", "Niagara Falls", "the Rocky Mountains"),),
+         "Yellowstone; the Mississippi River; the Great Lakes; Yosemite; Death Valley; Lake Superior; Hudson Bay; the Everglades; the Mojave Desert; Denali; the Yukon; Chichen Itza; the Great Plains; Lake Michigan; Banff National Park; the Sierra Nevada; the Colorado River; Teotihuacan"),
+        ("Australia", ("Asia", "Africa", "Europe"), (("Uluru", "the Great Barrier Reef", "the Outback"),),
+         "Kakadu National Park; the Blue Mountains; Bondi; the Nullarbor Plain; the Simpson Desert; Fraser Island; Tasmania; the Murray River; the Whitsunday Islands"),
+    ]),
+    *answers(STATE, [
+        ("gas", ("liquid", "solid"), (("oxygen", "nitrogen", "helium"),),
+         "hydrogen; neon; argon; chlorine; fluorine; krypton; xenon; radon; carbon dioxide; methane; ammonia; ozone; propane; butane; carbon monoxide"),
+        ("metal", ("gas", "liquid"), (("iron", "copper", "gold"),),
+         "silver; aluminium; zinc; lead; tin; nickel; platinum; titanium; magnesium; sodium; potassium; calcium; lithium; cobalt; chromium; tungsten; uranium; steel; bronze; brass; palladium; manganese"),
+        ("liquid", ("gas", "solid"), (("water", "mercury", "petrol"),),
+         "bromine; ethanol; olive oil; vinegar; milk; gasoline; kerosene; acetone; glycerin; honey"),
+    ]),
+]
+BIG += [
+    *answers(SPORT, [
+        ("basketball", ("tennis", "golf", "baseball"), (("LeBron James", "Kobe Bryant", "Stephen Curry"),),
+         "Tim Duncan; Dirk Nowitzki; Kareem Abdul-Jabbar; Wilt Chamberlain; Bill Russell; Hakeem Olajuwon; Scottie Pippen; Dennis Rodman; Charles Barkley; Patrick Ewing; Dwyane Wade; Chris Paul; Russell Westbrook; Kawhi Leonard; Luka Dončić; Nikola Jokić; Yao Ming; Steve Nash; Tony Parker; Pau Gasol; Carmelo Anthony; Karl Malone; John Stockton; Vince Carter; Tracy McGrady; Ray Allen; Paul Pierce; Kevin Garnett; Dwight Howard; Derrick Rose; Klay Thompson; Jayson Tatum; Joel Embiid; Ja Morant; Zion Williamson; Anthony Davis; Damian Lillard; Julius Erving; Jerry West"),
+        ("tennis", ("golf", "basketball", "cricket"), (("Roger Federer", "Rafael Nadal", "Novak Djokovic"),),
+         "Steffi Graf; Bjorn Borg; Rod Laver; Boris Becker; Jimmy Connors; Ivan Lendl; Stefan Edberg; Maria Sharapova; Monica Seles; Chris Evert; Martina Hingis; Justine Henin; Kim Clijsters; Lleyton Hewitt; Marat Safin; Juan Martín del Potro; Stan Wawrinka; Carlos Alcaraz; Jannik Sinner; Daniil Medvedev; Naomi Osaka; Simona Halep; Caroline Wozniacki; Arthur Ashe; Iga Świątek; Coco Gauff; Ashleigh Barty; Petra Kvitová; Dominic Thiem; Alexander Zverev"),
+        ("golf", ("tennis", "cricket", "baseball"), (("Jack Nicklaus", "Rory McIlroy", "Arnold Palmer"),),
+         "Seve Ballesteros; Greg Norman; Ernie Els; Vijay Singh; Jordan Spieth; Dustin Johnson; Brooks Koepka; Bubba Watson; Sergio García; Padraig Harrington; Lee Westwood; Justin Rose; Jon Rahm; Scottie Scheffler; Annika Sörenstam; Lorena Ochoa; Tom Watson; Sam Snead; Bobby Jones; Colin Montgomerie; Fred Couples; Adam Scott; Collin Morikawa"),
+        ("football", ("basketball", "cricket", "rugby"), (("Cristiano Ronaldo", "Pelé", "Diego Maradona"),),
+         "Neymar; Kaká; Luis Suárez; Karim Benzema; Erling Haaland; Kevin De Bruyne; Andrés Iniesta; Xavi Hernández; Sergio Ramos; Paolo Maldini; Andrea Pirlo; Francesco Totti; Gianluigi Buffon; Michel Platini; Eusébio; Alfredo Di Stéfano; Ferenc Puskás; George Best; Bobby Charlton; Steven Gerrard; Frank Lampard; Harry Kane; Gareth Bale; Didier Drogba; Samuel Eto'o; Roberto Baggio; Ruud Gullit; Marco van Basten; Dennis Bergkamp; Arjen Robben; Luís Figo; Rivaldo; Romário; Oliver Kahn; Manuel Neuer; Thomas Müller; Lothar Matthäus; Gerd Müller; Eden Hazard; Antoine Griezmann; Paul Pogba; Sadio Mané; Son Heung-min; Virgil van Dijk"),
+        ("cricket", ("football", "tennis", "baseball"), (("Ricky Ponting", "MS Dhoni", "Shane Warne"),),
+         "Don Bradman; Brian Lara; Jacques Kallis; Rahul Dravid; Sunil Gavaskar; Imran Khan; Wasim Akram; Muttiah Muralitharan; Glenn McGrath; Adam Gilchrist; Steve Waugh; Ian Botham; Viv Richards; Kumar Sangakkara; Mahela Jayawardene; AB de Villiers; Ben Stokes; Joe Root; Steve Smith the cricketer; Kane Williamson; Rohit Sharma; Shoaib Akhtar; James Anderson; Anil Kumble; Sourav Ganguly; Yuvraj Singh; Chris Gayle; Garfield Sobers"),
+        ("baseball", ("basketball", "football", "hockey"), (("Derek Jeter", "Jackie Robinson", "Mickey Mantle"),),
+         "Ty Cobb; Willie Mays; Ted Williams; Joe DiMaggio; Cal Ripken; Ken Griffey Jr.; Roberto Clemente; Sandy Koufax; Nolan Ryan; Pete Rose; Alex Rodriguez; David Ortiz; Albert Pujols; Ichiro Suzuki; Shohei Ohtani; Mike Trout; Mariano Rivera; Randy Johnson; Greg Maddux; Yogi Berra; Stan Musial; Cy Young; Honus Wagner; Mark McGwire; Sammy Sosa; Roger Clemens; Aaron Judge; Tony Gwynn; Reggie Jackson"),
+        ("hockey", ("basketball", "baseball", "football"), (("Sidney Crosby", "Mario Lemieux", "Alexander Ovechkin"),),
+         "Gordie Howe; Maurice Richard; Jaromír Jágr; Mark Messier; Steve Yzerman; Connor McDavid; Patrick Roy; Martin Brodeur; Jean Béliveau; Bobby Hull; Guy Lafleur; Joe Sakic; Nicklas Lidström; Teemu Selänne; Pavel Datsyuk; Evgeni Malkin; Auston Matthews; Dominik Hašek; Brett Hull; Ray Bourque"),
+        ("boxing", ("wrestling", "tennis", "swimming"), (("Mike Tyson", "Floyd Mayweather", "Manny Pacquiao"),),
+         "Joe Frazier; George Foreman; Sugar Ray Leonard; Rocky Marciano; Joe Louis; Evander Holyfield; Lennox Lewis; Oscar De La Hoya; Wladimir Klitschko; Vitali Klitschko; Canelo Álvarez; Anthony Joshua; Sugar Ray Robinson; Jack Dempsey; Marvin Hagler; Thomas Hearns; Roberto Durán; Larry Holmes; Julio César Chávez"),
+        ("chess", ("poker", "tennis", "golf"), (("Garry Kasparov", "Bobby Fischer", "Hikaru Nakamura"),),
+         "Vladimir Kramnik; José Raúl Capablanca; Emanuel Lasker; Alexander Alekhine; Boris Spassky; Mikhail Botvinnik; Tigran Petrosian; Judit Polgár; Fabiano Caruana; Ding Liren; Levon Aronian; Paul Morphy; Wilhelm Steinitz; Ian Nepomniachtchi; Alireza Firouzja; Hou Yifan"),
+    ]),
+    *answers(INSTRUMENT, [
+        ("piano", ("guitar", "violin", "drums"), (("Arthur Rubinstein", "Sergei Rachmaninoff", "Martha Argerich"),),
+         "Franz Liszt; Frédéric Chopin; Vladimir Horowitz; Lang Lang; Thelonious Monk; Herbie Hancock; Oscar Peterson; Bill Evans; Duke Ellington; Ray Charles; Jerry Lee Lewis; Billy Joel; Little Richard; Alfred Brendel; Daniel Barenboim; Evgeny Kissin; Keith Jarrett; Chick Corea; Fats Domino; Yuja Wang"),
+        ("guitar", ("piano", "violin", "trumpet"), (("Eric Clapton", "Jimmy Page", "Keith Richards"),),
+         "Andrés Segovia; Django Reinhardt; Chuck Berry; Jeff Beck; David Gilmour; Brian May; Stevie Ray Vaughan; Mark Knopfler; Pete Townshend; Angus Young; Joe Satriani; Steve Vai; Les Paul; Wes Montgomery; Paco de Lucía; John Frusciante; Jack White; Tony Iommi; Ritchie Blackmore; Kirk Hammett; Yngwie Malmsteen; Duane Allman; Chet Atkins; John Mayer"),
+        ("violin", ("cello", "piano", "guitar"), (("Yehudi Menuhin", "Jascha Heifetz", "Anne-Sophie Mutter"),),
+         "David Oistrakh; Fritz Kreisler; Isaac Stern; Nigel Kennedy; Hilary Hahn; Maxim Vengerov; Stéphane Grappelli; Vanessa-Mae; André Rieu; Gidon Kremer; Pinchas Zukerman; Sarah Chang; Midori Goto"),
+        ("cello", ("violin", "piano", "flute"), (("Yo-Yo Ma", "Jacqueline du Pré", "Mstislav Rostropovich"),),
+         "Steven Isserlis; Julian Lloyd Webber; Sheku Kanneh-Mason; Gautier Capuçon; Mischa Maisky; Lynn Harrell"),
+        ("drums", ("guitar", "piano", "bass"), (("Ringo Starr", "John Bonham", "Keith Moon"),),
+         "Neil Peart; Dave Grohl; Buddy Rich; Phil Collins; Travis Barker; Lars Ulrich; Ginger Baker; Charlie Watts; Stewart Copeland; Gene Krupa; Art Blakey; Max Roach; Chad Smith; Tommy Lee; Questlove"),
+        ("trumpet", ("saxophone", "piano", "violin"), (("Miles Davis", "Dizzy Gillespie", "Chet Baker"),),
+         "Wynton Marsalis; Herb Alpert; Clifford Brown; Freddie Hubbard; Roy Hargrove; Maynard Ferguson; Arturo Sandoval; Lee Morgan; Chris Botti; Harry James"),
+        ("saxophone", ("trumpet", "piano", "guitar"), (("Sonny Rollins", "Stan Getz", "Coleman Hawkins"),),
+         "Lester Young; Dexter Gordon; Cannonball Adderley; Wayne Shorter; Paul Desmond; Michael Brecker; Clarence Clemons; Gerry Mulligan; Ben Webster; Joshua Redman; Candy Dulfer"),
+    ]),
+]
+BIG += [
+    *answers(BORN, [
+        ("Germany", ("Austria", "France", "Poland"), (("Albert Einstein", "Max Planck", "Werner Heisenberg"),),
+         "Carl Friedrich Gauss; Johannes Kepler; Robert Koch; Heinrich Hertz; Gottfried Leibniz; Alexander von Humboldt; Otto Hahn; Hermann von Helmholtz; Bernhard Riemann; David Hilbert; Georg Ohm; Justus von Liebig; Gustav Kirchhoff; Rudolf Diesel; Emmy Noether; Felix Klein; Georg Cantor"),
+        ("England", ("Scotland", "France", "Germany"), (("Charles Darwin", "Stephen Hawking", "Paul Dirac"),),
+         "James Chadwick; Robert Hooke; Edmond Halley; John Dalton; Joseph Priestley; Edward Jenner; Alan Turing; Rosalind Franklin; Francis Crick; Henry Cavendish; Humphry Davy; J.J. Thomson; Ada Lovelace; Francis Bacon; William Harvey; Joseph Lister; Dorothy Hodgkin; Peter Higgs; Tim Berners-Lee"),
+        ("France", ("Belgium", "Italy", "Switzerland"), (("René Descartes", "Antoine Lavoisier", "Pierre Curie"),),
+         "André-Marie Ampère; Henri Becquerel; Joseph Fourier; Joseph-Louis Lagrange; Évariste Galois; Augustin Cauchy; Henri Poincaré; Jean-Baptiste Lamarck; Georges Cuvier; Charles-Augustin de Coulomb; Sadi Carnot; Louis Daguerre; Léon Foucault"),
+        ("Italy", ("Spain", "France", "Greece"), (("Enrico Fermi", "Evangelista Torricelli", "Amedeo Avogadro"),),
+         "Leonardo Fibonacci; Camillo Golgi; Rita Levi-Montalcini; Luigi Galvani; Lazzaro Spallanzani; Giovanni Schiaparelli; Maria Montessori; Girolamo Cardano; Federico Faggin"),
+        ("Scotland", ("England", "Ireland", "Wales"), (("James Clerk Maxwell", "Lord Kelvin", "Adam Smith"),),
+         "John Logie Baird; Joseph Black; Charles Lyell; John Napier; Colin Maclaurin; Peter Guthrie Tait; William Ramsay"),
+        ("the United States", ("Canada", "England", "Germany"), (("Thomas Edison", "Richard Feynman", "Benjamin Franklin"),),
+         "Robert Oppenheimer; Carl Sagan; Edwin Hubble; Linus Pauling; James Watson; Barbara McClintock; Josiah Willard Gibbs; Claude Shannon; John Bardeen; Murray Gell-Mann; George Washington Carver; Orville Wright; Jonas Salk; Grace Hopper; Katherine Johnson; Robert Millikan"),
+        ("Russia", ("Poland", "Ukraine", "Germany"), (("Dmitri Mendeleev", "Ivan Pavlov", "Mikhail Lomonosov"),),
+         "Andrei Sakharov; Lev Landau; Nikolai Lobachevsky; Pyotr Kapitsa; Andrey Kolmogorov; Sofia Kovalevskaya; Konstantin Tsiolkovsky; Alexander Popov; Igor Kurchatov"),
+        ("Austria", ("Germany", "Switzerland", "Hungary"), (("Erwin Schrödinger", "Gregor Mendel", "Ludwig Boltzmann"),),
+         "Sigmund Freud; Wolfgang Pauli; Lise Meitner; Christian Doppler; Kurt Gödel; Karl Landsteiner; Konrad Lorenz"),
+        ("Denmark", ("Sweden", "Norway", "Germany"), (("Tycho Brahe", "Hans Christian Ørsted", "Ole Rømer"),),
+         "Aage Bohr; Nicolas Steno; Ludvig Lorenz"),
+        ("Sweden", ("Norway", "Denmark", "Finland"), (("Carl Linnaeus", "Alfred Nobel", "Anders Celsius"),),
+         "Svante Arrhenius; Jöns Jacob Berzelius; Hannes Alfvén"),
+        ("Poland", ("Russia", "Germany", "Czech Republic"), (("Nicolaus Copernicus", "Stanislaw Ulam", "Kazimierz Funk"),),
+         "Marian Rejewski; Ignacy Łukasiewicz; Stefan Banach; Józef Rotblat"),
+        ("Greece", ("Italy", "Egypt", "Turkey"), (("Aristotle", "Archimedes", "Pythagoras"),),
+         "Euclid; Hippocrates; Democritus; Thales of Miletus; Eratosthenes; Ptolemy; Hipparchus; Anaximander; Galen; Aristarchus"),
+    ]),
+    *answers(COMPOSER, [
+        ("Germany", ("Austria", "Italy", "France"), (("Johann Sebastian Bach", "Ludwig van Beethoven", "Johannes Brahms"),),
+         "Richard Wagner; Robert Schumann; Felix Mendelssohn; George Frideric Handel; Richard Strauss; Carl Orff; Georg Philipp Telemann; Engelbert Humperdinck; Carl Maria von Weber; Max Bruch; Paul Hindemith; Kurt Weill; Hans Zimmer; Jacques Offenbach; Christoph Willibald Gluck"),
+        ("Austria", ("Germany", "Hungary", "Italy"), (("Franz Schubert", "Joseph Haydn", "Gustav Mahler"),),
+         "Johann Strauss II; Anton Bruckner; Arnold Schoenberg; Alban Berg; Anton Webern; Carl Czerny"),
+        ("Italy", ("Spain", "France", "Austria"), (("Giacomo Puccini", "Gioachino Rossini", "Claudio Monteverdi"),),
+         "Gaetano Donizetti; Vincenzo Bellini; Arcangelo Corelli; Domenico Scarlatti; Alessandro Scarlatti; Ottorino Respighi; Pietro Mascagni; Ruggero Leoncavallo; Ennio Morricone; Luciano Berio; Giovanni Pierluigi da Palestrina; Tomaso Albinoni; Luigi Boccherini; Giovanni Battista Pergolesi; Luigi Cherubini; Amilcare Ponchielli"),
+        ("France", ("Italy", "Belgium", "Germany"), (("Maurice Ravel", "Hector Berlioz", "Camille Saint-Saëns"),),
+         "Georges Bizet; Gabriel Fauré; Erik Satie; Jules Massenet; Charles Gounod; Jean-Philippe Rameau; Jean-Baptiste Lully; Francis Poulenc; Olivier Messiaen; Léo Delibes; Paul Dukas; Darius Milhaud; Pierre Boulez; Vincent d'Indy"),
+        ("Russia", ("Poland", "Ukraine", "Germany"), (("Igor Stravinsky", "Modest Mussorgsky", "Nikolai Rimsky-Korsakov"),),
+         "Sergei Prokofiev; Dmitri Shostakovich; Alexander Borodin; Mikhail Glinka; Alexander Scriabin; Aram Khachaturian; Mily Balakirev; César Cui; Alexander Glazunov; Anton Rubinstein; Alfred Schnittke"),
+        ("England", ("Scotland", "France", "Germany"), (("Edward Elgar", "Benjamin Britten", "Ralph Vaughan Williams"),),
+         "Henry Purcell; Gustav Holst; Thomas Tallis; Arthur Sullivan; Frederick Delius; Andrew Lloyd Webber; John Dowland; Michael Tippett; Thomas Adès; Hubert Parry"),
+        ("the United States", ("Canada", "England", "Germany"), (("George Gershwin", "Aaron Copland", "Leonard Bernstein"),),
+         "John Williams; Philip Glass; Samuel Barber; John Cage; Charles Ives; Steve Reich; Scott Joplin; Cole Porter; Irving Berlin; Stephen Sondheim; Danny Elfman; John Philip Sousa"),
+        ("Hungary", ("Austria", "Romania", "Poland"), (("Béla Bartók", "Zoltán Kodály", "György Ligeti"),),
+         "Ernő Dohnányi; Franz Lehár; Imre Kálmán; Karl Goldmark"),
+        ("the Czech Republic", ("Poland", "Austria", "Hungary"), (("Bedřich Smetana", "Leoš Janáček", "Bohuslav Martinů"),),
+         "Josef Suk; Zdeněk Fibich; Jan Dismas Zelenka; Carl Stamitz"),
+        ("Spain", ("Italy", "Portugal", "France"), (("Manuel de Falla", "Isaac Albéniz", "Enrique Granados"),),
+         "Joaquín Rodrigo; Pablo de Sarasate; Francisco Tárrega; Tomás Luis de Victoria; Joaquín Turina"),
+        ("Finland", ("Sweden", "Norway", "Denmark"), (("Jean Sibelius", "Einojuhani Rautavaara", "Kaija Saariaho"),),
+         "Magnus Lindberg; Esa-Pekka Salonen; Leevi Madetoja; Uuno Klami"),
+    ]),
+]
 # fmt: on
 
 
@@ -457,7 +831,8 @@ def interleave(groups: list[Group]) -> list[tuple[Group, Fact]]:
 
 def candidates() -> list[dict]:
     """Every candidate as a flat request dict (before filtering): the legacy facts in order,
-    then the new ones interleaved."""
+    then the new ones interleaved, then the groups of ``BIG`` interleaved (appended, so the
+    facts kept from the earlier candidates stay first and in the same order)."""
     legacy = [(g, fact) for g in LEGACY for fact in g.facts]
     return [
         {
@@ -469,7 +844,7 @@ def candidates() -> list[dict]:
             "neighborhood_prompts": [g.neighbour.format(n) for n in neighbours],
             "generation_prompts": [g.generation.format(subject)],
         }
-        for g, (subject, true, new, neighbours) in legacy + interleave(NEW)
+        for g, (subject, true, new, neighbours) in legacy + interleave(NEW) + interleave(BIG)
     ]
 
 

@@ -26,7 +26,9 @@ Usage::
 
     model, tokenizer = interventions.models.load()                  # SmolLM2-135M-Instruct
     records = alphaedit.load_requests()                             # bundled CounterFact-style
-    stats = alphaedit.key_stats(model, tokenizer, layers=[4, 5, 6, 7, 8])    # cached
+    delta = alphaedit.edit(model, tokenizer, records[:10])  # statistics computed once, cached
+    delta.revert(model)
+    stats = alphaedit.key_stats(model, tokenizer, layers=[4, 5, 6, 7, 8])    # or choose them
     delta = alphaedit.edit(model, tokenizer, records[:10], stats=stats)      # method="memit" too
     alphaedit.evaluate(model, tokenizer, records[:10]).summary()   # efficacy, paraphrase, ...
     delta.revert(model)                                             # bit-exact
@@ -408,6 +410,24 @@ def key_stats(
     return KeyStats(moments, found[sites[layers[0]]].count, info)
 
 
+def default_key_stats(
+    model: nn.Module, tokenizer: Any, layers: Sequence[int] | None = None
+) -> KeyStats:
+    """What an ``Editor`` without ``stats`` uses, as the official code does: ``key_stats`` on the
+    bundled corpus at ``layers`` (default ``default_layers``), with the default disk cache
+    (``stats.default_cache_dir("alphaedit")``, so only the first call runs the model) and a
+    progress bar; logged, with where the cache lives."""
+    folder = iv.stats.default_cache_dir("alphaedit")
+    shown = "default_layers" if layers is None else list(layers)
+    log.info(
+        f"no key statistics given: computing E[k kᵀ] on the bundled corpus at layers {shown}, "
+        f"or loading them from the cache in {folder} (pass stats=key_stats(...) to choose)"
+    )
+    stats = key_stats(model, tokenizer, layers=layers, cache_dir=folder)
+    log.info(f"key statistics: layers {stats.layers}, {stats.count} tokens, cached in {folder}")
+    return stats
+
+
 # --- the closed-form updates -----------------------------------------------------------------
 
 
@@ -476,16 +496,25 @@ class Editor:
         prefixes: Sequence[str] | None = None,
         projectors: Mapping[int, Float[Tensor, "d_mlp d_mlp"]] | None = None,
     ):
-        """``stats`` gives the layers (unless ``hparams.layers``), P (AlphaEdit) or C0 (MEMIT).
-        ``projectors`` replaces the P computed from ``stats`` (your own null space)."""
+        """``stats`` gives the layers (unless ``hparams.layers``), P (AlphaEdit) or C0 (MEMIT);
+        without ``stats`` and ``projectors`` they are computed by ``default_key_stats`` (bundled
+        corpus, ``hparams.layers`` or ``default_layers``, cached on disk). ``projectors``
+        replaces the P computed from ``stats`` (your own null space)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if stats is not None and not isinstance(stats, KeyStats):
+            raise TypeError(
+                f"stats must be KeyStats from alphaedit.key_stats(...) or None (computed on the "
+                f"bundled corpus), got {type(stats).__name__}"
+            )
         self.model, self.tokenizer = model, tokenizer
         self.pad_with = iv.text.pad_id(tokenizer)
         self.method: Method = method
         self.hparams = hparams or HParams()
         self.table = require_editable_mlp(model)
         self.geometry = iv.geometry(model)
+        if stats is None and projectors is None:
+            stats = default_key_stats(model, tokenizer, self.hparams.layers)
         layers = self.hparams.layers or (stats and stats.layers) or sorted(projectors or {})
         if not layers:
             raise ValueError("give key statistics (stats=...), projectors=... or hparams.layers")
@@ -804,7 +833,8 @@ def edit(
     prefixes: Sequence[str] | None = None,
 ) -> iv.WeightDelta:
     """Edit one batch of requests with ``editor`` (sequential editing), else a fresh editor on
-    ``stats``; returns the applied ``iv.WeightDelta``. ``prefixes`` replace the generated ones."""
+    ``stats`` (None: ``default_key_stats``, computed once and cached); returns the applied
+    ``iv.WeightDelta``. ``prefixes`` replace the generated ones."""
     if editor is None:
         editor = Editor(model, tokenizer, stats, method=method, hparams=hparams, prefixes=prefixes)
     elif editor.model is not model:
@@ -820,7 +850,7 @@ def sequential(
     tokenizer: Any,
     records: Iterable[Any],
     *,
-    stats: KeyStats,
+    stats: KeyStats | None = None,
     method: Method = "alphaedit",
     batch_size: int = 10,
     hparams: HParams | None = None,
@@ -845,10 +875,10 @@ def sequential(
 # fmt: off
 __all__ = [  # its own names, then those it re-exports (evals.counterfact, lm)
     "BUNDLED_CORPUS", "EditRow", "Editor", "HParams", "KeyStats", "SubjectShift", "ZResult",
-    "alphaedit_update", "combine", "default_layers", "edit", "encode", "generate_prefixes",
-    "key_stats", "load_corpus", "memit_update", "null_space_projector", "sequential",
-    "subject_last_token", "BUNDLED_REQUESTS", "Request", "RequestError", "Scores", "SequentialRun",
-    "as_request", "as_requests", "evaluate", "filter_known", "load_requests", "n_gram_entropy",
-    "scores_from_records", "target_logprobs",
+    "alphaedit_update", "combine", "default_key_stats", "default_layers", "edit", "encode",
+    "generate_prefixes", "key_stats", "load_corpus", "memit_update", "null_space_projector",
+    "sequential", "subject_last_token", "BUNDLED_REQUESTS", "Request", "RequestError", "Scores",
+    "SequentialRun", "as_request", "as_requests", "evaluate", "filter_known", "load_requests",
+    "n_gram_entropy", "scores_from_records", "target_logprobs",
 ]
 # fmt: on

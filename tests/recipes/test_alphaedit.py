@@ -2,6 +2,7 @@
 statistics in one pass, bad requests, and real edits on SmolLM2."""
 
 import importlib.util
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -607,6 +608,58 @@ def test_key_stats_one_pass_for_all_layers_cached_and_exact(tmp_path, monkeypatc
     assert list(workdir.iterdir()) == [] and len(list(cache.iterdir())) == 4
 
 
+def test_edit_without_statistics_computes_them_on_the_bundled_corpus_once(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the default cache, here
+    folder = tmp_path / "interventions" / "alphaedit"
+    model, tok = make("llama", n_layers=3)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    hp = ae.HParams(n_prefixes=0, v_num_grad_steps=3)
+    caplog.set_level("INFO", logger="interventions")
+    delta = ae.edit(model, tok, [REQUEST])  # no other argument
+    assert (
+        "loaded from" not in caplog.text
+        and str(folder) in caplog.text
+        and "no key statistics given" in caplog.text
+    )
+    assert sorted(delta.names) == sorted(
+        f"model.layers.{i}.mlp.down_proj.weight" for i in ae.default_layers(3)
+    )
+    assert all(not torch.equal(delta.changes[n], delta.originals[n]) for n in delta.names)
+    delta.revert(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    files = sorted(folder.iterdir())
+    assert len(files) == 3  # one per default layer
+    # the same statistics as asked for by hand: bundled corpus, default layers
+    by_hand = ae.key_stats(model, tok, cache=False, progress=False)
+    editor = ae.Editor(model, tok, hparams=hp)
+    assert editor.layers == by_hand.layers == ae.default_layers(3)
+    for layer in editor.layers:
+        expected, _ = by_hand.projector(layer)
+        assert torch.equal(editor.projectors[layer], expected)
+    memit = ae.Editor(model, tok, method="memit", hparams=hp)
+    assert all(torch.equal(memit.moments[i], by_hand.moments[i]) for i in memit.layers)
+    # the second and third editors were served from the cache: no new files, loads logged
+    assert sorted(folder.iterdir()) == files
+    assert caplog.text.count("loaded from") >= 6
+    # hparams.layers choose the layers the statistics are computed for
+    assert ae.Editor(model, tok, hparams=replace(hp, layers=(1,))).layers == [1]
+
+
+def test_edit_without_statistics_refuses_bad_input_clearly(tmp_path, monkeypatch, untouched):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model, tok = make("llama", n_layers=3)
+    check = untouched(model)
+    with pytest.raises(TypeError, match=r"stats must be KeyStats .* got dict"):
+        ae.edit(model, tok, [REQUEST], stats={1: torch.eye(64)})
+    with pytest.raises(ValueError, match=r"layers: layer index \[5\] out of range"):
+        ae.edit(model, tok, [REQUEST], hparams=ae.HParams(layers=(5,)))
+    with pytest.raises(ae.RequestError, match="exactly one"):
+        ae.edit(model, tok, [dict(REQUEST, prompt="The old tower stands in")])
+    check()
+
+
 def preserved_keys_all(model, tok, layer: int, text: str) -> torch.Tensor:
     ids = torch.tensor([tok(text)["input_ids"]])
     with torch.no_grad(), iv.capture(model, f"layers.{layer}.mlp.act") as cache:
@@ -688,6 +741,23 @@ def test_real_edits_flip_facts_and_keep_neighbours(real_model, tmp_path):
     assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
 
 
+@pytest.mark.real
+def test_real_edit_with_no_other_argument(real_model, caplog):
+    # the default cache (~/.cache/interventions/alphaedit): only the first run computes them
+    model, tok = real_model
+    requests = ae.load_requests()[:3]
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with caplog.at_level("INFO", logger="interventions"):
+        delta = ae.edit(model, tok, requests)
+    try:
+        assert "no key statistics given" in caplog.text
+        assert str(iv.stats.default_cache_dir("alphaedit")) in caplog.text
+        assert ae.evaluate(model, tok, requests, fluency=False).efficacy >= 2 / 3
+    finally:
+        delta.revert(model)
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+
+
 @pytest.mark.parametrize(
     "model_type, reason",
     [
@@ -705,3 +775,63 @@ def test_edit_and_key_stats_refuse_mlps_that_are_not_one_down_projection(
     with pytest.raises(NotImplementedError, match=reason):
         ae.Editor(model, tok, None)
     check()
+
+
+# --- the long sequential run (examples/05_alphaedit_long.py) -----------------------------------
+
+
+def _long_run_script():
+    path = Path(__file__).resolve().parents[2] / "examples" / "05_alphaedit_long.py"
+    spec = importlib.util.spec_from_file_location("alphaedit_long", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_long_run_resumes_after_an_interrupt_to_the_same_edits(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    script = _long_run_script()
+    tok = WordTokenizer()
+    monkeypatch.setattr(script, "load", lambda name: (tiny("llama", n_kv_heads=2), tok))
+
+    def run(state: str, results: str) -> None:
+        folder = tmp_path / state
+        argv = ["run", "--method", "alphaedit", "--edits", "4", "--batch", "2"]
+        argv += ["--state", str(folder), "--results", str(tmp_path / results)]
+        script.run(script.arguments().parse_args(argv))
+
+    run("straight", "straight-results")
+    real_edit = ae.Editor.edit
+
+    def interrupted(editor, requests):
+        if editor.n_edits == 2:  # Ctrl-C in the second batch
+            raise KeyboardInterrupt
+        return real_edit(editor, requests)
+
+    monkeypatch.setattr(ae.Editor, "edit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", "resumed-results")
+    state = tmp_path / "resumed"
+    after_one = {p.name: p.read_bytes() for p in [*state.iterdir(), tmp_path / "resumed-results"
+                                                  / "alphaedit.json"]}  # fmt: skip
+    assert json.loads((state / "progress.json").read_text())["edits"] == 2
+    monkeypatch.setattr(ae.Editor, "edit", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # a second interrupt changes no file
+        run("resumed", "resumed-results")
+    assert {p.name: p.read_bytes() for p in [*state.iterdir(), tmp_path / "resumed-results"
+                                             / "alphaedit.json"]} == after_one  # fmt: skip
+    monkeypatch.setattr(ae.Editor, "edit", real_edit)
+    run("resumed", "resumed-results")
+    straight = iv.WeightDelta.load(tmp_path / "straight" / "delta-4.safetensors")
+    resumed = iv.WeightDelta.load(state / "delta-4.safetensors")
+    assert straight.names == resumed.names
+    assert all(torch.equal(straight.changes[n], resumed.changes[n]) for n in straight.names)
+    rows = json.loads((tmp_path / "resumed-results" / "alphaedit.json").read_text())["rows"]
+    assert [r["edits"] for r in rows] == [2, 4]
+    same = json.loads((tmp_path / "straight-results" / "alphaedit.json").read_text())["rows"]
+    keys = ("efficacy", "paraphrase", "neighborhood", "perplexity", "mc_accuracy")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in same]
+    # a restart on other facts than those edited refuses to go on
+    monkeypatch.setattr(script.counterfact, "load_requests", lambda: ae.load_requests()[::-1])
+    with pytest.raises(SystemExit, match="facts changed"):
+        run("resumed", "resumed-results")

@@ -1,0 +1,331 @@
+"""The long sequential run: AlphaEdit and MEMIT over every bundled fact, in batches of 100.
+
+    python examples/05_alphaedit_long.py run --method alphaedit     # resumable, one method
+    python examples/05_alphaedit_long.py run --method memit
+    python examples/05_alphaedit_long.py report                     # table + plot into docs/
+
+`run` edits the bundled facts (`counterfact.load_requests()`) in order, in batches of `--batch`,
+with one `alphaedit.Editor` at its defaults (key statistics from `default_key_stats`, cached).
+After every batch it scores all edits so far (efficacy, paraphrase, neighbourhood:
+`counterfact.evaluate`) and a general-ability probe on the edited model (perplexity of the
+bundled prose, `lm.perplexity`; accuracy on the bundled commonsense multiple-choice set,
+`lm.continuation_logprobs` of each label), and records the seconds of the edit and of the scoring
+and the peak resident memory during the edit. It is resumable: after each batch the combined
+`WeightDelta`, the editor (P, past keys) and the rows are written (atomically) to `--state`
+(default runs/alphaedit_long/<method>, not committed); a restart applies the delta to the freshly
+loaded model, loads the editor and continues after the last finished batch, and refuses to
+continue if the facts already edited changed. The rows also go to
+docs/results/alphaedit_long/<method>.json (committed) with the command and commit that made them.
+
+`report` reads those JSON files only and writes the table and docs/img/alphaedit_long.png into
+docs/alphaedit.md between the `long-run` markers.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+import interventions as iv
+from interventions import lm
+from interventions.evals import counterfact, honesty, tasks
+from interventions.models import load
+from interventions.recipes import alphaedit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results" / "alphaedit_long"
+DOC = ROOT / "docs" / "alphaedit.md"
+PLOT = ROOT / "docs" / "img" / "alphaedit_long.png"
+MARKERS = ("<!-- long-run:start -->", "<!-- long-run:end -->")
+log = logging.getLogger("alphaedit_long")
+
+
+# --- small pieces --------------------------------------------------------------------------------
+
+
+def write_json(path: Path, value: object) -> None:
+    """Atomic: a reader (or a restart after a kill) sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(partial, path)
+
+
+def facts_digest(requests: list[counterfact.Request]) -> str:
+    text = json.dumps([[r.case_id, r.prompt, r.subject, r.target_new] for r in requests])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) of this process while the block runs, sampled every 5 ms from
+    /proc/self/statm (getrusage's peak is the model load's, higher than anything after it)."""
+
+    def __init__(self) -> None:
+        self.peak = self.start = rss_mib()
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mib())
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mib())
+
+
+def rss_mib() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def mc_accuracy(model, tokenizer, records: list[tasks.Prompt]) -> float:
+    """Share of multiple-choice questions whose answer label has the highest log-probability."""
+    pairs = [(r.text, " " + label) for r in records for label in r.labels]
+    scores = lm.continuation_logprobs(model, tokenizer, pairs).tolist()
+    right, at = 0, 0
+    for r in records:
+        options = scores[at : at + len(r.labels)]
+        at += len(r.labels)
+        right += r.labels[max(range(len(options)), key=options.__getitem__)] == r.answer
+    return right / len(records)
+
+
+def general_probe(model, tokenizer) -> dict[str, float]:
+    mc = [r for r in tasks.load_records(tasks.BUNDLED_DATA) if r.answer is not None]
+    return {
+        "perplexity": lm.perplexity(model, tokenizer, honesty.load_prose()),
+        "mc_accuracy": mc_accuracy(model, tokenizer, mc),
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def unedited(model, tokenizer, requests, state: Path) -> tuple[counterfact.Scores, dict]:
+    """The unedited model on every fact and on the general probe, cached in ``state`` (facts
+    added to the data later are scored once more, on the unedited model, before any edit)."""
+    path = state / "unedited.json"
+    cached = json.loads(path.read_text()) if path.exists() else {"per_record": [], "probe": None}
+    per = cached["per_record"]
+    if [r["case_id"] for r in per] != [r.case_id for r in requests[: len(per)]]:
+        per = []
+    if len(per) < len(requests):
+        log.warning("scoring the unedited model on facts %d..%d", len(per), len(requests))
+        per += counterfact.evaluate(
+            model, tokenizer, requests[len(per) :], fluency=False
+        ).per_record
+    probe = cached["probe"] or general_probe(model, tokenizer)
+    write_json(path, {"per_record": per, "probe": probe})
+    return counterfact.scores_from_records(per, fluency=False), probe
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    state = Path(args.state or ROOT / "runs" / "alphaedit_long" / args.method)
+    state.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results) / f"{args.method}.json"
+    model, tokenizer = load(args.model)
+    requests = counterfact.load_requests()
+    if args.edits is not None:
+        requests = requests[: args.edits]
+    requests = requests[: len(requests) // args.batch * args.batch]  # whole batches only
+    baseline, probe0 = unedited(model, tokenizer, requests, state)
+
+    progress_path = state / "progress.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.exists() else None
+    results = json.loads(results_path.read_text()) if results_path.exists() and progress else {}
+    if progress is None:
+        editor = alphaedit.Editor(model, tokenizer, method=args.method)
+        combined, done, rows = None, 0, []
+    else:
+        done = progress["edits"]
+        if progress["facts"] != facts_digest(requests[:done]):
+            sys.exit(f"{state}: the first {done} facts changed since they were edited; start anew")
+        combined = iv.WeightDelta.load(state / progress["delta"]).apply(model)
+        editor = alphaedit.Editor.load(state / progress["editor"], model, tokenizer)
+        rows = [r for r in results.get("rows", []) if r["edits"] <= done]
+        log.warning("resuming %s after %d edits (%s)", args.method, done, state)
+    runs = results.get("runs", []) + [
+        {"command": " ".join(["python", *sys.argv]), "commit": commit(), "from_edits": done}
+    ]
+    meta = {
+        "method": args.method,
+        "batch": args.batch,
+        "hparams": asdict(editor.hparams),
+        "layers": editor.layers,
+        "null_dims": editor.null_dims,
+        "unedited_probe": probe0,
+        "threads": args.threads,
+        "runs": runs,
+    }
+    for start in range(done, len(requests), args.batch):
+        batch = requests[start : start + args.batch]
+        started = time.perf_counter()
+        with PeakMemory() as memory:
+            delta = editor.edit(batch)
+        edit_seconds = time.perf_counter() - started
+        combined = delta if combined is None else iv.WeightDelta.combine([combined, delta])
+        n = start + len(batch)
+        started = time.perf_counter()
+        scores = counterfact.evaluate(model, tokenizer, requests[:n], fluency=False)
+        probe = general_probe(model, tokenizer)
+        before = baseline.head(n)
+        rows.append(
+            {"edits": n}
+            | {k: v for k, v in scores.summary().items() if k not in ("fluency", "n")}
+            | {f"unedited_{k}": getattr(before, k) for k in ("paraphrase", "neighborhood")}
+            | probe
+            | {
+                "edit_seconds": round(edit_seconds, 1),
+                "score_seconds": round(time.perf_counter() - started, 1),
+                "rss_start_mib": round(memory.start, 1),
+                "rss_peak_mib": round(memory.peak, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+        # the state first, then the pointer to it: a kill anywhere leaves a consistent state
+        names = {"delta": f"delta-{n}.safetensors", "editor": f"editor-{n}.safetensors"}
+        combined.save(state / names["delta"])
+        editor.save(state / names["editor"])
+        write_json(results_path, meta | {"rows": rows})
+        write_json(progress_path, {"edits": n, "facts": facts_digest(requests[:n])} | names)
+        for old in state.glob("*-*.safetensors"):
+            if old.name not in names.values():
+                old.unlink()
+        log.warning("%s after %d edits: %s", args.method, n, rows[-1])
+    log.warning("%s: all %d edits done", args.method, len(requests))
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace) -> None:
+    found = {m: json.loads((RESULTS / f"{m}.json").read_text()) for m in ("alphaedit", "memit")
+             if (RESULTS / f"{m}.json").exists()}  # fmt: skip
+    if not found:
+        sys.exit(f"no results in {RESULTS}: run `run --method alphaedit` first")
+    lines = [MARKERS[0], table(found), "", f"![AlphaEdit and MEMIT, long run]({plot(found)})"]
+    lines.append(MARKERS[1])
+    text = DOC.read_text()
+    start, end = text.index(MARKERS[0]), text.index(MARKERS[1]) + len(MARKERS[1])
+    DOC.write_text(text[:start] + "\n".join(lines) + text[end:])
+    print(f"wrote {DOC} and {PLOT}")
+
+
+def table(found: dict) -> str:
+    head = (
+        "| method | edits | efficacy | paraphrase | neighbourhood (Δ unedited) | efficacy diff "
+        "| perplexity | MC accuracy | s / 100 edits (edit + score) | peak RSS MiB |"
+    )
+    out = [head, "|---|" + "---:|" * 9]
+    for method, result in found.items():
+        probe = result["unedited_probe"]
+        out.append(
+            f"| {method} | 0 | – | – | – | – | {probe['perplexity']:.2f} | "
+            f"{100 * probe['mc_accuracy']:.1f} | – | – |"
+        )
+        for r in result["rows"]:
+            gap = 100 * (r["neighborhood"] - r["unedited_neighborhood"])
+            per_100 = 100 / result["batch"]
+            out.append(
+                f"| {method} | {r['edits']} | {100 * r['efficacy']:.1f} | "
+                f"{100 * r['paraphrase']:.1f} | {100 * r['neighborhood']:.1f} ({gap:+.1f}) | "
+                f"{r['efficacy_diff']:.3f} | {r['perplexity']:.2f} | "
+                f"{100 * r['mc_accuracy']:.1f} | {per_100 * r['edit_seconds']:.0f} + "
+                f"{per_100 * r['score_seconds']:.0f} | {r['rss_peak_mib']:.0f} |"
+            )
+    runs = [f"`{r['command']}` at {r['commit']} (from {r['from_edits']} edits)"
+            for result in found.values() for r in result["runs"]]  # fmt: skip
+    return "\n".join(out) + "\n\nMade by " + "; ".join(runs) + "."
+
+
+def plot(found: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ("efficacy", "paraphrase", "neighborhood", "perplexity", "mc_accuracy", "edit_seconds")
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4), sharex=True)
+    for ax, metric in zip(axes.flat, panels, strict=True):
+        for method, style in (("alphaedit", "o-"), ("memit", "s--")):
+            if method in found:
+                rows = found[method]["rows"]
+                x = [0] + [r["edits"] for r in rows]
+                start = found[method]["unedited_probe"].get(metric)
+                y = [start] + [r[metric] for r in rows]
+                if start is None:
+                    x, y = x[1:], y[1:]
+                ax.plot(x, y, style, label=method)
+        if metric == "neighborhood" and found:
+            rows = next(iter(found.values()))["rows"]
+            xs = [r["edits"] for r in rows]
+            ax.plot(xs, [r["unedited_neighborhood"] for r in rows], "x:", color="grey",
+                    label="unedited, same facts")  # fmt: skip
+        ax.set_title(metric.replace("_", " "))
+        ax.set_xlabel("sequential edits")
+    axes.flat[0].legend()
+    axes.flat[2].legend()
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    return str(PLOT.relative_to(DOC.parent))
+
+
+def arguments() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    go = commands.add_parser("run", help="edit (or resume) one method's long run")
+    go.add_argument("--method", choices=alphaedit.METHODS, required=True)
+    go.add_argument("--batch", type=int, default=100)
+    go.add_argument("--edits", type=int, default=None, help="default: every bundled fact")
+    go.add_argument("--model", default=None, help="HF id or path (default: bundled SmolLM2)")
+    go.add_argument("--state", default=None, help="default runs/alphaedit_long/<method>")
+    go.add_argument("--results", default=str(RESULTS), help="folder of the committed rows")
+    go.add_argument("--threads", type=int, default=1)
+    commands.add_parser("report", help="table and plot into docs/alphaedit.md")
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("interventions").setLevel(logging.INFO)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
