@@ -128,31 +128,35 @@ class World:
 
     def _gather(self, value: Any, what: str) -> list[tuple[int, Any]]:
         """``[(rank, value)]`` of every rank: each sends its value to rank 0, which sends the
-        list back; every message is awaited at most ``timeout``."""
-        group = _cpu_group(self)
+        list back (and the ranks that did not answer, named on every rank that did); every
+        message is awaited at most ``timeout``."""
+        group, seconds = _cpu_group(self), f"{self.timeout.total_seconds():g} s"
         if self.rank == 0:
-            values = [(0, value)]
+            values, lost = [(0, value)], {}
             for rank in range(1, self.size):
                 try:
                     values.append((rank, pickle.loads(self._receive(rank, group))))
                 except RuntimeError as error:  # gloo: "timed out" or "connection reset"
-                    raise RankFailed(
-                        f"{what}: rank {rank} did not answer rank 0 within "
-                        f"{self.timeout.total_seconds():g} s (killed, or still running; "
-                        f"{_first_line(error)})"
-                    ) from None
+                    lost[rank] = f"killed, or still running; {_first_line(error)}"
+            reply = pickle.dumps((values, dict(lost)))
             for rank in range(1, self.size):
-                self._send(pickle.dumps(values), rank, group, what)
-            return values
-        try:
-            self._send(pickle.dumps(value), 0, group, what)
-            return pickle.loads(self._receive(0, group))
-        except RuntimeError as error:
-            raise RankFailed(
-                f"{what}: rank 0, which collects every rank's status, did not answer rank "
-                f"{self.rank} within {self.timeout.total_seconds():g} s (killed, still running, "
-                f"or it found another rank gone; {_first_line(error)})"
-            ) from None
+                if rank not in lost:
+                    try:
+                        self._send(reply, rank, group, what)
+                    except RuntimeError as error:  # gone since it answered
+                        lost[rank] = f"gone after it answered; {_first_line(error)}"
+        else:
+            try:
+                self._send(pickle.dumps(value), 0, group, what)
+                values, lost = pickle.loads(self._receive(0, group))
+            except RuntimeError as error:
+                lost = {0: f"killed, or still running; {_first_line(error)}"}
+        if lost:
+            named = "; ".join(
+                f"rank {rank} did not answer within {seconds} ({why})" for rank, why in lost.items()
+            )
+            raise RankFailed(f"{what} on {self.size} processes (this is rank {self.rank}): {named}")
+        return values
 
     def _send(self, data: bytes, to: int, group: Any, what: str) -> None:
         payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)

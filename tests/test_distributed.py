@@ -223,6 +223,7 @@ def run_ranks(tmp_path: Path, job: str, size: int = 2, hung: int | None = None, 
     """Each rank's result of ``job`` (None for a rank that gave none), run on ``size`` forked
     gloo processes; rank ``hung`` is not waited for but killed once the others are done."""
     (tmp_path / "shared").mkdir(exist_ok=True)
+    tally_states(World())  # imports and warms the code here, once, not in each forked rank
     port, payload = _free_port(), pickle.dumps(arguments)
     # fork, as DataLoader workers start on Linux: spawn imports torch and transformers again in
     # every rank, ~25 s a test on the 2 shared cores, against ~0.3 s
@@ -348,16 +349,22 @@ def test_reducer_all_reduce_merges_a_rank_without_samples(two_ranks):
             torch.testing.assert_close(result[name]["total"], alone[name]["total"], **SUM_ORDER)
 
 
-@pytest.mark.parametrize("job,failing", [("raises", 1), ("killed", 1), ("killed", 0), ("hangs", 1)])
-def test_a_failed_rank_fails_every_rank_naming_it_within_the_timeout(tmp_path, job, failing):
-    results = run_ranks(tmp_path, job, hung=failing if job == "hangs" else None, rank=failing)
-    survivor = results[1 - failing]
-    assert survivor["error"] is not None and f"rank {failing}" in survivor["error"]
-    assert survivor["seconds"] < TIMEOUT + 2
-    assert survivor["cache"] == []  # a failed tally writes no file
-    if job == "raises":  # the rank that failed says so too, with its own error
+@pytest.mark.parametrize(
+    "job,failing,size",
+    [("raises", 1, 2), ("killed", 1, 2), ("killed", 0, 2), ("hangs", 1, 2), ("killed", 2, 3)],
+)
+def test_a_failed_rank_fails_every_rank_naming_it_within_the_timeout(tmp_path, job, failing, size):
+    hung = failing if job == "hangs" else None
+    results = run_ranks(tmp_path, job, size=size, hung=hung, rank=failing)
+    survivors = [result for rank, result in enumerate(results) if rank != failing]
+    for survivor in survivors:  # with 3 ranks, rank 1 hears of rank 2 from rank 0
+        assert survivor["error"] is not None and f"rank {failing}" in survivor["error"]
+        assert survivor["seconds"] < TIMEOUT + 2
+        assert survivor["cache"] == []  # a failed tally writes no file
+        if job == "raises":  # quoting the failed rank's own error
+            assert "rank 1 failed: IndexError" in survivor["error"]
+    if job == "raises":  # the rank that failed raises it too
         assert "rank 1 failed: IndexError" in results[1]["error"]
-        assert "rank 1 failed: IndexError" in survivor["error"]
     else:
         assert results[failing] is None
 
