@@ -183,13 +183,15 @@ def test_the_counterfact_names_are_reexported_from_evals():
 def test_bundled_data_comes_from_the_filter_script_and_never_collides():
     script = _filter_script()
     candidates = script.candidates()
-    assert len(candidates) >= 300
-    by_subject = {c["subject"]: c for c in candidates}
+    assert len(candidates) >= 2400
+    by_subject: dict[str, list[dict]] = {}  # a subject unknown in one relation may recur
+    for c in candidates:
+        by_subject.setdefault(c["subject"], []).append(c)
     kept: list[dict] = []
     for r in ae.load_requests():
         record = r.to_dict()
         record.pop("case_id")
-        assert record == by_subject[r.subject]  # reproducible from the script's candidates
+        assert record in by_subject[r.subject]  # reproducible from the script's candidates
         # no neighbourhood prompt names another edited subject, in either direction
         assert script.collides(record, kept) is None, r.subject
         kept.append(record)
