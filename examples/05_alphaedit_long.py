@@ -134,22 +134,44 @@ def general_probe(model, tokenizer) -> dict[str, float]:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def unedited(model, tokenizer, requests, state: Path) -> tuple[counterfact.Scores, dict]:
-    """The unedited model on every fact and on the general probe, cached in ``state`` (facts
-    added to the data later are scored once more, on the unedited model, before any edit)."""
-    path = state / "unedited.json"
-    cached = json.loads(path.read_text()) if path.exists() else {"per_record": [], "probe": None}
-    per = cached["per_record"]
-    if [r["case_id"] for r in per] != [r.case_id for r in requests[: len(per)]]:
-        per = []
-    if len(per) < len(requests):
-        log.warning("scoring the unedited model on facts %d..%d", len(per), len(requests))
-        per += counterfact.evaluate(
-            model, tokenizer, requests[len(per) :], fluency=False
-        ).per_record
-    probe = cached["probe"] or general_probe(model, tokenizer)
-    write_json(path, {"per_record": per, "probe": probe})
-    return counterfact.scores_from_records(per, fluency=False), probe
+class Unedited:
+    """The unedited model's scores on the facts (per record) and on the general probe, cached in
+    ``folder`` under the model's fingerprint and shared by the methods' runs. Facts are scored
+    when a batch first needs them, with the edits so far reverted (bit-exact) and re-applied."""
+
+    def __init__(self, model, tokenizer, folder: Path) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.path = folder / f"unedited-{iv.stats.fingerprint(model, 'logits')[:16]}.json"
+        self.per: list[dict] = []
+        self.probe: dict | None = None
+
+    def _read(self, requests) -> None:
+        if self.path.exists():
+            cached = json.loads(self.path.read_text())
+            per, facts = cached["per_record"], cached["facts"]
+            if facts == facts_digest(requests[: len(per)]):
+                self.per, self.probe = per, cached["probe"]
+
+    def scores(self, requests, n: int, edits: iv.WeightDelta | None) -> counterfact.Scores:
+        """Scores on ``requests[:n]``; ``edits``: what is applied to the model now."""
+        self._read(requests)  # the other method's run may have scored them already
+        if len(self.per) < n or self.probe is None:
+            if edits is not None:
+                edits.revert(self.model)
+            try:
+                if self.probe is None:
+                    self.probe = general_probe(self.model, self.tokenizer)
+                if len(self.per) < n:
+                    log.warning("scoring the unedited model on facts %d..%d", len(self.per), n)
+                    fresh = requests[len(self.per) : n]
+                    scored = counterfact.evaluate(self.model, self.tokenizer, fresh, fluency=False)
+                    self.per = self.per + scored.per_record
+            finally:
+                if edits is not None:
+                    edits.apply(self.model)
+            facts = facts_digest(requests[: len(self.per)])
+            write_json(self.path, {"per_record": self.per, "facts": facts, "probe": self.probe})
+        return counterfact.scores_from_records(self.per[:n], fluency=False)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -162,7 +184,6 @@ def run(args: argparse.Namespace) -> None:
     if args.edits is not None:
         requests = requests[: args.edits]
     requests = requests[: len(requests) // args.batch * args.batch]  # whole batches only
-    baseline, probe0 = unedited(model, tokenizer, requests, state)
 
     progress_path = state / "progress.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else None
@@ -178,6 +199,8 @@ def run(args: argparse.Namespace) -> None:
         editor = alphaedit.Editor.load(state / progress["editor"], model, tokenizer)
         rows = [r for r in results.get("rows", []) if r["edits"] <= done]
         log.warning("resuming %s after %d edits (%s)", args.method, done, state)
+    baseline = Unedited(model, tokenizer, state.parent)
+    baseline.scores(requests, 0, combined)  # the probe
     runs = results.get("runs", []) + [
         {"command": " ".join(["python", *sys.argv]), "commit": commit(), "from_edits": done}
     ]
@@ -187,12 +210,13 @@ def run(args: argparse.Namespace) -> None:
         "hparams": asdict(editor.hparams),
         "layers": editor.layers,
         "null_dims": editor.null_dims,
-        "unedited_probe": probe0,
+        "unedited_probe": baseline.probe,
         "threads": args.threads,
         "runs": runs,
     }
     for start in range(done, len(requests), args.batch):
         batch = requests[start : start + args.batch]
+        before = baseline.scores(requests, start + len(batch), combined)
         started = time.perf_counter()
         with PeakMemory() as memory:
             delta = editor.edit(batch)
@@ -202,7 +226,6 @@ def run(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         scores = counterfact.evaluate(model, tokenizer, requests[:n], fluency=False)
         probe = general_probe(model, tokenizer)
-        before = baseline.head(n)
         rows.append(
             {"edits": n}
             | {k: v for k, v in scores.summary().items() if k not in ("fluency", "n")}

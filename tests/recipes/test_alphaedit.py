@@ -183,13 +183,15 @@ def test_the_counterfact_names_are_reexported_from_evals():
 def test_bundled_data_comes_from_the_filter_script_and_never_collides():
     script = _filter_script()
     candidates = script.candidates()
-    assert len(candidates) >= 300
-    by_subject = {c["subject"]: c for c in candidates}
+    assert len(candidates) >= 2400
+    by_subject: dict[str, list[dict]] = {}  # a subject unknown in one relation may recur
+    for c in candidates:
+        by_subject.setdefault(c["subject"], []).append(c)
     kept: list[dict] = []
     for r in ae.load_requests():
         record = r.to_dict()
         record.pop("case_id")
-        assert record == by_subject[r.subject]  # reproducible from the script's candidates
+        assert record in by_subject[r.subject]  # reproducible from the script's candidates
         # no neighbourhood prompt names another edited subject, in either direction
         assert script.collides(record, kept) is None, r.subject
         kept.append(record)
@@ -835,3 +837,18 @@ def test_the_long_run_resumes_after_an_interrupt_to_the_same_edits(tmp_path, mon
     monkeypatch.setattr(script.counterfact, "load_requests", lambda: ae.load_requests()[::-1])
     with pytest.raises(SystemExit, match="facts changed"):
         run("resumed", "resumed-results")
+
+
+def test_target_values_in_chunks_equal_one_optimisation(monkeypatch):
+    model, tok = make("llama")
+    stats = tiny_stats(model, tok, [0, 1])
+    hp = ae.HParams(n_prefixes=1, prefix_length=3, v_num_grad_steps=4)
+    requests = ae.as_requests(
+        [dict(REQUEST, subject=s) for s in ("north harbour", "west bridge", "east gate")]
+    )
+    editor = ae.Editor(model, tok, stats, hparams=hp)
+    rewrites = editor._rows(requests, editor.contexts())[1]
+    whole = editor.compute_z(requests, rewrites)
+    monkeypatch.setattr(ae, "Z_CHUNK", 2)
+    chunked = editor._targets(requests, rewrites)
+    assert torch.allclose(chunked.z, whole.z, atol=1e-5) and chunked.steps == whole.steps
