@@ -6,8 +6,10 @@
 
 `run` edits the bundled facts (`counterfact.load_requests()`) in order, in batches of `--batch`,
 with one `alphaedit.Editor` at its defaults (key statistics from `default_key_stats`, cached).
-After every batch it scores all edits so far (efficacy, paraphrase, neighbourhood:
-`counterfact.evaluate`) and a general-ability probe on the edited model (perplexity of the
+After every batch it scores the edits so far (efficacy, paraphrase, neighbourhood:
+`counterfact.evaluate`): the batch just written plus an evenly spaced sample of `--sample` earlier
+edits (all of them after the last batch), so the scoring stays flat while the edits grow; and a
+general-ability probe on the edited model (perplexity of the
 bundled prose, `lm.perplexity`; accuracy on the bundled commonsense multiple-choice set,
 `lm.continuation_logprobs` of each label), and records the seconds of the edit and of the scoring
 and the peak resident memory during the edit. It is resumable: after each batch the combined
@@ -152,8 +154,11 @@ class Unedited:
             if facts == facts_digest(requests[: len(per)]):
                 self.per, self.probe = per, cached["probe"]
 
-    def scores(self, requests, n: int, edits: iv.WeightDelta | None) -> counterfact.Scores:
-        """Scores on ``requests[:n]``; ``edits``: what is applied to the model now."""
+    def scores(
+        self, requests, n: int, edits: iv.WeightDelta | None, scored: list[int] | None = None
+    ) -> counterfact.Scores:
+        """Scores on ``requests[:n]`` (at the indices ``scored``, default all); ``edits``: what is
+        applied to the model now."""
         self._read(requests)  # the other method's run may have scored them already
         if len(self.per) < n or self.probe is None:
             if edits is not None:
@@ -164,14 +169,24 @@ class Unedited:
                 if len(self.per) < n:
                     log.warning("scoring the unedited model on facts %d..%d", len(self.per), n)
                     fresh = requests[len(self.per) : n]
-                    scored = counterfact.evaluate(self.model, self.tokenizer, fresh, fluency=False)
-                    self.per = self.per + scored.per_record
+                    found = counterfact.evaluate(self.model, self.tokenizer, fresh, fluency=False)
+                    self.per = self.per + found.per_record
             finally:
                 if edits is not None:
                     edits.apply(self.model)
             facts = facts_digest(requests[: len(self.per)])
             write_json(self.path, {"per_record": self.per, "facts": facts, "probe": self.probe})
-        return counterfact.scores_from_records(self.per[:n], fluency=False)
+        scored = range(n) if scored is None else scored
+        return counterfact.scores_from_records([self.per[i] for i in scored], fluency=False)
+
+
+def scored_facts(done: int, batch: int, sample: int, last: bool) -> list[int]:
+    """The facts scored after ``done`` edits: the newest ``batch``, and ``sample`` evenly spaced
+    earlier ones (every earlier one when ``sample`` is 0 or after the ``last`` batch)."""
+    earlier = range(done - batch)
+    if not last and 0 < sample < len(earlier):
+        earlier = [earlier[i * len(earlier) // sample] for i in range(sample)]
+    return [*earlier, *range(done - batch, done)]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -207,6 +222,7 @@ def run(args: argparse.Namespace) -> None:
     meta = {
         "method": args.method,
         "batch": args.batch,
+        "sample": args.sample,
         "hparams": asdict(editor.hparams),
         "layers": editor.layers,
         "null_dims": editor.null_dims,
@@ -216,18 +232,20 @@ def run(args: argparse.Namespace) -> None:
     }
     for start in range(done, len(requests), args.batch):
         batch = requests[start : start + args.batch]
-        before = baseline.scores(requests, start + len(batch), combined)
+        n = start + len(batch)
+        scored = scored_facts(n, len(batch), args.sample, last=n == len(requests))
+        before = baseline.scores(requests, n, combined, scored)
         started = time.perf_counter()
         with PeakMemory() as memory:
             delta = editor.edit(batch)
         edit_seconds = time.perf_counter() - started
         combined = delta if combined is None else iv.WeightDelta.combine([combined, delta])
-        n = start + len(batch)
         started = time.perf_counter()
-        scores = counterfact.evaluate(model, tokenizer, requests[:n], fluency=False)
+        facts = [requests[i] for i in scored]
+        scores = counterfact.evaluate(model, tokenizer, facts, fluency=False)
         probe = general_probe(model, tokenizer)
         rows.append(
-            {"edits": n}
+            {"edits": n, "scored": len(scored)}
             | {k: v for k, v in scores.summary().items() if k not in ("fluency", "n")}
             | {f"unedited_{k}": getattr(before, k) for k in ("paraphrase", "neighborhood")}
             | probe
@@ -270,21 +288,23 @@ def report(args: argparse.Namespace) -> None:
 
 def table(found: dict) -> str:
     head = (
-        "| method | edits | efficacy | paraphrase | neighbourhood (Δ unedited) | efficacy diff "
+        "| method | edits | facts scored | efficacy | paraphrase | neighbourhood (Δ unedited) "
+        "| efficacy diff "
         "| perplexity | MC accuracy | s / 100 edits (edit + score) | peak RSS MiB |"
     )
-    out = [head, "|---|" + "---:|" * 9]
+    out = [head, "|---|" + "---:|" * 10]
     for method, result in found.items():
         probe = result["unedited_probe"]
         out.append(
-            f"| {method} | 0 | – | – | – | – | {probe['perplexity']:.2f} | "
+            f"| {method} | 0 | – | – | – | – | – | {probe['perplexity']:.2f} | "
             f"{100 * probe['mc_accuracy']:.1f} | – | – |"
         )
         for r in result["rows"]:
             gap = 100 * (r["neighborhood"] - r["unedited_neighborhood"])
             per_100 = 100 / result["batch"]
             out.append(
-                f"| {method} | {r['edits']} | {100 * r['efficacy']:.1f} | "
+                f"| {method} | {r['edits']} | {r.get('scored', r['edits'])} | "
+                f"{100 * r['efficacy']:.1f} | "
                 f"{100 * r['paraphrase']:.1f} | {100 * r['neighborhood']:.1f} ({gap:+.1f}) | "
                 f"{r['efficacy_diff']:.3f} | {r['perplexity']:.2f} | "
                 f"{100 * r['mc_accuracy']:.1f} | {per_100 * r['edit_seconds']:.0f} + "
@@ -338,6 +358,7 @@ def arguments() -> argparse.ArgumentParser:
     go.add_argument("--model", default=None, help="HF id or path (default: bundled SmolLM2)")
     go.add_argument("--state", default=None, help="default runs/alphaedit_long/<method>")
     go.add_argument("--results", default=str(RESULTS), help="folder of the committed rows")
+    go.add_argument("--sample", type=int, default=200, help="earlier edits scored (0: all)")
     go.add_argument("--threads", type=int, default=1)
     commands.add_parser("report", help="table and plot into docs/alphaedit.md")
     return parser

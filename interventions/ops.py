@@ -396,6 +396,9 @@ def moved(owner: nn.Module, name: str, like: Tensor) -> Tensor:
     changes: another tensor (``module.to``, ``param.data = ...``), or the same one written in
     place (an optimizer step, ``load_state_dict``: its version counter moves). A tensor that
     autograd must reach (a trainable vector, gradients on) is moved every call, in the graph.
+    One write goes unseen: through ``.data`` (``vector.data.copy_(new)``), which has a version
+    counter of its own, so a copy on another device or dtype keeps the old values. Write under
+    ``torch.no_grad()`` instead (``vector.copy_(new)``), or assign a new tensor.
     """
     source = getattr(owner, name)
     if source.device == like.device and source.dtype == like.dtype:

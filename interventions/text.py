@@ -321,6 +321,29 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu") if weight.is_meta else weight.device
 
 
+def with_cache(model: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{keyword: cache}`` for ``model(...)``, under the keyword its forward names: ``cache``
+    from transformers 5.24 (which deprecates ``past_key_values``, to be removed in 5.40),
+    ``past_key_values`` before. Read a forward's cache back with ``returned_cache``."""
+    return {_cache_keyword(type(causal_lm(model))): cache}
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned: ``output.cache`` (transformers 5.24 on; reading
+    ``.past_key_values`` there warns) or ``output.past_key_values``."""
+    fields = getattr(output, "__dataclass_fields__", {})
+    return output.cache if "cache" in fields else output.past_key_values
+
+
+@lru_cache(maxsize=64)
+def _cache_keyword(cls: type) -> str:
+    try:
+        names = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        names = {}
+    return "cache" if "cache" in names else "past_key_values"
+
+
 def _takes_position_ids(model: nn.Module) -> bool:
     # the causal LM's own forward: a PEFT or compiled wrapper forwards its keywords to it
     return _names_position_ids(type(causal_lm(model)))

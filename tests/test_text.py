@@ -368,3 +368,19 @@ def test_checked_rows_and_model_inputs_of_batches_and_lookalikes(llama):
     odd.attention_mask = torch.ones(2, 2)
     with pytest.raises(ValueError, match="expected a tensor of the input_ids' shape \\(1, 2\\)"):
         text.checked_rows(odd, 0, "caller")
+
+
+def test_with_cache_uses_the_keyword_the_forward_names_and_continues_one_sequence(model, ids):
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns and goes
+    in 5.40): the recipes' cached forwards pass and read the cache through these two only."""
+    import inspect
+
+    (keyword,) = text.with_cache(model, None)
+    assert keyword in inspect.signature(type(model).forward).parameters
+    with torch.no_grad():
+        whole = model(ids).logits[:, 5:]
+        first = model(ids[:, :5], use_cache=True, **text.with_cache(model, None))
+        cache = text.returned_cache(first)
+        assert cache is not None and cache.get_seq_length() == 5
+        continued = model(ids[:, 5:], use_cache=True, **text.with_cache(model, cache)).logits
+    torch.testing.assert_close(continued, whole, atol=1e-5, rtol=1e-5)

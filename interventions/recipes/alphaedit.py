@@ -238,7 +238,8 @@ def _split_at_subject(
     if width > 0:
         prefix_batch = iv.text.Batch(prefix, prefix_mask, (prefix_mask.cumsum(1) - 1).clamp(min=0))
         with torch.no_grad():
-            past = model(**prefix_batch.to(model).inputs(model), use_cache=True).past_key_values
+            output = model(**prefix_batch.to(model).inputs(model), use_cache=True)
+            past = iv.text.returned_cache(output)
     return iv.text.Batch(suffix.input_ids, mask, positions).to(model), past, width
 
 
@@ -767,12 +768,10 @@ class Editor:
         losses, probs, steps = [math.nan] * n, [0.0] * n, [0] * n
         plan = {f"layers.{self.layers[-1]}.resid_post": shift}
         for step in range(max(hp.v_num_grad_steps, 1)):
+            # the forward appends to the cache: give it a copy
+            cache = {} if past is None else iv.text.with_cache(self.model, copy.deepcopy(past))
             with iv.capture(self.model, "final_norm", keep_grad=True, plan=plan, stop=True) as c:
-                self.model(  # the forward appends to the cache: give it a copy
-                    **batch.inputs(self.model),
-                    past_key_values=copy.deepcopy(past),
-                    use_cache=past is not None,
-                )
+                self.model(**batch.inputs(self.model), use_cache=past is not None, **cache)
             hidden = c["final_norm"]
             if init is None:
                 init = shift.seen[plain_rows].float()

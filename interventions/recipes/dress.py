@@ -704,7 +704,7 @@ def _decode_step(
     """One cached forward over the newest tokens, at positions counted from the mask."""
     return model(
         input_ids=new, attention_mask=mask, position_ids=text.positions(mask)[:, -new.shape[1] :],
-        past_key_values=past, use_cache=True,
+        use_cache=True, **text.with_cache(model, past),
     )  # fmt: skip
 
 
@@ -741,12 +741,12 @@ def generate_separate(
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         with iv.capture(model, list(plan), positions=-1) as cache:
-            past_src = _decode_step(model, new_src, src_mask, past_src).past_key_values
+            past_src = text.returned_cache(_decode_step(model, new_src, src_mask, past_src))
         for site, steer in plan.items():
             steer.source = cache[site][:, list(steer.heads)]
         with iv.intervene(model, plan):
             out = _decode_step(model, new_ids, mask, past)
-        past = out.past_key_values
+        past = text.returned_cache(out)
         token = out.logits[:, -1].argmax(-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         if eos_token_id is not None:

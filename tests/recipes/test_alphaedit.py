@@ -839,6 +839,18 @@ def test_the_long_run_resumes_after_an_interrupt_to_the_same_edits(tmp_path, mon
         run("resumed", "resumed-results")
 
 
+def test_the_long_run_scores_the_newest_batch_and_a_flat_sample_of_earlier_edits():
+    scored = _long_run_script().scored_facts
+    assert scored(100, 100, 200, last=False) == list(range(100))
+    after_1000 = scored(1000, 100, 200, last=False)
+    assert len(after_1000) == 300 and after_1000[200:] == list(range(900, 1000))
+    earlier = after_1000[:200]
+    assert earlier == sorted(set(earlier)) and earlier[0] == 0 and earlier[-1] < 900
+    assert max(b - a for a, b in zip(earlier, earlier[1:], strict=False)) <= 5  # evenly spread
+    assert scored(1000, 100, 200, last=True) == list(range(1000))  # the last batch: every edit
+    assert scored(1000, 100, 0, last=False) == list(range(1000))
+
+
 def test_target_values_in_chunks_equal_one_optimisation(monkeypatch):
     model, tok = make("llama")
     stats = tiny_stats(model, tok, [0, 1])
