@@ -375,12 +375,14 @@ def test_with_cache_uses_the_keyword_the_forward_names_and_continues_one_sequenc
     in 5.40): the recipes' cached forwards pass and read the cache through these two only."""
     import inspect
 
+    from interventions.attach import cached_length
+
     (keyword,) = text.with_cache(model, None)
     assert keyword in inspect.signature(type(model).forward).parameters
     with torch.no_grad():
         whole = model(ids).logits[:, 5:]
         first = model(ids[:, :5], use_cache=True, **text.with_cache(model, None))
         cache = text.returned_cache(first)
-        assert cache is not None and cache.get_seq_length() == 5
+        assert cached_length((), {"cache": cache}) == 5  # a Cache, or 4.x GPT-2's tuples
         continued = model(ids[:, 5:], use_cache=True, **text.with_cache(model, cache)).logits
     torch.testing.assert_close(continued, whole, atol=1e-5, rtol=1e-5)
