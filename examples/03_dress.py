@@ -53,7 +53,7 @@ def main() -> None:
         render(args.render, args.docs)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, commit = time.time(), _commit()  # the code that runs, not the HEAD at the end
 
     model, tokenizer = load(args.model)
     train, test = style.load_triples("train"), style.load_triples("test")
@@ -122,7 +122,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "minutes": (time.time() - started) / 60,
         "command": " ".join(["python examples/03_dress.py", *_given(args)]),
-        "commit": _commit(),
+        "commit": commit,
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=_jsonable))
     render(args.out / "results.json", args.docs)
