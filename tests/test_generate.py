@@ -83,7 +83,7 @@ def _filled_cache(model, ids):
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    model(ids, past_key_values=cache, use_cache=True)
+    model(ids, use_cache=True, **iv.text.with_cache(model, cache))
     return cache
 
 
