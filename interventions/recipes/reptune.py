@@ -12,7 +12,10 @@ keeps the output coherent.
 3. Tuning: each loss updates only its own parameter group (AdamW with warmup); the token step
    waits while the token loss is within ``token_tolerance`` of its minimum; early stopping keeps
    the best validated weights. Returns the ``iv.WeightDelta``.
-4. Block search: short runs over parameter blocks, ranked by validation loss.
+4. Learning rate (``lr="auto"``, the default): a short trial run at each rate of a small grid,
+   each reverted; the largest rate whose trial lowers the validation loss and keeps the
+   perplexity of a plain text within a budget (default +5 %) is the one the full run takes.
+5. Block search: short runs over parameter blocks, ranked by validation loss.
 
 The honesty data and metrics are ``interventions.evals.honesty``'s (re-exported here). Small
 models need larger learning rates than the paper's 1e-6 / 1e-5 (docs/reptune.md).
@@ -27,13 +30,16 @@ models need larger learning rates than the paper's 1e-6 / 1e-5 (docs/reptune.md)
 
 import itertools
 import json
+import logging
 import math
 import os
 import random
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from einops import rearrange, reduce
@@ -59,6 +65,8 @@ from interventions.lm import perplexity as perplexity
 from interventions.lm import token_cross_entropy
 
 _FORMAT = "interventions.reptune.Direction/1"
+DEFAULT_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -534,7 +542,7 @@ def tune(
     flip: bool = False,
     projection_blocks: Sequence[str] | None = None,
     token_blocks: Sequence[str] | None = None,
-    lr: float = 1e-4,
+    lr: float | Literal["auto"] = "auto",
     token_lr: float | None = None,
     steps: int = 50,
     batch_size: int = 8,
@@ -554,13 +562,20 @@ def tune(
     ``projection_blocks`` (default: ``attn.v+attn.o`` of ``layers``, ``attn`` on GPT-2) move
     with the projection loss only, ``token_blocks`` (default: their ``mlp``; ``[]``: none) with
     the token loss only. Validation (``val_data`` or ``val_fraction`` of ``data``) every
-    ``eval_every`` steps; ``history`` receives a dict per step and per evaluation."""
+    ``eval_every`` steps; ``history`` receives a dict per step and per evaluation.
+
+    ``lr="auto"`` first runs ``choose_lr`` with these arguments (its defaults: the grid
+    ``DEFAULT_LR_GRID``, 10-step trials, perplexity of the bundled prose within +5 %), then the
+    full run at the chosen rate (``token_lr`` too, unless given); ``history`` starts with
+    ``{"lr_choice": LrChoice}`` and ends with ``{"perplexity": ..., "perplexity_rise": ...}`` of
+    the tuned model, with a warning when the full run went past the budget its trial kept."""
     mode = choice("mode", mode, ("in", "out"))
     hint = "name the layers the projection loss acts at, e.g. list(direction.layers)"
     layers = indices("layers", layers, iv.geometry(model).n_layers, hint=hint)
     vectors = _direction_at(direction, layers, model)
-    lr = number("lr", lr, above=0)
-    token_lr = lr if token_lr is None else number("token_lr", token_lr, above=0)
+    auto = isinstance(lr, str) and lr == "auto"
+    lr = 0.0 if auto else number("lr", lr, above=0)
+    token_lr = None if token_lr is None else number("token_lr", token_lr, above=0)
     steps, batch_size = integer("steps", steps), integer("batch_size", batch_size)
     warmup = integer("warmup", warmup, minimum=0)
     eval_every, patience = integer("eval_every", eval_every), integer("patience", patience)
@@ -599,6 +614,17 @@ def tune(
     tuned = {**proj_params, **token_params}  # named from the causal LM (a PEFT model wraps it)
 
     sites = [f"layers.{i}.resid_post" for i in layers]
+    lr_choice = None
+    if auto:
+        lr_choice = choose_lr(
+            model, tokenizer, data, direction=direction, layers=layers, mode=mode, flip=flip,
+            projection_blocks=projection_blocks, token_blocks=token_blocks, batch_size=batch_size,
+            token_tolerance=token_tolerance, val_fraction=val_fraction, val_data=val_data,
+            seed=seed, progress=progress,
+        )  # fmt: skip
+        lr = lr_choice.lr
+        history.append({"lr_choice": lr_choice})
+    token_lr = lr if token_lr is None else token_lr
 
     def losses(p: _Prepared, with_tokens: bool, keep_grad: bool) -> tuple[Tensor, ...]:
         """(projection loss, token loss, its minimum); without logits to score, the forward
@@ -666,7 +692,24 @@ def tune(
             with torch.no_grad():
                 for name, value in best_state.items():
                     tuned[name].copy_(value)
+        if lr_choice is not None:
+            _check_final_perplexity(model, tokenizer, lr_choice, history)
     return recording.delta
+
+
+def _check_final_perplexity(model: nn.Module, tokenizer, choice: "LrChoice", history) -> None:
+    ppl = _fluency_perplexity(model, tokenizer, None, choice.fluency_tokens)
+    rise = ppl / choice.untuned_perplexity - 1
+    history.append({"perplexity": ppl, "perplexity_rise": rise})
+    log.info(f"reptune: lr {choice.lr:g} chosen; the tuned model's perplexity {ppl:.3f} "
+             f"({100 * rise:+.1f} %, budget +{100 * choice.budget:g} %)")  # fmt: skip
+    if rise > choice.budget:
+        warnings.warn(
+            f"the full run at lr {choice.lr:g} raised the perplexity by {100 * rise:.1f} %, past "
+            f"the +{100 * choice.budget:g} % its {choice.trial_steps}-step trial kept: revert the "
+            "returned delta and give a smaller lr, or fewer steps",
+            stacklevel=3,
+        )
 
 
 class _Group:
@@ -802,6 +845,121 @@ def search_blocks(
         rows.append(BlockScore(proj_blocks, token_blocks, *(last[k] for k in keys)))
     rows.sort(key=lambda r: r.score)
     return BlockSearch(rows, baseline or {})
+
+
+# --- choosing the learning rate ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    """What ``choose_lr`` measured. ``grid``: per rate tried, the validation loss after its trial
+    (projection + token excess, as ``tune`` validates), the perplexity and its rise."""
+
+    lr: float
+    budget: float
+    within_budget: bool
+    trial_steps: int
+    fluency_tokens: int
+    untuned_val_loss: float
+    untuned_perplexity: float
+    grid: tuple[dict[str, float], ...]
+
+    def table(self) -> str:
+        rows = [f"untuned      val loss {self.untuned_val_loss:.4f}  perplexity "
+                f"{self.untuned_perplexity:.3f}"]  # fmt: skip
+        for r in self.grid:
+            mark = "  <- chosen" if r["lr"] == self.lr else ""
+            rise = 100 * r["perplexity_rise"]
+            rows.append(f"lr {r['lr']:<9g} val loss {r['val_loss']:.4f}  perplexity "
+                        f"{r['perplexity']:.3f} ({rise:+.1f} %){mark}")  # fmt: skip
+        return "\n".join(rows)
+
+
+def _fluency_perplexity(model: nn.Module, tokenizer, prose: str | None, tokens: int) -> float:
+    prose = honesty.load_prose() if prose is None else prose
+    return perplexity(model, tokenizer, prose, window=128, stride=64, max_tokens=tokens)
+
+
+def choose_lr(
+    model: nn.Module,
+    tokenizer,
+    data: Sequence[Example],
+    *,
+    direction: Direction,
+    layers: Sequence[int],
+    mode: str = "in",
+    flip: bool = False,
+    projection_blocks: Sequence[str] | None = None,
+    token_blocks: Sequence[str] | None = None,
+    grid: Sequence[float] = DEFAULT_LR_GRID,
+    trial_steps: int = 10,
+    perplexity_budget: float = 0.05,
+    fluency_tokens: int = 256,
+    batch_size: int = 8,
+    token_tolerance: float = 0.05,
+    val_fraction: float = 0.2,
+    val_data: Sequence[Example] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> LrChoice:
+    """The largest rate of ``grid`` whose ``trial_steps``-step ``tune`` lowers the validation
+    loss below the untuned model's and raises the perplexity of the bundled prose (its first
+    ``fluency_tokens`` tokens) by at most ``perplexity_budget`` (relative). Rates are tried in
+    increasing order, each trial reverted bit-exactly, and the search stops at the first rate
+    past the budget. With no such rate it warns and takes the smallest. The validation loss is
+    that of ``val_data`` or ``val_fraction`` of ``data`` (with neither, of the training examples
+    themselves). The model is left as it was, also on error or interrupt."""
+    grid = [number(f"grid[{i}]", x, above=0) for i, x in enumerate(grid)]
+    if not grid or len(set(grid)) != len(grid):
+        raise ValueError(f"grid must hold distinct learning rates, got {grid}")
+    grid.sort()
+    trial_steps = integer("trial_steps", trial_steps)
+    budget = number("perplexity_budget", perplexity_budget, at_least=0)
+    fluency_tokens = integer("fluency_tokens", fluency_tokens, minimum=2)
+    train, val = (
+        _split(data, val_fraction, seed) if val_data is None else (list(data), list(val_data))
+    )
+    if not val:  # no split asked for: judge the trials on the examples they train on
+        val = train
+    untuned_ppl = _fluency_perplexity(model, tokenizer, None, fluency_tokens)
+    rows, untuned_loss = [], math.nan
+    for lr in tqdm(grid, desc="reptune lr", disable=not progress, leave=False):
+        history: list[dict] = []
+        delta = tune(
+            model, tokenizer, train, direction=direction, layers=layers, mode=mode, flip=flip,
+            projection_blocks=projection_blocks, token_blocks=token_blocks, lr=lr,
+            steps=trial_steps, batch_size=batch_size, warmup=1, token_tolerance=token_tolerance,
+            val_data=val, eval_every=trial_steps, patience=trial_steps + 1, seed=seed,
+            progress=False, history=history,
+        )  # fmt: skip
+        try:
+            evals = [h["val_projection"] + h["val_token_excess"] for h in history
+                     if "val_projection" in h]  # fmt: skip
+            ppl = _fluency_perplexity(model, tokenizer, None, fluency_tokens)
+        finally:
+            delta.revert(model)
+        untuned_loss = evals[0]
+        rows.append({"lr": lr, "val_loss": evals[-1], "perplexity": ppl,
+                     "perplexity_rise": ppl / untuned_ppl - 1})  # fmt: skip
+        if rows[-1]["perplexity_rise"] > budget:
+            break
+    # a trial that did not lower the validation loss left the untuned weights (tune keeps the
+    # best validated ones): its perplexity says nothing, so it is never chosen
+    good = [r["lr"] for r in rows
+            if r["val_loss"] < untuned_loss - 1e-6 and r["perplexity_rise"] <= budget]  # fmt: skip
+    if not good:
+        warnings.warn(
+            f"no learning rate of {grid} lowered the validation loss in {trial_steps} steps "
+            f"within +{100 * budget:g} % perplexity; took the smallest, {grid[0]:g}: give lr, "
+            "a larger perplexity_budget or more trial_steps",
+            stacklevel=2,
+        )
+    choice = LrChoice(
+        max(good) if good else grid[0], budget, bool(good), trial_steps, fluency_tokens,
+        untuned_loss, untuned_ppl, tuple(rows),
+    )  # fmt: skip
+    log.info("reptune: learning rate chosen\n%s", choice.table())
+    return choice
 
 
 # --- evaluation at a Direction (the metrics are interventions.evals.honesty's) --------------------

@@ -603,6 +603,87 @@ def test_an_interrupted_tune_leaves_the_model_exactly_as_it_was(
     check()
 
 
+# --- choosing the learning rate (issue 19: a default that works) -------------------------------
+
+GRID = (1e-2, 1.0, 10.0, 100.0, 1000.0)  # a tiny random model's perplexity barely moves
+
+
+def _choose(model, tok, d, data, **overrides):
+    arguments = dict(direction=d, layers=[1, 2], grid=GRID, trial_steps=3, batch_size=4,
+                     val_fraction=0.25, perplexity_budget=0.0, progress=False)  # fmt: skip
+    return rt.choose_lr(model, tok, data, **(arguments | overrides))
+
+
+def test_choose_lr_takes_the_largest_rate_that_helps_within_the_budget(tok, claims):
+    model, d, data = _tiny_setup(tok, claims)
+    before = snapshot(model)
+    choice = _choose(model, tok, d, data)
+    assert_same(model, before)  # every trial reverted bit-exactly
+    rows = {r["lr"]: r for r in choice.grid}
+    assert list(rows) == sorted(rows) and set(rows) <= set(GRID)
+    good = [lr for lr, r in rows.items() if r["perplexity_rise"] <= 0.0
+            and r["val_loss"] < choice.untuned_val_loss]  # fmt: skip
+    assert choice.within_budget and choice.lr == max(good)
+    # the search stops at the first rate past the budget: only the last row may be over it
+    over = [lr for lr, r in rows.items() if r["perplexity_rise"] > 0.0]
+    assert over == [] or over == [max(rows)]
+    assert len(choice.table().splitlines()) == len(rows) + 1 and "<- chosen" in choice.table()
+
+
+def test_tune_at_lr_auto_is_the_run_at_the_chosen_rate(tok, claims, monkeypatch):
+    model, d, data = _tiny_setup(tok, claims)
+    twin = copy.deepcopy(model)
+    choice = _choose(model, tok, d, data)
+    # tune's own choice: the same arguments as _choose, through choose_lr's defaults
+    real_choose = rt.choose_lr
+    monkeypatch.setattr(rt, "choose_lr", lambda *a, **k: real_choose(*a, **k | dict(
+        grid=GRID, trial_steps=3, perplexity_budget=0.0)))  # fmt: skip
+    history: list[dict] = []
+    auto = rt.tune(model, tok, data, direction=d, layers=[1, 2], steps=4, batch_size=4,
+                   val_fraction=0.25, progress=False, history=history)  # fmt: skip
+    assert history[0]["lr_choice"] == choice
+    assert set(history[-1]) == {"perplexity", "perplexity_rise"}
+    fixed = rt.tune(twin, tok, data, direction=d, layers=[1, 2], lr=choice.lr, steps=4,
+                    batch_size=4, val_fraction=0.25, progress=False)  # fmt: skip
+    assert auto.names == fixed.names
+    assert all(torch.equal(auto.changes[n], fixed.changes[n]) for n in auto.names)
+
+
+def test_choose_lr_warns_and_takes_the_smallest_when_no_rate_helps(tok, claims):
+    model, d, data = _tiny_setup(tok, claims)
+    with pytest.warns(UserWarning, match="no learning rate .* took the smallest, 1e-12"):
+        choice = _choose(model, tok, d, data, grid=(1e-11, 1e-12))
+    assert choice.lr == 1e-12 and not choice.within_budget
+    # without a validation split the trials are judged on their own training examples
+    in_sample = _choose(model, tok, d, data, val_fraction=0.0)
+    assert in_sample.within_budget and in_sample.untuned_val_loss != choice.untuned_val_loss
+
+
+def test_choose_lr_refuses_bad_settings_and_leaves_the_model_on_interrupt(tok, claims, monkeypatch):
+    model, d, data = _tiny_setup(tok, claims)
+    for bad, match in (({"grid": ()}, "distinct"), ({"grid": (1e-3, 1e-3)}, "distinct"),
+                       ({"grid": (0.0,)}, r"grid\[0\]"), ({"perplexity_budget": -0.1}, "budget"),
+                       ({"trial_steps": 0}, "trial_steps")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            _choose(model, tok, d, data, **bad)
+    with pytest.raises((TypeError, ValueError), match="lr"):
+        rt.tune(model, tok, data, direction=d, layers=[1, 2], lr="fast", progress=False)
+    before = snapshot(model)
+    calls = []
+    real = rt._fluency_perplexity
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:  # in the second trial, its weights applied
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(rt, "_fluency_perplexity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _choose(model, tok, d, data)
+    assert_same(model, before)
+
+
 # --- evaluation -----------------------------------------------------------------------------------
 
 
@@ -658,7 +739,7 @@ def test_any_of_target_only_keeps_the_answer_format(tok, claims):
     choices = [tok(c, add_special_tokens=False)["input_ids"][0] for c in rt.CHOICES]
     mass = logits.softmax(-1)[:, choices].sum(-1)
     history: list[dict] = []
-    delta = rt.tune(model, tok, data, direction=d, layers=[1], steps=1, batch_size=6,
+    delta = rt.tune(model, tok, data, direction=d, layers=[1], lr=1e-4, steps=1, batch_size=6,
                     val_fraction=0.0, progress=False, history=history)  # fmt: skip
     assert history[-1]["token_excess"] == pytest.approx(float(-mass.log().mean()), rel=1e-4)
     delta.revert(model)
