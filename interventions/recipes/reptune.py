@@ -14,7 +14,8 @@ keeps the output coherent.
    the best validated weights. Returns the ``iv.WeightDelta``.
 4. Learning rate (``lr="auto"``, the default): a short trial run at each rate of a small grid,
    each reverted; the largest rate whose trial lowers the validation loss and keeps the
-   perplexity of a plain text within a budget (default +5 %) is the one the full run takes.
+   perplexity of a plain text within a budget (default +5 %) is the one the full run takes; the
+   full run stops where its perplexity leaves the budget.
 5. Block search: short runs over parameter blocks, ranked by validation loss.
 
 The honesty data and metrics are ``interventions.evals.honesty``'s (re-exported here). Small
@@ -566,9 +567,10 @@ def tune(
 
     ``lr="auto"`` first runs ``choose_lr`` with these arguments (its defaults: the grid
     ``DEFAULT_LR_GRID``, 10-step trials, perplexity of the bundled prose within +5 %), then the
-    full run at the chosen rate (``token_lr`` too, unless given); ``history`` starts with
-    ``{"lr_choice": LrChoice}`` and ends with ``{"perplexity": ..., "perplexity_rise": ...}`` of
-    the tuned model, with a warning when the full run went past the budget its trial kept."""
+    full run at the chosen rate (``token_lr`` too, unless given), which checks the perplexity at
+    every evaluation and stops at the first past the budget, keeping the best weights validated
+    within it; ``history`` starts with ``{"lr_choice": LrChoice}`` and ends with
+    ``{"perplexity": ..., "perplexity_rise": ...}`` of the returned weights."""
     mode = choice("mode", mode, ("in", "out"))
     hint = "name the layers the projection loss acts at, e.g. list(direction.layers)"
     layers = indices("layers", layers, iv.geometry(model).n_layers, hint=hint)
@@ -662,6 +664,8 @@ def tune(
         ]
         chunks = _cycled(train, batch_size, seed)
         best, best_state, bad = math.inf, None, 0
+        if lr_choice is not None:  # the untuned weights are within any perplexity budget
+            best_state = dict(recording.originals)
         bar = tqdm(range(steps), desc=f"reptune {mode}", disable=not progress, leave=False)
         with bar, _only_trainable(model, tuned.values()), torch.enable_grad():
             if val_batches:
@@ -681,35 +685,42 @@ def tune(
                 history.append({"step": step + 1, "projection": proj, "token_excess": excess,
                                 "token_step": token_step})  # fmt: skip
                 bar.set_postfix(proj=f"{proj:.4f}", tok="-" if excess is None else f"{excess:.3f}")
-                if val_batches and ((step + 1) % eval_every == 0 or step + 1 == steps):
+                if (step + 1) % eval_every != 0 and step + 1 != steps:
+                    continue
+                if lr_choice is not None and _past_budget(model, tokenizer, lr_choice, step + 1,
+                                                          history):  # fmt: skip
+                    break  # the best weights validated within the budget are kept
+                if val_batches:
                     score = validate(step + 1)
                     if score < best - 1e-6:
                         best, bad = score, 0
                         best_state = {k: param.detach().clone() for k, param in tuned.items()}
                     elif (bad := bad + 1) >= patience:
                         break
+                elif lr_choice is not None:  # no validation: the last weights within the budget
+                    best_state = {k: param.detach().clone() for k, param in tuned.items()}
         if best_state is not None:
             with torch.no_grad():
                 for name, value in best_state.items():
                     tuned[name].copy_(value)
         if lr_choice is not None:
-            _check_final_perplexity(model, tokenizer, lr_choice, history)
+            ppl = _fluency_perplexity(model, tokenizer, None, lr_choice.fluency_tokens)
+            history.append({"perplexity": ppl,
+                            "perplexity_rise": ppl / lr_choice.untuned_perplexity - 1})  # fmt: skip
     return recording.delta
 
 
-def _check_final_perplexity(model: nn.Module, tokenizer, choice: "LrChoice", history) -> None:
+def _past_budget(model: nn.Module, tokenizer, choice: "LrChoice", step: int, history) -> bool:
+    """Whether the tuned model's perplexity has gone past ``choice``'s budget (a full run can
+    where its short trial did not: it is checked at every evaluation)."""
     ppl = _fluency_perplexity(model, tokenizer, None, choice.fluency_tokens)
     rise = ppl / choice.untuned_perplexity - 1
-    history.append({"perplexity": ppl, "perplexity_rise": rise})
-    log.info(f"reptune: lr {choice.lr:g} chosen; the tuned model's perplexity {ppl:.3f} "
-             f"({100 * rise:+.1f} %, budget +{100 * choice.budget:g} %)")  # fmt: skip
-    if rise > choice.budget:
-        warnings.warn(
-            f"the full run at lr {choice.lr:g} raised the perplexity by {100 * rise:.1f} %, past "
-            f"the +{100 * choice.budget:g} % its {choice.trial_steps}-step trial kept: revert the "
-            "returned delta and give a smaller lr, or fewer steps",
-            stacklevel=3,
-        )
+    history.append({"step": step, "perplexity": ppl, "perplexity_rise": rise})
+    past = rise > choice.budget
+    if past:
+        budget = f"+{100 * choice.budget:g} %"
+        log.info(f"reptune: stopped at step {step}: perplexity {100 * rise:+.1f} %, past {budget}")
+    return past
 
 
 class _Group:
