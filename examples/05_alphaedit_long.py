@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> None:
     progress_path = state / "progress.json"
     progress = json.loads(progress_path.read_text()) if progress_path.exists() else None
     results = json.loads(results_path.read_text()) if results_path.exists() and progress else {}
+    # named by the unedited weights' fingerprint: made before a resumed run applies its edits
+    baseline = Unedited(model, tokenizer, state.parent)
     if progress is None:
         editor = alphaedit.Editor(model, tokenizer, method=args.method)
         combined, done, rows = None, 0, []
@@ -214,7 +216,6 @@ def run(args: argparse.Namespace) -> None:
         editor = alphaedit.Editor.load(state / progress["editor"], model, tokenizer)
         rows = [r for r in results.get("rows", []) if r["edits"] <= done]
         log.warning("resuming %s after %d edits (%s)", args.method, done, state)
-    baseline = Unedited(model, tokenizer, state.parent)
     baseline.scores(requests, 0, combined)  # the probe
     runs = results.get("runs", []) + [
         {"command": " ".join(["python", *sys.argv]), "commit": commit(), "from_edits": done}

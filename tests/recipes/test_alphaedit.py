@@ -833,6 +833,8 @@ def test_the_long_run_resumes_after_an_interrupt_to_the_same_edits(tmp_path, mon
     same = json.loads((tmp_path / "straight-results" / "alphaedit.json").read_text())["rows"]
     keys = ("efficacy", "paraphrase", "neighborhood", "perplexity", "mc_accuracy")
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in same]
+    # the unedited scores are cached under the unedited weights' fingerprint, resumed or not
+    assert len(list(tmp_path.glob("unedited-*.json"))) == 1
     # a restart on other facts than those edited refuses to go on
     monkeypatch.setattr(script.counterfact, "load_requests", lambda: ae.load_requests()[::-1])
     with pytest.raises(SystemExit, match="facts changed"):
