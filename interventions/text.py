@@ -335,13 +335,9 @@ def returned_cache(output: Any) -> Any:
     return output.cache if "cache" in fields else output.past_key_values
 
 
-@lru_cache(maxsize=64)
 def _cache_keyword(cls: type) -> str:
-    try:
-        names = inspect.signature(cls.forward).parameters
-    except (TypeError, ValueError):
-        names = {}
-    return "cache" if "cache" in names else "past_key_values"
+    names = _forward_names(cls)
+    return "cache" if names is not None and "cache" in names else "past_key_values"
 
 
 def _takes_position_ids(model: nn.Module) -> bool:
@@ -349,12 +345,18 @@ def _takes_position_ids(model: nn.Module) -> bool:
     return _names_position_ids(type(causal_lm(model)))
 
 
-@lru_cache(maxsize=64)
 def _names_position_ids(cls: type) -> bool:
+    names = _forward_names(cls)
+    return names is None or "position_ids" in names
+
+
+@lru_cache(maxsize=64)
+def _forward_names(cls: type) -> frozenset[str] | None:
+    """The parameter names of ``cls.forward`` (None where its signature cannot be read)."""
     try:
-        return "position_ids" in inspect.signature(cls.forward).parameters
+        return frozenset(inspect.signature(cls.forward).parameters)
     except (TypeError, ValueError):
-        return True
+        return None
 
 
 def _check_text(name: str, value: object) -> None:

@@ -704,7 +704,7 @@ def tune(
                 for name, value in best_state.items():
                     tuned[name].copy_(value)
         if lr_choice is not None:
-            ppl = _fluency_perplexity(model, tokenizer, None, lr_choice.fluency_tokens)
+            ppl = _fluency_perplexity(model, tokenizer, lr_choice.fluency_tokens)
             history.append({"perplexity": ppl,
                             "perplexity_rise": ppl / lr_choice.untuned_perplexity - 1})  # fmt: skip
     return recording.delta
@@ -713,7 +713,7 @@ def tune(
 def _past_budget(model: nn.Module, tokenizer, choice: "LrChoice", step: int, history) -> bool:
     """Whether the tuned model's perplexity has gone past ``choice``'s budget (a full run can
     where its short trial did not: it is checked at every evaluation)."""
-    ppl = _fluency_perplexity(model, tokenizer, None, choice.fluency_tokens)
+    ppl = _fluency_perplexity(model, tokenizer, choice.fluency_tokens)
     rise = ppl / choice.untuned_perplexity - 1
     history.append({"step": step, "perplexity": ppl, "perplexity_rise": rise})
     past = rise > choice.budget
@@ -886,9 +886,10 @@ class LrChoice:
         return "\n".join(rows)
 
 
-def _fluency_perplexity(model: nn.Module, tokenizer, prose: str | None, tokens: int) -> float:
-    prose = honesty.load_prose() if prose is None else prose
-    return perplexity(model, tokenizer, prose, window=128, stride=64, max_tokens=tokens)
+def _fluency_perplexity(model: nn.Module, tokenizer, tokens: int) -> float:
+    return perplexity(
+        model, tokenizer, honesty.load_prose(), window=128, stride=64, max_tokens=tokens
+    )
 
 
 def choose_lr(
@@ -932,7 +933,7 @@ def choose_lr(
     )
     if not val:  # no split asked for: judge the trials on the examples they train on
         val = train
-    untuned_ppl = _fluency_perplexity(model, tokenizer, None, fluency_tokens)
+    untuned_ppl = _fluency_perplexity(model, tokenizer, fluency_tokens)
     rows, untuned_loss = [], math.nan
     for lr in tqdm(grid, desc="reptune lr", disable=not progress, leave=False):
         history: list[dict] = []
@@ -946,7 +947,7 @@ def choose_lr(
         try:
             evals = [h["val_projection"] + h["val_token_excess"] for h in history
                      if "val_projection" in h]  # fmt: skip
-            ppl = _fluency_perplexity(model, tokenizer, None, fluency_tokens)
+            ppl = _fluency_perplexity(model, tokenizer, fluency_tokens)
         finally:
             delta.revert(model)
         untuned_loss = evals[0]
