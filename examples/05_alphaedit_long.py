@@ -3,6 +3,7 @@
     python examples/05_alphaedit_long.py run --method alphaedit     # resumable, one method
     python examples/05_alphaedit_long.py run --method memit
     python examples/05_alphaedit_long.py report                     # table + plot into docs/
+    python examples/05_alphaedit_long.py drift                      # where the edits land
 
 `run` edits the bundled facts (`counterfact.load_requests()`) in order, in batches of `--batch`,
 with one `alphaedit.Editor` at its defaults (key statistics from `default_key_stats`, cached).
@@ -21,6 +22,11 @@ docs/results/alphaedit_long/<method>.json (committed) with the command and commi
 
 `report` reads those JSON files only and writes the table and docs/img/alphaedit_long.png into
 docs/alphaedit.md between the `long-run` markers.
+
+`drift` loads both methods' final state and writes docs/results/alphaedit_long/drift.json: per
+edited layer and text (the preserved corpus, the prose of the perplexity probe, the commonsense
+questions, the neighbourhood and the edited prompts), the share of the keys' energy in AlphaEdit's
+null space and how far each method's combined edit moves the layer's output on them.
 """
 
 import argparse
@@ -273,6 +279,68 @@ def run(args: argparse.Namespace) -> None:
     log.warning("%s: all %d edits done", args.method, len(requests))
 
 
+# --- where the edits land: the keys of ordinary text ---------------------------------------------
+
+
+def output_change(delta_w, weight, moment) -> float:
+    """sqrt(E||ΔW k||² / E||W k||²) over keys with second moment ``moment = E[k kᵀ]``: how much the
+    edit moves this layer's output on that text, relative to the output itself."""
+    moved = torch.einsum("oi,ij,oj->", delta_w, moment, delta_w)
+    kept = torch.einsum("oi,ij,oj->", weight, moment, weight)
+    return float((moved / kept).sqrt())
+
+
+def drift(args: argparse.Namespace) -> None:
+    """How much of each text's key energy lies in AlphaEdit's null space (tr(P M) / tr M), and how
+    much each method's combined edit moves the edited layers' outputs on that text. Everything
+    is quadratic in the keys, so the second moment of each text's keys is all it needs."""
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load(args.model)
+    runs = Path(args.state or ROOT / "runs" / "alphaedit_long")
+    progress = {m: json.loads((runs / m / "progress.json").read_text()) for m in alphaedit.METHODS}
+    editor = alphaedit.Editor.load(runs / "alphaedit" / progress["alphaedit"]["editor"],
+                                   model, tokenizer)  # fmt: skip
+    layers = editor.layers
+    requests = counterfact.load_requests()[: progress["alphaedit"]["edits"]]
+    mc = [r.text for r in tasks.load_records(tasks.BUNDLED_DATA)]
+    texts = {
+        "corpus (the preserved keys)": None,
+        "prose (the perplexity probe)": [honesty.load_prose()],
+        "commonsense questions (held out)": mc,
+        "neighbourhood prompts (held out)": [p for r in requests for p in r.neighborhood_prompts],
+        "edited prompts (every token)": [r.text for r in requests],
+    }
+    moments = {
+        name: alphaedit.key_stats(model, tokenizer, corpus, layers, cache=corpus is None).moments
+        for name, corpus in texts.items()
+    }
+    table = iv.adapter(model)
+    modules = {layer: table.block_module(model, layer, table.down_proj) for layer in layers}
+    original = {layer: table.weight(m).detach().double().clone() for layer, m in modules.items()}
+    changes = {}
+    for method in alphaedit.METHODS:
+        delta = iv.WeightDelta.load(runs / method / progress[method]["delta"]).apply(model)
+        try:
+            changes[method] = {layer: table.weight(modules[layer]).detach().double() - w
+                               for layer, w in original.items()}  # fmt: skip
+        finally:
+            delta.revert(model)
+    rows = []
+    for layer in layers:
+        projector = editor.projectors[layer].double()
+        for name, moment in moments.items():
+            m = moment[layer].double()
+            row = {"layer": layer, "text": name, "null_dim": editor.null_dims[layer],
+                   "null_share": float((projector * m).sum() / m.trace())}  # fmt: skip
+            for method, by_layer in changes.items():
+                row[f"{method}_change"] = output_change(by_layer[layer], original[layer], m)
+            rows.append(row)
+            print(json.dumps(row))
+    edits = {m: progress[m]["edits"] for m in alphaedit.METHODS}
+    write_json(Path(args.out), {"edits": edits, "command": " ".join(["python", *sys.argv]),
+                                        "commit": commit(), "rows": rows})  # fmt: skip
+
+
 # --- the report ------------------------------------------------------------------------------
 
 
@@ -371,6 +439,11 @@ def arguments() -> argparse.ArgumentParser:
     go.add_argument("--sample", type=int, default=200, help="earlier edits scored (0: all)")
     go.add_argument("--threads", type=int, default=1)
     commands.add_parser("report", help="table and plot into docs/alphaedit.md")
+    where = commands.add_parser("drift", help="null-space share and output change per text")
+    where.add_argument("--model", default=None, help="HF id or path (default: bundled SmolLM2)")
+    where.add_argument("--state", default=None, help="default runs/alphaedit_long")
+    where.add_argument("--out", default=str(RESULTS / "drift.json"))
+    where.add_argument("--threads", type=int, default=1)
     return parser
 
 
@@ -378,7 +451,7 @@ def main() -> None:
     args = arguments().parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("interventions").setLevel(logging.INFO)
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "drift": drift}[args.command](args)
 
 
 if __name__ == "__main__":

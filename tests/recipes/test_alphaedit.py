@@ -853,6 +853,45 @@ def test_the_long_run_scores_the_newest_batch_and_a_flat_sample_of_earlier_edits
     assert scored(1000, 100, 0, last=False) == list(range(1000))
 
 
+def test_the_long_runs_output_change_is_the_norm_ratio_over_the_keys_themselves():
+    output_change = _long_run_script().output_change
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(50, 6, generator=generator, dtype=torch.float64)
+    weight = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    delta_w = torch.randn(4, 6, generator=generator, dtype=torch.float64)
+    moment = keys.T @ keys / len(keys)
+    direct = ((keys @ delta_w.T).pow(2).sum() / (keys @ weight.T).pow(2).sum()).sqrt()
+    assert output_change(delta_w, weight, moment) == pytest.approx(float(direct), rel=1e-12)
+    assert output_change(torch.zeros_like(weight), weight, moment) == 0
+    assert output_change(-weight, weight, moment) == pytest.approx(1, rel=1e-12)
+
+
+def test_the_long_runs_drift_reads_both_states_and_leaves_the_model_unedited(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    script = _long_run_script()
+    tok = WordTokenizer()
+    loaded = []
+    monkeypatch.setattr(script, "load", lambda name: loaded.append(tiny("llama", n_kv_heads=2))
+                        or (loaded[-1], tok))  # fmt: skip
+    for method in ae.METHODS:  # each run loads its own model, as each process does
+        argv = ["run", "--method", method, "--edits", "2", "--batch", "2"]
+        argv += ["--state", str(tmp_path / "state" / method), "--results", str(tmp_path)]
+        script.run(script.arguments().parse_args(argv))
+    out = tmp_path / "drift.json"
+    argv = ["drift", "--state", str(tmp_path / "state"), "--out", str(out)]
+    script.drift(script.arguments().parse_args(argv))
+    model, fresh = loaded[-1], tiny("llama", n_kv_heads=2)
+    assert iv.stats.fingerprint(model, "logits") == iv.stats.fingerprint(fresh, "logits")
+    found = json.loads(out.read_text())
+    assert found["edits"] == {"alphaedit": 2, "memit": 2}
+    layers = ae.Editor.load(tmp_path / "state" / "alphaedit" / "editor-2.safetensors", model,
+                            tok).layers  # fmt: skip
+    assert [r["layer"] for r in found["rows"]] == [layer for layer in layers for _ in range(5)]
+    for row in found["rows"]:
+        assert -1e-9 <= row["null_share"] <= 1 + 1e-9  # a share of the energy
+        assert row["alphaedit_change"] > 0 and row["memit_change"] > 0
+
+
 def test_target_values_in_chunks_equal_one_optimisation(monkeypatch):
     model, tok = make("llama")
     stats = tiny_stats(model, tok, [0, 1])
