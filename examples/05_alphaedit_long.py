@@ -4,6 +4,8 @@
     python examples/05_alphaedit_long.py run --method memit
     python examples/05_alphaedit_long.py report                     # table + plot into docs/
     python examples/05_alphaedit_long.py drift                      # where the edits land
+    python examples/05_alphaedit_long.py run --method alphaedit --nullspace-mode energy \
+        --nullspace-threshold 0.03                                  # another null space
 
 `run` edits the bundled facts (`counterfact.load_requests()`) in order, in batches of `--batch`,
 with one `alphaedit.Editor` at its defaults (key statistics from `default_key_stats`, cached).
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +56,7 @@ RESULTS = ROOT / "docs" / "results" / "alphaedit_long"
 DOC = ROOT / "docs" / "alphaedit.md"
 PLOT = ROOT / "docs" / "img" / "alphaedit_long.png"
 MARKERS = ("<!-- long-run:start -->", "<!-- long-run:end -->")
+RUN_ORDER = ("alphaedit", "memit")  # then the variants, by name
 log = logging.getLogger("alphaedit_long")
 
 
@@ -195,11 +198,27 @@ def scored_facts(done: int, batch: int, sample: int, last: bool) -> list[int]:
     return [*earlier, *range(done - batch, done)]
 
 
+def hparams_of(args: argparse.Namespace) -> tuple[str, alphaedit.HParams]:
+    """The run's name and the editor's settings: the defaults, or AlphaEdit with another null
+    space, which the name then says (its state and results are kept apart)."""
+    defaults = alphaedit.HParams()
+    if args.nullspace_threshold is None and args.nullspace_mode is None:
+        return args.method, defaults
+    if args.method != "alphaedit":
+        sys.exit("--nullspace-mode / --nullspace-threshold set AlphaEdit's null space: not memit's")
+    mode = args.nullspace_mode or defaults.nullspace_mode
+    threshold = args.nullspace_threshold
+    threshold = defaults.nullspace_threshold if threshold is None else threshold
+    hparams = replace(defaults, nullspace_mode=mode, nullspace_threshold=threshold)
+    return f"{args.method}-{mode}-{threshold:g}", hparams
+
+
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    state = Path(args.state or ROOT / "runs" / "alphaedit_long" / args.method)
+    name, hparams = hparams_of(args)
+    state = Path(args.state or ROOT / "runs" / "alphaedit_long" / name)
     state.mkdir(parents=True, exist_ok=True)
-    results_path = Path(args.results) / f"{args.method}.json"
+    results_path = Path(args.results) / f"{name}.json"
     model, tokenizer = load(args.model)
     requests = counterfact.load_requests()
     if args.edits is not None:
@@ -212,7 +231,7 @@ def run(args: argparse.Namespace) -> None:
     # named by the unedited weights' fingerprint: made before a resumed run applies its edits
     baseline = Unedited(model, tokenizer, state.parent)
     if progress is None:
-        editor = alphaedit.Editor(model, tokenizer, method=args.method)
+        editor = alphaedit.Editor(model, tokenizer, method=args.method, hparams=hparams)
         combined, done, rows = None, 0, []
     else:
         done = progress["edits"]
@@ -221,7 +240,7 @@ def run(args: argparse.Namespace) -> None:
         combined = iv.WeightDelta.load(state / progress["delta"]).apply(model)
         editor = alphaedit.Editor.load(state / progress["editor"], model, tokenizer)
         rows = [r for r in results.get("rows", []) if r["edits"] <= done]
-        log.warning("resuming %s after %d edits (%s)", args.method, done, state)
+        log.warning("resuming %s after %d edits (%s)", name, done, state)
     baseline.scores(requests, 0, combined)  # the probe
     runs = results.get("runs", []) + [
         {"command": " ".join(["python", *sys.argv]), "commit": commit(), "from_edits": done}
@@ -275,8 +294,8 @@ def run(args: argparse.Namespace) -> None:
         for old in state.glob("*-*.safetensors"):
             if old.name not in names.values():
                 old.unlink()
-        log.warning("%s after %d edits: %s", args.method, n, rows[-1])
-    log.warning("%s: all %d edits done", args.method, len(requests))
+        log.warning("%s after %d edits: %s", name, n, rows[-1])
+    log.warning("%s: all %d edits done", name, len(requests))
 
 
 # --- where the edits land: the keys of ordinary text ---------------------------------------------
@@ -345,8 +364,8 @@ def drift(args: argparse.Namespace) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    found = {m: json.loads((RESULTS / f"{m}.json").read_text()) for m in ("alphaedit", "memit")
-             if (RESULTS / f"{m}.json").exists()}  # fmt: skip
+    paths = sorted(RESULTS.glob("*.json"), key=lambda p: (p.stem not in RUN_ORDER, p.stem))
+    found = {p.stem: json.loads(p.read_text()) for p in paths if not p.stem.startswith("drift")}
     if not found:
         sys.exit(f"no results in {RESULTS}: run `run --method alphaedit` first")
     lines = [MARKERS[0], table(found), "", f"![AlphaEdit and MEMIT, long run]({plot(found)})"]
@@ -402,15 +421,14 @@ def plot(found: dict) -> str:
     fig, axes = plt.subplots(2, 4, figsize=(15, 6.4), sharex=True)
     axes.flat[-1].axis("off")
     for ax, metric in zip(axes.flat, panels, strict=False):
-        for method, style in (("alphaedit", "o-"), ("memit", "s--")):
-            if method in found:
-                rows = [r for r in found[method]["rows"] if metric in r]  # older rows lack some
-                x = [0] + [r["edits"] for r in rows]
-                start = found[method]["unedited_probe"].get(metric)
-                y = [start] + [r[metric] for r in rows]
-                if start is None:
-                    x, y = x[1:], y[1:]
-                ax.plot(x, y, style, label=method)
+        for method, style in zip(found, ("o-", "s--", "^-.", "d:", "v-"), strict=False):
+            rows = [r for r in found[method]["rows"] if metric in r]  # older rows lack some
+            x = [0] + [r["edits"] for r in rows]
+            start = found[method]["unedited_probe"].get(metric)
+            y = [start] + [r[metric] for r in rows]
+            if start is None:
+                x, y = x[1:], y[1:]
+            ax.plot(x, y, style, label=method)
         if metric == "neighborhood" and found:
             rows = next(iter(found.values()))["rows"]
             xs = [r["edits"] for r in rows]
@@ -438,6 +456,9 @@ def arguments() -> argparse.ArgumentParser:
     go.add_argument("--results", default=str(RESULTS), help="folder of the committed rows")
     go.add_argument("--sample", type=int, default=200, help="earlier edits scored (0: all)")
     go.add_argument("--threads", type=int, default=1)
+    go.add_argument("--nullspace-mode", choices=alphaedit.THRESHOLD_MODES, default=None,
+                    help="AlphaEdit's null space (default: HParams'); names the run")  # fmt: skip
+    go.add_argument("--nullspace-threshold", type=float, default=None)
     commands.add_parser("report", help="table and plot into docs/alphaedit.md")
     where = commands.add_parser("drift", help="null-space share and output change per text")
     where.add_argument("--model", default=None, help="HF id or path (default: bundled SmolLM2)")

@@ -892,6 +892,27 @@ def test_the_long_runs_drift_reads_both_states_and_leaves_the_model_unedited(tmp
         assert row["alphaedit_change"] > 0 and row["memit_change"] > 0
 
 
+def test_a_long_run_with_another_null_space_is_named_and_kept_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    script = _long_run_script()
+    monkeypatch.setattr(script, "load", lambda name: (tiny("llama", n_kv_heads=2), WordTokenizer()))
+    argv = ["run", "--method", "alphaedit", "--edits", "2", "--batch", "2"]
+    argv += ["--results", str(tmp_path), "--nullspace-mode", "energy"]
+    argv += ["--nullspace-threshold", "0.5"]
+    args = script.arguments().parse_args([*argv, "--state", str(tmp_path / "variant")])
+    assert script.hparams_of(args)[0] == "alphaedit-energy-0.5"
+    script.run(args)
+    found = json.loads((tmp_path / "alphaedit-energy-0.5.json").read_text())
+    assert found["hparams"]["nullspace_mode"] == "energy"
+    assert found["hparams"]["nullspace_threshold"] == 0.5
+    assert found["null_dims"] != ae.Editor(*script.load(None)).null_dims  # not the default's
+    plain = script.arguments().parse_args(argv[:9])
+    assert script.hparams_of(plain) == ("alphaedit", ae.HParams())
+    memit = script.arguments().parse_args([*argv[:2], "memit", *argv[3:]])  # same null space
+    with pytest.raises(SystemExit, match="not memit"):
+        script.hparams_of(memit)
+
+
 def test_target_values_in_chunks_equal_one_optimisation(monkeypatch):
     model, tok = make("llama")
     stats = tiny_stats(model, tok, [0, 1])
