@@ -25,10 +25,11 @@ docs/results/alphaedit_long/<method>.json (committed) with the command and commi
 `report` reads those JSON files only and writes the table and docs/img/alphaedit_long.png into
 docs/alphaedit.md between the `long-run` markers.
 
-`drift` loads both methods' final state and writes docs/results/alphaedit_long/drift.json: per
+`drift` loads every run's latest state and writes docs/results/alphaedit_long/drift.json: per run,
 edited layer and text (the preserved corpus, the prose of the perplexity probe, the commonsense
-questions, the neighbourhood and the edited prompts), the share of the keys' energy in AlphaEdit's
-null space and how far each method's combined edit moves the layer's output on them.
+questions, the neighbourhood prompts, the edited subjects' last tokens), the share of the keys'
+energy in the run's null space (AlphaEdit) and how far its combined edit moves the layer's output
+on them.
 """
 
 import argparse
@@ -309,55 +310,75 @@ def output_change(delta_w, weight, moment) -> float:
     return float((moved / kept).sqrt())
 
 
+def subject_key_moments(model, tokenizer, requests, layers) -> dict[int, torch.Tensor]:
+    """E[k kᵀ] of the keys the edits write at: each prompt's subject's last token, without the
+    editor's random prefixes (one forward a prompt, so there is no padding)."""
+    sums = {layer: 0 for layer in layers}
+    sites = [f"layers.{layer}.mlp.act" for layer in layers]
+    with torch.no_grad():
+        for r in requests:
+            ids = iv.text.token_ids(tokenizer, r.prompt[: r.subject_start] + r.subject)
+            with iv.capture(model, sites) as cache:
+                model(input_ids=torch.tensor([ids]))
+            for layer, site in zip(layers, sites, strict=True):
+                key = cache[site][0, -1].double()
+                sums[layer] = sums[layer] + torch.outer(key, key)
+    return {layer: total / len(requests) for layer, total in sums.items()}
+
+
 def drift(args: argparse.Namespace) -> None:
-    """How much of each text's key energy lies in AlphaEdit's null space (tr(P M) / tr M), and how
-    much each method's combined edit moves the edited layers' outputs on that text. Everything
-    is quadratic in the keys, so the second moment of each text's keys is all it needs."""
+    """For every run in the state folder: how much of each text's key energy lies in the run's
+    null space (tr(P M) / tr M; AlphaEdit only), and how far its combined edit moves the edited
+    layers' outputs on that text. Everything is quadratic in the keys, so the second moment of
+    each text's keys is all it needs."""
     torch.set_num_threads(args.threads)
     model, tokenizer = load(args.model)
     runs = Path(args.state or ROOT / "runs" / "alphaedit_long")
-    progress = {m: json.loads((runs / m / "progress.json").read_text()) for m in alphaedit.METHODS}
-    editor = alphaedit.Editor.load(runs / "alphaedit" / progress["alphaedit"]["editor"],
-                                   model, tokenizer)  # fmt: skip
-    layers = editor.layers
-    requests = counterfact.load_requests()[: progress["alphaedit"]["edits"]]
-    mc = [r.text for r in tasks.load_records(tasks.BUNDLED_DATA)]
+    found = sorted(runs.glob("*/progress.json"))
+    states = {path.parent.name: json.loads(path.read_text()) for path in found}
+    if not states:
+        sys.exit(f"no run state in {runs}: run `run --method alphaedit` first")
+    editors = {name: alphaedit.Editor.load(runs / name / progress["editor"], model, tokenizer)
+               for name, progress in states.items()}  # fmt: skip
+    layers = sorted({layer for editor in editors.values() for layer in editor.layers})
+    edited = counterfact.load_requests()[: max(p["edits"] for p in states.values())]
+    questions = [r.text for r in tasks.load_records(tasks.BUNDLED_DATA)]
     texts = {
         "corpus (the preserved keys)": None,
         "prose (the perplexity probe)": [honesty.load_prose()],
-        "commonsense questions (held out)": mc,
-        "neighbourhood prompts (held out)": [p for r in requests for p in r.neighborhood_prompts],
-        "edited prompts (every token)": [r.text for r in requests],
+        "commonsense questions (held out)": questions,
+        "neighbourhood prompts (held out)": [p for r in edited for p in r.neighborhood_prompts],
     }
     moments = {
         name: alphaedit.key_stats(model, tokenizer, corpus, layers, cache=corpus is None).moments
         for name, corpus in texts.items()
     }
+    moments["edited subjects (last token)"] = subject_key_moments(model, tokenizer, edited, layers)
     table = iv.adapter(model)
     modules = {layer: table.block_module(model, layer, table.down_proj) for layer in layers}
     original = {layer: table.weight(m).detach().double().clone() for layer, m in modules.items()}
-    changes = {}
-    for method in alphaedit.METHODS:
-        delta = iv.WeightDelta.load(runs / method / progress[method]["delta"]).apply(model)
+    rows = []
+    for name, progress in states.items():
+        delta = iv.WeightDelta.load(runs / name / progress["delta"]).apply(model)
         try:
-            changes[method] = {layer: table.weight(modules[layer]).detach().double() - w
-                               for layer, w in original.items()}  # fmt: skip
+            changes = {layer: table.weight(modules[layer]).detach().double() - original[layer]
+                       for layer in editors[name].layers}  # fmt: skip
         finally:
             delta.revert(model)
-    rows = []
-    for layer in layers:
-        projector = editor.projectors[layer].double()
-        for name, moment in moments.items():
-            m = moment[layer].double()
-            row = {"layer": layer, "text": name, "null_dim": editor.null_dims[layer],
-                   "null_share": float((projector * m).sum() / m.trace())}  # fmt: skip
-            for method, by_layer in changes.items():
-                row[f"{method}_change"] = output_change(by_layer[layer], original[layer], m)
-            rows.append(row)
-            print(json.dumps(row))
-    edits = {m: progress[m]["edits"] for m in alphaedit.METHODS}
-    write_json(Path(args.out), {"edits": edits, "command": " ".join(["python", *sys.argv]),
-                                        "commit": commit(), "rows": rows})  # fmt: skip
+        projectors = editors[name].projectors
+        for layer, change in changes.items():
+            for text, moment in moments.items():
+                m = moment[layer].double()
+                share = projectors[layer].double().mul(m).sum() / m.trace() if projectors else None
+                rows.append({
+                    "run": name, "edits": progress["edits"], "layer": layer, "text": text,
+                    "null_dim": editors[name].null_dims.get(layer),
+                    "null_share": None if share is None else float(share),
+                    "output_change": output_change(change, original[layer], m),
+                })  # fmt: skip
+                print(json.dumps(rows[-1]))
+    write_json(Path(args.out), {"command": " ".join(["python", *sys.argv]), "commit": commit(),
+                                "texts": list(moments), "rows": rows})  # fmt: skip
 
 
 # --- the report ------------------------------------------------------------------------------
