@@ -57,6 +57,7 @@ RESULTS = ROOT / "docs" / "results" / "alphaedit_long"
 DOC = ROOT / "docs" / "alphaedit.md"
 PLOT = ROOT / "docs" / "img" / "alphaedit_long.png"
 MARKERS = ("<!-- long-run:start -->", "<!-- long-run:end -->")
+DRIFT_MARKERS = ("<!-- drift:start -->", "<!-- drift:end -->")
 RUN_ORDER = ("alphaedit", "memit")  # then the variants, by name
 log = logging.getLogger("alphaedit_long")
 
@@ -393,8 +394,34 @@ def report(args: argparse.Namespace) -> None:
     lines.append(MARKERS[1])
     text = DOC.read_text()
     start, end = text.index(MARKERS[0]), text.index(MARKERS[1]) + len(MARKERS[1])
-    DOC.write_text(text[:start] + "\n".join(lines) + text[end:])
+    text = text[:start] + "\n".join(lines) + text[end:]
+    drift_path = RESULTS / "drift.json"
+    if drift_path.exists() and DRIFT_MARKERS[0] in text:
+        start = text.index(DRIFT_MARKERS[0])
+        end = text.index(DRIFT_MARKERS[1]) + len(DRIFT_MARKERS[1])
+        found_drift = json.loads(drift_path.read_text())
+        block = [DRIFT_MARKERS[0], drift_table(found_drift), DRIFT_MARKERS[1]]
+        text = text[:start] + "\n".join(block) + text[end:]
+    DOC.write_text(text)
     print(f"wrote {DOC} and {PLOT}")
+
+
+def drift_table(found: dict) -> str:
+    """Per run and text: the null-space share and the output change, layer by layer."""
+    runs = list(dict.fromkeys((r["run"], r["edits"]) for r in found["rows"]))
+    layers = sorted({r["layer"] for r in found["rows"]})
+    shown = "/".join(str(layer) for layer in layers)
+    out = [f"| run (edits) | keys of | energy share in the null space, layers {shown} "
+           f"| output change, layers {shown} |", "|---|---|---|---|"]  # fmt: skip
+    for run, edits in runs:
+        for text in found["texts"]:
+            rows = sorted((r for r in found["rows"] if r["run"] == run and r["text"] == text),
+                          key=lambda r: r["layer"])  # fmt: skip
+            shares = [r["null_share"] for r in rows]
+            share = "–" if None in shares else " / ".join(f"{x:.2f}" for x in shares)
+            change = " / ".join(f"{r['output_change']:.2f}" for r in rows)
+            out.append(f"| {run} ({edits}) | {text} | {share} | {change} |")
+    return "\n".join(out) + f"\n\nMade by `{found['command']}` at {found['commit']}."
 
 
 def table(found: dict) -> str:

@@ -897,6 +897,10 @@ def test_the_long_runs_drift_reads_both_states_and_leaves_the_model_unedited(tmp
             assert shares == [None] * len(rows)
         else:
             assert all(-1e-9 <= share <= 1 + 1e-9 for share in shares)  # a share of the energy
+    table = script.drift_table(found).splitlines()
+    body = [line for line in table if line.startswith(("| alphaedit (2)", "| memit (2)"))]
+    assert len(body) == 2 * len(found["texts"])
+    assert all(line.split(" | ")[2] == "–" for line in body if line.startswith("| memit"))
 
 
 def test_a_long_run_with_another_null_space_is_named_and_kept_apart(tmp_path, monkeypatch):
