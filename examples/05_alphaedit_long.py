@@ -311,20 +311,26 @@ def output_change(delta_w, weight, moment) -> float:
     return float((moved / kept).sqrt())
 
 
-def subject_key_moments(model, tokenizer, requests, layers) -> dict[int, torch.Tensor]:
-    """E[k kᵀ] of the keys the edits write at: each prompt's subject's last token, without the
-    editor's random prefixes (one forward a prompt, so there is no padding)."""
+def subject_key_moments(
+    model, tokenizer, requests, layers, counts: set[int]
+) -> dict[int, dict[int, torch.Tensor]]:
+    """E[k kᵀ] of the keys the edits write at (each prompt's subject's last token, without the
+    editor's random prefixes; one forward a prompt, so no padding) over the first ``n`` requests,
+    for each ``n`` in ``counts``: ``{n: {layer: moment}}``."""
     sums = {layer: 0 for layer in layers}
     sites = [f"layers.{layer}.mlp.act" for layer in layers]
+    found = {}
     with torch.no_grad():
-        for r in requests:
+        for n, r in enumerate(requests, start=1):
             ids = iv.text.token_ids(tokenizer, r.prompt[: r.subject_start] + r.subject)
             with iv.capture(model, sites) as cache:
                 model(input_ids=torch.tensor([ids]))
             for layer, site in zip(layers, sites, strict=True):
                 key = cache[site][0, -1].double()
                 sums[layer] = sums[layer] + torch.outer(key, key)
-    return {layer: total / len(requests) for layer, total in sums.items()}
+            if n in counts:
+                found[n] = {layer: total / n for layer, total in sums.items()}
+    return found
 
 
 def drift(args: argparse.Namespace) -> None:
@@ -354,7 +360,9 @@ def drift(args: argparse.Namespace) -> None:
         name: alphaedit.key_stats(model, tokenizer, corpus, layers, cache=corpus is None).moments
         for name, corpus in texts.items()
     }
-    moments["edited subjects (last token)"] = subject_key_moments(model, tokenizer, edited, layers)
+    counts = {progress["edits"] for progress in states.values()}
+    subjects = subject_key_moments(model, tokenizer, edited, layers, counts)
+    subject_text = "edited subjects (last token)"
     table = iv.adapter(model)
     modules = {layer: table.block_module(model, layer, table.down_proj) for layer in layers}
     original = {layer: table.weight(m).detach().double().clone() for layer, m in modules.items()}
@@ -367,8 +375,9 @@ def drift(args: argparse.Namespace) -> None:
         finally:
             delta.revert(model)
         projectors = editors[name].projectors
+        by_text = moments | {subject_text: subjects[progress["edits"]]}
         for layer, change in changes.items():
-            for text, moment in moments.items():
+            for text, moment in by_text.items():
                 m = moment[layer].double()
                 share = projectors[layer].double().mul(m).sum() / m.trace() if projectors else None
                 rows.append({
@@ -379,7 +388,7 @@ def drift(args: argparse.Namespace) -> None:
                 })  # fmt: skip
                 print(json.dumps(rows[-1]))
     write_json(Path(args.out), {"command": " ".join(["python", *sys.argv]), "commit": commit(),
-                                "texts": list(moments), "rows": rows})  # fmt: skip
+                                "texts": [*moments, subject_text], "rows": rows})  # fmt: skip
 
 
 # --- the report ------------------------------------------------------------------------------
