@@ -6,6 +6,7 @@
     python examples/05_alphaedit_long.py drift                      # where the edits land
     python examples/05_alphaedit_long.py run --method alphaedit --nullspace-mode energy \
         --nullspace-threshold 0.03                                  # another null space
+    python examples/05_alphaedit_long.py run --method alphaedit --l2 10       # another L2
 
 `run` edits the bundled facts (`counterfact.load_requests()`) in order, in batches of `--batch`,
 with one `alphaedit.Editor` at its defaults (key statistics from `default_key_stats`, cached).
@@ -202,17 +203,24 @@ def scored_facts(done: int, batch: int, sample: int, last: bool) -> list[int]:
 
 def hparams_of(args: argparse.Namespace) -> tuple[str, alphaedit.HParams]:
     """The run's name and the editor's settings: the defaults, or AlphaEdit with another null
-    space, which the name then says (its state and results are kept apart)."""
+    space or L2, which the name then says (its state and results are kept apart)."""
     defaults = alphaedit.HParams()
-    if args.nullspace_threshold is None and args.nullspace_mode is None:
+    nullspace = args.nullspace_threshold is not None or args.nullspace_mode is not None
+    if not nullspace and args.l2 is None:
         return args.method, defaults
     if args.method != "alphaedit":
-        sys.exit("--nullspace-mode / --nullspace-threshold set AlphaEdit's null space: not memit's")
-    mode = args.nullspace_mode or defaults.nullspace_mode
-    threshold = args.nullspace_threshold
-    threshold = defaults.nullspace_threshold if threshold is None else threshold
-    hparams = replace(defaults, nullspace_mode=mode, nullspace_threshold=threshold)
-    return f"{args.method}-{mode}-{threshold:g}", hparams
+        sys.exit("--nullspace-mode / --nullspace-threshold / --l2 set AlphaEdit's: not memit's")
+    name, hparams = args.method, defaults
+    if nullspace:
+        mode = args.nullspace_mode or defaults.nullspace_mode
+        threshold = args.nullspace_threshold
+        threshold = defaults.nullspace_threshold if threshold is None else threshold
+        hparams = replace(hparams, nullspace_mode=mode, nullspace_threshold=threshold)
+        name += f"-{mode}-{threshold:g}"
+    if args.l2 is not None:
+        hparams = replace(hparams, L2=args.l2)
+        name += f"-L2-{args.l2:g}"
+    return name, hparams
 
 
 def run(args: argparse.Namespace) -> None:
@@ -516,6 +524,7 @@ def arguments() -> argparse.ArgumentParser:
     go.add_argument("--nullspace-mode", choices=alphaedit.THRESHOLD_MODES, default=None,
                     help="AlphaEdit's null space (default: HParams'); names the run")  # fmt: skip
     go.add_argument("--nullspace-threshold", type=float, default=None)
+    go.add_argument("--l2", type=float, default=None, help="AlphaEdit's L2 (default: HParams')")
     commands.add_parser("report", help="table and plot into docs/alphaedit.md")
     where = commands.add_parser("drift", help="null-space share and output change per text")
     where.add_argument("--model", default=None, help="HF id or path (default: bundled SmolLM2)")

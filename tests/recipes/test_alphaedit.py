@@ -922,6 +922,13 @@ def test_a_long_run_with_another_null_space_is_named_and_kept_apart(tmp_path, mo
     memit = script.arguments().parse_args([*argv[:2], "memit", *argv[3:]])  # same null space
     with pytest.raises(SystemExit, match="not memit"):
         script.hparams_of(memit)
+    both = script.arguments().parse_args([*argv, "--l2", "10"])
+    name, hparams = script.hparams_of(both)
+    assert name == "alphaedit-energy-0.5-L2-10" and hparams.L2 == 10
+    assert hparams.nullspace_mode == "energy"
+    assert script.hparams_of(script.arguments().parse_args([*argv[:9], "--l2", "10"]))[0] == (
+        "alphaedit-L2-10"
+    )
 
 
 def test_target_values_in_chunks_equal_one_optimisation(monkeypatch):
