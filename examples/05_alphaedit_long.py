@@ -501,8 +501,8 @@ def plot(found: dict) -> str:
                     label="unedited, same facts")  # fmt: skip
         ax.set_title(TITLES.get(metric, metric.replace("_", " ")))
         ax.set_xlabel("sequential edits")
-    axes.flat[0].legend()
-    axes.flat[2].legend()
+    axes.flat[0].legend(fontsize=7)
+    axes.flat[2].legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
