@@ -35,6 +35,7 @@ on them.
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ PLOT = ROOT / "docs" / "img" / "alphaedit_long.png"
 MARKERS = ("<!-- long-run:start -->", "<!-- long-run:end -->")
 DRIFT_MARKERS = ("<!-- drift:start -->", "<!-- drift:end -->")
 RUN_ORDER = ("alphaedit", "memit")  # then the variants, by name
+STYLES = ("o-", "s--", "^-.", "d:", "v-")
 log = logging.getLogger("alphaedit_long")
 
 
@@ -486,7 +488,7 @@ def plot(found: dict) -> str:
     fig, axes = plt.subplots(2, 4, figsize=(15, 6.4), sharex=True)
     axes.flat[-1].axis("off")
     for ax, metric in zip(axes.flat, panels, strict=False):
-        for method, style in zip(found, ("o-", "s--", "^-.", "d:", "v-"), strict=False):
+        for method, style in zip(found, itertools.cycle(STYLES)):  # every run, however many
             rows = [r for r in found[method]["rows"] if metric in r]  # older rows lack some
             x = [0] + [r["edits"] for r in rows]
             start = found[method]["unedited_probe"].get(metric)
