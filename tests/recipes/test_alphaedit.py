@@ -878,6 +878,10 @@ def test_the_long_runs_drift_reads_both_states_and_leaves_the_model_unedited(tmp
         argv += ["--state", str(tmp_path / "state" / method), "--results", str(tmp_path)]
         script.run(script.arguments().parse_args(argv))
     out = tmp_path / "drift.json"
+    empty = ["drift", "--state", str(tmp_path / "no-runs"), "--out", str(out)]
+    with pytest.raises(SystemExit, match="no run state"):
+        script.drift(script.arguments().parse_args(empty))
+    assert not out.exists()
     argv = ["drift", "--state", str(tmp_path / "state"), "--out", str(out)]
     script.drift(script.arguments().parse_args(argv))
     model, fresh = loaded[-1], tiny("llama", n_kv_heads=2)
